@@ -1,0 +1,24 @@
+"""hf-efficient-attn: one call gives a Hugging Face model an efficient attention variant.
+
+    from hf_efficient_attn import patch_model
+    model = patch_model(model, "sliding", window=1024)
+"""
+
+from .api import PatchError, from_pretrained, is_patched, list_variants, patch_model, unpatch_model
+from .patches import UnsupportedModelError, supported_model_types
+from .variants import FullOptions, SlidingOptions, VariantError, VariantOptions
+
+__all__ = [
+    "FullOptions",
+    "PatchError",
+    "SlidingOptions",
+    "UnsupportedModelError",
+    "VariantError",
+    "VariantOptions",
+    "from_pretrained",
+    "is_patched",
+    "list_variants",
+    "patch_model",
+    "supported_model_types",
+    "unpatch_model",
+]

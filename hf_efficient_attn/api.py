@@ -1,0 +1,270 @@
+"""Public entry points: patch a model in place, undo it, list variants, reload a saved patched model.
+
+`patch_model` checks everything first (variant, options, architecture, targets, layers, each layer's
+role) and only then changes the model, so a call that raises leaves the model as it was. The patch is
+recorded in ``model.config.efficient_attention``; `from_pretrained` reads that record back, re-patches
+and loads the variant's own weights from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import transformers
+from torch import nn
+
+from . import interface
+from .cache import install_bounded_cache
+from .patches import AttentionSite, adapter_for
+from .variants import VARIANTS, AttentionVariant, VariantError, VariantOptions
+
+CONFIG_RECORD = "efficient_attention"
+ModelT = TypeVar("ModelT", bound=nn.Module)
+
+
+class PatchError(ValueError):
+    """A patch request that cannot be carried out; the model was left unchanged."""
+
+
+def list_variants() -> dict[str, str]:
+    """Registered variant names with a one-line description of each."""
+    return {name: spec.summary for name, spec in sorted(VARIANTS.items())}
+
+
+def patch_model(
+    model: ModelT,
+    variant: str | VariantOptions,
+    *,
+    layers: Iterable[int] | None = None,
+    targets: Sequence[str] | str | None = None,
+    **options: Any,
+) -> ModelT:
+    """Switch ``model``'s attention to an efficient variant, in place, and return it.
+
+    Args:
+        model: a supported transformers model (Llama, Mistral, Qwen2, Whisper, ViT families).
+        variant: a name from `list_variants()` (options then come as keyword arguments), or an options
+            instance such as ``SlidingOptions(window=1024)``.
+        layers: indices of the layers to patch within each target stack (negative indices count from
+            the end); the others keep exact attention. Default: all.
+        targets: for models with several attention stacks, which to patch: ``"encoder"``,
+            ``"decoder"`` (self-attention) and/or ``"cross"``. Default: every self-attention stack on
+            which the variant can run; cross-attention stays exact unless named.
+        **options: the variant's options (see its options dataclass).
+
+    Raises:
+        PatchError / VariantError / UnsupportedModelError: with what was wrong and how to fix it; the
+        model is unchanged.
+    """
+    spec, resolved = _resolve_variant(variant, options)
+    adapter = adapter_for(model)
+    if is_patched(model):
+        raise PatchError("This model is already patched; call unpatch_model(model) before patching it again.")
+    sites = adapter.sites(model)
+    chosen_targets = _choose_targets(spec.variant_class, resolved, adapter.targets, sites, targets)
+    chosen_sites = _choose_layers(sites, chosen_targets, layers)
+    for site in chosen_sites:
+        spec.variant_class.check_layer(resolved, site.layer)
+    modules = [_build_variant(spec.variant_class, resolved, site) for site in chosen_sites]
+
+    interface.register()
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(interface.IMPLEMENTATION_NAME)
+    for site, module in zip(chosen_sites, modules):
+        site.module.add_module(interface.VARIANT_ATTRIBUTE, module)
+        site.module.register_forward_pre_hook(install_bounded_cache, with_kwargs=True)
+    setattr(
+        model.config,
+        CONFIG_RECORD,
+        {
+            "variant": spec.name,
+            "options": resolved.to_dict(),
+            "targets": list(chosen_targets),
+            "layers": sorted({site.layer.layer_index for site in chosen_sites}),
+            "previous_attn_implementation": previous,
+        },
+    )
+    return model
+
+
+def unpatch_model(model: ModelT) -> ModelT:
+    """Remove a patch: restore the model's previous attention implementation and drop variant state."""
+    if not is_patched(model):
+        raise PatchError("This model is not patched; nothing to undo.")
+    record = getattr(model.config, CONFIG_RECORD, None) or {}
+    for module in list(model.modules()):
+        if isinstance(module._modules.get(interface.VARIANT_ATTRIBUTE), AttentionVariant):
+            del module._modules[interface.VARIANT_ATTRIBUTE]
+            for hook_id, hook in list(module._forward_pre_hooks.items()):
+                if hook is install_bounded_cache:
+                    del module._forward_pre_hooks[hook_id]
+                    module._forward_pre_hooks_with_kwargs.pop(hook_id, None)
+    model.set_attn_implementation(record.get("previous_attn_implementation") or "sdpa")
+    if hasattr(model.config, CONFIG_RECORD):
+        delattr(model.config, CONFIG_RECORD)
+    return model
+
+
+def is_patched(model: nn.Module) -> bool:
+    """Whether ``model`` currently runs a variant of this library."""
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None) == interface.IMPLEMENTATION_NAME or any(
+        isinstance(module, AttentionVariant) for module in model.modules()
+    )
+
+
+def patched_variants(model: nn.Module) -> list[AttentionVariant]:
+    """The variant modules attached to ``model``, in module order."""
+    return [module for module in model.modules() if isinstance(module, AttentionVariant)]
+
+
+def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
+    """Load a model saved after `patch_model`, re-apply its patch and load the variant's own weights.
+
+    Works for any saved transformers model: one without a patch record loads unpatched. Keyword
+    arguments go to the model class's ``from_pretrained`` (``dtype``, ``device_map``, ...).
+    """
+    config = transformers.AutoConfig.from_pretrained(path)
+    architecture = (config.architectures or [None])[0]
+    model_class = getattr(transformers, architecture, None) if architecture else None
+    if model_class is None:
+        raise PatchError(f"Cannot tell which model class to load from {path}: config.architectures={config.architectures}.")
+    record = getattr(config, CONFIG_RECORD, None)
+    model = model_class.from_pretrained(path, **kwargs)
+    if not record:
+        return model
+    delattr(model.config, CONFIG_RECORD)
+    previous = record.get("previous_attn_implementation")
+    if previous and previous != model.config._attn_implementation:
+        model.set_attn_implementation(previous)
+    patch_model(model, record["variant"], layers=record["layers"], targets=record["targets"], **record["options"])
+    _load_variant_weights(model, Path(path))
+    return model
+
+
+def _resolve_variant(variant: str | VariantOptions, options: dict[str, Any]):
+    if isinstance(variant, VariantOptions):
+        if options:
+            raise PatchError("Pass options either in the options object or as keyword arguments, not both.")
+        matches = [spec for spec in VARIANTS.values() if isinstance(variant, spec.options_class)]
+        if not matches:
+            raise PatchError(f"{type(variant).__name__} is not the options class of a registered variant.")
+        spec, resolved = matches[0], variant
+    else:
+        spec = VARIANTS.get(variant) if isinstance(variant, str) else None
+        if spec is None:
+            raise PatchError(f"Unknown variant {variant!r}. Available: {', '.join(sorted(VARIANTS))}.")
+        known = {field.name for field in dataclasses.fields(spec.options_class)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise PatchError(
+                f"Unknown option(s) {', '.join(unknown)} for variant {spec.name!r}. "
+                f"Its options: {', '.join(sorted(known)) or '(none)'}."
+            )
+        resolved = spec.options_class(**options)
+    resolved.validate()
+    return spec, resolved
+
+
+def _choose_targets(
+    variant_class: type[AttentionVariant],
+    options: VariantOptions,
+    available: tuple[str, ...],
+    sites: list[AttentionSite],
+    targets: Sequence[str] | str | None,
+) -> tuple[str, ...]:
+    if targets is None:
+        chosen = tuple(
+            target
+            for target in available
+            if target != "cross"
+            and any(site.layer.target == target and site.layer.role in variant_class.roles for site in sites)
+        )
+        if not chosen:
+            roles = sorted({site.layer.role.value for site in sites})
+            able = sorted(name for name, spec in VARIANTS.items() if spec.variant_class.roles & {s.layer.role for s in sites})
+            raise VariantError(
+                f"Variant {variant_class.name!r} cannot run on any attention of this model ({', '.join(roles)}). "
+                f"Variants that can: {', '.join(able)}."
+            )
+        return chosen
+    requested = (targets,) if isinstance(targets, str) else tuple(targets)
+    unknown = [target for target in requested if target not in available]
+    if unknown or not requested:
+        raise PatchError(f"Unknown target(s) {unknown or requested}; this model has: {', '.join(available)}.")
+    return tuple(dict.fromkeys(requested))
+
+
+def _choose_layers(
+    sites: list[AttentionSite], targets: tuple[str, ...], layers: Iterable[int] | None
+) -> list[AttentionSite]:
+    in_targets = [site for site in sites if site.layer.target in targets]
+    if layers is None:
+        return in_targets
+    requested = list(layers)
+    chosen: list[AttentionSite] = []
+    for target in targets:
+        stack = [site for site in in_targets if site.layer.target == target]
+        for index in requested:
+            if isinstance(index, bool) or not isinstance(index, int) or not -len(stack) <= index < len(stack):
+                raise PatchError(
+                    f"Layer index {index!r} is out of range for the {target} stack, which has {len(stack)} layers."
+                )
+        wanted = {index % len(stack) for index in requested}
+        chosen.extend(site for site in stack if site.layer.layer_index in wanted)
+    if not chosen:
+        raise PatchError("`layers=` selected no layer; pass at least one index.")
+    return chosen
+
+
+def _build_variant(
+    variant_class: type[AttentionVariant], options: VariantOptions, site: AttentionSite
+) -> AttentionVariant:
+    module = variant_class(options, site.layer)
+    reference = next(site.module.parameters(), None)
+    if reference is not None:
+        module.to(device=reference.device, dtype=reference.dtype if reference.is_floating_point() else None)
+    return module
+
+
+def _load_variant_weights(model: nn.Module, path: Path) -> None:
+    """Load the ``efficient_attn`` tensors of a checkpoint that transformers skipped as unexpected."""
+    from safetensors.torch import load_file
+
+    expected = {name for name, _ in model.state_dict().items() if f".{interface.VARIANT_ATTRIBUTE}." in name}
+    if not expected:
+        return
+    index_file = path / "model.safetensors.index.json"
+    if index_file.exists():
+        files = sorted(set(json.loads(index_file.read_text())["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    found: dict[str, torch.Tensor] = {}
+    for file in files:
+        tensors = load_file(str(path / file))
+        found.update({name: tensor for name, tensor in tensors.items() if f".{interface.VARIANT_ATTRIBUTE}." in name})
+    state_names = _checkpoint_names(model, expected, found)
+    missing = sorted(expected - set(state_names.values()))
+    if missing:
+        raise PatchError(f"The checkpoint at {path} lacks the variant's weights: {', '.join(missing[:5])}.")
+    model.load_state_dict({state_names[name]: tensor for name, tensor in found.items() if name in state_names}, strict=False)
+
+
+def _checkpoint_names(model: nn.Module, expected: set[str], found: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Map checkpoint tensor names to the model's (checkpoints may drop the base-model prefix)."""
+    mapping: dict[str, str] = {}
+    for name in found:
+        if name in expected:
+            mapping[name] = name
+            continue
+        for candidate in expected:
+            if candidate.endswith("." + name) or name.endswith("." + candidate):
+                mapping[name] = candidate
+                break
+    return mapping

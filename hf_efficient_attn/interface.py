@@ -1,0 +1,90 @@
+"""The attention function and mask policy this library registers with transformers.
+
+Transformers looks both up by ``config._attn_implementation``. `patch_model` sets it to
+`IMPLEMENTATION_NAME`, so every attention call of the model lands in `efficient_attention_forward`,
+which runs the variant attached to the calling module (or exact attention for modules left
+unpatched). The mask policy `efficient_attention_mask` replaces transformers' dense masks with an
+`AttentionLayout`: the 2-D padding mask and the query offset, nothing N×N. Without that policy
+transformers would hand a custom attention function ``attention_mask=None`` and padding would leak.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
+
+from .context import AttentionLayout, build_context
+from .variants.base import AttentionVariant
+
+IMPLEMENTATION_NAME = "hf_efficient_attn"
+VARIANT_ATTRIBUTE = "efficient_attn"
+
+
+def efficient_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: AttentionLayout | torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Transformers' attention-function protocol: ``[b, heads, len, dim]`` in, ``[b, len, heads, dim]`` out."""
+    variant: AttentionVariant | None = getattr(module, VARIANT_ATTRIBUTE, None)
+    if variant is None:
+        variant = _exact_attention()
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    context = build_context(
+        query=query,
+        key=key,
+        attention_mask=attention_mask,
+        causal=bool(getattr(module, "is_causal", False)) and key.shape[-2] > 0,
+        scaling=scaling,
+        dropout=dropout if module.training else 0.0,
+        retained_prefix=variant.retained_prefix(attention_mask if isinstance(attention_mask, AttentionLayout) else None),
+        position_ids=kwargs.get("position_ids"),
+        native_window=kwargs.get("sliding_window"),
+    )
+    output = variant(query, key, value, context)
+    return output.transpose(1, 2).contiguous(), None
+
+
+def efficient_attention_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int | torch.Tensor = 0,
+    kv_offset: int = 0,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> AttentionLayout:
+    """Transformers' mask-function protocol: keep the 2-D padding mask and the query offset only."""
+    padding = attention_mask
+    if padding is not None and bool(padding.all()):
+        padding = None
+    return AttentionLayout(padding=padding, query_offset=int(q_offset))
+
+
+_EXACT: list[AttentionVariant] = []
+
+
+def _exact_attention() -> AttentionVariant:
+    """The shared exact variant that unpatched modules of a patched model run."""
+    if not _EXACT:
+        from .variants.base import LayerInfo, Role
+        from .variants.full import FullAttention, FullOptions
+
+        _EXACT.append(FullAttention(FullOptions(), LayerInfo(Role.CAUSAL, "any", -1, 1, 1, 1)))
+    return _EXACT[0]
+
+
+def register() -> None:
+    """Register the attention function and mask policy with transformers (idempotent)."""
+    AttentionInterface.register(IMPLEMENTATION_NAME, efficient_attention_forward)
+    AttentionMaskInterface.register(IMPLEMENTATION_NAME, efficient_attention_mask)

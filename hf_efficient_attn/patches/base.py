@@ -1,0 +1,47 @@
+"""What a model adapter tells the library: where attention lives in an architecture, and in which role.
+
+Adapters copy nothing from the models' own code. Each lists the model types it knows and, for a model
+instance, every attention module with its `LayerInfo` (role, stack, index, head shape). Everything
+else (the attention math, masks, caches) is shared and architecture-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..variants.base import LayerInfo
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    """One attention module of a model and the facts about it."""
+
+    module: nn.Module
+    layer: LayerInfo
+
+
+class ModelAdapter:
+    """Base of the per-architecture adapters.
+
+    Attributes:
+        model_types: values of ``config.model_type`` this adapter handles.
+        targets: the attention stacks the architecture has, e.g. ``("encoder", "decoder", "cross")``.
+    """
+
+    model_types: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ()
+
+    def sites(self, model: nn.Module) -> list[AttentionSite]:
+        """Every attention module of ``model``, in layer order within each target."""
+        raise NotImplementedError
+
+
+def head_count(config: object, *names: str) -> int:
+    """The first of ``names`` that ``config`` defines (head counts go by different names per model)."""
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return int(value)
+    raise AttributeError(f"config has none of {names}")

@@ -1,0 +1,149 @@
+"""What every variant is made of: an options dataclass, a per-layer module, and where it may run.
+
+A variant is registered once (`register_variant`) as a name, an options dataclass and an
+`AttentionVariant` subclass. `patch_model` builds one instance of that subclass per patched attention
+module and attaches it there as a submodule, so the variant's own parameters (Linformer projections,
+feature maps) train, save and load like any other weight. At call time the instance receives
+``query``, ``key``, ``value`` and the call's `AttentionContext`, and returns the attention output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..context import AttentionContext, AttentionLayout
+
+
+class Role(str, enum.Enum):
+    """Where an attention module sits, which decides the patterns that make sense there."""
+
+    CAUSAL = "causal self-attention"
+    BIDIRECTIONAL = "bidirectional self-attention"
+    CROSS = "cross-attention"
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """Static facts about one attention module, gathered by the model adapter at patch time.
+
+    Attributes:
+        role: causal self-, bidirectional self- or cross-attention.
+        target: the adapter's name for the stack the layer is in ("decoder", "encoder", "cross").
+        layer_index: index of the layer within its stack.
+        num_heads / num_kv_heads / head_dim: the attention shape.
+        sequence_length: fixed key length where the architecture has one (ViT patches + CLS, Whisper's
+            1500 encoder frames), else None.
+        grid: ``(rows, cols)`` of the patch grid for vision models, else None.
+        prefix_tokens: tokens before the grid (ViT's CLS), always global in a 2-D neighbourhood.
+    """
+
+    role: Role
+    target: str
+    layer_index: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    sequence_length: int | None = None
+    grid: tuple[int, int] | None = None
+    prefix_tokens: int = 0
+
+
+class VariantError(ValueError):
+    """Bad options or a variant that cannot run where it was asked to."""
+
+
+@dataclass(frozen=True)
+class VariantOptions:
+    """Base of every variant's options; subclasses are frozen dataclasses with documented defaults."""
+
+    def validate(self) -> None:
+        """Raise `VariantError` for values that can never work, whatever the model."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form, recorded in the model config so a saved model can be re-patched."""
+        return dataclasses.asdict(self)
+
+
+class AttentionVariant(nn.Module):
+    """One patched attention module's variant: its options, its state and its forward.
+
+    Subclasses set `name`, `options_class`, the roles they support, and implement `forward`.
+    """
+
+    name: ClassVar[str]
+    options_class: ClassVar[type[VariantOptions]]
+    roles: ClassVar[frozenset[Role]] = frozenset(Role)
+
+    def __init__(self, options: VariantOptions, layer: LayerInfo):
+        super().__init__()
+        self.options = options
+        self.layer = layer
+
+    @classmethod
+    def check_layer(cls, options: VariantOptions, layer: LayerInfo) -> None:
+        """Raise `VariantError` when these options cannot run on this layer (checked before patching)."""
+        if layer.role not in cls.roles:
+            able = sorted(name for name, spec in VARIANTS.items() if layer.role in spec.variant_class.roles)
+            raise VariantError(
+                f"Variant '{cls.name}' cannot run on {layer.role.value} ({layer.target} layer "
+                f"{layer.layer_index}). Variants that can: {', '.join(able)}. Or leave this layer out with "
+                "`targets=`/`layers=`."
+            )
+
+    def retained_prefix(self, layout: AttentionLayout | None) -> int:
+        """Leading tokens this variant's KV cache keeps besides its window (0: it keeps all it is given)."""
+        return 0
+
+    def make_cache_layer(self, layout: AttentionLayout | None) -> object | None:
+        """A transformers cache layer bounded for this variant, or None to keep the model's own cache."""
+        return None
+
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext
+    ) -> torch.Tensor:
+        """Attention output ``[batch, q_heads, q_len, head_dim]``."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"{self.name}: {self.options}"
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """A registered variant: its name, options dataclass, module class and a one-line summary."""
+
+    name: str
+    options_class: type[VariantOptions]
+    variant_class: type[AttentionVariant]
+    summary: str
+
+
+VARIANTS: dict[str, VariantSpec] = {}
+
+
+def register_variant(summary: str) -> Callable[[type[AttentionVariant]], type[AttentionVariant]]:
+    """Class decorator adding an `AttentionVariant` subclass to the registry under its `name`."""
+
+    def register(variant_class: type[AttentionVariant]) -> type[AttentionVariant]:
+        VARIANTS[variant_class.name] = VariantSpec(
+            name=variant_class.name,
+            options_class=variant_class.options_class,
+            variant_class=variant_class,
+            summary=summary,
+        )
+        return variant_class
+
+    return register
+
+
+def positive_int(name: str, value: object, minimum: int = 1) -> None:
+    """Raise `VariantError` unless ``value`` is an int >= ``minimum`` (shared option check)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise VariantError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")

@@ -1,0 +1,169 @@
+"""`sliding`: local attention in a window, with optional attention sinks and global tokens.
+
+Pattern, over absolute positions ``q`` (query) and ``k`` (key):
+
+* causal layers: ``q - window < k <= q`` (``window`` counts the keys a query sees, itself included,
+  as transformers' ``sliding_window`` does), plus the first ``sink_tokens`` real tokens of each row,
+  which every later query keeps seeing (StreamingLLM's attention sinks);
+* bidirectional layers, ``neighbourhood="1d"``: ``|q - k| < window`` (the same reach on each side);
+  ``neighbourhood="2d"`` (vision): patches within ``window - 1`` rows and columns of each other on the
+  patch grid. The first ``global_tokens`` tokens see and are seen by all (in 2-D, the tokens before the
+  grid, such as ViT's CLS, always are); sinks are seen by all but see only their window.
+
+With ``window`` at least the sequence length the pattern is full attention and results are exact.
+In generation the KV cache of a windowed causal layer keeps only the sinks and the last
+``window - 1`` tokens, so memory stops growing with length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ..cache import SinkWindowCacheLayer
+from ..context import AttentionContext, AttentionLayout
+from ..masked import masked_attention
+from .base import (
+    AttentionVariant,
+    LayerInfo,
+    Role,
+    VariantError,
+    VariantOptions,
+    positive_int,
+    register_variant,
+)
+
+
+@dataclass(frozen=True)
+class SlidingOptions(VariantOptions):
+    """Options of `sliding`.
+
+    Attributes:
+        window: keys a causal query sees, itself included; in bidirectional layers the reach is
+            ``window - 1`` on each side (in rows and columns for ``"2d"``). Default 1024.
+        sink_tokens: leading tokens every query keeps seeing (StreamingLLM). Default 0.
+        global_tokens: leading tokens that see and are seen by every token; bidirectional layers only.
+            Default 0.
+        neighbourhood: ``"1d"`` (along the sequence) or ``"2d"`` (over a vision model's patch grid).
+    """
+
+    window: int = 1024
+    sink_tokens: int = 0
+    global_tokens: int = 0
+    neighbourhood: Literal["1d", "2d"] = "1d"
+
+    def validate(self) -> None:
+        positive_int("window", self.window)
+        positive_int("sink_tokens", self.sink_tokens, minimum=0)
+        positive_int("global_tokens", self.global_tokens, minimum=0)
+        if self.neighbourhood not in ("1d", "2d"):
+            raise VariantError(f"`neighbourhood` must be '1d' or '2d', got {self.neighbourhood!r}.")
+
+
+@register_variant("local window (causal band or symmetric/2-D neighbourhood) with sink and global tokens")
+class SlidingWindowAttention(AttentionVariant):
+    """Exact softmax attention restricted to a window; see the module docstring for the pattern."""
+
+    name = "sliding"
+    options_class = SlidingOptions
+    roles = frozenset({Role.CAUSAL, Role.BIDIRECTIONAL})
+    options: SlidingOptions
+
+    @classmethod
+    def check_layer(cls, options: SlidingOptions, layer: LayerInfo) -> None:
+        super().check_layer(options, layer)
+        if layer.role is Role.CAUSAL and options.global_tokens:
+            raise VariantError(
+                "`global_tokens` needs bidirectional attention; in a causal layer use `sink_tokens` "
+                f"(got global_tokens={options.global_tokens} for {layer.target} layer {layer.layer_index})."
+            )
+        if options.neighbourhood == "2d" and layer.grid is None:
+            raise VariantError(
+                f"neighbourhood='2d' needs a patch grid, which {layer.target} layers of this model do not have; "
+                "use neighbourhood='1d'."
+            )
+
+    def retained_prefix(self, layout: AttentionLayout | None) -> int:
+        if not self.options.sink_tokens:
+            return 0
+        leading = layout.leading_padding() if layout is not None else 0
+        return self.options.sink_tokens + leading
+
+    def make_cache_layer(self, layout: AttentionLayout | None) -> SinkWindowCacheLayer | None:
+        if self.layer.role is not Role.CAUSAL:
+            return None
+        return SinkWindowCacheLayer(window=self.options.window, prefix=self.retained_prefix(layout))
+
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext
+    ) -> torch.Tensor:
+        return masked_attention(query, key, value, context, rule=self)
+
+    # The mask rule (see `masked.MaskRule`).
+
+    def allowed(
+        self, context: AttentionContext, query_positions: torch.Tensor, key_positions: torch.Tensor
+    ) -> torch.Tensor:
+        if self.options.neighbourhood == "2d":
+            near = self._grid_near(query_positions, key_positions)
+        else:
+            distance = query_positions[:, None] - key_positions[None, :]
+            near = distance < self.options.window if context.causal else distance.abs() < self.options.window
+        near = near[None, None]  # [1, 1, q, k]
+        start = _row_starts(context, query_positions.device)  # [b|1, 1, 1, 1]
+        sinks = self.options.sink_tokens
+        if sinks:
+            offset = key_positions[None, None, None, :] - start
+            near = near | ((offset >= 0) & (offset < sinks))
+        global_count = self._global_count()
+        if global_count:
+            key_offset = key_positions[None, None, None, :] - start
+            query_offset = query_positions[None, None, :, None] - start
+            near = near | ((key_offset >= 0) & (key_offset < global_count))
+            near = near | ((query_offset >= 0) & (query_offset < global_count))
+        return near
+
+    def candidate_keys(
+        self, context: AttentionContext, query_positions: torch.Tensor, key_positions: torch.Tensor
+    ) -> torch.Tensor | None:
+        latest_start = 0 if context.sequence_start is None else int(context.sequence_start.max())
+        leading = latest_start + max(self.options.sink_tokens, self._global_count())
+        if self._global_count() and bool((query_positions < latest_start + self._global_count()).any()):
+            return None
+        low, high = int(query_positions.min()), int(query_positions.max())
+        reach = self.options.window - 1
+        if self.options.neighbourhood == "2d":
+            columns = self.layer.grid[1]
+            low, high = low - reach * columns - reach, high + reach * columns + reach
+        else:
+            low, high = low - reach, high + (0 if context.causal else reach)
+        return ((key_positions >= low) & (key_positions <= high)) | (key_positions < leading)
+
+    def _global_count(self) -> int:
+        if self.options.neighbourhood == "2d":
+            return max(self.options.global_tokens, self.layer.prefix_tokens)
+        return self.options.global_tokens
+
+    def _grid_near(self, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
+        rows, columns = self.layer.grid
+        prefix = self.layer.prefix_tokens
+        if query_positions.numel() and int(query_positions.max()) >= prefix + rows * columns:
+            raise VariantError(
+                f"The 2-D neighbourhood expects {prefix} + {rows}×{columns} tokens but got more; "
+                "images of another size change the patch grid: use neighbourhood='1d' for them."
+            )
+        query_cell = (query_positions - prefix).clamp(min=0)
+        key_cell = (key_positions - prefix).clamp(min=0)
+        row_distance = (query_cell[:, None] // columns - key_cell[None, :] // columns).abs()
+        column_distance = (query_cell[:, None] % columns - key_cell[None, :] % columns).abs()
+        reach = self.options.window
+        return (row_distance < reach) & (column_distance < reach)
+
+
+def _row_starts(context: AttentionContext, device: torch.device) -> torch.Tensor:
+    """Each row's first real position, shaped ``[b|1, 1, 1, 1]`` for broadcasting against pairs."""
+    if context.sequence_start is None:
+        return torch.zeros(1, 1, 1, 1, dtype=torch.long, device=device)
+    return context.sequence_start.view(-1, 1, 1, 1)
