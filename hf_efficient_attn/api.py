@@ -76,7 +76,7 @@ def patch_model(
     interface.register()
     previous = model.config._attn_implementation
     model.set_attn_implementation(interface.IMPLEMENTATION_NAME)
-    for site, module in zip(chosen_sites, modules):
+    for site, module in zip(chosen_sites, modules, strict=True):
         site.module.add_module(interface.VARIANT_ATTRIBUTE, module)
         site.module.register_forward_pre_hook(install_bounded_cache, with_kwargs=True)
     setattr(
