@@ -103,7 +103,7 @@ def documents_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor | No
     first = position_ids[:, :1] - 1
     starts = torch.diff(position_ids, prepend=first, dim=-1) != 1
     documents = starts.cumsum(-1)
-    if bool((documents[:, -1] <= 1).all()):
+    if bool((documents[:, -1] == 0).all()):
         return None
     return documents
 

@@ -1,0 +1,45 @@
+"""save_pretrained then hf_efficient_attn.from_pretrained restores the patch and the variant's weights."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+import hf_efficient_attn
+from hf_efficient_attn import patch_model
+
+
+def test_round_trip_restores_patch(llama, tmp_path):
+    model = patch_model(copy.deepcopy(llama), "sliding", window=5, sink_tokens=1, layers=[0, 2])
+    ids = torch.randint(3, llama.config.vocab_size, (2, 20))
+    expected = model(input_ids=ids).logits
+    model.save_pretrained(tmp_path)
+    restored = hf_efficient_attn.from_pretrained(tmp_path)
+    assert restored.config.efficient_attention == model.config.efficient_attention
+    assert restored.config._attn_implementation == "hf_efficient_attn"
+    assert torch.equal(restored(input_ids=ids).logits, expected)
+
+
+def test_plain_transformers_load_gives_unpatched_model(llama, tmp_path):
+    """Without our loader the checkpoint still loads, as the original model with exact attention."""
+    model = patch_model(copy.deepcopy(llama), "sliding", window=5)
+    model.save_pretrained(tmp_path)
+    plain = type(llama).from_pretrained(tmp_path)
+    ids = torch.randint(3, llama.config.vocab_size, (1, 12))
+    assert not hf_efficient_attn.is_patched(plain)
+    assert (plain(input_ids=ids).logits - llama(input_ids=ids).logits).abs().max().item() < 1e-5
+
+
+def test_unpatched_checkpoint_loads_unpatched(vit, tmp_path):
+    vit.save_pretrained(tmp_path)
+    loaded = hf_efficient_attn.from_pretrained(tmp_path)
+    assert not hf_efficient_attn.is_patched(loaded)
+
+
+def test_whisper_round_trip(whisper, whisper_inputs, tmp_path):
+    model = patch_model(copy.deepcopy(whisper), "sliding", window=3)
+    expected = model(**whisper_inputs).logits
+    model.save_pretrained(tmp_path)
+    restored = hf_efficient_attn.from_pretrained(tmp_path)
+    assert torch.equal(restored(**whisper_inputs).logits, expected)
