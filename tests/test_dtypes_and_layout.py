@@ -1,0 +1,44 @@
+"""Half-precision runs, and the compact layout our mask policy hands to attention (never N×N)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from hf_efficient_attn import patch_model
+from hf_efficient_attn.context import AttentionLayout
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("variant", "options"), [("full", {}), ("sliding", {"window": 64})])
+def test_half_precision_matches_unpatched(llama, dtype, variant, options):
+    model = llama.to(dtype)
+    ids = torch.randint(3, llama.config.vocab_size, (2, 48), generator=torch.Generator().manual_seed(0))
+    baseline = model(input_ids=ids).logits.float()
+    patched = patch_model(copy.deepcopy(model), variant, **options)
+    logits = patched(input_ids=ids).logits
+    assert logits.dtype == dtype
+    scale = baseline.abs().max().item()
+    assert (logits.float() - baseline).abs().max().item() < 0.02 * scale
+
+
+def test_attention_receives_compact_layout(llama):
+    """What reaches the attention function is the 2-D padding mask and an offset, not an N×N mask."""
+    model = patch_model(copy.deepcopy(llama), "sliding", window=4)
+    received = []
+
+    def grab(module, args, kwargs):
+        received.append(kwargs["attention_mask"])
+
+    model.model.layers[0].self_attn.register_forward_pre_hook(grab, with_kwargs=True)
+    ids = torch.randint(3, llama.config.vocab_size, (2, 64))
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0
+    model(input_ids=ids, attention_mask=mask)
+    layout = received[-1]
+    assert isinstance(layout, AttentionLayout)
+    assert layout.padding.shape == (2, 64) and layout.query_offset == 0
+    model(input_ids=ids)
+    assert received[-1].padding is None
