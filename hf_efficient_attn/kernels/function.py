@@ -1,0 +1,109 @@
+"""Autograd glue: `fused_attention` and `fused_attention_varlen` over the Triton kernels."""
+
+from __future__ import annotations
+
+import torch
+
+from . import flash
+from .checks import check_dense, check_varlen
+from .sparsity import build_tile_lists
+
+
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """x itself when its memory is dense and non-overlapping with a unit last stride, else a copy."""
+    if x.stride(-1) != 1:
+        return x.contiguous()
+    dims = sorted((s, n) for s, n in zip(x.stride(), x.shape, strict=True) if n > 1)
+    expected = 1
+    for stride, size in dims:
+        if stride != expected:
+            return x.contiguous()
+        expected *= size
+    return x
+
+
+class _FusedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, scale, mask, varlen, max_q, max_k):
+        o, lse = flash.attention_forward(q, k, v, scale, mask, varlen, max_q, max_k)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.scale, ctx.mask, ctx.varlen, ctx.max_q, ctx.max_k = scale, mask, varlen, max_q, max_k
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = flash.attention_backward(do, q, k, v, o, lse, ctx.scale, ctx.mask, ctx.varlen, ctx.max_q,
+                                              ctx.max_k)
+        return dq, dk, dv, None, None, None, None, None
+
+
+def fused_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    causal: bool,
+    window: tuple[int | None, int | None] = (None, None),
+    sink_tokens: int = 0,
+    global_tokens: int = 0,
+    block_layout: torch.Tensor | None = None,
+    layout_block_size: int = 64,
+    key_padding: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Masked attention. q [B, Hq, Nq, D]; k, v [B, Hkv, Nk, D] with Hq % Hkv == 0.
+
+    Query i (at position qpos(i) = i + Nk - Nq when causal, else i) sees key j iff causal allows it,
+    the key is not padding, the block layout allows (qpos // layout_block_size, j // layout_block_size),
+    and the window clause holds: no window, or (left is None or qpos - j < left) and
+    (right is None or j - qpos < right), or j < sink_tokens, or j < global_tokens, or
+    qpos < global_tokens. Rows that see nothing return 0. Returns [B, Hq, Nq, D] in q's dtype.
+    """
+    check_dense(q, k, v, scale=scale, window=tuple(window), sink_tokens=sink_tokens,
+                global_tokens=global_tokens, block_layout=block_layout, layout_block_size=layout_block_size,
+                key_padding=key_padding, causal=causal)
+    b, hq, nq, _ = q.shape
+    nk = k.shape[2]
+    if b == 0 or nq == 0 or nk == 0:
+        return torch.zeros_like(q)
+    q, k, v = _dense(q), _dense(k), _dense(v)
+    kp = key_padding.to(torch.int8).contiguous() if key_padding is not None else None
+    mask = flash.MaskArgs(causal=causal, window=tuple(window), sink_tokens=sink_tokens,
+                          global_tokens=global_tokens, key_padding=kp, layout_block_size=layout_block_size)
+    if block_layout is not None:
+        lay = (block_layout != 0).to(torch.int8).contiguous()
+        mask.layout = lay
+        mask.tiles = build_tile_lists(lay, layout_block_size, nq, nk, causal=mask.causal,
+                                      has_window=mask.has_window, wl=mask.wl, wr=mask.wr, sink=mask.sink,
+                                      gq=mask.gq, block=flash.sparse_tile())
+    return _FusedAttention.apply(q, k, v, float(scale), mask, False, nq, nk)
+
+
+def fused_attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    *,
+    scale: float,
+    causal: bool,
+    window: tuple[int | None, int | None] = (None, None),
+    sink_tokens: int = 0,
+    global_tokens: int = 0,
+) -> torch.Tensor:
+    """Packed variable-length attention. q [Tq, Hq, D], k, v [Tk, Hkv, D]; sequence b is
+    q[cu_seqlens_q[b]:cu_seqlens_q[b+1]] against k[cu_seqlens_k[b]:cu_seqlens_k[b+1]], with the mask
+    of `fused_attention` applied per sequence (causal is bottom-right aligned per sequence)."""
+    check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=scale,
+                 window=tuple(window), sink_tokens=sink_tokens, global_tokens=global_tokens)
+    if q.shape[0] == 0 or k.shape[0] == 0 or cu_seqlens_q.numel() < 2 or max_seqlen_q == 0:
+        return torch.zeros_like(q)
+    q, k, v = _dense(q), _dense(k), _dense(v)
+    mask = flash.MaskArgs(causal=causal, window=tuple(window), sink_tokens=sink_tokens,
+                          global_tokens=global_tokens, cu_q=cu_seqlens_q.to(torch.int32).contiguous(),
+                          cu_k=cu_seqlens_k.to(torch.int32).contiguous())
+    return _FusedAttention.apply(q, k, v, float(scale), mask, True, int(max_seqlen_q), max(int(max_seqlen_k), 1))
