@@ -88,3 +88,13 @@ def causal_padding_visible(
     if padding is not None:
         visible = visible & padding[:, None, None, :]
     return visible
+
+
+def naive_linear_attention(query_features, key_features, value, visible):
+    """O(N²) definition: out_i = Σ_j [j visible] φq_i·φk_j v_j / Σ_j [j visible] φq_i·φk_j, zeros if none."""
+    groups = query_features.shape[1] // key_features.shape[1]
+    key_features = key_features.double().repeat_interleave(groups, 1)
+    value = value.double().repeat_interleave(groups, 1)
+    weights = (query_features.double() @ key_features.transpose(-1, -2)) * visible
+    total = weights.sum(-1, keepdim=True)
+    return torch.where(total > 0, (weights @ value) / total, torch.zeros(()).double())
