@@ -6,12 +6,27 @@
 
 from .api import PatchError, from_pretrained, is_patched, list_variants, patch_model, unpatch_model
 from .patches import UnsupportedModelError, supported_model_types
-from .variants import FullOptions, SlidingOptions, VariantError, VariantOptions
+from .variants import (
+    FullOptions,
+    LinearOptions,
+    LowRankOptions,
+    NystromOptions,
+    PerformerOptions,
+    SlidingOptions,
+    SparseOptions,
+    VariantError,
+    VariantOptions,
+)
 
 __all__ = [
     "FullOptions",
+    "LinearOptions",
+    "LowRankOptions",
+    "NystromOptions",
     "PatchError",
+    "PerformerOptions",
     "SlidingOptions",
+    "SparseOptions",
     "UnsupportedModelError",
     "VariantError",
     "VariantOptions",

@@ -2,17 +2,32 @@
 
 from .base import VARIANTS, AttentionVariant, LayerInfo, Role, VariantError, VariantOptions, VariantSpec
 from .full import FullAttention, FullOptions
+from .linear import HedgehogLinearAttention, LinearOptions
+from .lowrank import LinformerAttention, LowRankOptions
+from .nystrom import NystromAttention, NystromOptions
+from .performer import PerformerAttention, PerformerOptions
 from .sliding import SlidingOptions, SlidingWindowAttention
+from .sparse import BlockSparseAttention, SparseOptions
 
 __all__ = [
     "VARIANTS",
     "AttentionVariant",
+    "BlockSparseAttention",
     "FullAttention",
     "FullOptions",
+    "HedgehogLinearAttention",
     "LayerInfo",
+    "LinearOptions",
+    "LinformerAttention",
+    "LowRankOptions",
+    "NystromAttention",
+    "NystromOptions",
+    "PerformerAttention",
+    "PerformerOptions",
     "Role",
     "SlidingOptions",
     "SlidingWindowAttention",
+    "SparseOptions",
     "VariantError",
     "VariantOptions",
     "VariantSpec",
