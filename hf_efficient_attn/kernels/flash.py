@@ -48,6 +48,8 @@ import triton.language as tl
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 BIG = 1 << 30  # stands for "no bound" in window arithmetic; int32-safe after adding a length
 _BIG = tl.constexpr(BIG)
+# The CPU interpreter multiplies bfloat16 tiles wrongly (raw bits); there, dots run on fp32 copies.
+_UPCAST_DOTS = tl.constexpr(INTERPRET)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -121,6 +123,9 @@ _KEY = ["NQ", "NK", "HEAD_DIM", "CAUSAL", "HAS_WINDOW", "HAS_KPAD", "IS_VARLEN",
 
 @triton.jit
 def _mma(a, b, acc, IEEE: tl.constexpr):
+    if _UPCAST_DOTS:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
     if IEEE:  # noqa: SIM108 (constexpr branch)
         acc = tl.dot(a, b, acc, input_precision="ieee")
     else:

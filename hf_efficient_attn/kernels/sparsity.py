@@ -94,7 +94,8 @@ def build_tile_lists(layout: torch.Tensor, layout_block_size: int, nq: int, nk: 
         bypass = (n0[None, :] < sink) | (p0[:, None] < gq)
         band_any &= ((d_hi > -wl) & (d_lo < wr)) | bypass
         band_all &= (d_lo > -wl) & (d_hi < wr) & ~bypass
-    in_bounds = (n0 + block <= nk)[None, :]
+    # unmasked tiles load without bounds checks: both the key and the query tile must be complete
+    in_bounds = (n0 + block <= nk)[None, :] & (mt * block + block <= nq)[:, None]
     any_vis = any_vis & band_any[None]
     full = any_vis & all_vis & (band_all & in_bounds)[None]
     partial = any_vis & ~full
