@@ -91,6 +91,13 @@ class SparseOptions(VariantOptions):
                 f"`group_size` must be even (the shifted heads move by group_size / 2), got {self.group_size}; "
                 f"use {self.group_size + 1}."
             )
+        if self.layout is None and self.pattern == "block" and not (
+            self.local_blocks or self.global_blocks or self.stride_blocks
+        ):
+            raise VariantError(
+                "local_blocks, global_blocks and stride_blocks are all 0, so queries would see no key; "
+                "set local_blocks >= 1 (the query's own block)."
+            )
         if self.layout is not None:
             shape = self.layout_tensor().shape
             if len(shape) not in (2, 3) or 0 in shape:
@@ -189,7 +196,10 @@ class BlockSparseAttention(AttentionVariant):
         rows.scatter_(1, query_offset // size, True)  # query blocks present in this chunk, per row
         active = (rows.to(torch.float32) @ layout.to(torch.float32)) > 0  # [b|1, key_blocks]
         key_block = (key_offset // size).clamp(max=layout.shape[-1] - 1)
-        return active.gather(1, key_block.expand(active.shape[0], -1)).any(0)
+        candidates = active.gather(1, key_block.expand(active.shape[0], -1)).any(0)
+        # The engine needs at least one key per chunk; `allowed` still hides it, so such rows give zeros.
+        candidates[:1] = True
+        return candidates
 
     def _same_group(self, query_offset: torch.Tensor, key_offset: torch.Tensor) -> torch.Tensor:
         """Bool ``[b|1, heads, q, k]``: same group, with the second half of the heads shifted by G/2."""

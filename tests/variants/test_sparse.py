@@ -125,6 +125,13 @@ def test_own_layout_per_head_matches_definition():
     assert SparseOptions(layout=layout).to_dict()["layout"] == SparseOptions(layout=layout.tolist()).layout
 
 
+def test_own_layout_with_empty_rows_gives_zeros():
+    query, key, value = qkv(q_len=8, seed=10)
+    layout = [[False, False], [True, False]]
+    got = run(SparseOptions(block_size=4, layout=layout), query, key, value, context(8, 8, causal=False))
+    assert torch.equal(got[:, :, :4], torch.zeros_like(got[:, :, :4])) and got[:, :, 4:].abs().sum() > 0
+
+
 def test_own_layout_too_small_raises():
     query, key, value = qkv(q_len=20)
     with pytest.raises(VariantError, match="covers 2×2 blocks but this call needs 5 blocks"):
@@ -205,6 +212,7 @@ def test_low_precision_matches_float64():
         ({"random_blocks": 1.5}, "`random_blocks` must be an integer >= 0"),
         ({"group_size": 7}, "`group_size` must be even"),
         ({"group_size": 0}, "`group_size` must be an integer >= 2, got 0"),
+        ({"local_blocks": 0, "global_blocks": 0}, "queries would see no key; set local_blocks >= 1"),
         ({"layout": [True, False]}, "`layout` must be a non-empty bool"),
         ({"layout": [[True], [True, False]]}, "`layout` must be a rectangular bool tensor"),
     ],
