@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -36,7 +38,7 @@ def cases(draw):
     return dict(b=2, hq=hq, hkv=hkv, nq=nq, nk=nk, d=draw(st.sampled_from([32, 80])), kw=kw)
 
 
-@settings(max_examples=15, deadline=None, derandomize=True,
+@settings(max_examples=int(os.environ.get("HF_EA_HYPOTHESIS_EXAMPLES", "15")), deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(cases())
 def test_random_masks_match_reference(case):
