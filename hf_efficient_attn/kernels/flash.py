@@ -71,6 +71,7 @@ def _fwd_configs():
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
     ]
 
 
@@ -83,6 +84,7 @@ def _dq_configs():
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2),
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
     ]
 
 
@@ -95,6 +97,7 @@ def _dkdv_configs():
         triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=2),
         triton.Config({"BLOCK_M": 32, "BLOCK_N": 128}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=3),
     ]
 
 
@@ -631,6 +634,15 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, 
         _store_rows(dv_base, dv.to(DV.dtype.element_ty), kj, svn, nk, HEAD_DIM, BLOCK_D)
 
 
+@triton.jit
+def _bwd_delta(Out, DO, DELTA, n_rows, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
+    """delta = rowsum(dO * O) in fp32 over rows of contiguous [rows, HEAD_DIM] views."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    o = _load_rows(Out, rows, HEAD_DIM, n_rows, True, HEAD_DIM, BLOCK_D).to(tl.float32)
+    do = _load_rows(DO, rows, HEAD_DIM, n_rows, True, HEAD_DIM, BLOCK_D).to(tl.float32)
+    tl.store(DELTA + rows, tl.sum(o * do, 1), mask=rows < n_rows)
+
+
 # --------------------------------------------------------------------------------------------------
 # tuned entry points and launch wrappers
 # --------------------------------------------------------------------------------------------------
@@ -757,20 +769,25 @@ def attention_backward(do, q, k, v, o, lse, scale: float, mask: MaskArgs, varlen
                        max_q: int = 0, max_k: int = 0):
     """Launch the backward kernels; returns (dq, dk, dv) in the dtypes of q, k, v."""
     c = _common(q, k, v, mask, varlen)
-    if do.stride(-1) != 1:
-        do = do.contiguous()
+    do = do.contiguous()
+    o = o.contiguous()
+    n_rows = o.numel() // o.shape[-1]
+    delta = torch.empty(o.shape[:-1], dtype=torch.float32, device=o.device)
+    block_r = 16 if INTERPRET else 64
+    _bwd_delta[(triton.cdiv(n_rows, block_r),)](o, do, delta, n_rows, HEAD_DIM=o.shape[-1],
+                                                 BLOCK_D=max(16, triton.next_power_of_2(o.shape[-1])),
+                                                 BLOCK_R=block_r)
     if varlen:
         n_batch = mask.cu_q.numel() - 1
         hq, d, hkv = q.shape[1], q.shape[2], k.shape[1]
         nq, nk = max_q, max_k
         so = (0, do.stride(1), do.stride(0))
-        delta = (do.float() * o.float()).sum(-1).transpose(0, 1).contiguous()  # [Hq, T]
+        delta = delta.transpose(0, 1).contiguous()  # [T, Hq] -> [Hq, T], the layout of lse
         slb, slh = 0, lse.stride(0)
     else:
         n_batch, hq, nq, d = q.shape
         hkv, nk = k.shape[1], k.shape[2]
         so = (do.stride(0), do.stride(1), do.stride(2))
-        delta = (do.float() * o.float()).sum(-1)  # [B, Hq, Nq], same layout as lse
         slb, slh = lse.stride(0), lse.stride(1)
     dq, dk, dv = _empty_like(q), _empty_like(k), _empty_like(v)
     block_d = max(16, triton.next_power_of_2(d))
