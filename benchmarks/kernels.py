@@ -8,6 +8,11 @@ density (64x64 blocks) against our exact kernel at 16k.
 FLOPs: forward = 4 * B * H * visible_pairs * D; forward+backward = 3.5 x forward (backward = 2.5x).
 Times are medians of triton.testing.do_bench (CUDA events) after warm-up. Every configuration of ours
 is checked against a reference on a short input first. n/a: the peer cannot express the pattern.
+
+On a fresh machine most of the time goes to compiling: our kernels are compiled (and autotuned at a
+small size) in parallel child processes first, but each FlexAttention shape is a new torch.compile.
+A full table needs roughly 15-20 minutes; --budget-s stops timing new entries (marked
+"skipped (time budget)") once it is spent, and rows are written to the JSON/Markdown as they finish.
 """
 
 from __future__ import annotations
@@ -274,7 +279,7 @@ def main():
     ap.add_argument("--ns", default="16384,65536,4096,1024", help="in priority order")
     ap.add_argument("--dims", default="128,64", help="in priority order (the time budget may cut the tail)")
     ap.add_argument("--patterns", default=",".join(PATTERNS))
-    ap.add_argument("--budget-s", type=float, default=420, help="stop timing new entries after this long")
+    ap.add_argument("--budget-s", type=float, default=1500, help="stop timing new entries after this long")
     ap.add_argument("--rep-ms", type=int, default=100)
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--no-warm", action="store_true")
