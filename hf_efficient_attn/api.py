@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import torch
 import transformers
 from torch import nn
+from transformers.core_model_loading import revert_weight_conversion
 
 from . import interface
 from .cache import install_bounded_cache
@@ -234,12 +235,27 @@ def _build_variant(
 
 
 def _load_variant_weights(model: nn.Module, path: Path) -> None:
-    """Load the ``efficient_attn`` tensors of a checkpoint that transformers skipped as unexpected."""
-    from safetensors.torch import load_file
-
-    expected = {name for name, _ in model.state_dict().items() if f".{interface.VARIANT_ATTRIBUTE}." in name}
+    """Load the variant's tensors from the checkpoint at ``path``; transformers skips them as unexpected."""
+    expected = {name: tensor for name, tensor in model.state_dict().items() if _is_variant_state(name)}
     if not expected:
         return
+    found = _read_variant_tensors(path)
+    saved_names = {name: _checkpoint_name(model, name, tensor, found) for name, tensor in expected.items()}
+    missing = sorted(name for name, saved in saved_names.items() if saved is None)
+    if missing:
+        raise PatchError(f"The checkpoint at {path} lacks the variant's weights: {', '.join(missing[:5])}.")
+    model.load_state_dict({name: found[saved] for name, saved in saved_names.items()}, strict=False)
+
+
+def _is_variant_state(name: str) -> bool:
+    """Whether a state-dict or checkpoint key belongs to a variant module attached by `patch_model`."""
+    return f".{interface.VARIANT_ATTRIBUTE}." in name
+
+
+def _read_variant_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The variant tensors of the (maybe sharded) safetensors checkpoint at ``path``, by checkpoint name."""
+    from safetensors.torch import load_file
+
     index_file = path / "model.safetensors.index.json"
     if index_file.exists():
         files = sorted(set(json.loads(index_file.read_text())["weight_map"].values()))
@@ -248,23 +264,28 @@ def _load_variant_weights(model: nn.Module, path: Path) -> None:
     found: dict[str, torch.Tensor] = {}
     for file in files:
         tensors = load_file(str(path / file))
-        found.update({name: tensor for name, tensor in tensors.items() if f".{interface.VARIANT_ATTRIBUTE}." in name})
-    state_names = _checkpoint_names(model, expected, found)
-    missing = sorted(expected - set(state_names.values()))
-    if missing:
-        raise PatchError(f"The checkpoint at {path} lacks the variant's weights: {', '.join(missing[:5])}.")
-    model.load_state_dict({state_names[name]: tensor for name, tensor in found.items() if name in state_names}, strict=False)
+        found.update({name: tensor for name, tensor in tensors.items() if _is_variant_state(name)})
+    return found
 
 
-def _checkpoint_names(model: nn.Module, expected: set[str], found: dict[str, torch.Tensor]) -> dict[str, str]:
-    """Map checkpoint tensor names to the model's (checkpoints may drop the base-model prefix)."""
-    mapping: dict[str, str] = {}
-    for name in found:
-        if name in expected:
-            mapping[name] = name
-            continue
-        for candidate in expected:
-            if candidate.endswith("." + name) or name.endswith("." + candidate):
-                mapping[name] = candidate
-                break
-    return mapping
+def _checkpoint_name(
+    model: nn.Module, name: str, tensor: torch.Tensor, found: dict[str, torch.Tensor]
+) -> str | None:
+    """The checkpoint key holding the model's state ``name``, or None when the checkpoint lacks it.
+
+    ``save_pretrained`` writes some layers under other names than the live model's (transformers 5
+    saves ViT's ``vit.layers.N`` as the legacy ``vit.encoder.layer.N``), so the name it would write
+    is tried first, then the live name; either may also differ from the key by the base-model prefix.
+    """
+    for candidate in dict.fromkeys((_saved_name(model, name, tensor), name)):
+        if candidate in found:
+            return candidate
+        for key in found:
+            if key.endswith("." + candidate) or candidate.endswith("." + key):
+                return key
+    return None
+
+
+def _saved_name(model: nn.Module, name: str, tensor: torch.Tensor) -> str:
+    """The key ``save_pretrained`` writes for state ``name``, by transformers' own reverse key mapping."""
+    return next(iter(revert_weight_conversion(model, {name: tensor})))

@@ -58,5 +58,11 @@ def whisper_inputs(whisper):
 
 
 @pytest.fixture
+def llama_inputs(llama):
+    generator = torch.Generator().manual_seed(2)
+    return {"input_ids": torch.randint(3, llama.config.vocab_size, (2, 20), generator=generator)}
+
+
+@pytest.fixture
 def vit_inputs(vit):
     return {"pixel_values": vit_pixels(vit)}

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 import hf_efficient_attn
 from hf_efficient_attn import patch_model
+from hf_efficient_attn.api import patched_variants
 
 
 def test_round_trip_restores_patch(llama, tmp_path):
@@ -43,3 +45,44 @@ def test_whisper_round_trip(whisper, whisper_inputs, tmp_path):
     model.save_pretrained(tmp_path)
     restored = hf_efficient_attn.from_pretrained(tmp_path)
     assert torch.equal(restored(**whisper_inputs).logits, expected)
+
+
+def perturb_variant_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Move every variant parameter away from its initial value; return copies of the variant state."""
+    generator = torch.Generator().manual_seed(7)
+    parameters = [parameter for variant in patched_variants(model) for parameter in variant.parameters()]
+    assert parameters, "the variant has no learned weights to restore"
+    with torch.no_grad():
+        for parameter in parameters:
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    return variant_state(model)
+
+
+def variant_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the state-dict entries of the variant modules, by name."""
+    return {name: tensor.clone() for name, tensor in model.state_dict().items() if ".efficient_attn." in name}
+
+
+@pytest.mark.parametrize(
+    ("family", "variant", "options"),
+    [
+        ("vit", "lowrank", {"rank": 8}),
+        ("whisper", "lowrank", {"rank": 8, "targets": "encoder"}),
+        ("llama", "linear", {}),
+    ],
+    ids=["vit-lowrank", "whisper-encoder-lowrank", "llama-linear"],
+)
+def test_round_trip_restores_learned_variant_weights(family, variant, options, request, tmp_path):
+    """Trained variant weights come back exactly, whatever names transformers gives the layers on save."""
+    model = patch_model(copy.deepcopy(request.getfixturevalue(family)), variant, **options)
+    inputs = request.getfixturevalue(f"{family}_inputs")
+    weights = perturb_variant_parameters(model)
+    expected = model(**inputs).logits
+    model.save_pretrained(tmp_path)
+
+    restored = hf_efficient_attn.from_pretrained(tmp_path)
+    restored_weights = variant_state(restored)
+    assert restored_weights.keys() == weights.keys()
+    for name, tensor in weights.items():
+        assert torch.equal(restored_weights[name], tensor), name
+    assert torch.equal(restored(**inputs).logits, expected)

@@ -134,7 +134,7 @@ def test_padding_does_not_change_real_tokens(llama, side, variant, options):
     ("model_name", "variant", "options", "message"),
     [
         ("llama", "lowrank", {}, "Variant 'lowrank' cannot run on any attention of this model (causal self-attention)"),
-        ("llama", "nystrom", {}, "Variants that can: full, linear, performer, sliding, sparse"),
+        ("llama", "nystrom", {}, "Variants that can: flash, full, linear, performer, sliding, sparse"),
         ("vit", "lowrank", {"rank": 40}, "rank 40 exceeds the sequence length 37 of encoder layers; choose rank <= 37"),
         ("whisper", "nystrom", {"num_landmarks": 30}, "num_landmarks 30 exceeds the sequence length 24"),
         ("whisper", "lowrank", {"rank": 8, "targets": ["decoder"]}, "cannot run on causal self-attention"),
@@ -166,7 +166,7 @@ def test_bad_options_and_roles_leave_model_unpatched(request, model_name, varian
     ids=["performer", "lowrank", "linear", "sparse-own-layout"],
 )
 def test_save_and_reload_give_the_same_outputs(whisper, whisper_inputs, tmp_path, variant, options):
-    """On Whisper: ViT checkpoints rename the layer keys, which `from_pretrained` does not map back yet."""
+    """On Whisper, every variant's state (learned weights, random features, own layouts) survives a reload."""
     from hf_efficient_attn import from_pretrained
 
     model = patch_model(copy.deepcopy(whisper), variant, **options)
