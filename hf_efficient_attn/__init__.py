@@ -5,8 +5,10 @@
 """
 
 from .api import PatchError, from_pretrained, is_patched, list_variants, patch_model, unpatch_model
+from .fused_path import FusedPathError, FusedPathFallbackWarning
 from .patches import UnsupportedModelError, supported_model_types
 from .variants import (
+    FlashOptions,
     FullOptions,
     LinearOptions,
     LowRankOptions,
@@ -19,6 +21,9 @@ from .variants import (
 )
 
 __all__ = [
+    "FlashOptions",
+    "FusedPathError",
+    "FusedPathFallbackWarning",
     "FullOptions",
     "LinearOptions",
     "LowRankOptions",

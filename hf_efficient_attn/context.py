@@ -50,6 +50,10 @@ class AttentionContext:
         scaling: factor applied to ``q @ k^T``.
         dropout: attention dropout probability (already 0 outside training).
         native_window: the model's own sliding window (e.g. Mistral's), counted like ours, or None.
+        query_offset: absolute position of the first query (host-side copy of ``query_positions[0]``).
+        trimmed_prefix: when a bounded cache dropped middle tokens, how many leading keys come before
+            the gap (the rest is a contiguous tail ending at the newest token); None when key ``j`` is
+            token ``j``.
     """
 
     query_positions: torch.Tensor
@@ -63,6 +67,8 @@ class AttentionContext:
     scaling: float
     dropout: float
     native_window: int | None
+    query_offset: int = 0
+    trimmed_prefix: int | None = None
 
 
 def _first_true_index(mask: torch.Tensor) -> torch.Tensor:
@@ -126,6 +132,8 @@ def build_context(
     layout = attention_mask if isinstance(attention_mask, AttentionLayout) else None
     dense_mask = _as_bool_mask(attention_mask) if isinstance(attention_mask, torch.Tensor) else None
 
+    query_offset = 0
+    trimmed_prefix = None
     if not causal:
         query_positions = torch.arange(q_len, device=device)
         key_positions = torch.arange(k_len, device=device)
@@ -135,6 +143,8 @@ def build_context(
         tokens_seen = query_offset + q_len
         query_positions = torch.arange(query_offset, tokens_seen, device=device)
         key_positions = key_positions_for(k_len, tokens_seen, retained_prefix, device)
+        if k_len < tokens_seen:
+            trimmed_prefix = retained_prefix
 
     key_padding = None
     sequence_start = None
@@ -175,6 +185,8 @@ def build_context(
         scaling=scaling,
         dropout=dropout,
         native_window=native_window,
+        query_offset=query_offset,
+        trimmed_prefix=trimmed_prefix,
     )
 
 

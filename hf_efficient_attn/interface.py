@@ -75,12 +75,12 @@ _EXACT: list[AttentionVariant] = []
 
 
 def _exact_attention() -> AttentionVariant:
-    """The shared exact variant that unpatched modules of a patched model run."""
+    """The shared exact variant that unpatched modules of a patched model run (fused on CUDA)."""
     if not _EXACT:
         from .variants.base import LayerInfo, Role
-        from .variants.full import FullAttention, FullOptions
+        from .variants.flash import FlashAttention, FlashOptions
 
-        _EXACT.append(FullAttention(FullOptions(), LayerInfo(Role.CAUSAL, "any", -1, 1, 1, 1)))
+        _EXACT.append(FlashAttention(FlashOptions(), LayerInfo(Role.CAUSAL, "any", -1, 1, 1, 1)))
     return _EXACT[0]
 
 

@@ -91,7 +91,7 @@ def test_options_object_and_keywords_are_exclusive(llama):
 def test_options_object_is_accepted(llama):
     patch_model(llama, SlidingOptions(window=4, sink_tokens=1))
     assert llama.config.efficient_attention["options"] == {
-        "window": 4, "sink_tokens": 1, "global_tokens": 0, "neighbourhood": "1d",
+        "window": 4, "sink_tokens": 1, "global_tokens": 0, "neighbourhood": "1d", "backend": "auto",
     }
 
 
@@ -110,6 +110,6 @@ def test_whisper_targets_default_to_self_attention(whisper):
 
 def test_sliding_is_refused_on_cross_attention(whisper):
     before = snapshot(whisper)
-    with pytest.raises(VariantError, match="cannot run on cross-attention.*Variants that can: full"):
+    with pytest.raises(VariantError, match="cannot run on cross-attention.*Variants that can: flash, full"):
         patch_model(whisper, "sliding", window=4, targets=["cross"])
     assert_unchanged(whisper, before)

@@ -44,7 +44,7 @@ def tiny_qwen2(seed: int = 0, **overrides) -> Qwen2ForCausalLM:
 
 def tiny_whisper(seed: int = 0, **overrides) -> WhisperForConditionalGeneration:
     torch.manual_seed(seed)
-    config = WhisperConfig(
+    shape = dict(
         vocab_size=97,
         num_mel_bins=8,
         d_model=32,
@@ -62,14 +62,14 @@ def tiny_whisper(seed: int = 0, **overrides) -> WhisperForConditionalGeneration:
         bos_token_id=1,
         begin_suppress_tokens=None,
         suppress_tokens=None,
-        **overrides,
     )
+    config = WhisperConfig(**{**shape, **overrides})
     return WhisperForConditionalGeneration(config).eval()
 
 
 def tiny_vit(seed: int = 0, **overrides) -> ViTForImageClassification:
     torch.manual_seed(seed)
-    config = ViTConfig(
+    shape = dict(
         image_size=24,
         patch_size=4,
         num_channels=3,
@@ -78,8 +78,8 @@ def tiny_vit(seed: int = 0, **overrides) -> ViTForImageClassification:
         num_attention_heads=4,
         intermediate_size=64,
         num_labels=5,
-        **overrides,
     )
+    config = ViTConfig(**{**shape, **overrides})
     return ViTForImageClassification(config).eval()
 
 

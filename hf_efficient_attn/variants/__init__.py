@@ -1,6 +1,7 @@
 """The variants: each module registers one (options dataclass + per-layer module) on import."""
 
 from .base import VARIANTS, AttentionVariant, LayerInfo, Role, VariantError, VariantOptions, VariantSpec
+from .flash import FlashAttention, FlashOptions
 from .full import FullAttention, FullOptions
 from .linear import HedgehogLinearAttention, LinearOptions
 from .lowrank import LinformerAttention, LowRankOptions
@@ -13,6 +14,8 @@ __all__ = [
     "VARIANTS",
     "AttentionVariant",
     "BlockSparseAttention",
+    "FlashAttention",
+    "FlashOptions",
     "FullAttention",
     "FullOptions",
     "HedgehogLinearAttention",

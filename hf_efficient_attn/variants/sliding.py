@@ -11,6 +11,7 @@ Pattern, over absolute positions ``q`` (query) and ``k`` (key):
   grid, such as ViT's CLS, always are); sinks are seen by all but see only their window.
 
 With ``window`` at least the sequence length the pattern is full attention and results are exact.
+On CUDA the 1-D pattern runs on the fused Triton kernels (band tiles only, see `fused_path`).
 In generation the KV cache of a windowed causal layer keeps only the sinks and the last
 ``window - 1`` tokens, so memory stops growing with length.
 """
@@ -22,6 +23,7 @@ from typing import Literal
 
 import torch
 
+from .. import fused_path
 from ..cache import SinkWindowCacheLayer
 from ..context import AttentionContext, AttentionLayout
 from ..masked import masked_attention
@@ -47,12 +49,15 @@ class SlidingOptions(VariantOptions):
         global_tokens: leading tokens that see and are seen by every token; bidirectional layers only.
             Default 0.
         neighbourhood: ``"1d"`` (along the sequence) or ``"2d"`` (over a vision model's patch grid).
+        backend: ``"auto"`` (fused kernels on CUDA when exact, else the reference), ``"triton"``
+            (kernels or an error; the 2-D neighbourhood has none) or ``"reference"``. Default ``"auto"``.
     """
 
     window: int = 1024
     sink_tokens: int = 0
     global_tokens: int = 0
     neighbourhood: Literal["1d", "2d"] = "1d"
+    backend: fused_path.Backend = "auto"
 
     def validate(self) -> None:
         positive_int("window", self.window)
@@ -60,6 +65,7 @@ class SlidingOptions(VariantOptions):
         positive_int("global_tokens", self.global_tokens, minimum=0)
         if self.neighbourhood not in ("1d", "2d"):
             raise VariantError(f"`neighbourhood` must be '1d' or '2d', got {self.neighbourhood!r}.")
+        fused_path.check_backend(self.backend)
 
 
 @register_variant("local window (causal band or symmetric/2-D neighbourhood) with sink and global tokens")
@@ -99,7 +105,27 @@ class SlidingWindowAttention(AttentionVariant):
     def forward(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext
     ) -> torch.Tensor:
-        return masked_attention(query, key, value, context, rule=self)
+        return fused_path.attention(
+            query,
+            key,
+            value,
+            context,
+            backend=self.options.backend,
+            kernel_mask=lambda: self.kernel_mask(context),
+            reference=lambda: masked_attention(query, key, value, context, rule=self),
+            variant_name=self.name,
+        )
+
+    def kernel_mask(self, context: AttentionContext) -> fused_path.KernelMask | str:
+        """The 1-D pattern in the fused kernels' terms (the 2-D neighbourhood has no kernel)."""
+        if self.options.neighbourhood == "2d":
+            return "the 2-D neighbourhood has no fused kernel"
+        window = self.options.window
+        return fused_path.KernelMask(
+            window=(window, None if context.causal else window),
+            sink_tokens=self.options.sink_tokens,
+            global_tokens=self._global_count(),
+        )
 
     # The mask rule (see `masked.MaskRule`).
 

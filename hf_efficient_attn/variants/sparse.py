@@ -16,6 +16,8 @@ around, so nothing leaks from the future. As in LongLoRA, a module that is not t
 runs exact full attention.
 
 Both are exact softmax attention under their mask; attention dropout applies to the probabilities.
+On CUDA both run on the fused Triton kernels, which skip the tiles outside the layout (the shifted
+groups are a per-head layout of half-groups); see `fused_path`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, Literal
 
 import torch
 
+from .. import fused_path
 from ..context import AttentionContext
 from ..masked import masked_attention
 from .base import (
@@ -60,6 +63,8 @@ class SparseOptions(VariantOptions):
             ``[heads, query_blocks, key_blocks]`` (tensor or nested lists); replaces the four counts
             above. Default None.
         group_size: tokens per group for ``pattern="shifted"``; even. Default 1024.
+        backend: ``"auto"`` (fused kernels on CUDA when exact, else the reference), ``"triton"``
+            (kernels or an error) or ``"reference"``. Default ``"auto"``.
     """
 
     pattern: Literal["block", "shifted"] = "block"
@@ -71,6 +76,7 @@ class SparseOptions(VariantOptions):
     seed: int = 0
     layout: Any = None
     group_size: int = 1024
+    backend: fused_path.Backend = "auto"
 
     def __post_init__(self) -> None:
         # Kept as nested tuples: hashable, comparable and recorded in the model config as JSON lists.
@@ -86,6 +92,7 @@ class SparseOptions(VariantOptions):
         for name in ("local_blocks", "global_blocks", "random_blocks", "stride_blocks", "seed"):
             positive_int(name, getattr(self, name), minimum=0)
         positive_int("group_size", self.group_size, minimum=2)
+        fused_path.check_backend(self.backend)
         if self.group_size % 2:
             raise VariantError(
                 f"`group_size` must be even (the shifted heads move by group_size / 2), got {self.group_size}; "
@@ -152,6 +159,31 @@ class BlockSparseAttention(AttentionVariant):
     def forward(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext
     ) -> torch.Tensor:
+        return fused_path.attention(
+            query,
+            key,
+            value,
+            context,
+            backend=self.options.backend,
+            kernel_mask=lambda: self.kernel_mask(context),
+            reference=lambda: self._reference(query, key, value, context),
+            variant_name=self.name,
+        )
+
+    def kernel_mask(self, context: AttentionContext) -> fused_path.KernelMask:
+        """The pattern as a block layout over absolute positions, for the fused kernels."""
+        if self.options.pattern == "shifted":
+            if not self.training:
+                return fused_path.KernelMask()
+            half = self.options.group_size // 2
+            return fused_path.KernelMask(block_layout=self._shifted_layout(context, half), layout_block_size=half)
+        layout = self._layout(context, context.query_positions, context.key_positions)
+        layout = layout if layout.dim() == 3 else layout[None]
+        return fused_path.KernelMask(block_layout=layout, layout_block_size=self.options.block_size)
+
+    def _reference(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext
+    ) -> torch.Tensor:
         if self.options.pattern == "shifted":
             if not self.training:
                 return masked_attention(query, key, value, context)
@@ -160,6 +192,17 @@ class BlockSparseAttention(AttentionVariant):
             size = self.options.block_size
             chunk = size * max(1, QUERIES_PER_CHUNK // size)
         return masked_attention(query, key, value, context, rule=self, chunk_size=chunk)
+
+    def _shifted_layout(self, context: AttentionContext, half: int) -> torch.Tensor:
+        """Per-head layout over half-groups: block ``a`` is in group ``a // 2``, or ``(a + 1) // 2`` when shifted."""
+        last = int(context.query_positions.max())
+        if not context.causal:
+            last = max(last, int(context.key_positions.max()))
+        blocks = torch.arange(last // half + 1, device=context.query_positions.device)
+        heads = self.layer.num_heads
+        shift = (torch.arange(heads, device=blocks.device) >= heads // 2).long()[:, None]  # [heads, 1]
+        groups = (blocks[None, :] + shift) // 2  # [heads, blocks]
+        return groups[:, :, None] == groups[:, None, :]
 
     # The mask rule (see `masked.MaskRule`).
 

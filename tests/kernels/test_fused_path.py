@@ -1,0 +1,233 @@
+"""The fused path inside patched models: `flash`, `sliding` and `sparse` on the Triton kernels.
+
+Each test runs a tiny model (head size 32, which the kernels support) with ``backend="triton"`` and
+compares it with the unpatched model or with the same variant on ``backend="reference"``, which the
+variant tests check against float64 definitions. On the CPU the kernels run in Triton's interpreter.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import hf_efficient_attn.fused_path as fused_path
+from hf_efficient_attn import FusedPathError, FusedPathFallbackWarning, VariantError, patch_model
+from hf_efficient_attn import kernels as kernel_module
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+
+from tiny_models import tiny_llama, tiny_mistral, tiny_vit, tiny_whisper, vit_pixels, whisper_features  # noqa: E402
+
+KERNEL_SHAPE = dict(hidden_size=64, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=2)
+TOLERANCE = 2e-5
+
+
+def kernel_llama(**overrides):
+    return tiny_llama(**{**KERNEL_SHAPE, **overrides})
+
+
+def token_ids(model, batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(3, model.config.vocab_size, (batch, length), generator=generator)
+
+
+def logits_and_grads(model, **inputs):
+    model.zero_grad()
+    logits = model(**inputs).logits
+    logits.float().pow(2).mean().backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return logits.detach(), grads
+
+
+def assert_close_outputs(first, second, tolerance=TOLERANCE):
+    (logits_a, grads_a), (logits_b, grads_b) = first, second
+    torch.testing.assert_close(logits_a, logits_b, atol=tolerance, rtol=0)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], atol=tolerance, rtol=1e-4, msg=name)
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Counts calls of each kernel entry point, so a test can prove which path ran."""
+    calls = {"fused_attention": 0, "fused_attention_varlen": 0, "decode_attention": 0}
+    for name in calls:
+        original = getattr(kernel_module, name)
+
+        def counting(*args, _original=original, _name=name, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(kernel_module, name, counting, raising=False)
+    return calls
+
+
+def test_flash_matches_unpatched_model_on_logits_and_gradients(kernel_calls):
+    model = kernel_llama()
+    ids = token_ids(model, batch=2, length=40)
+    expected = logits_and_grads(model, input_ids=ids)
+    patched = patch_model(copy.deepcopy(model), "flash", backend="triton")
+    assert_close_outputs(logits_and_grads(patched, input_ids=ids), expected)
+    assert kernel_calls["fused_attention"] == KERNEL_SHAPE["num_hidden_layers"]
+
+
+def test_flash_matches_unpatched_with_right_padding():
+    model = kernel_llama()
+    ids = token_ids(model, batch=2, length=24)
+    mask = torch.ones_like(ids)
+    mask[1, 17:] = 0
+    expected = model(input_ids=ids, attention_mask=mask).logits
+    patched = patch_model(copy.deepcopy(model), "flash", backend="triton")
+    got = patched(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got[0], expected[0], atol=TOLERANCE, rtol=0)
+    torch.testing.assert_close(got[1, :17], expected[1, :17], atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("options", [dict(window=8), dict(window=8, sink_tokens=2), dict(window=64)])
+def test_sliding_kernel_matches_reference_in_a_decoder(options):
+    model = kernel_llama()
+    ids = token_ids(model, batch=2, length=40)
+    reference = patch_model(copy.deepcopy(model), "sliding", backend="reference", **options)
+    fused = patch_model(copy.deepcopy(model), "sliding", backend="triton", **options)
+    assert_close_outputs(logits_and_grads(fused, input_ids=ids), logits_and_grads(reference, input_ids=ids))
+
+
+def test_sliding_kernel_matches_reference_in_an_encoder_with_global_tokens():
+    model = tiny_vit(hidden_size=64, num_attention_heads=2)
+    pixels = vit_pixels(model)
+    options = dict(window=5, global_tokens=1)
+    reference = patch_model(copy.deepcopy(model), "sliding", backend="reference", **options)
+    fused = patch_model(copy.deepcopy(model), "sliding", backend="triton", **options)
+    assert_close_outputs(logits_and_grads(fused, pixel_values=pixels), logits_and_grads(reference, pixel_values=pixels))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(block_size=16, local_blocks=1, global_blocks=1, random_blocks=1, seed=3),
+        dict(block_size=8, local_blocks=2, global_blocks=0, stride_blocks=3),
+    ],
+)
+def test_sparse_kernel_matches_reference(options):
+    model = kernel_llama()
+    ids = token_ids(model, batch=2, length=48)
+    reference = patch_model(copy.deepcopy(model), "sparse", backend="reference", **options)
+    fused = patch_model(copy.deepcopy(model), "sparse", backend="triton", **options)
+    assert_close_outputs(logits_and_grads(fused, input_ids=ids), logits_and_grads(reference, input_ids=ids))
+
+
+def test_shifted_groups_kernel_matches_reference_while_training():
+    model = kernel_llama()
+    ids = token_ids(model, batch=1, length=48)
+    reference = patch_model(copy.deepcopy(model), "sparse", pattern="shifted", group_size=16, backend="reference")
+    fused = patch_model(copy.deepcopy(model), "sparse", pattern="shifted", group_size=16, backend="triton")
+    reference.train()
+    fused.train()
+    assert_close_outputs(logits_and_grads(fused, input_ids=ids), logits_and_grads(reference, input_ids=ids))
+
+
+def test_whisper_encoder_and_decoder_on_kernels_match_unpatched():
+    model = tiny_whisper(d_model=64, encoder_attention_heads=2, decoder_attention_heads=2)
+    inputs = dict(
+        input_features=whisper_features(model),
+        decoder_input_ids=token_ids(model, batch=2, length=9),
+    )
+    expected = logits_and_grads(model, **inputs)
+    patched = patch_model(copy.deepcopy(model), "flash", targets=["encoder", "decoder", "cross"], backend="triton")
+    assert_close_outputs(logits_and_grads(patched, **inputs), expected)
+
+
+def test_packed_documents_run_as_variable_length_sequences(kernel_calls):
+    model = kernel_llama()
+    ids = token_ids(model, batch=1, length=30)
+    position_ids = torch.cat([torch.arange(12), torch.arange(18)])[None]
+    reference = patch_model(copy.deepcopy(model), "sliding", window=6, backend="reference")
+    fused = patch_model(copy.deepcopy(model), "sliding", window=6, backend="triton")
+    expected = reference(input_ids=ids, position_ids=position_ids).logits
+    got = fused(input_ids=ids, position_ids=position_ids).logits
+    torch.testing.assert_close(got, expected, atol=TOLERANCE, rtol=0)
+    assert kernel_calls["fused_attention_varlen"] == KERNEL_SHAPE["num_hidden_layers"]
+
+
+@pytest.mark.parametrize("options", [dict(window=6), dict(window=6, sink_tokens=2)])
+def test_generation_with_bounded_cache_uses_decode_kernel(options, kernel_calls):
+    model = kernel_llama()
+    prompt = token_ids(model, batch=2, length=10)
+    settings = dict(max_new_tokens=8, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    reference = patch_model(copy.deepcopy(model), "sliding", backend="reference", **options)
+    fused = patch_model(copy.deepcopy(model), "sliding", backend="triton", **options)
+    expected = reference.generate(prompt, **settings)
+    got = fused.generate(prompt, **settings)
+    assert torch.equal(got.sequences, expected.sequences)
+    for step_got, step_expected in zip(got.scores, expected.scores, strict=True):
+        torch.testing.assert_close(step_got, step_expected, atol=1e-4, rtol=0)
+    assert kernel_calls["decode_attention"] >= KERNEL_SHAPE["num_hidden_layers"] * 7
+
+
+def test_mistral_native_window_is_kept_on_the_kernel():
+    model = tiny_mistral(**KERNEL_SHAPE, sliding_window=5)
+    ids = token_ids(model, batch=2, length=24)
+    expected = model(input_ids=ids).logits
+    patched = patch_model(copy.deepcopy(model), "flash", backend="triton")
+    torch.testing.assert_close(patched(input_ids=ids).logits, expected, atol=TOLERANCE, rtol=0)
+
+
+def test_forced_kernel_refuses_left_padding_with_sinks():
+    model = kernel_llama()
+    ids = token_ids(model, batch=2, length=16)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    patched = patch_model(model, "sliding", window=6, sink_tokens=2, backend="triton")
+    with pytest.raises(FusedPathError, match="left padding.*backend='auto'"):
+        patched(input_ids=ids, attention_mask=mask)
+
+
+def test_forced_kernel_refuses_unsupported_head_size():
+    model = tiny_llama()  # head size 8
+    patched = patch_model(model, "flash", backend="triton")
+    with pytest.raises(FusedPathError, match="head_dim=8 is not supported"):
+        patched(input_ids=token_ids(model, batch=1, length=8))
+
+
+def test_forced_kernel_refuses_two_dimensional_neighbourhood():
+    model = tiny_vit(hidden_size=64, num_attention_heads=2)
+    patched = patch_model(model, "sliding", window=2, neighbourhood="2d", backend="triton")
+    with pytest.raises(FusedPathError, match="2-D neighbourhood"):
+        patched(pixel_values=vit_pixels(model))
+
+
+def test_auto_falls_back_with_one_warning_and_exact_results(monkeypatch):
+    monkeypatch.setattr(fused_path, "kernels_preferred", lambda device: True)
+    monkeypatch.setattr(fused_path, "_WARNED", set())
+    model = tiny_llama()  # head size 8: the kernels refuse it, the reference takes over
+    ids = token_ids(model, batch=2, length=12)
+    expected = model(input_ids=ids).logits
+    patched = patch_model(copy.deepcopy(model), "flash")
+    with pytest.warns(FusedPathFallbackWarning, match="head_dim=8") as caught:
+        got = patched(input_ids=ids).logits
+    assert len([w for w in caught if issubclass(w.category, FusedPathFallbackWarning)]) == 1
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FusedPathFallbackWarning)
+        patched(input_ids=ids)
+
+
+def test_auto_on_cpu_runs_the_reference_without_kernels(kernel_calls):
+    model = kernel_llama()
+    patched = patch_model(copy.deepcopy(model), "sliding", window=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FusedPathFallbackWarning)
+        patched(input_ids=token_ids(model, batch=1, length=12))
+    assert sum(kernel_calls.values()) == 0
+
+
+@pytest.mark.parametrize("variant", ["flash", "sliding", "sparse"])
+def test_unknown_backend_is_refused(variant):
+    model = kernel_llama()
+    with pytest.raises(VariantError, match="`backend` must be one of"):
+        patch_model(model, variant, backend="cuda")
