@@ -5,7 +5,8 @@ the keys its rule allows, so they share this one engine and differ only in a `Ma
 walks the queries in chunks; for each chunk the rule names the few keys that can matter
 (`candidate_keys`), and only those are gathered, so memory is O(chunk × candidates) instead of N×N:
 a sliding window of W keys costs O(N·W), never a dense mask. Softmax runs in float32 (float64 stays
-float64) and rows that see no key give zeros, never NaN. GQA is handled by grouping query heads over
+float64) and rows that see no key give zeros, never NaN, with zero gradients; so does a chunk whose
+rule names no candidate key, and a call without keys. GQA is handled by grouping query heads over
 their shared key/value head, without repeating keys and values.
 """
 
@@ -107,14 +108,26 @@ def _attend_chunk(
     if visible is not None:
         scores = scores.masked_fill(~visible, float("-inf"))
 
+    probabilities = _softmax_or_zeros(scores)
+    if context.dropout > 0:
+        probabilities = F.dropout(probabilities, p=context.dropout, training=True)
+    return torch.einsum("bhgqk,bhkd->bhgqd", probabilities, chunk_values.to(compute_dtype))
+
+
+def _softmax_or_zeros(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension; rows with no finite score, or no key at all, weigh nothing.
+
+    A chunk whose rule names no candidate key has an empty key dimension, where a row maximum does
+    not exist: its (empty) scores are then the probabilities, and multiplying them by the empty
+    values gives zero rows while keeping the query in the graph, so its gradient is zero, not absent.
+    """
+    if scores.shape[-1] == 0:
+        return scores
     row_max = scores.amax(dim=-1, keepdim=True)
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
     weights = torch.exp(scores - row_max)
     normalizer = weights.sum(dim=-1, keepdim=True)
-    probabilities = weights / torch.where(normalizer > 0, normalizer, torch.ones_like(normalizer))
-    if context.dropout > 0:
-        probabilities = F.dropout(probabilities, p=context.dropout, training=True)
-    return torch.einsum("bhgqk,bhkd->bhgqd", probabilities, chunk_values.to(compute_dtype))
+    return weights / torch.where(normalizer > 0, normalizer, torch.ones_like(normalizer))
 
 
 def _candidates(
