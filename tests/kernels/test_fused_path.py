@@ -2,7 +2,8 @@
 
 Each test runs a tiny model (head size 32, which the kernels support) with ``backend="triton"`` and
 compares it with the unpatched model or with the same variant on ``backend="reference"``, which the
-variant tests check against float64 definitions. On the CPU the kernels run in Triton's interpreter.
+variant tests check against float64 definitions. On the CPU the kernels run in Triton's interpreter;
+with CUDA the models run there.
 """
 
 from __future__ import annotations
@@ -23,17 +24,18 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 
 from tiny_models import tiny_llama, tiny_mistral, tiny_vit, tiny_whisper, vit_pixels, whisper_features  # noqa: E402
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 KERNEL_SHAPE = dict(hidden_size=64, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=2)
 TOLERANCE = 2e-5
 
 
 def kernel_llama(**overrides):
-    return tiny_llama(**{**KERNEL_SHAPE, **overrides})
+    return tiny_llama(**{**KERNEL_SHAPE, **overrides}).to(DEVICE)
 
 
 def token_ids(model, batch: int, length: int, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint(3, model.config.vocab_size, (batch, length), generator=generator)
+    return torch.randint(3, model.config.vocab_size, (batch, length), generator=generator).to(DEVICE)
 
 
 def logits_and_grads(model, **inputs):
@@ -98,8 +100,8 @@ def test_sliding_kernel_matches_reference_in_a_decoder(options):
 
 
 def test_sliding_kernel_matches_reference_in_an_encoder_with_global_tokens():
-    model = tiny_vit(hidden_size=64, num_attention_heads=2)
-    pixels = vit_pixels(model)
+    model = tiny_vit(hidden_size=64, num_attention_heads=2).to(DEVICE)
+    pixels = vit_pixels(model).to(DEVICE)
     options = dict(window=5, global_tokens=1)
     reference = patch_model(copy.deepcopy(model), "sliding", backend="reference", **options)
     fused = patch_model(copy.deepcopy(model), "sliding", backend="triton", **options)
@@ -132,9 +134,9 @@ def test_shifted_groups_kernel_matches_reference_while_training():
 
 
 def test_whisper_encoder_and_decoder_on_kernels_match_unpatched():
-    model = tiny_whisper(d_model=64, encoder_attention_heads=2, decoder_attention_heads=2)
+    model = tiny_whisper(d_model=64, encoder_attention_heads=2, decoder_attention_heads=2).to(DEVICE)
     inputs = dict(
-        input_features=whisper_features(model),
+        input_features=whisper_features(model).to(DEVICE),
         decoder_input_ids=token_ids(model, batch=2, length=9),
     )
     expected = logits_and_grads(model, **inputs)
@@ -145,7 +147,7 @@ def test_whisper_encoder_and_decoder_on_kernels_match_unpatched():
 def test_packed_documents_run_as_variable_length_sequences(kernel_calls):
     model = kernel_llama()
     ids = token_ids(model, batch=1, length=30)
-    position_ids = torch.cat([torch.arange(12), torch.arange(18)])[None]
+    position_ids = torch.cat([torch.arange(12), torch.arange(18)])[None].to(DEVICE)
     reference = patch_model(copy.deepcopy(model), "sliding", window=6, backend="reference")
     fused = patch_model(copy.deepcopy(model), "sliding", window=6, backend="triton")
     expected = reference(input_ids=ids, position_ids=position_ids).logits
@@ -170,7 +172,7 @@ def test_generation_with_bounded_cache_uses_decode_kernel(options, kernel_calls)
 
 
 def test_mistral_native_window_is_kept_on_the_kernel():
-    model = tiny_mistral(**KERNEL_SHAPE, sliding_window=5)
+    model = tiny_mistral(**KERNEL_SHAPE, sliding_window=5).to(DEVICE)
     ids = token_ids(model, batch=2, length=24)
     expected = model(input_ids=ids).logits
     patched = patch_model(copy.deepcopy(model), "flash", backend="triton")
@@ -188,17 +190,17 @@ def test_forced_kernel_refuses_left_padding_with_sinks():
 
 
 def test_forced_kernel_refuses_unsupported_head_size():
-    model = tiny_llama()  # head size 8
+    model = tiny_llama().to(DEVICE)  # head size 8
     patched = patch_model(model, "flash", backend="triton")
     with pytest.raises(FusedPathError, match="head_dim=8 is not supported"):
         patched(input_ids=token_ids(model, batch=1, length=8))
 
 
 def test_forced_kernel_refuses_two_dimensional_neighbourhood():
-    model = tiny_vit(hidden_size=64, num_attention_heads=2)
+    model = tiny_vit(hidden_size=64, num_attention_heads=2).to(DEVICE)
     patched = patch_model(model, "sliding", window=2, neighbourhood="2d", backend="triton")
     with pytest.raises(FusedPathError, match="2-D neighbourhood"):
-        patched(pixel_values=vit_pixels(model))
+        patched(pixel_values=vit_pixels(model).to(DEVICE))
 
 
 def test_auto_falls_back_with_one_warning_and_exact_results(monkeypatch):
@@ -218,11 +220,11 @@ def test_auto_falls_back_with_one_warning_and_exact_results(monkeypatch):
 
 
 def test_auto_on_cpu_runs_the_reference_without_kernels(kernel_calls):
-    model = kernel_llama()
+    model = tiny_llama(**KERNEL_SHAPE)
     patched = patch_model(copy.deepcopy(model), "sliding", window=4)
     with warnings.catch_warnings():
         warnings.simplefilter("error", FusedPathFallbackWarning)
-        patched(input_ids=token_ids(model, batch=1, length=12))
+        patched(input_ids=token_ids(model, batch=1, length=12).cpu())
     assert sum(kernel_calls.values()) == 0
 
 
