@@ -227,6 +227,11 @@ def _choose_layers(
 def _build_variant(
     variant_class: type[AttentionVariant], options: VariantOptions, site: AttentionSite
 ) -> AttentionVariant:
+    """The variant module of one site, cast like a weight of the attention module it joins.
+
+    It goes through the same ``.to()`` as ``model.to(...)``: parameters take the model's float dtype,
+    buffers the variant keeps in float32 (`AttentionVariant.float32_buffers`) stay float32.
+    """
     module = variant_class(options, site.layer)
     reference = next(site.module.parameters(), None)
     if reference is not None:

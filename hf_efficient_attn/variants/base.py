@@ -75,11 +75,17 @@ class AttentionVariant(nn.Module):
     """One patched attention module's variant: its options, its state and its forward.
 
     Subclasses set `name`, `options_class`, the roles they support, and implement `forward`.
+
+    Dtypes: parameters are weights like the model's and follow its dtype (`patch_model` builds them in
+    the model's dtype, ``model.to(torch.bfloat16)`` casts them). Buffers named in `float32_buffers` are
+    constants that the variant computes with in float32, such as random features, which rounding to
+    bf16 would distort: dtype casts leave them in float32, device moves still apply.
     """
 
     name: ClassVar[str]
     options_class: ClassVar[type[VariantOptions]]
     roles: ClassVar[frozenset[Role]] = frozenset(Role)
+    float32_buffers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: VariantOptions, layer: LayerInfo):
         super().__init__()
@@ -110,6 +116,16 @@ class AttentionVariant(nn.Module):
     ) -> torch.Tensor:
         """Attention output ``[batch, q_heads, q_len, head_dim]``."""
         raise NotImplementedError
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> AttentionVariant:
+        """`nn.Module._apply` (behind ``.to()``, ``.half()``...), leaving `float32_buffers` in float32."""
+        kept = {name: self._buffers[name] for name in self.float32_buffers}
+        super()._apply(fn, recurse)
+        for name, original in kept.items():
+            applied = self._buffers[name]
+            if applied.dtype != original.dtype:
+                self._buffers[name] = original.to(device=applied.device)
+        return self
 
     def extra_repr(self) -> str:
         return f"{self.name}: {self.options}"

@@ -14,8 +14,11 @@ value and all keys' by the largest over the (real) keys of a head: both factors 
 numerator and normaliser, as does the usual ``1/√M``, which is left out.
 
 The directions are drawn once, from ``seed + layer index``, and stored as a persistent buffer, so a
-saved model reloads the same features. Attention dropout does not apply (there is no probability
-matrix to drop from).
+saved model reloads the same features. The buffer stays float32 in a bf16 or fp16 model (casting the
+model leaves it alone, see `AttentionVariant.float32_buffers`): the features are computed in float32
+(float64 for float64 inputs) from queries and keys of any dtype, and directions rounded to bf16
+(relative error up to 2⁻⁸ each) would move every feature's logit ``w·x`` by far more than the bf16
+rounding of the output. Attention dropout does not apply (there is no probability matrix to drop from).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class PerformerAttention(AttentionVariant):
 
     name = "performer"
     options_class = PerformerOptions
+    float32_buffers = ("projection",)
     options: PerformerOptions
 
     def __init__(self, options: PerformerOptions, layer: LayerInfo):

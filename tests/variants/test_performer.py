@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from spec import dense_attention
 from variant_helpers import causal_padding_visible, context, layer, naive_linear_attention, padding_mask, qkv
 
+from hf_efficient_attn import patch_model
+from hf_efficient_attn.api import patched_variants
 from hf_efficient_attn.variants import PerformerAttention, PerformerOptions, Role, VariantError
 from hf_efficient_attn.variants.kernelized import kernelized_attention
 
@@ -103,6 +107,38 @@ def test_low_precision_follows_float64(dtype, tolerance):
     got = variant.to(dtype)(query.to(dtype), key.to(dtype), value.to(dtype), ctx)
     assert got.dtype == dtype
     assert (got.double() - reference).abs().max() < tolerance
+
+
+def test_bfloat16_model_keeps_float32_features_and_float64_accuracy(llama):
+    """Patched into a bf16 model, the directions stay float32 and the output is the float64 value rounded once."""
+    directions = patched_variants(patch_model(copy.deepcopy(llama), "performer", num_features=64))[0].projection
+    model = patch_model(copy.deepcopy(llama).to(torch.bfloat16), "performer", num_features=64)
+    variant = patched_variants(model)[0]
+    assert variant.projection.dtype == torch.float32
+    assert torch.equal(variant.projection, directions)
+
+    query, key, value = qkv(q_len=64, seed=3, scale=2.0, dtype=torch.bfloat16)
+    ctx = context(64, 64, causal=True)
+    expected = naive_linear_attention(
+        favor_features(query, directions, ctx.scaling),
+        favor_features(key, directions, ctx.scaling),
+        value,
+        causal_padding_visible(ctx.query_positions, ctx.key_positions, True, None),
+    )
+    got = variant(query, key, value, ctx)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.double(), expected, rtol=2**-7, atol=1e-4)
+
+
+def test_casting_a_patched_model_leaves_features_float32(llama):
+    """``model.to(bfloat16)`` casts the weights, not the random directions."""
+    model = patch_model(copy.deepcopy(llama), "performer", num_features=16)
+    originals = [variant.projection for variant in patched_variants(model)]
+    model.to(torch.bfloat16)
+    assert all(parameter.dtype == torch.bfloat16 for parameter in model.parameters())
+    for variant, original in zip(patched_variants(model), originals, strict=True):
+        assert variant.projection.dtype == torch.float32
+        assert torch.equal(variant.projection, original)
 
 
 def test_refuses_packed_documents():
