@@ -8,13 +8,17 @@ import torch
 def dense_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, visible: torch.Tensor, scaling: float
 ) -> torch.Tensor:
-    """Softmax attention in float64 with an explicit bool mask ``[b|1, h|1, q, k]``; empty rows give 0."""
+    """Softmax attention in float64 with an explicit bool mask ``[b|1, h|1, q, k]``.
+
+    Rows with no visible key give 0, with zero gradients (they are softmaxed as zeros, then dropped).
+    """
     groups = query.shape[1] // key.shape[1]
     key = key.double().repeat_interleave(groups, dim=1)
     value = value.double().repeat_interleave(groups, dim=1)
     scores = query.double() @ key.transpose(-1, -2) * scaling
     scores = scores.masked_fill(~visible, float("-inf"))
-    weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    any_visible = visible.any(-1, keepdim=True)
+    weights = torch.softmax(scores.masked_fill(~any_visible, 0.0), dim=-1) * any_visible
     return weights @ value
 
 
