@@ -206,7 +206,7 @@ def test_forced_kernel_refuses_two_dimensional_neighbourhood():
 def test_auto_falls_back_with_one_warning_and_exact_results(monkeypatch):
     monkeypatch.setattr(fused_path, "kernels_preferred", lambda device: True)
     monkeypatch.setattr(fused_path, "_WARNED", set())
-    model = tiny_llama()  # head size 8: the kernels refuse it, the reference takes over
+    model = tiny_llama().to(DEVICE)  # head size 8: the kernels refuse it, the reference takes over
     ids = token_ids(model, batch=2, length=12)
     expected = model(input_ids=ids).logits
     patched = patch_model(copy.deepcopy(model), "flash")
