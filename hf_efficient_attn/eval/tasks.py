@@ -1,0 +1,133 @@
+"""The evaluation of a task as functions of a model, so the same run can score every patched version.
+
+`evaluator_for` joins a loaded checkpoint (`models.EvalModel`), data of the matching kind
+(`data.EvalData`) and the run's settings into a `TaskEvaluation`: ``evaluate(model) -> Score``, which
+the comparison runner calls on the unpatched model and on each patched version, and ``warm_up(model)``,
+an untimed pass over the input shapes of the evaluation (every window or document length for text,
+the first batch for speech and vision) that it runs first, so one-time costs such as compiling and
+autotuning kernels for a new shape stay out of the timings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import EvalData, check_kind
+from .errors import EvalInputError
+from .models import EvalModel
+from .results import Score
+
+DEFAULT_MAX_LENGTH = 1024
+
+
+@dataclass
+class EvalSettings:
+    """Settings of one evaluation run; each task reads the ones that concern it.
+
+    Attributes:
+        max_length: text: tokens per window (strided) or per document; default the smaller of 1024 and
+            the model's ``max_position_embeddings``.
+        stride: text, strided mode: tokens between window starts; default ``max_length // 2``.
+        mode: text: ``"strided"`` or ``"document"`` (see `perplexity`).
+        batch_size: speech and vision: samples per forward or ``generate()`` call.
+        normalize: speech: compare lower-cased transcripts without punctuation.
+        generate_kwargs: speech: extra ``generate()`` arguments (``language``, ``max_new_tokens``, ...).
+        progress: show progress bars.
+    """
+
+    max_length: int | None = None
+    stride: int | None = None
+    mode: str = "strided"
+    batch_size: int = 8
+    normalize: bool = True
+    generate_kwargs: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise EvalInputError(f"batch_size must be >= 1, got {self.batch_size}.")
+
+
+@dataclass
+class TaskEvaluation:
+    """``evaluate(model)`` scores a model on the whole data; ``warm_up(model)`` runs its input shapes untimed."""
+
+    evaluate: Callable[[nn.Module], Score]
+    warm_up: Callable[[nn.Module], object]
+
+
+def evaluator_for(loaded: EvalModel, data: EvalData, settings: EvalSettings) -> TaskEvaluation:
+    """The `TaskEvaluation` of ``loaded``'s task on ``data``; `EvalInputError` if the data's kind differs."""
+    check_kind(data, loaded.task, loaded.source)
+    if loaded.task == "text":
+        return _text(loaded, data.dataset, settings)
+    if loaded.task == "speech":
+        return _speech(loaded, data.dataset, settings)
+    return _vision(loaded, data.dataset, settings)
+
+
+def _text(loaded: EvalModel, dataset, settings: EvalSettings) -> TaskEvaluation:
+    from .perplexity import plan_perplexity, run_perplexity
+
+    limit = getattr(loaded.model.config, "max_position_embeddings", None) or DEFAULT_MAX_LENGTH
+    max_length = settings.max_length or min(DEFAULT_MAX_LENGTH, limit)
+    if max_length > limit:
+        raise EvalInputError(f"max_length={max_length} exceeds the model's max_position_embeddings={limit}; use at most {limit}.")
+    plan = plan_perplexity(loaded.tokenizer, list(dataset["text"]), mode=settings.mode, max_length=max_length, stride=settings.stride)
+
+    def warm_up(model: nn.Module) -> None:
+        device = next(model.parameters()).device
+        for length in plan.forward_lengths():
+            with torch.no_grad():
+                model(input_ids=torch.zeros(1, length, dtype=torch.long, device=device), use_cache=False, logits_to_keep=1)
+
+    return TaskEvaluation(lambda model: run_perplexity(model, plan, settings.progress), warm_up)
+
+
+def _speech(loaded: EvalModel, dataset, settings: EvalSettings) -> TaskEvaluation:
+    from .audio import check_sample_rates, waveform
+    from .error_rates import load_metric
+    from .speech import speech_error_rates, transcribe
+
+    load_metric()  # now, so that loading it is not timed as part of the first evaluation
+    samples, references = list(dataset["audio"]), list(dataset["text"])
+    check_sample_rates(samples, loaded.feature_extractor.sampling_rate)  # before anything runs, warm-up included
+
+    def evaluate(model: nn.Module) -> Score:
+        return speech_error_rates(
+            model, loaded.feature_extractor, loaded.tokenizer, samples, references, batch_size=settings.batch_size,
+            normalize=settings.normalize, generate_kwargs=settings.generate_kwargs, progress=settings.progress,
+        )
+
+    def warm_up(model: nn.Module) -> None:
+        first_batch = [waveform(sample) for sample in samples[: settings.batch_size]]
+        transcribe(model, loaded.feature_extractor, loaded.tokenizer, first_batch, settings.generate_kwargs)
+
+    return TaskEvaluation(evaluate, warm_up)
+
+
+def _vision(loaded: EvalModel, dataset, settings: EvalSettings) -> TaskEvaluation:
+    from .vision import model_label_ids, top1_accuracy
+
+    labels = list(dataset["label"])
+    class_names = getattr(dataset.features["label"], "names", None)
+    if class_names:
+        label_ids = model_label_ids(class_names, loaded.model.config)
+        labels = [label_ids[label] for label in labels]
+    images = dataset["image"]
+
+    def evaluate(model: nn.Module) -> Score:
+        return top1_accuracy(
+            model, loaded.image_processor, images, labels, batch_size=settings.batch_size, progress=settings.progress
+        )
+
+    def warm_up(model: nn.Module) -> None:
+        batch = slice(0, settings.batch_size)
+        top1_accuracy(model, loaded.image_processor, images[batch], labels[batch], progress=False)
+
+    return TaskEvaluation(evaluate, warm_up)
