@@ -738,6 +738,16 @@ def generate_row(family: Llama, spec: ConfigSpec, args, budget: Budget, fallback
 # ---------------------------------------------------------------------------------------------- warm-up
 
 
+def allow_recompiles() -> None:
+    """FlexAttention is recompiled per model shape, mask and grad mode: raise dynamo's limits, past which it
+    would silently run flex_attention uncompiled (dense scores), so the rows stay what they claim."""
+    import torch._dynamo
+
+    for knob in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit", "accumulated_recompile_limit"):
+        if hasattr(torch._dynamo.config, knob):
+            setattr(torch._dynamo.config, knob, max(256, getattr(torch._dynamo.config, knob)))
+
+
 def warm_specs(families: list[Family], chosen: list[str]) -> list[str]:
     """(family, row) pairs whose kernels compile: our fused rows and FlexAttention."""
     return [f"{family.name}:{name}" for family in families for name in chosen
@@ -765,6 +775,7 @@ def warm_child(args: argparse.Namespace, spec_text: str) -> None:
     """One (family, row): a one-layer model of the real shapes, prefill and train at the check length and the
     first length (the kernels' specialisations), plus a few decode steps on Llama."""
     family_name, name = spec_text.split(":")
+    allow_recompiles()
     family = FAMILIES[family_name](args, torch.device(args.device), DTYPES[args.dtype], layers=1)
     spec = CONFIGS[name]
     lengths = [family.check_length, family.lengths[0]]
@@ -1052,6 +1063,8 @@ def main(argv: list[str] | None = None) -> dict:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = chosen_rows(args, device)
+    if "hf-flex" in names:
+        allow_recompiles()
     gen_names = [n for n in args.gen_variants.split(",") if n]
     if any(n not in GENERATION_CONFIGS for n in gen_names):
         raise SystemExit(f"--gen-variants: choose among {', '.join(GENERATION_CONFIGS)}")
