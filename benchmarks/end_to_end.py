@@ -1013,7 +1013,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="train without gradient checkpointing")
     ap.add_argument("--skip-generation", action="store_true")
     ap.add_argument("--gen-prompt", type=int, default=None, help="generation prompt tokens (default 32768)")
-    ap.add_argument("--gen-new", type=int, default=None, help="tokens to generate (default 1024; the issue's 8192 "
+    ap.add_argument("--gen-new", type=int, default=None, help="tokens to generate (default 1024; 8192 "
                     "takes ~2 min a row)")
     ap.add_argument("--gen-variants", default="hf-sdpa,hf-sdpa-sliding,sliding",
                     help=f"generation rows, among {', '.join(GENERATION_CONFIGS)}")
