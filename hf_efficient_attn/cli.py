@@ -7,6 +7,7 @@ import sys
 
 import torch
 
+from .assets.cli import add_fetch_assets_command, run_fetch_assets_command
 from .eval.cli import add_eval_command, run_eval_command
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     demo.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     add_eval_command(commands)
+    add_fetch_assets_command(commands)
     return parser
 
 
@@ -29,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "eval":
         return run_eval_command(args)
+    if args.command == "fetch-assets":
+        return run_fetch_assets_command(args)
     if args.command == "demo":
         from .demo import format_table, load_model, run_demo
 
