@@ -116,7 +116,7 @@ def _sparse_configs():
     ]
 
 
-_KEY = ["NQ", "NK", "HEAD_DIM", "CAUSAL", "HAS_WINDOW", "HAS_KPAD", "IS_VARLEN", "IEEE"]
+_KEY = ["TUNE_NQ", "TUNE_NK", "HEAD_DIM", "CAUSAL", "HAS_WINDOW", "HAS_KPAD", "IS_VARLEN", "IEEE"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -260,7 +260,7 @@ def _fwd_tiles(acc, l_i, m_i, q, qp, k_base, v_base, skn, svn, kpad_base, lay_ba
 @triton.jit
 def _attn_fwd(Q, K, V, Out, LSE, KPAD, LAYOUT, RP_P, COLS_P, RP_F, COLS_F, CU_Q, CU_K,
               sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son, slb, slh, skpb, sly_h, sly_q,
-              H, GROUP, NQ, NK, N_MT, qk_scale, WL, WR, SINK, GQ, LB, PMAX,
+              H, GROUP, NQ, NK, N_MT, qk_scale, WL, WR, SINK, GQ, LB, PMAX, TUNE_NQ, TUNE_NK,
               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
               HAS_KPAD: tl.constexpr, BLOCK_SPARSE: tl.constexpr, IS_VARLEN: tl.constexpr, IEEE: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -390,7 +390,7 @@ def _dq_tiles(dq, q, do, lse, delta, qp, k_base, v_base, skn, svn, kpad_base, la
 @triton.jit
 def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, RP_F, COLS_F, CU_Q, CU_K,
                  sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son, slb, slh, skpb, sly_h, sly_q,
-                 H, GROUP, NQ, NK, N_MT, sm_scale, qk_scale, WL, WR, SINK, GQ, LB, PMAX,
+                 H, GROUP, NQ, NK, N_MT, sm_scale, qk_scale, WL, WR, SINK, GQ, LB, PMAX, TUNE_NQ, TUNE_NK,
                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                  HAS_WINDOW: tl.constexpr, HAS_KPAD: tl.constexpr, BLOCK_SPARSE: tl.constexpr,
                  IS_VARLEN: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -548,7 +548,7 @@ def _query_ranges(n0, n1, off, nq, nk, WL, WR, SINK, GQ, CAUSAL: tl.constexpr, H
 @triton.jit
 def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, RP_F, COLS_F, CU_Q, CU_K,
                    sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son, slb, slh, skpb, sly_h, sly_q,
-                   HKV, GROUP, NQ, NK, N_NT, sm_scale, qk_scale, WL, WR, SINK, GQ, LB, PMAX,
+                   HKV, GROUP, NQ, NK, N_NT, sm_scale, qk_scale, WL, WR, SINK, GQ, LB, PMAX, TUNE_NQ, TUNE_NK,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                    HAS_WINDOW: tl.constexpr, HAS_KPAD: tl.constexpr, BLOCK_SPARSE: tl.constexpr,
                    IS_VARLEN: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -697,6 +697,11 @@ def _list_head_stride(mask: MaskArgs, attr: str) -> int:
     return getattr(mask.tiles, attr)
 
 
+def _tuning_bucket(length: int) -> int:
+    """Lengths share autotuned configs within a power of two, so a new length does not re-tune."""
+    return max(64, triton.next_power_of_2(max(1, length)))
+
+
 def _common(q, k, v, mask: MaskArgs, varlen: bool):
     """Strides and scalar arguments shared by the three kernels."""
     dev = q.device
@@ -757,7 +762,7 @@ def attention_forward(q, k, v, scale: float, mask: MaskArgs, varlen: bool = Fals
             mask.gq, mask.lb, c["pmax"])
     meta = dict(HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=mask.causal, HAS_WINDOW=mask.has_window,
                 HAS_KPAD=mask.key_padding is not None, BLOCK_SPARSE=sparse, IS_VARLEN=varlen,
-                IEEE=q.dtype == torch.float32)
+                IEEE=q.dtype == torch.float32, TUNE_NQ=_tuning_bucket(nq), TUNE_NK=_tuning_bucket(nk))
     if sparse:
         _fwd_sparse[(t.n_mt, n_batch * hq)](*args, **meta, BLOCK_M=t.block, BLOCK_N=t.block)
     else:
@@ -796,7 +801,7 @@ def attention_backward(do, q, k, v, o, lse, scale: float, mask: MaskArgs, varlen
     qk_scale = float(scale) * 1.4426950408889634
     meta = dict(HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=mask.causal, HAS_WINDOW=mask.has_window,
                 HAS_KPAD=mask.key_padding is not None, BLOCK_SPARSE=sparse, IS_VARLEN=varlen,
-                IEEE=q.dtype == torch.float32)
+                IEEE=q.dtype == torch.float32, TUNE_NQ=_tuning_bucket(nq), TUNE_NK=_tuning_bucket(nk))
     common = (c["cu_q"], c["cu_k"], *c["sq"], *c["sk"], *c["sv"], *so, slb, slh, c["skpb"], c["sly_h"],
               c["sly_q"])
     dq_args = (q, k, v, do, dq, lse, delta, c["kpad"], c["lay"],
