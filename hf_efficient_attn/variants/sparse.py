@@ -239,10 +239,7 @@ class BlockSparseAttention(AttentionVariant):
         rows.scatter_(1, query_offset // size, True)  # query blocks present in this chunk, per row
         active = (rows.to(torch.float32) @ layout.to(torch.float32)) > 0  # [b|1, key_blocks]
         key_block = (key_offset // size).clamp(max=layout.shape[-1] - 1)
-        candidates = active.gather(1, key_block.expand(active.shape[0], -1)).any(0)
-        # The engine needs at least one key per chunk; `allowed` still hides it, so such rows give zeros.
-        candidates[:1] = True
-        return candidates
+        return active.gather(1, key_block.expand(active.shape[0], -1)).any(0)
 
     def _same_group(self, query_offset: torch.Tensor, key_offset: torch.Tensor) -> torch.Tensor:
         """Bool ``[b|1, heads, q, k]``: same group, with the second half of the heads shifted by G/2."""
