@@ -1,0 +1,92 @@
+"""`prepare_model`: make a (patched) model trainable the way its recipe says.
+
+``"lora"`` follows LongLoRA: LoRA adapters (PEFT) on the attention projections, and optionally the
+MLP, while the normalization layers and the embeddings train in full; the variant's own per-layer
+parameters (Linformer projections, learned feature maps) train too. Those extra parameters are
+marked trainable after PEFT wraps the model rather than listed in ``modules_to_save``: PEFT would
+copy them into wrappers, which would break weight tying (Whisper's output head) and hide the variant
+modules from the attention path. `save_adapters` stores them next to the adapter.
+``"transfer"`` prepares the same way; its first stage, `attention_transfer`, runs before.
+``"full"`` makes every parameter trainable.
+"""
+
+from __future__ import annotations
+
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+from ..api import patched_variants
+from .config import TrainConfig, TrainError
+from .targets import (
+    attention_projections,
+    embedding_parameters,
+    mlp_projections,
+    norm_parameters,
+    variant_parameters,
+)
+
+
+def prepare_model(model: nn.Module, config: TrainConfig) -> nn.Module:
+    """Make the model trainable per the recipe; returns the model to train (a PeftModel for lora/transfer)."""
+    if isinstance(model, PeftModel):
+        raise TrainError("The model is already a PeftModel; pass the plain (patched) model to prepare_model.")
+    check_recipe(model, config)
+    if config.recipe == "full":
+        model.requires_grad_(True)
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        return model
+    targets = attention_projections(model) + (mlp_projections(model) if config.lora_mlp else [])
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+        model.enable_input_require_grads()
+    lora = LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        bias="none",
+    )
+    peft_model = get_peft_model(model, lora)
+    extra = variant_parameters(model)
+    extra += norm_parameters(model) if config.train_norms else []
+    extra += embedding_parameters(model) if config.train_embeddings else []
+    for parameter in extra:
+        parameter.requires_grad_(True)
+    return peft_model
+
+
+def check_recipe(model: nn.Module, config: TrainConfig) -> None:
+    """Raise `TrainError` when ``config.recipe`` makes no sense for ``model``."""
+    if config.recipe == "transfer":
+        require_variant_parameters(model)
+
+
+def require_variant_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The variants' own parameters, or `TrainError` saying which recipe to use when there are none."""
+    parameters = variant_parameters(model)
+    if not parameters:
+        raise TrainError(
+            "recipe='transfer' trains the attention variant's own parameters to match exact attention, but "
+            f"this model's variant has none ({_variant_names(model)}). Use recipe='lora' (or 'full'), or patch "
+            "with a variant that learns: 'linear' or 'lowrank'."
+        )
+    return parameters
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Non-reentrant activation checkpointing through transformers' own switch."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        raise TrainError(
+            f"{type(model).__name__} has no gradient checkpointing; pass gradient_checkpointing=False."
+        )
+
+
+def _variant_names(model: nn.Module) -> str:
+    names = sorted({variant.name for variant in patched_variants(model)})
+    return "variant " + ", ".join(map(repr, names)) if names else "the model is not patched"
