@@ -284,6 +284,10 @@ def main():
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--no-warm", action="store_true")
     ap.add_argument("--warm-only", action="store_true", help="only fill the Triton cache, then exit")
+    ap.add_argument("--sections", default="rows,sparse", help="what to time, in this order: rows (causal and "
+                    "window patterns), sparse (block-sparse at 16k)")
+    ap.add_argument("--merge", help="an earlier kernels.json: its entries that this run did not measure are kept, "
+                    "each marked with the date of its run")
     args = ap.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -311,6 +315,23 @@ def main():
             return
 
     results = {"env": env, "checks": {}, "rows": [], "sparse": []}
+    for section in args.sections.split(","):
+        if section == "rows":
+            run_rows(results, args, dims, ns, patterns, deadline, start, out_dir)
+        elif section == "sparse":
+            run_sparse(results, args, dims, deadline, out_dir)
+        else:
+            raise SystemExit(f"--sections: unknown section {section!r}; use rows and/or sparse")
+    if args.merge:
+        merge_previous(results, Path(args.merge))
+    results["elapsed_s"] = round(time.time() - start, 1)
+    write(results, out_dir)
+    print((out_dir / "kernels.md").read_text())
+
+
+
+def run_rows(results, args, dims, ns, patterns, deadline, start, out_dir):
+    """Check our kernel per pattern, then time every implementation per (D, N, pattern)."""
     for d in dims:
         for pat in patterns:
             w = PATTERNS[pat]
@@ -345,6 +366,10 @@ def main():
             del q, k, v
             torch.cuda.empty_cache()
 
+
+
+def run_sparse(results, args, dims, deadline, out_dir):
+    """Block-sparse ~10% at 16k: our layout kernel against our exact kernels and FlexAttention."""
     # block-sparse ~10% at 16k
     from hf_efficient_attn.kernels import fused_attention
 
@@ -394,9 +419,19 @@ def main():
         write(results, out_dir)
         del q, k, v
         torch.cuda.empty_cache()
-    results["elapsed_s"] = round(time.time() - start, 1)
-    write(results, out_dir)
-    print((out_dir / "kernels.md").read_text())
+
+
+def merge_previous(results, previous_path: Path):
+    """Keep the entries of an earlier run that this run did not measure, marked with that run's date."""
+    previous = json.loads(previous_path.read_text())
+    date = previous["env"]["date"]
+    for section, key in (("rows", ("pattern", "n", "d", "impl")), ("sparse", ("n", "d", "impl"))):
+        measured = {tuple(r[f] for f in key) for r in results[section]}
+        for r in previous.get(section, []):
+            if tuple(r[f] for f in key) not in measured and not str(r.get("fwd", "")).startswith("skipped"):
+                results[section].append({**r, "run": r.get("run", date)})
+    for name, err in previous.get("checks", {}).items():
+        results["checks"].setdefault(name, err)
 
 
 def write(results, out_dir: Path):
@@ -413,10 +448,13 @@ def write(results, out_dir: Path):
     def cells(c):
         return (f"{c['ms']:.3f}", f"{c['tflops']:.0f}") if isinstance(c, dict) else (c, "")
 
+    def earlier(r):  # an entry kept from an earlier run (--merge); peers of one row always share a run
+        return f" (run of {r['run']})" if "run" in r else ""
+
     order = {"causal": 0, "win1024": 1, "win4096": 2}
     for r in sorted(results["rows"], key=lambda r: (r["d"], order.get(r["pattern"], 9), r["n"])):
         f, fb = cells(r["fwd"]), cells(r["fwd+bwd"])
-        lines.append(f"| {r['pattern']} | {r['n']} | {r['batch']} | {r['d']} | {r['impl']} | {f[0]} | {f[1]} | "
+        lines.append(f"| {r['pattern']} | {r['n']} | {r['batch']} | {r['d']} | {r['impl']}{earlier(r)} | {f[0]} | {f[1]} | "
                      f"{fb[0]} | {fb[1]} |")
     if results["sparse"]:
         lines += ["", "Block-sparse (64x64 blocks, random per head), N=16384, B=1:", "",
@@ -424,7 +462,7 @@ def write(results, out_dir: Path):
                   "| ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
         for r in results["sparse"]:
             f, fb = cells(r["fwd"]), cells(r["fwd+bwd"])
-            lines.append(f"| {r['d']} | {r['density']} | {r['impl']} | {f[0]} | {f[1]} | {fb[0]} | {fb[1]} |")
+            lines.append(f"| {r['d']} | {r['density']} | {r['impl']}{earlier(r)} | {f[0]} | {f[1]} | {fb[0]} | {fb[1]} |")
     (out_dir / "kernels.md").write_text("\n".join(lines) + "\n")
 
 
