@@ -34,7 +34,8 @@ class TrainResult:
     Attributes:
         history: one row per log or evaluation point: ``{"step", "loss", "metric", "learning_rate"}``;
             ``loss`` is the mean training loss since the previous logged step (None on rows that only
-            evaluate, such as step 0), ``metric`` what ``evaluate`` returned (None where it did not run).
+            evaluate, such as step 0), ``metric`` what ``evaluate`` returned (None where it did not run), ``learning_rate``
+            the rate the step was taken with.
         transfer_losses: the attention-matching loss of each transfer step ("transfer" recipe).
         model: the trained model, unwrapped from the accelerator (a PeftModel for LoRA recipes), in
             eval mode.
@@ -96,7 +97,7 @@ def train(
             accelerator,
             state,
             {"step": 0, "loss": None, "metric": _evaluate(accelerator, model, evaluate)},
-            scheduler,
+            scheduler.get_last_lr()[0],
         )
 
     bar = tqdm(
@@ -119,6 +120,7 @@ def train(
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                step_learning_rate = scheduler.get_last_lr()[0]
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -133,7 +135,7 @@ def train(
             bar.set_postfix(loss=f"{window[-1]:.4g}")
             row = _step_row(accelerator, config, state.step, window, model, evaluate)
             if row is not None:
-                _record(accelerator, state, row, scheduler)
+                _record(accelerator, state, row, step_learning_rate)
                 window = []
             last = state.step == config.steps
             if config.output_dir and (last or (config.save_every and state.step % config.save_every == 0)):
@@ -172,9 +174,9 @@ def _step_row(
     return {"step": step, "loss": loss, "metric": metric}
 
 
-def _record(accelerator: Accelerator, state: RunState, row: dict, scheduler) -> None:
-    """Add the learning rate to ``row``, store it in the history and print it on the main process."""
-    row["learning_rate"] = scheduler.get_last_lr()[0]
+def _record(accelerator: Accelerator, state: RunState, row: dict, learning_rate: float) -> None:
+    """Add the step's learning rate to ``row``, store it in the history and print it on the main process."""
+    row["learning_rate"] = learning_rate
     state.history.append(row)
     if accelerator.is_main_process:
         shown = ", ".join(f"{key}={value:.5g}" for key, value in row.items() if isinstance(value, float))

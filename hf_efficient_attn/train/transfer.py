@@ -2,10 +2,11 @@
 
 While `matching_exact_attention` is active, every variant module attached by `patch_model` also
 computes exact softmax attention on the same query, key, value and `AttentionContext` (so the same
-causality, padding and grouped heads), records the mean squared error between its own output and
-that target, and hands the *target* to the rest of the layer. Later layers therefore see the exact
-model's activations, as in LoLCATs, and one forward pass trains every layer at once. The loss of a
-step is the mean over patched layers of the per-layer MSE, computed in float32.
+causality, padding and grouped heads), records how far its own output is from that target, and
+hands the *target* to the rest of the layer. Later layers therefore see the exact model's
+activations, as in LoLCATs, and one forward pass trains every layer at once. The loss of a layer is
+a normalized squared error, ``‖output − target‖² / ‖target‖²`` (float32), so that layers whose
+attention outputs differ in scale weigh the same; the loss of a step is its mean over layers.
 
 `attention_transfer` trains only the variants' parameters this way; every other parameter stays
 frozen and unchanged, and the model runs in eval mode (no dropout) during transfer.
@@ -17,7 +18,6 @@ import contextlib
 from collections.abc import Iterable, Iterator
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import send_to_device
 from torch import nn
@@ -32,14 +32,14 @@ from .runtime import accelerator_for
 
 @contextlib.contextmanager
 def matching_exact_attention(model: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Within the block, variant outputs are replaced by exact attention; yields the per-call MSE list."""
+    """Within the block, variant outputs are replaced by exact attention; yields the per-call losses."""
     losses: list[torch.Tensor] = []
 
     def record_and_substitute(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         query, key, value, context = args
         with torch.no_grad():
             target = masked_attention(query, key, value, context)
-        losses.append(F.mse_loss(output.float(), target.float()))
+        losses.append(normalized_squared_error(output, target))
         return target.to(output.dtype)
 
     handles = [variant.register_forward_hook(record_and_substitute) for variant in patched_variants(model)]
@@ -100,6 +100,12 @@ def attention_transfer(
             parameter.requires_grad_(flag)
         model.train(was_training)
     return losses
+
+
+def normalized_squared_error(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``‖output − target‖² / ‖target‖²`` in float32 (0 for a zero target matched exactly)."""
+    output, target = output.float(), target.float()
+    return (output - target).square().sum() / target.square().sum().clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def _cycle(batches: Iterable[dict], count: int) -> Iterator[dict]:
