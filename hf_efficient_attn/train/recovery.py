@@ -1,0 +1,306 @@
+"""Recovery fine-tuning end to end: how much of the quality that patching costs a short fine-tune gives back.
+
+`run_recovery` loads a model, scores it (the **baseline**), patches it, scores it again (**zero-shot**),
+fine-tunes it with `train` (scoring it every ``eval_every`` steps and at the end: **fine-tuned**) and,
+if asked, fine-tunes the unpatched model with the same recipe, data and steps (the **control**:
+fine-tuning on in-domain data moves the baseline too, and the honest comparison shows by how much).
+The result is a `RecoveryReport`; ``save`` writes ``recovery.json``, ``recovery.md`` (one table row
+per model) and ``recovery.png`` (the metric over training steps, the baseline and the control's end
+point as horizontal lines).
+
+The share of the gap closed is ``(zero_shot - fine_tuned) / (zero_shot - baseline)``: 1 when the
+fine-tuned model is back at the baseline, 0 when it is no better than zero-shot, above 1 when it beats
+the baseline, negative when it got worse. The ratio reads the same for metrics where lower is better
+(perplexity, WER) and higher is better (accuracy); when the patched model is not worse than the
+baseline there is no gap, and it is None.
+
+Under ``accelerate launch`` every process loads the model, evaluates and trains (evaluation is
+deterministic, so all get the same numbers; FSDP needs all processes in every forward), and only the
+main process prints and writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig
+
+NAMES = {"json": "recovery.json", "markdown": "recovery.md", "plot": "recovery.png"}
+
+
+def gap_closed(baseline: float, zero_shot: float, fine_tuned: float, lower_is_better: bool) -> float | None:
+    """Share of the baseline-to-zero-shot gap that fine-tuning closed; None when zero-shot is not worse."""
+    worse_by = zero_shot - baseline if lower_is_better else baseline - zero_shot
+    if not worse_by > 0:
+        return None
+    return (zero_shot - fine_tuned) / (zero_shot - baseline)
+
+
+@dataclass
+class RecoveryReport:
+    """One recovery run: the model versions' scores, the training curve, and where and how it ran.
+
+    ``history`` holds `TrainResult.history` rows (``step``, ``loss``, ``metric``, ``learning_rate``);
+    ``control`` and ``control_history`` are None when no control run was made.
+    """
+
+    model: str
+    task: str
+    variant: str
+    variant_options: dict[str, Any]
+    recipe: str
+    steps: int
+    metric: str
+    lower_is_better: bool
+    baseline: float
+    zero_shot: float
+    fine_tuned: float
+    control: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    control_history: list[dict[str, Any]] | None = None
+    transfer_losses: list[float] = field(default_factory=list)
+    train_seconds: float = 0.0
+    device: str = ""
+    processes: int = 1
+    config: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def gap_closed(self) -> float | None:
+        """Share of the baseline gap closed (see the module docstring)."""
+        return gap_closed(self.baseline, self.zero_shot, self.fine_tuned, self.lower_is_better)
+
+    @property
+    def gap_closed_vs_control(self) -> float | None:
+        """The same share with the fine-tuned unpatched model as the target; None without a control."""
+        if self.control is None:
+            return None
+        return gap_closed(self.control, self.zero_shot, self.fine_tuned, self.lower_is_better)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "gap_closed": self.gap_closed, "gap_closed_vs_control": self.gap_closed_vs_control}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RecoveryReport:
+        """A report from `to_dict`'s output (the derived gap fields are recomputed)."""
+        return cls(**{key: value for key, value in data.items() if not key.startswith("gap_closed")})
+
+    def markdown(self) -> str:
+        """A heading, the run's context, and a one-row table (rows of several models stack into one table)."""
+        direction = "lower is better" if self.lower_is_better else "higher is better"
+        options = ", ".join(f"{key}={value}" for key, value in self.variant_options.items())
+        lines = [f"## Recovery of {Path(self.model).name}: {self.variant} ({options or 'defaults'}), {self.recipe}, {self.steps} steps", ""]
+        lines += [f"- metric: {self.metric} ({direction})", f"- device: {self.device}, {self.processes} process(es)",
+                  f"- training time: {self.train_seconds:.0f} s (periodic evaluations included)",
+                  "- versions: " + ", ".join(f"{name} {version}" for name, version in self.versions.items()), ""]
+        lines += [markdown_header(), markdown_row(self)]
+        return "\n".join(lines) + "\n"
+
+    def save(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write ``recovery.json``, ``recovery.md`` and ``recovery.png`` into ``out_dir``; return their paths."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {kind: out / name for kind, name in NAMES.items()}
+        paths["json"].write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
+        paths["markdown"].write_text(self.markdown())
+        plot_recovery(self, paths["plot"])
+        return paths
+
+
+TABLE_COLUMNS = ("model", "variant", "recipe", "steps", "metric", "baseline", "patched zero-shot", "patched + fine-tuned",
+                 "gap closed", "control: unpatched + fine-tuned", "gap closed vs control")
+
+
+def markdown_header() -> str:
+    """The header and separator lines of the recovery table."""
+    return "| " + " | ".join(TABLE_COLUMNS) + " |\n|" + "---|" * 5 + "---:|" * (len(TABLE_COLUMNS) - 5)
+
+
+def markdown_row(report: RecoveryReport) -> str:
+    """One model's row of the recovery table."""
+
+    def share(value: float | None, missing: str) -> str:
+        return missing if value is None else f"{value:.1%}"
+
+    options = ", ".join(f"{key}={value}" for key, value in report.variant_options.items())
+    no_gap = "n/a (zero-shot not worse)"
+    cells = [Path(report.model).name, f"{report.variant} ({options})" if options else report.variant, report.recipe,
+             str(report.steps), report.metric, f"{report.baseline:.4g}", f"{report.zero_shot:.4g}", f"{report.fine_tuned:.4g}",
+             share(report.gap_closed, no_gap), "-" if report.control is None else f"{report.control:.4g}",
+             "-" if report.control is None else share(report.gap_closed_vs_control, no_gap)]
+    return "| " + " | ".join(cells) + " |"
+
+
+def plot_recovery(report: RecoveryReport, path: Path) -> None:
+    """The metric over training steps (patched, and the control if any), baseline and control end as lines."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as missing:
+        raise ImportError("Plotting the recovery needs matplotlib: pip install matplotlib (or the 'train' extra).") from missing
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for history, label, style in ((report.history, f"patched ({report.variant}) + {report.recipe}", "o-"),
+                                  (report.control_history or [], f"control: unpatched + {report.recipe}", "s--")):
+        points = [(row["step"], row["metric"]) for row in history if row.get("metric") is not None]
+        if points:
+            axes.plot(*zip(*points, strict=True), style, markersize=4, label=label)
+    axes.scatter([0], [report.zero_shot], marker="x", color="red", zorder=3, label="patched, zero-shot")
+    axes.axhline(report.baseline, color="black", linestyle="--", label="baseline (unpatched)")
+    if report.control is not None:
+        axes.axhline(report.control, color="grey", linestyle=":", label="control, end of training")
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel(f"{report.metric} ({'lower' if report.lower_is_better else 'higher'} is better)")
+    axes.set_title(f"Recovery of {Path(report.model).name}: {report.variant}, {report.recipe}", fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.savefig(path, dpi=120)
+
+
+@dataclass
+class TaskSetup:
+    """What training and scoring a task needs: samples, their collate function, and the metric."""
+
+    train_data: Any
+    collate_fn: Callable
+    metric: Any
+
+
+def task_setup(loaded, train_data: Any = None, eval_data: Any = None, *, seq_len: int | None = None,
+               eval_options: dict[str, Any] | None = None) -> TaskSetup:
+    """The `TaskSetup` of a loaded model (`eval.models.EvalModel`): data of `data`, metric of `evaluators`.
+
+    ``seq_len`` (text) defaults to the smaller of 1024 and the model's context, as does the evaluation's
+    ``max_length``; ``eval_options`` go to the task's metric builder (``max_tokens``, ``max_samples``,
+    ``batch_size``, ...).
+    """
+    from . import data, evaluators
+
+    options = dict(eval_options or {})
+    if loaded.task == "text":
+        context = min(1024, getattr(loaded.model.config, "max_position_embeddings", 1024))
+        texts = data.text_documents(eval_data, split="test") if eval_data is not None else None
+        options.setdefault("max_length", context)
+        chunks = data.causal_lm_chunks(loaded.tokenizer, data.text_documents(train_data), seq_len or context)
+        return TaskSetup(chunks, data.collate_causal_lm, evaluators.text_metric(loaded.tokenizer, texts, **options))
+    if loaded.task == "speech":
+        samples = data.speech_training_set(loaded.feature_extractor, loaded.tokenizer, train_data)
+        collate = data.SpeechCollator(loaded.model.config.decoder_start_token_id)
+        return TaskSetup(samples, collate, evaluators.speech_metric(loaded.feature_extractor, loaded.tokenizer, eval_data, **options))
+    samples = data.image_training_set(loaded.image_processor, loaded.model.config, train_data)
+    metric = evaluators.vision_metric(loaded.image_processor, loaded.model.config, eval_data, **options)
+    return TaskSetup(samples, data.collate_images, metric)
+
+
+def run_recovery(
+    model: str,
+    variant: str,
+    variant_options: dict[str, Any],
+    config: TrainConfig,
+    *,
+    train_data: Any = None,
+    eval_data: Any = None,
+    seq_len: int | None = None,
+    eval_options: dict[str, Any] | None = None,
+    control: bool = False,
+    out_dir: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> RecoveryReport:
+    """Baseline, zero-shot, fine-tuned (and control) scores of ``model`` patched with ``variant``.
+
+    Args:
+        model: a checkpoint folder or Hub name of a causal LM, Whisper model or image classifier.
+        variant, variant_options: what `patch_model` gets (``window``, ``targets``, ...).
+        config: the training run; its ``output_dir`` (checkpoints) defaults to ``out_dir/checkpoints``;
+            the control's checkpoints go next to it, in ``<output_dir>-control``.
+        train_data, eval_data: data sources (see `data`); None: the task's default assets.
+        seq_len, eval_options: see `task_setup`.
+        control: also fine-tune the unpatched model.
+        out_dir: where the main process saves the report; None saves nothing.
+        log: receives progress lines on the main process.
+    """
+    import torch
+    from accelerate import PartialState
+
+    from ..api import patch_model
+    from ..eval.models import load_eval_model
+    from .loop import train
+
+    state = PartialState()
+    say = log if state.is_main_process else (lambda line: None)
+    checkpoints = config.output_dir or (str(Path(out_dir) / "checkpoints") if out_dir is not None else None)
+    # Scores before training under the autocast that training's evaluations run under, so all compare alike.
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
+    autocast = torch.autocast(state.device.type, dtype=half, enabled=half is not None)
+
+    def load():
+        return load_eval_model(model, device=state.device, dtype=torch.float32)
+
+    def fine_tune(net, setup: TaskSetup, folder: str | None) -> tuple[Any, float]:
+        start = time.perf_counter()
+        result = train(net, setup.train_data, replace(config, output_dir=folder), collate_fn=setup.collate_fn, evaluate=setup.metric)
+        return result, time.perf_counter() - start
+
+    loaded = load()
+    setup = task_setup(loaded, train_data, eval_data, seq_len=seq_len, eval_options=eval_options)
+    say(f"{len(setup.train_data)} training samples; scoring {setup.metric.name} of the unpatched model")
+    with autocast:
+        baseline = setup.metric(loaded.model)
+        torch.manual_seed(config.seed)  # variants with random state get the same on every process
+        patch_model(loaded.model, variant, **variant_options)
+        zero_shot = setup.metric(loaded.model)
+    say(f"{setup.metric.name}: baseline {baseline:.4g}, patched zero-shot {zero_shot:.4g}; fine-tuning ({config.recipe}, {config.steps} steps)")
+    result, seconds = fine_tune(loaded.model, setup, checkpoints)
+    fine_tuned = _final_metric(result.history, setup.metric, result.model)
+    report = RecoveryReport(
+        model=str(model), task=loaded.task, variant=variant, variant_options=dict(variant_options), recipe=config.recipe,
+        steps=config.steps, metric=setup.metric.name, lower_is_better=setup.metric.lower_is_better, baseline=baseline,
+        zero_shot=zero_shot, fine_tuned=fine_tuned, history=result.history, transfer_losses=list(result.transfer_losses),
+        train_seconds=seconds, device=_device_name(state.device), processes=state.num_processes,
+        config=asdict(config), versions=_versions(),
+    )
+    say(f"{setup.metric.name} fine-tuned: {fine_tuned:.4g}")
+    del loaded, result
+    if control:
+        say("control: fine-tuning the unpatched model with the same recipe and steps")
+        unpatched = load()
+        control_result, _ = fine_tune(unpatched.model, setup, checkpoints and f"{checkpoints}-control")
+        report.control = _final_metric(control_result.history, setup.metric, control_result.model)
+        report.control_history = control_result.history
+    if out_dir is not None and state.is_main_process:
+        paths = report.save(out_dir)
+        say(f"report: {', '.join(str(path) for path in paths.values())}")
+    say(report.markdown())
+    return report
+
+
+def _final_metric(history: list[dict[str, Any]], metric, model) -> float:
+    """The metric `train` recorded at the end, or the model scored now if it recorded none."""
+    scored = [row["metric"] for row in history if row.get("metric") is not None]
+    return scored[-1] if scored else metric(model)
+
+
+def _device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return str(device)
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata
+
+    versions = {}
+    for name in ("hf-efficient-attn", "torch", "transformers", "accelerate", "peft"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
