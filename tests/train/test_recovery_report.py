@@ -1,0 +1,65 @@
+"""The recovery report: the share of the gap closed in both metric directions, and the files it writes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hf_efficient_attn.train.recovery import RecoveryReport, gap_closed
+
+
+@pytest.mark.parametrize(
+    ("baseline", "zero_shot", "fine_tuned", "lower_is_better", "expected"),
+    [
+        (20.0, 30.0, 21.0, True, 0.9),  # perplexity: back to within 1 of the baseline
+        (20.0, 30.0, 30.0, True, 0.0),
+        (20.0, 30.0, 18.0, True, 1.2),  # beats the baseline
+        (20.0, 30.0, 35.0, True, -0.5),  # got worse
+        (0.96, 0.80, 0.944, False, 0.9),  # accuracy: higher is better
+        (0.96, 0.80, 0.70, False, -0.625),
+    ],
+)
+def test_gap_closed_in_both_directions(baseline, zero_shot, fine_tuned, lower_is_better, expected):
+    assert gap_closed(baseline, zero_shot, fine_tuned, lower_is_better) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("zero_shot", "lower_is_better"), [(20.0, True), (19.0, True), (21.0, False), (20.0, False)])
+def test_no_gap_gives_none(zero_shot, lower_is_better):
+    """A patched model that is as good as or better than the baseline leaves no gap to close."""
+    assert gap_closed(20.0, zero_shot, 19.5, lower_is_better) is None
+
+
+def report(**changes) -> RecoveryReport:
+    values = dict(
+        model="/models/smollm2-135m", task="text", variant="sliding", variant_options={"window": 256}, recipe="lora", steps=20,
+        metric="perplexity", lower_is_better=True, baseline=20.0, zero_shot=30.0, fine_tuned=21.0, control=19.0,
+        history=[{"step": 0, "loss": None, "metric": 30.0, "learning_rate": 2e-4},
+                 {"step": 10, "loss": 3.2, "metric": None, "learning_rate": 1e-4},
+                 {"step": 20, "loss": 3.1, "metric": 21.0, "learning_rate": 0.0}],
+        control_history=[{"step": 0, "loss": None, "metric": 20.0, "learning_rate": 2e-4},
+                         {"step": 20, "loss": 3.0, "metric": 19.0, "learning_rate": 0.0}],
+        train_seconds=12.5, device="cpu", versions={"torch": "2"},
+    )
+    return RecoveryReport(**{**values, **changes})
+
+
+def test_gap_against_the_control():
+    assert report().gap_closed_vs_control == pytest.approx(9 / 11)
+    assert report(control=None, control_history=None).gap_closed_vs_control is None
+
+
+def test_save_writes_json_markdown_and_plot(tmp_path):
+    paths = report().save(tmp_path / "out")
+    saved = json.loads(paths["json"].read_text())
+    assert saved["gap_closed"] == pytest.approx(0.9) and saved["history"][2]["metric"] == 21.0
+    assert RecoveryReport.from_dict(saved) == report()
+    table = paths["markdown"].read_text()
+    assert "| smollm2-135m | sliding (window=256) | lora | 20 | perplexity | 20 | 30 | 21 | 90.0% | 19 | 81.8% |" in table
+    assert paths["plot"].read_bytes().startswith(b"\x89PNG")
+
+
+def test_markdown_says_when_there_is_no_gap(tmp_path):
+    paths = report(zero_shot=19.0, control=None, control_history=None).save(tmp_path)
+    assert "n/a (zero-shot not worse)" in paths["markdown"].read_text()
+    assert json.loads(paths["json"].read_text())["gap_closed"] is None
