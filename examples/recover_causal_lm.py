@@ -2,7 +2,7 @@
 
     accelerate launch examples/recover_causal_lm.py --variant sliding --window 256 --steps 200 --eval-every 25
     accelerate launch --use_fsdp examples/recover_causal_lm.py --mixed-precision bf16 --control
-    python examples/recover_causal_lm.py --variant lowrank --recipe transfer --steps 100
+    python examples/recover_causal_lm.py --variant linear --recipe transfer --steps 100
 
 Defaults: the SmolLM2-135M asset, trained on chunks of seven eighths of the text-en documents and
 scored by strided perplexity on the held-out eighth (hf_efficient_attn.train.data.text_split). The
