@@ -1,0 +1,35 @@
+"""One rank of the two-process CPU training test; run by torchrun, rank 0 writes the logged losses.
+
+    ACCELERATE_USE_CPU=true torchrun --standalone --nproc_per_node 2 tests/train/two_process_run.py LOSSES.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent.parent)]
+
+from tiny_models import tiny_llama  # noqa: E402
+from training_batches import losses, token_samples  # noqa: E402
+
+from hf_efficient_attn import patch_model  # noqa: E402
+from hf_efficient_attn.train import TrainConfig, train  # noqa: E402
+
+PER_PROCESS_BATCH = 2
+
+
+def main(output: str) -> None:
+    torch.set_num_threads(1)
+    config = TrainConfig(steps=2, batch_size=PER_PROCESS_BATCH, log_every=1, learning_rate=1e-2, progress=False)
+    result = train(patch_model(tiny_llama(), "sliding", window=6), token_samples(97, distinct=True), config)
+    if int(os.environ.get("RANK", "0")) == 0:
+        Path(output).write_text(json.dumps(losses(result)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
