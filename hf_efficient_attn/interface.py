@@ -40,6 +40,7 @@ def efficient_attention_forward(
         variant = _exact_attention()
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
+    query, key, value = _autocast_inputs(query, key, value)
     context = build_context(
         query=query,
         key=key,
@@ -53,6 +54,24 @@ def efficient_attention_forward(
     )
     output = variant(query, key, value, context)
     return output.transpose(1, 2).contiguous(), None
+
+
+def _autocast_inputs(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Under ``torch.autocast``, float32 inputs in the autocast dtype, as SDPA takes them.
+
+    Mixed-precision training leaves the rotated queries and keys in float32 (the rotary tables follow
+    the float32 residual stream) while the value projection comes out in half precision, and a cache
+    may promote values too. SDPA, which the unpatched model calls, casts all three to the autocast
+    dtype; doing the same keeps the patched model's numerics alike and lets the half-precision kernels
+    run instead of float32 ones.
+    """
+    device_type = query.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return query, key, value
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) if t.dtype == torch.float32 else t for t in (query, key, value))
 
 
 def efficient_attention_mask(

@@ -42,3 +42,25 @@ def test_attention_receives_compact_layout(llama):
     assert layout.padding.shape == (2, 64) and layout.query_offset == 0
     model(input_ids=ids)
     assert received[-1].padding is None
+
+
+@pytest.mark.parametrize("use_cache", [False, True])
+def test_autocast_runs_attention_in_the_autocast_dtype(llama, use_cache):
+    """Under autocast the variant gets bfloat16 queries, keys and values, as SDPA does in the unpatched
+    model (rotary embeddings leave queries and keys in float32, the value projection gives bfloat16),
+    and the logits stay as close to the unpatched model's under the same autocast as rounding allows."""
+    ids = torch.randint(3, llama.config.vocab_size, (2, 48), generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        baseline = llama(input_ids=ids, use_cache=use_cache).logits.float()
+    patched = patch_model(copy.deepcopy(llama), "sliding", window=64)
+    received = []
+    patched.model.layers[0].self_attn.efficient_attn.register_forward_pre_hook(
+        lambda module, args: received.append([t.dtype for t in args[:3]])
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = patched(input_ids=ids, use_cache=use_cache).logits.float()
+    assert received == [[torch.bfloat16] * 3]
+    scale = baseline.abs().max().item()
+    assert (logits - baseline).abs().max().item() < 0.02 * scale
+    patched(input_ids=ids, use_cache=use_cache)
+    assert received[-1] == [torch.float32] * 3
