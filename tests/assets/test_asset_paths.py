@@ -34,7 +34,7 @@ def test_environment_cache_is_used_and_not_repeated_as_a_flag(monkeypatch, tmp_p
 
 
 def test_unknown_asset_lists_the_known_ones(tmp_path):
-    with pytest.raises(KeyError, match="known assets: images-mnist, smollm2-135m, speech-en"):
+    with pytest.raises(KeyError, match="known assets: images-mnist, images-mnist-train, smollm2-135m, speech-en"):
         asset_path("gpt-5", tmp_path)
 
 

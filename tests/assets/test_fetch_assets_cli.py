@@ -42,7 +42,7 @@ def test_steps_run_in_dependency_order(monkeypatch, tmp_path):
     monkeypatch.setattr(fetch, "STEPS", steps)
     built = fetch.fetch_assets(tmp_path, ["vision", "speech", "text"], log=lambda line: None)
     assert ran == ["text", "speech", "vision"]
-    assert [folder.name for folder in built] == ["text-en", "speech-en", "images-mnist", "vit-mnist"]
+    assert [folder.name for folder in built] == ["text-en", "speech-en", "images-mnist", "images-mnist-train", "vit-mnist"]
 
 
 def test_missing_package_says_what_to_install_before_building_anything(monkeypatch, tmp_path, capsys):

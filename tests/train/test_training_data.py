@@ -98,10 +98,11 @@ def test_mnist_training_digits_are_not_the_evaluation_digits():
 
     from hf_efficient_attn.assets.vit_training import image_processor
 
-    evaluation = built("images-mnist")
+    evaluation, training = built("images-mnist"), built("images-mnist-train")
     config = ViTConfig(num_labels=10, id2label={i: str(i) for i in range(10)}, label2id={str(i): i for i in range(10)})
     samples = training_data.image_training_set(image_processor(28), config)
     assert len(samples) == 4000 and samples[0]["pixel_values"].shape == (3, 28, 28)
-    train_hashes = {hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest() for image in samples.images}
+    assert sorted(path.name for path in training.iterdir()) == [str(digit) for digit in range(10)]
+    train_hashes = {hashlib.sha1(np.asarray(image).tobytes()).hexdigest() for image in samples.images}
     test_hashes = {hashlib.sha1(np.asarray(Image.open(path)).tobytes()).hexdigest() for path in evaluation.glob("*/*.png")}
     assert len(test_hashes) > 990 and not train_hashes & test_hashes
