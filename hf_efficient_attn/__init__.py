@@ -4,6 +4,8 @@
     model = patch_model(model, "sliding", window=1024)
 """
 
+__version__ = "0.1.0"
+
 from .api import PatchError, from_pretrained, is_patched, list_variants, patch_model, unpatch_model
 from .fused_path import FusedPathError, FusedPathFallbackWarning
 from .patches import UnsupportedModelError, supported_model_types

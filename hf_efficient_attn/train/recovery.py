@@ -297,8 +297,10 @@ def _device_name(device) -> str:
 def _versions() -> dict[str, str]:
     import importlib.metadata
 
-    versions = {}
-    for name in ("hf-efficient-attn", "torch", "transformers", "accelerate", "peft"):
+    from .. import __version__
+
+    versions = {"hf-efficient-attn": __version__}
+    for name in ("torch", "transformers", "accelerate", "peft"):
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
