@@ -126,6 +126,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     from .defaults import default_source
     from .errors import EvalInputError
     from .models import load_eval_model
+    from .perplexity import check_lengths
     from .report import comparison_markdown, write_report
     from .tasks import EvalSettings, evaluator_for
 
@@ -141,6 +142,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
             generate_kwargs=generate_kwargs,
             progress=not args.no_progress,
         )
+        if args.max_length is not None:  # before the model and data load, which can take minutes
+            check_lengths(args.max_length, args.stride)
         configs = variant_configs(args.variant, args.window, args.variant_options)
         if args.model is None and args.task == "auto":
             raise EvalInputError("--task auto takes the task from --model; give --model PATH, or --task text|speech|vision to use that task's default model.")

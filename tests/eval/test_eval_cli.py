@@ -77,6 +77,12 @@ def test_missing_model_folder(text_file, tmp_path, capsys):
     assert "model path" in message and "does not exist" in message
 
 
+def test_bad_stride_is_refused_before_the_model_loads(text_file, tmp_path, capsys):
+    message = eval_error(capsys, "--model", tmp_path / "no-model", "--data", text_file, "--max-length", 64,
+                         "--stride", 64, "--out", tmp_path)
+    assert "stride must be an integer in [1, max_length - 1] = [1, 63]" in message
+
+
 def test_empty_dataset(whisper_dir, tmp_path, capsys):
     empty = write_wav_folder(tmp_path / "empty", 16000, [])
     assert "no samples" in eval_error(capsys, "--model", whisper_dir, "--data", empty, "--out", tmp_path)
