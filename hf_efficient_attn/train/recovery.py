@@ -227,12 +227,15 @@ def run_recovery(
     """
     import torch
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
     from ..api import patch_model
     from ..eval.models import load_eval_model
     from .loop import train
 
-    state = PartialState()
+    # The first state built is shared by the whole process; like an Accelerator, it must honour
+    # ACCELERATE_USE_CPU, or several CPU ranks under torchrun would each run alone.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     say = log if state.is_main_process else (lambda line: None)
     checkpoints = config.output_dir or (str(Path(out_dir) / "checkpoints") if out_dir is not None else None)
     # Scores before training under the autocast that training's evaluations run under, so all compare alike.

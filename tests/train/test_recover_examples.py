@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import runpy
 import shutil
 import subprocess
@@ -70,3 +71,15 @@ def test_vit_under_accelerate_launch(tmp_path):
     report = json.loads((tmp_path / "out" / "recovery.json").read_text())
     assert (report["metric"], report["lower_is_better"]) == ("accuracy", False)
     assert report["variant_options"] == {"neighbourhood": "2d", "window": 2} and report["processes"] == 1
+
+
+def test_vit_on_two_cpu_processes_under_torchrun(tmp_path):
+    """Two real ranks: the report counts both, so the script trained as one DDP job, not two copies."""
+    images = image_folder(tmp_path / "images")
+    arguments = ["--model", str(vit_checkpoint(tmp_path / "vit")), "--window", "2", "--train-data", str(images),
+                 "--eval-data", str(images), "--output-dir", str(tmp_path / "out"), *COMMON]
+    environment = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    str(EXAMPLES / "recover_vit.py"), *arguments], check=True, timeout=300, env=environment)
+    report = json.loads((tmp_path / "out" / "recovery.json").read_text())
+    assert report["processes"] == 2 and report["steps"] == 2
