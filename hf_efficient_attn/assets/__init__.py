@@ -7,8 +7,9 @@
 Assets: ``smollm2-135m`` (Llama-architecture causal LM), ``whisper-tiny`` (whisper-tiny.en),
 ``text-en`` (long English documents), ``speech-en`` (spoken sentences with transcripts),
 ``speech-en-train`` (other sentences in several voices, for fine-tuning),
-``images-mnist`` (labelled test digits), ``images-mnist-train`` (the training digits) and ``vit-mnist`` (a ViT trained on MNIST). The cache is
-``~/.cache/hf-efficient-attn/assets``, or ``$HF_EFFICIENT_ATTN_ASSETS``, or ``--cache-dir``.
+``images-mnist`` (labelled test digits), ``images-mnist-train`` (the training digits) and
+``vit-mnist`` (a ViT trained on MNIST). The cache is ``~/.cache/hf-efficient-attn/assets``, or
+``$HF_EFFICIENT_ATTN_ASSETS``, or ``--cache-dir``.
 """
 
 from .fetch import STEPS, fetch_assets

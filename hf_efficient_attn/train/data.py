@@ -145,7 +145,7 @@ class SpeechCollator:
 
 
 class ImageTrainingSet(Dataset):
-    """Images (PIL images or ``uint8`` arrays) and model label ids, processed when read."""
+    """PIL images (a dataset's ``Image`` column) and model label ids, processed when read."""
 
     def __init__(self, images: Sequence[Any], labels: Sequence[int], image_processor) -> None:
         self.images, self.labels, self.image_processor = images, list(labels), image_processor
@@ -154,11 +154,7 @@ class ImageTrainingSet(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        from PIL import Image
-
-        image = self.images[index]
-        image = Image.fromarray(image) if not isinstance(image, Image.Image) else image
-        pixels = self.image_processor(image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+        pixels = self.image_processor(self.images[index].convert("RGB"), return_tensors="pt")["pixel_values"][0]
         return {"pixel_values": pixels, "labels": torch.tensor(self.labels[index], dtype=torch.long)}
 
 
