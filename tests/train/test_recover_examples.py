@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import runpy
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ from recovery_checkpoints import (
     whisper_checkpoint,
     write_wav_folder,
 )
+from training_batches import run_on_two_cpu_ranks
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 COMMON = ["--steps", "2", "--batch-size", "2", "--no-progress"]
@@ -78,8 +78,6 @@ def test_vit_on_two_cpu_processes_under_torchrun(tmp_path):
     images = image_folder(tmp_path / "images")
     arguments = ["--model", str(vit_checkpoint(tmp_path / "vit")), "--window", "2", "--train-data", str(images),
                  "--eval-data", str(images), "--output-dir", str(tmp_path / "out"), *COMMON]
-    environment = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    str(EXAMPLES / "recover_vit.py"), *arguments], check=True, timeout=300, env=environment)
+    run_on_two_cpu_ranks(EXAMPLES / "recover_vit.py", arguments)
     report = json.loads((tmp_path / "out" / "recovery.json").read_text())
     assert report["processes"] == 2 and report["steps"] == 2

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
@@ -51,3 +56,14 @@ def speech_samples(model, count: int = 4) -> list[dict]:
 def losses(result) -> list[float]:
     """The logged losses of a run, in step order."""
     return [row["loss"] for row in result.history if row["loss"] is not None]
+
+
+def run_on_two_cpu_ranks(script: Path, arguments: list[str]) -> None:
+    """Run ``script`` as two DDP ranks over gloo under torchrun; raise if it fails or takes over 300 s.
+
+    On a machine without an accelerator, accelerate joins torchrun's process group only when told to
+    use the CPU.
+    """
+    environment = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    str(script), *arguments], check=True, timeout=300, env=environment)

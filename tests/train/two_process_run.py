@@ -23,10 +23,14 @@ from hf_efficient_attn.train import TrainConfig, train  # noqa: E402
 PER_PROCESS_BATCH = 2
 
 
+def config(batch_size: int) -> TrainConfig:
+    """The run's options; the single-process reference uses the same with both ranks' batch."""
+    return TrainConfig(steps=2, batch_size=batch_size, log_every=1, learning_rate=1e-2, progress=False)
+
+
 def main(output: str) -> None:
     torch.set_num_threads(1)
-    config = TrainConfig(steps=2, batch_size=PER_PROCESS_BATCH, log_every=1, learning_rate=1e-2, progress=False)
-    result = train(patch_model(tiny_llama(), "sliding", window=6), token_samples(97, distinct=True), config)
+    result = train(patch_model(tiny_llama(), "sliding", window=6), token_samples(97, distinct=True), config(PER_PROCESS_BATCH))
     if int(os.environ.get("RANK", "0")) == 0:
         Path(output).write_text(json.dumps(losses(result)))
 
