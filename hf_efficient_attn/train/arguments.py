@@ -37,6 +37,8 @@ def recovery_parser(description: str, *, model: str, variant: str, window: int |
     parser.add_argument("--lora-rank", type=int, default=16, help="rank of the LoRA adapters (default 16)")
     parser.add_argument("--lora-mlp", action="store_true", help="also put LoRA on the MLP projections (default: attention only)")
     parser.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps before the cosine decay (default 0)")
+    parser.add_argument("--distill", type=float, default=0.0, metavar="WEIGHT",
+                        help="weight of distillation from the unpatched model, 0..1 (default 0: the labels alone)")
     parser.add_argument("--transfer-steps", type=int, default=100, help="transfer recipe: attention-transfer steps (default 100)")
     parser.add_argument("--eval-every", type=int, default=0, help="score the model every N steps (default 0: before and after)")
     parser.add_argument("--train-data", help="training data (default: the task's training asset; layouts: hf_efficient_attn.train.data)")
@@ -68,7 +70,7 @@ def run_from_args(args: argparse.Namespace, *, seq_len: int | None = None, eval_
         recipe=args.recipe, steps=args.steps, learning_rate=args.lr, batch_size=args.batch_size,
         gradient_accumulation_steps=args.grad_accum, mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing, lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank,
-        lora_mlp=args.lora_mlp, warmup_steps=args.warmup_steps,
+        lora_mlp=args.lora_mlp, warmup_steps=args.warmup_steps, distill_weight=args.distill,
         transfer_steps=args.transfer_steps, eval_every=args.eval_every, save_every=args.save_every, resume=args.resume,
         seed=args.seed, progress=not args.no_progress,
     )

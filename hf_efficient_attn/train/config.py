@@ -42,6 +42,9 @@ class TrainConfig:
         train_norms: LongLoRA: the normalization layers train alongside LoRA.
         train_embeddings: LongLoRA: token embeddings and, where the model has them, positional and
             patch embeddings train alongside LoRA.
+        distill_weight: weight ``w`` of distillation from the unpatched model (`distill`): the loss
+            is ``(1 - w)·task loss + w·KL(teacher || model)``; 0 trains on the labels alone, and any
+            other value needs ``teacher=`` in `train`.
         transfer_steps: ``"transfer"`` recipe: optimizer steps of attention transfer before LoRA.
         transfer_learning_rate: learning rate of attention transfer (AdamW, constant).
         warmup_steps: linear warm-up from 0 to `learning_rate` over these steps, then cosine decay
@@ -71,6 +74,7 @@ class TrainConfig:
     lora_mlp: bool = False
     train_norms: bool = True
     train_embeddings: bool = True
+    distill_weight: float = 0.0
     transfer_steps: int = 100
     transfer_learning_rate: float = 1e-3
     warmup_steps: int = 0
@@ -112,6 +116,9 @@ class TrainConfig:
         for name in ("weight_decay", "max_grad_norm"):
             _number(name, getattr(self, name), positive=False)
         _number("lora_dropout", self.lora_dropout, positive=False)
+        _number("distill_weight", self.distill_weight, positive=False)
+        if self.distill_weight > 1:
+            raise TrainError(f"`distill_weight` must be in [0, 1], got {self.distill_weight!r}.")
         if self.lora_dropout >= 1:
             raise TrainError(f"`lora_dropout` must be in [0, 1), got {self.lora_dropout!r}.")
         for field in fields(self):

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import RunState, checkpoints, load_newest, save_checkpoint
 from .config import TrainConfig, TrainError
+from .distill import check_teacher, distilled_loss
 from .loader import training_loader
 from .recipes import check_recipe, prepare_model
 from .runtime import accelerator_for
@@ -33,7 +34,7 @@ class TrainResult:
 
     Attributes:
         history: one row per log or evaluation point: ``{"step", "loss", "metric", "learning_rate"}``;
-            ``loss`` is the mean training loss since the previous logged step (None on rows that only
+            ``loss`` is the mean training loss (the mixed loss under distillation) since the previous logged step (None on rows that only
             evaluate, such as step 0), ``metric`` what ``evaluate`` returned (None where it did not run), ``learning_rate``
             the rate the step was taken with.
         transfer_losses: the attention-matching loss of each transfer step ("transfer" recipe).
@@ -56,6 +57,7 @@ def train(
     collate_fn: Callable | None = None,
     evaluate: Callable[[nn.Module], float] | None = None,
     accelerator: Accelerator | None = None,
+    teacher: nn.Module | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` (patched by `patch_model`) on ``train_data`` following ``config``.
 
@@ -70,9 +72,14 @@ def train(
             training (step 0), every ``eval_every`` steps and at the end; logged as "metric".
         accelerator: an `accelerate.Accelerator` to use; by default one is built from the config and
             the user's accelerate settings.
+        teacher: the unpatched model, for ``config.distill_weight > 0`` (see `distill`); it is moved
+            to the training device and frozen (each process holds a full copy).
     """
     check_recipe(model, config)
+    check_teacher(teacher, config.distill_weight)
     accelerator = accelerator_for(config, accelerator)
+    if teacher is not None:
+        teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
     set_seed(config.seed)
     loader = accelerator.prepare(training_loader(train_data, config, collate_fn, accelerator.num_processes))
     resumable = config.resume and bool(checkpoints(config.output_dir))
@@ -116,7 +123,10 @@ def train(
         batches = accelerator.skip_first_batches(loader, consumed) if consumed else loader
         for batch in batches:
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                outputs = model(**batch)
+                loss = outputs.loss
+                if teacher is not None:
+                    loss = distilled_loss(outputs, batch, teacher, config.distill_weight, accelerator.autocast())
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)

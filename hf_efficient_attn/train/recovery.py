@@ -2,7 +2,7 @@
 
 `run_recovery` loads a model, scores it (the **baseline**), patches it, scores it again (**zero-shot**),
 fine-tunes it with `train` (scoring it every ``eval_every`` steps and at the end: **fine-tuned**) and,
-if asked, fine-tunes the unpatched model with the same recipe, data and steps (the **control**:
+if asked, fine-tunes the unpatched model with the same recipe, data, steps and teacher (the **control**:
 fine-tuning on in-domain data moves the baseline too, and the honest comparison shows by how much).
 The result is a `RecoveryReport`; ``save`` writes ``recovery.json``, ``recovery.md`` (one table row
 per model) and ``recovery.png`` (the metric over training steps, the baseline and the control's end
@@ -245,9 +245,13 @@ def run_recovery(
     def load():
         return load_eval_model(model, device=state.device, dtype=torch.float32)
 
+    # Distillation's teacher is the unpatched model, loaded once more.
+    teacher = load().model if config.distill_weight > 0 else None
+
     def fine_tune(net, setup: TaskSetup, folder: str | None) -> tuple[Any, float]:
         start = time.perf_counter()
-        result = train(net, setup.train_data, replace(config, output_dir=folder), collate_fn=setup.collate_fn, evaluate=setup.metric)
+        result = train(net, setup.train_data, replace(config, output_dir=folder), collate_fn=setup.collate_fn,
+                       evaluate=setup.metric, teacher=teacher)
         return result, time.perf_counter() - start
 
     loaded = load()
