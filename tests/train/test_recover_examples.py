@@ -52,7 +52,7 @@ def test_whisper_windowed_encoder(tmp_path, monkeypatch):
     arguments = ["--model", str(whisper_checkpoint(tmp_path / "whisper")), "--window", "4",
                  "--train-data", str(write_wav_folder(tmp_path / "train", 16000)),
                  "--eval-data", str(write_wav_folder(tmp_path / "eval", 16000, ["good evening", "hello"])),
-                 "--distill", "0.5", "--lora-mlp", "--warmup-steps", "1", "--output-dir", str(tmp_path / "out")]
+                 "--distill", "0.5", "--lora-mlp", "--warmup-steps", "1", "--max-new-tokens", "5", "--output-dir", str(tmp_path / "out")]
     report = run_example("recover_whisper.py", arguments, monkeypatch)
     assert (report["metric"], report["variant_options"]) == ("wer", {"targets": "encoder", "window": 4})
     assert report["config"]["recipe"] == "lora" and report["control"] is None
