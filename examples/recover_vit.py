@@ -15,7 +15,10 @@ from hf_efficient_attn.train.arguments import recovery_parser, run_from_args
 def main() -> None:
     parser = recovery_parser(__doc__, model="vit-mnist", variant="sliding", window=3, steps=200,
                              learning_rate=1e-3, batch_size=64, options=("neighbourhood=2d",))
-    run_from_args(parser.parse_args())
+    parser.add_argument("--augment", action="store_true",
+                        help="move each training image by a random small shift and rotation every time it is read")
+    args = parser.parse_args()
+    run_from_args(args, augment=args.augment)
 
 
 if __name__ == "__main__":

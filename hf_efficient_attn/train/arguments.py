@@ -53,10 +53,12 @@ def recovery_parser(description: str, *, model: str, variant: str, window: int |
     return parser
 
 
-def run_from_args(args: argparse.Namespace, *, seq_len: int | None = None, eval_options: dict[str, Any] | None = None):
+def run_from_args(args: argparse.Namespace, *, seq_len: int | None = None, augment: bool = False,
+                  eval_options: dict[str, Any] | None = None):
     """Run `run_recovery` as ``args`` (from `recovery_parser`) describe; return its `RecoveryReport`.
 
-    ``eval_options`` are the task's metric options beyond ``--max-eval-samples`` (see `evaluators`).
+    ``seq_len`` and ``augment`` are the task's training-data options (see `recovery.task_setup`);
+    ``eval_options`` its metric options beyond ``--max-eval-samples`` (see `evaluators`).
     """
     from ..eval.cli import variant_configs
     from .recovery import run_recovery
@@ -76,8 +78,8 @@ def run_from_args(args: argparse.Namespace, *, seq_len: int | None = None, eval_
     )
     return run_recovery(
         _model_source(args.model), patch.variant, patch.options, config, train_data=args.train_data, eval_data=args.eval_data,
-        seq_len=seq_len, eval_options={"max_samples": args.max_eval_samples, **(eval_options or {})}, control=args.control,
-        out_dir=args.output_dir,
+        seq_len=seq_len, augment=augment, eval_options={"max_samples": args.max_eval_samples, **(eval_options or {})},
+        control=args.control, out_dir=args.output_dir,
     )
 
 

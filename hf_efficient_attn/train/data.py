@@ -16,7 +16,7 @@ model returns its own loss.
   ``speech-en-train`` asset: other sentences, voices and rates than the ``speech-en`` evaluation set.
 - **vision** (image classifier): ``pixel_values`` from the model's image processor and the label id.
   By default the ``images-mnist-train`` asset: the MNIST training digits, none of them in the
-  ``images-mnist`` evaluation set.
+  ``images-mnist`` evaluation set. ``augment`` moves each image at random every time it is read.
 
 Other data comes through `eval.data.load_eval_data`, so it takes the same layouts as evaluation: a
 text file or folder of ``.txt`` files, an audio folder with ``metadata.csv``, an image folder of class
@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from .augment import jitter
 from .config import TrainError
 
 TEXT_ASSET, SPEECH_ASSET, IMAGE_ASSET = "text-en", "speech-en-train", "images-mnist-train"
@@ -145,21 +146,33 @@ class SpeechCollator:
 
 
 class ImageTrainingSet(Dataset):
-    """PIL images (a dataset's ``Image`` column) and model label ids, processed when read."""
+    """PIL images (a dataset's ``Image`` column) and model label ids, processed when read.
 
-    def __init__(self, images: Sequence[Any], labels: Sequence[int], image_processor) -> None:
+    With ``augment`` each read gets a freshly moved copy of the image (`augment.jitter`).
+    """
+
+    def __init__(self, images: Sequence[Any], labels: Sequence[int], image_processor, augment: bool = False) -> None:
         self.images, self.labels, self.image_processor = images, list(labels), image_processor
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        pixels = self.image_processor(self.images[index].convert("RGB"), return_tensors="pt")["pixel_values"][0]
+        image = self.images[index].convert("RGB")
+        if self.augment:
+            image = jitter(image)
+        pixels = self.image_processor(image, return_tensors="pt")["pixel_values"][0]
         return {"pixel_values": pixels, "labels": torch.tensor(self.labels[index], dtype=torch.long)}
 
 
-def image_training_set(image_processor, config, source: Any = None, split: str = "train") -> ImageTrainingSet:
-    """Training images of ``source`` (default the images-mnist-train asset), labels mapped to ``config``'s ids by class name."""
+def image_training_set(
+    image_processor, config, source: Any = None, split: str = "train", augment: bool = False
+) -> ImageTrainingSet:
+    """Training images of ``source`` (default the images-mnist-train asset), labels mapped to ``config``'s ids by class name.
+
+    ``augment``: random small shifts and rotations each time an image is read (`augment`).
+    """
     from ..eval.vision import model_label_ids
 
     dataset = _load(_asset(IMAGE_ASSET) if source is None else source, split, "vision").dataset
@@ -168,7 +181,7 @@ def image_training_set(image_processor, config, source: Any = None, split: str =
     if names:
         ids = model_label_ids(names, config)
         labels = [ids[label] for label in labels]
-    return ImageTrainingSet(dataset["image"], labels, image_processor)
+    return ImageTrainingSet(dataset["image"], labels, image_processor, augment)
 
 
 def collate_images(samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -173,15 +173,18 @@ class TaskSetup:
 
 
 def task_setup(loaded, train_data: Any = None, eval_data: Any = None, *, seq_len: int | None = None,
-               eval_options: dict[str, Any] | None = None) -> TaskSetup:
+               augment: bool = False, eval_options: dict[str, Any] | None = None) -> TaskSetup:
     """The `TaskSetup` of a loaded model (`eval.models.EvalModel`): data of `data`, metric of `evaluators`.
 
     ``seq_len`` (text) defaults to the smaller of 1024 and the model's context, as does the evaluation's
-    ``max_length``; ``eval_options`` go to the task's metric builder (``max_tokens``, ``max_samples``,
-    ``batch_size``, ...).
+    ``max_length``; ``augment`` (vision) moves training images at random (`augment`); ``eval_options``
+    go to the task's metric builder (``max_tokens``, ``max_samples``, ``batch_size``, ...).
     """
     from . import data, evaluators
+    from .config import TrainError
 
+    if augment and loaded.task != "vision":
+        raise TrainError(f"augment moves training images; this is a {loaded.task} model. Drop augment (--augment).")
     options = dict(eval_options or {})
     if loaded.task == "text":
         context = min(1024, getattr(loaded.model.config, "max_position_embeddings", 1024))
@@ -193,7 +196,7 @@ def task_setup(loaded, train_data: Any = None, eval_data: Any = None, *, seq_len
         samples = data.speech_training_set(loaded.feature_extractor, loaded.tokenizer, train_data)
         collate = data.SpeechCollator(loaded.model.config.decoder_start_token_id)
         return TaskSetup(samples, collate, evaluators.speech_metric(loaded.feature_extractor, loaded.tokenizer, eval_data, **options))
-    samples = data.image_training_set(loaded.image_processor, loaded.model.config, train_data)
+    samples = data.image_training_set(loaded.image_processor, loaded.model.config, train_data, augment=augment)
     metric = evaluators.vision_metric(loaded.image_processor, loaded.model.config, eval_data, **options)
     return TaskSetup(samples, data.collate_images, metric)
 
@@ -207,6 +210,7 @@ def run_recovery(
     train_data: Any = None,
     eval_data: Any = None,
     seq_len: int | None = None,
+    augment: bool = False,
     eval_options: dict[str, Any] | None = None,
     control: bool = False,
     out_dir: str | Path | None = None,
@@ -220,7 +224,7 @@ def run_recovery(
         config: the training run; its ``output_dir`` (checkpoints) defaults to ``out_dir/checkpoints``;
             the control's checkpoints go next to it, in ``<output_dir>-control``.
         train_data, eval_data: data sources (see `data`); None: the task's default assets.
-        seq_len, eval_options: see `task_setup`.
+        seq_len, augment, eval_options: see `task_setup`.
         control: also fine-tune the unpatched model.
         out_dir: where the main process saves the report; None saves nothing.
         log: receives progress lines on the main process.
@@ -255,7 +259,7 @@ def run_recovery(
         return result, time.perf_counter() - start
 
     loaded = load()
-    setup = task_setup(loaded, train_data, eval_data, seq_len=seq_len, eval_options=eval_options)
+    setup = task_setup(loaded, train_data, eval_data, seq_len=seq_len, augment=augment, eval_options=eval_options)
     say(f"{len(setup.train_data)} training samples; scoring {setup.metric.name} of the unpatched model")
     with autocast:
         baseline = setup.metric(loaded.model)

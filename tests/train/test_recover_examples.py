@@ -67,7 +67,7 @@ def test_vit_under_accelerate_launch(tmp_path):
         pytest.skip("the accelerate launcher is not installed (pip install accelerate)")
     images = image_folder(tmp_path / "images")
     arguments = ["--model", str(vit_checkpoint(tmp_path / "vit")), "--window", "2", "--train-data", str(images),
-                 "--eval-data", str(images), "--output-dir", str(tmp_path / "out"), *COMMON]
+                 "--eval-data", str(images), "--augment", "--output-dir", str(tmp_path / "out"), *COMMON]
     subprocess.run([launcher, "launch", "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
                     "--dynamo_backend", "no", str(EXAMPLES / "recover_vit.py"), *arguments], check=True, timeout=300)
     report = json.loads((tmp_path / "out" / "recovery.json").read_text())

@@ -11,7 +11,7 @@ import torch
 from eval.eval_fixtures import char_tokenizer
 from recovery_checkpoints import TEXT, image_folder, vit_checkpoint, whisper_checkpoint, write_wav_folder
 
-from hf_efficient_attn.train import TrainError
+from hf_efficient_attn.train import TrainError, augment
 from hf_efficient_attn.train import data as training_data
 
 
@@ -92,6 +92,33 @@ def test_image_folder_samples_and_batches(tmp_path):
     assert batch["pixel_values"].shape == (6, 3, 24, 24) and batch["labels"].tolist() == [0, 0, 1, 1, 2, 2]
 
 
+def test_augmented_images_move_each_read_and_keep_their_label(tmp_path):
+    from transformers import AutoConfig, AutoImageProcessor
+
+    checkpoint = vit_checkpoint(tmp_path / "vit")
+    processor, config = AutoImageProcessor.from_pretrained(checkpoint), AutoConfig.from_pretrained(checkpoint)
+    images = image_folder(tmp_path / "images", per_class=1)
+    plain = training_data.image_training_set(processor, config, images)
+    moved = training_data.image_training_set(processor, config, images, augment=True)
+    torch.manual_seed(0)
+    first, second = moved[1], moved[1]
+    assert torch.equal(plain[1]["pixel_values"], plain[1]["pixel_values"])
+    assert first["pixel_values"].shape == plain[1]["pixel_values"].shape and first["labels"] == plain[1]["labels"]
+    assert not torch.equal(first["pixel_values"], second["pixel_values"])
+    assert not torch.equal(first["pixel_values"], plain[1]["pixel_values"])
+
+
+def test_jitter_shifts_by_the_drawn_fraction_of_the_side(monkeypatch):
+    from PIL import Image
+
+    image = Image.new("L", (30, 20), color=0)
+    image.putpixel((10, 8), 255)
+    # Draws of 1, 0.5, 0.5: the largest shift right, none down, no rotation.
+    monkeypatch.setattr(augment.torch, "rand", lambda count: torch.tensor([1.0, 0.5, 0.5]))
+    moved = np.asarray(augment.jitter(image))
+    assert moved.shape == (20, 30) and moved.argmax() == np.ravel_multi_index((8, 10 + round(augment.MAX_SHIFT * 30)), (20, 30))
+
+
 def test_mnist_training_digits_are_not_the_evaluation_digits():
     from PIL import Image
     from transformers import ViTConfig
@@ -106,3 +133,12 @@ def test_mnist_training_digits_are_not_the_evaluation_digits():
     train_hashes = {hashlib.sha1(np.asarray(image).tobytes()).hexdigest() for image in samples.images}
     test_hashes = {hashlib.sha1(np.asarray(Image.open(path)).tobytes()).hexdigest() for path in evaluation.glob("*/*.png")}
     assert len(test_hashes) > 990 and not train_hashes & test_hashes
+
+
+def test_augmenting_anything_but_images_is_refused():
+    from types import SimpleNamespace
+
+    from hf_efficient_attn.train.recovery import task_setup
+
+    with pytest.raises(TrainError, match="this is a speech model"):
+        task_setup(SimpleNamespace(task="speech"), augment=True)
