@@ -46,7 +46,8 @@ class RecoveryReport:
     """One recovery run: the model versions' scores, the training curve, and where and how it ran.
 
     ``history`` holds `TrainResult.history` rows (``step``, ``loss``, ``metric``, ``learning_rate``);
-    ``control`` and ``control_history`` are None when no control run was made.
+    ``control`` and ``control_history`` are None when no control run was made; ``augmented`` says
+    whether training images were moved at random (`augment`).
     """
 
     model: str
@@ -64,6 +65,7 @@ class RecoveryReport:
     history: list[dict[str, Any]] = field(default_factory=list)
     control_history: list[dict[str, Any]] | None = None
     transfer_losses: list[float] = field(default_factory=list)
+    augmented: bool = False
     train_seconds: float = 0.0
     device: str = ""
     processes: int = 1
@@ -94,7 +96,8 @@ class RecoveryReport:
         """A heading, the run's context, and a one-row table (rows of several models stack into one table)."""
         direction = "lower is better" if self.lower_is_better else "higher is better"
         options = ", ".join(f"{key}={value}" for key, value in self.variant_options.items())
-        lines = [f"## Recovery of {Path(self.model).name}: {self.variant} ({options or 'defaults'}), {self.recipe}, {self.steps} steps", ""]
+        lines = [f"## Recovery of {Path(self.model).name}: {self.variant} ({options or 'defaults'}), {recipe_label(self)}, "
+                 f"{self.steps} steps", ""]
         lines += [f"- metric: {self.metric} ({direction})", f"- device: {self.device}, {self.processes} process(es)",
                   f"- training time: {self.train_seconds:.0f} s (periodic evaluations included)",
                   "- versions: " + ", ".join(f"{name} {version}" for name, version in self.versions.items()), ""]
@@ -129,11 +132,17 @@ def markdown_row(report: RecoveryReport) -> str:
 
     options = ", ".join(f"{key}={value}" for key, value in report.variant_options.items())
     no_gap = "n/a (zero-shot not worse)"
-    cells = [Path(report.model).name, f"{report.variant} ({options})" if options else report.variant, report.recipe,
+    cells = [Path(report.model).name, f"{report.variant} ({options})" if options else report.variant, recipe_label(report),
              str(report.steps), report.metric, f"{report.baseline:.4g}", f"{report.zero_shot:.4g}", f"{report.fine_tuned:.4g}",
              share(report.gap_closed, no_gap), "-" if report.control is None else f"{report.control:.4g}",
              "-" if report.control is None else share(report.gap_closed_vs_control, no_gap)]
     return "| " + " | ".join(cells) + " |"
+
+
+def recipe_label(report: RecoveryReport) -> str:
+    """The recipe and what was added to it: ``"full + distill 0.5, augmented"``."""
+    weight = report.config.get("distill_weight", 0)
+    return report.recipe + (f" + distill {weight:g}" if weight else "") + (", augmented" if report.augmented else "")
 
 
 def plot_recovery(report: RecoveryReport, path: Path) -> None:
@@ -273,6 +282,7 @@ def run_recovery(
         model=str(model), task=loaded.task, variant=variant, variant_options=dict(variant_options), recipe=config.recipe,
         steps=config.steps, metric=setup.metric.name, lower_is_better=setup.metric.lower_is_better, baseline=baseline,
         zero_shot=zero_shot, fine_tuned=fine_tuned, history=result.history, transfer_losses=list(result.transfer_losses),
+        augmented=augment,
         train_seconds=seconds, device=_device_name(state.device), processes=state.num_processes,
         config=asdict(config), versions=_versions(),
     )

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from hf_efficient_attn.train.recovery import RecoveryReport, gap_closed
+from hf_efficient_attn.train.recovery import RecoveryReport, gap_closed, markdown_row
 
 
 @pytest.mark.parametrize(
@@ -63,3 +63,9 @@ def test_markdown_says_when_there_is_no_gap(tmp_path):
     paths = report(zero_shot=19.0, control=None, control_history=None).save(tmp_path)
     assert "n/a (zero-shot not worse)" in paths["markdown"].read_text()
     assert json.loads(paths["json"].read_text())["gap_closed"] is None
+
+
+def test_recipe_cell_names_distillation_and_augmentation():
+    row = markdown_row(report(recipe="full", config={"distill_weight": 0.5}, augmented=True))
+    assert "| sliding (window=256) | full + distill 0.5, augmented | 20 |" in row
+    assert "| lora | 20 |" in markdown_row(report(config={"distill_weight": 0.0}))
