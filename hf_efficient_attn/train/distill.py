@@ -1,9 +1,8 @@
 """Distillation from the unpatched model: the patched model learns the exact model's predictions.
 
-A recovery fine-tune on a small task set learns its labels and forgets the rest (a ViT fine-tuned on
-4000 digits fits them exactly and loses test accuracy). The unpatched model (the teacher) says more
-per sample than a label: its whole output distribution, which is what the patched model had before
-its attention changed. `distillation_loss` is the KL divergence ``KL(teacher || student)`` of the
+A recovery fine-tune learns the task set's labels; the unpatched model (the teacher) says more per
+sample than a label: its whole output distribution, which is what the patched model gave before its
+attention changed, and what recovery is after. `distillation_loss` is the KL divergence ``KL(teacher || student)`` of the
 two models' output distributions, averaged over the positions that carry a label:
 
 - causal LMs: logit ``t`` predicts token ``t + 1``, so position ``t`` counts where ``labels[t + 1]``

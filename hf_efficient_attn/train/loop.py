@@ -34,9 +34,10 @@ class TrainResult:
 
     Attributes:
         history: one row per log or evaluation point: ``{"step", "loss", "metric", "learning_rate"}``;
-            ``loss`` is the mean training loss (the mixed loss under distillation) since the previous logged step (None on rows that only
-            evaluate, such as step 0), ``metric`` what ``evaluate`` returned (None where it did not run), ``learning_rate``
-            the rate the step was taken with.
+            ``loss`` is the mean training loss (the mixed loss under distillation) since the previous
+            logged step (None on rows that only evaluate, such as step 0), ``metric`` what
+            ``evaluate`` returned (None where it did not run), ``learning_rate`` the rate the step was
+            taken with.
         transfer_losses: the attention-matching loss of each transfer step ("transfer" recipe).
         model: the trained model, unwrapped from the accelerator (a PeftModel for LoRA recipes), in
             eval mode.
