@@ -7,14 +7,11 @@ With features ``φ`` the output of query ``i`` is
 
 over the keys ``j`` it may see. Bidirectional layers sum over every real key once: ``S = Σ φ(k_j) v_jᵀ``,
 ``z = Σ φ(k_j)``, so the cost is O(N·M·D) for M features. Causal layers need prefix sums; rather than
-storing one ``M×D`` state per token, queries go in chunks of ``L``: keys before a chunk enter through
-the sum of their ``φ(k) vᵀ`` (the chunk's state), and keys inside the chunk through a masked
-``L×L`` quadratic term. When the queries are the newest keys (prefill, and a KV cache that appends
-them) all chunks run at once: per-chunk sums, an exclusive cumulative sum over chunks, and one
-batched quadratic term, a few batched products whatever N is. Other position layouts (a cache that
-skipped positions) go chunk by chunk with a running state. Memory is O(N·M) plus one ``M×D`` state
-per chunk. Causality is by absolute position (``key position <= query position``), so a KV cache
-works. Padded keys contribute nothing, and rows that see no key give zeros.
+storing one ``M×D`` state per token, queries go in chunks: keys at or before a chunk's first query
+position are folded into a running state, and the few keys between the chunk's first and last query
+positions are handled by a masked quadratic term inside the chunk. Memory is O(N·M) plus one ``M×D``
+state per chunk. Causality is by absolute position (``key position <= query position``), so a KV
+cache works. Padded keys contribute nothing, and rows that see no key give zeros.
 
 Packed documents and 4-D caller masks cannot be expressed through prefix sums and are refused; the
 model's own sliding window (Mistral's) is not applied, the family approximates full attention.
@@ -23,7 +20,6 @@ model's own sliding window (Mistral's) is not applied, the family approximates f
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..context import AttentionContext
 from .base import VariantError
@@ -77,62 +73,6 @@ def _causal(
     chunk_size: int,
 ) -> torch.Tensor:
     """Chunked prefix sums; ``query_features`` grouped ``[b, kv_heads, groups, q, m]``."""
-    q_len, k_len = context.query_positions.shape[0], context.key_positions.shape[0]
-    if q_len <= k_len and torch.equal(context.key_positions[k_len - q_len :], context.query_positions):
-        return _causal_all_chunks(query_features, key_features, value, context.query_positions, chunk_size)
-    return _causal_chunk_by_chunk(query_features, key_features, value, context, chunk_size)
-
-
-def _causal_all_chunks(
-    query_features: torch.Tensor,
-    key_features: torch.Tensor,
-    value: torch.Tensor,
-    positions: torch.Tensor,
-    chunk_size: int,
-) -> torch.Tensor:
-    """Every chunk at once, when the last ``q`` keys are the queries themselves (same positions).
-
-    Keys before those are before every query and form the starting state; the others are cut into
-    the same chunks as the queries.
-    """
-    batch, kv_heads, groups, q_len, features = query_features.shape
-    head_dim = value.shape[-1]
-    prefix = key_features.shape[-2] - q_len
-    first_state = torch.einsum("bhkm,bhkd->bhmd", key_features[:, :, :prefix], value[:, :, :prefix])
-    first_normalizer = key_features[:, :, :prefix].sum(-2)
-
-    chunks = -(-q_len // chunk_size)
-    pad = chunks * chunk_size - q_len
-    # Padding keys have zero features (they add nothing); padding queries are cut off at the end.
-    queries = F.pad(query_features, (0, 0, 0, pad)).reshape(batch, kv_heads, groups, chunks, chunk_size, features)
-    keys = F.pad(key_features[:, :, prefix:], (0, 0, 0, pad)).reshape(batch, kv_heads, chunks, chunk_size, features)
-    values = F.pad(value[:, :, prefix:], (0, 0, 0, pad)).reshape(batch, kv_heads, chunks, chunk_size, head_dim)
-    chunk_positions = F.pad(positions, (0, pad), value=int(positions[-1])).reshape(chunks, chunk_size)
-
-    # State before chunk c: the starting state plus the sums of chunks 0..c-1.
-    states = torch.einsum("bhclm,bhcld->bhcmd", keys, values).cumsum(2)
-    states = torch.cat([first_state.unsqueeze(2), first_state.unsqueeze(2) + states[:, :, :-1]], dim=2)
-    normalizers = keys.sum(-2).cumsum(2)
-    normalizers = torch.cat([first_normalizer.unsqueeze(2), first_normalizer.unsqueeze(2) + normalizers[:, :, :-1]], dim=2)
-
-    numerator = torch.einsum("bhgclm,bhcmd->bhgcld", queries, states)
-    denominator = torch.einsum("bhgclm,bhcm->bhgcl", queries, normalizers)
-    visible = chunk_positions[:, None, :] <= chunk_positions[:, :, None]
-    weights = torch.einsum("bhgclm,bhcjm->bhgclj", queries, keys) * visible.to(queries.dtype)
-    numerator = numerator + torch.einsum("bhgclj,bhcjd->bhgcld", weights, values)
-    denominator = denominator + weights.sum(-1)
-    output = _normalize(numerator, denominator)
-    return output.reshape(batch, kv_heads, groups, chunks * chunk_size, head_dim)[..., :q_len, :]
-
-
-def _causal_chunk_by_chunk(
-    query_features: torch.Tensor,
-    key_features: torch.Tensor,
-    value: torch.Tensor,
-    context: AttentionContext,
-    chunk_size: int,
-) -> torch.Tensor:
-    """A running state over query chunks, for any ascending positions (e.g. a cache with a gap)."""
     query_positions, key_positions = context.query_positions, context.key_positions
     q_len = query_positions.shape[0]
     starts = list(range(0, q_len, chunk_size))
