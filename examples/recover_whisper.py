@@ -13,7 +13,7 @@ from hf_efficient_attn.train.arguments import recovery_parser, run_from_args
 
 def main() -> None:
     parser = recovery_parser(__doc__, model="whisper-tiny", variant="sliding", window=64, steps=200,
-                             learning_rate=5e-4, batch_size=16, options=("targets=encoder",))
+                             learning_rate=1e-4, batch_size=16, options=("targets=encoder",))
     parser.add_argument("--max-new-tokens", type=int,
                         help="cap on the tokens generated per clip while scoring (default: Whisper's own limit); "
                              "bounds the time a heavily degraded model spends on long hallucinations")
