@@ -6,7 +6,9 @@ import torch
 
 from . import flash
 from .checks import check_dense, check_varlen
-from .sparsity import build_tile_lists
+from .sparsity import TileListCache
+
+TILE_LISTS = TileListCache()
 
 
 def _dense(x: torch.Tensor) -> torch.Tensor:
@@ -72,11 +74,9 @@ def fused_attention(
     mask = flash.MaskArgs(causal=causal, window=tuple(window), sink_tokens=sink_tokens,
                           global_tokens=global_tokens, key_padding=kp, layout_block_size=layout_block_size)
     if block_layout is not None:
-        lay = (block_layout != 0).to(torch.int8).contiguous()
-        mask.layout = lay
-        mask.tiles = build_tile_lists(lay, layout_block_size, nq, nk, causal=mask.causal,
-                                      has_window=mask.has_window, wl=mask.wl, wr=mask.wr, sink=mask.sink,
-                                      gq=mask.gq, block=flash.sparse_tile())
+        mask.layout, mask.tiles = TILE_LISTS.get(block_layout, layout_block_size, nq, nk, causal=mask.causal,
+                                                 has_window=mask.has_window, wl=mask.wl, wr=mask.wr,
+                                                 sink=mask.sink, gq=mask.gq, block=flash.sparse_tile())
     return _FusedAttention.apply(q, k, v, float(scale), mask, False, nq, nk)
 
 

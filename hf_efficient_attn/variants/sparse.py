@@ -141,7 +141,7 @@ class BlockSparseAttention(AttentionVariant):
 
     def __init__(self, options: SparseOptions, layer: LayerInfo):
         super().__init__(options, layer)
-        self._layouts: dict[tuple[int, bool, torch.device], torch.Tensor] = {}
+        self._layouts: dict[tuple, torch.Tensor] = {}
         given = options.layout_tensor() if options.layout is not None else None
         self.register_buffer("given_layout", given, persistent=False)
 
@@ -198,11 +198,16 @@ class BlockSparseAttention(AttentionVariant):
         last = int(context.query_positions.max())
         if not context.causal:
             last = max(last, int(context.key_positions.max()))
-        blocks = torch.arange(last // half + 1, device=context.query_positions.device)
+        device = context.query_positions.device
         heads = self.layer.num_heads
-        shift = (torch.arange(heads, device=blocks.device) >= heads // 2).long()[:, None]  # [heads, 1]
-        groups = (blocks[None, :] + shift) // 2  # [heads, blocks]
-        return groups[:, :, None] == groups[:, None, :]
+        cache_key = ("shifted", last // half + 1, heads, device)
+        if cache_key not in self._layouts:
+            with torch.inference_mode(False):
+                blocks = torch.arange(last // half + 1, device=device)
+                shift = (torch.arange(heads, device=device) >= heads // 2).long()[:, None]  # [heads, 1]
+                groups = (blocks[None, :] + shift) // 2  # [heads, blocks]
+                self._layouts[cache_key] = groups[:, :, None] == groups[:, None, :]
+        return self._layouts[cache_key]
 
     # The mask rule (see `masked.MaskRule`).
 
@@ -271,7 +276,9 @@ class BlockSparseAttention(AttentionVariant):
             return layout
         cache_key = (blocks, context.causal, device)
         if cache_key not in self._layouts:
-            self._layouts[cache_key] = self.options.block_layout().build(blocks, blocks, context.causal, device)
+            # a normal tensor even under inference mode, so the kernels can cache its tile lists
+            with torch.inference_mode(False):
+                self._layouts[cache_key] = self.options.block_layout().build(blocks, blocks, context.causal, device)
         return self._layouts[cache_key]
 
 
