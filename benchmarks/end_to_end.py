@@ -1,4 +1,4 @@
-"""Whole-model benchmark: transformers' attention backends against this library's variants.
+r"""Whole-model benchmark: transformers' attention backends against this library's variants.
 
     python benchmarks/end_to_end.py --out benchmarks/results/e2e       # the README table (one H100, < 8 min)
     python benchmarks/end_to_end.py --out /tmp/e2e --device cpu --tiny   # the whole path on tiny models
@@ -59,6 +59,22 @@ that fill the on-disk caches before the main run), ~40 s of checks, then in prio
 (~40 s). --time-budget (default 400 s from the start) stops starting new measurements: what was not run
 says "skipped (time budget)", a row's first length is only started with FIRST_RUN_S left (compiling),
 and the generation loop stops at its next point, so the run ends within about 8 minutes, outputs written.
+
+Partial runs: one GPU call is limited to 10 minutes, so a full table takes several runs, each merged with
+the results of the ones before:
+    python benchmarks/end_to_end.py --out /tmp/e2e --models llama --modes train \
+        --merge benchmarks/results/end_to_end-h100.json
+--modes (default prefill,train,generate) picks the measurements; they run in the priority order above,
+whatever the order given (--skip-train and --skip-generation take one out). The checks always run: they
+decide what is timed. --merge PATH takes an earlier end_to_end.json; an entry is the same measurement in
+both runs when these agree: rows model, config, mode and tokens; generation config and prompt; checks
+model, config, reference, mode and tokens. The earlier entries this run did not have are kept, each with
+"run": the date of its run; so are those that tell more than this run's: a measurement where this run
+failed or skipped, a failure (OOM) where it skipped. A redone check always replaces. The JSON, Markdown and
+plots are written from the merged results after every measurement; in the Markdown, kept entries carry
+a mark (†, ‡, ...) explained under the header, which lists the runs merged. Merging is refused when the
+earlier run differs in device, dtype, --tiny, --no-checkpointing, --window, --encoder-window or
+--llama-path: its numbers would not compare.
 """
 
 from __future__ import annotations
@@ -100,6 +116,7 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 LOSS_TOKENS = 512
 LONG_RUN_S = 1.0
 """Runs at least this long are timed once after the warm-up."""
+MODES = ("prefill", "train", "generate")
 
 
 # ---------------------------------------------------------------------------------------------- rows
@@ -796,6 +813,82 @@ def warm_child(args: argparse.Namespace, spec_text: str) -> None:
         torch.cuda.synchronize()
 
 
+# ---------------------------------------------------------------------------------------------- merging
+
+
+ENTRY_KEYS = {"checks": ("family", "config", "reference", "mode", "tokens"),
+              "rows": ("family", "config", "mode", "tokens"),
+              "generation": ("config", "prompt")}
+"""Per list of results, the fields that say which measurement an entry is: the same in two runs, the same cell."""
+MUST_MATCH = {"env": ("device_name", "dtype"),
+              "args": ("tiny", "checkpointing", "window", "encoder_window", "llama_path")}
+"""What an earlier run must share with this one for --merge: anything that changes what a cell measures."""
+RUN_MARKS = "†‡§¶"
+
+
+def load_previous(path: Path, results: dict) -> dict:
+    """The earlier results to merge; refused when its cells would not compare with this run's (MUST_MATCH)."""
+    previous = json.loads(path.read_text())
+    for section, fields in MUST_MATCH.items():
+        for field in fields:
+            theirs, ours = previous[section].get(field), results[section].get(field)
+            if theirs != ours:
+                raise SystemExit(f"--merge: {path} was run with {field} = {theirs!r}, this run has {ours!r}")
+    return previous
+
+
+def rank(entry: dict) -> int:
+    """How much an entry tells: 2 measured, 1 failed (OOM, an error, its check failed), 0 skipped."""
+    status = entry.get("status", "")
+    return 2 if status == "ok" else 0 if status.startswith("skipped") else 1
+
+
+def merge_entries(current: list[dict], earlier: list[dict], fields: tuple[str, ...], date: str,
+                  redone_replaces: bool) -> list[dict]:
+    """This run's entries, each replaced by the earlier run's where that one tells more (a measurement where this
+    run skipped or failed; with ``redone_replaces``, never), then the earlier run's entries this run did not
+    have, skipped ones too (a blank cell would say less). Kept entries get ``run``: their run's date."""
+    def key(entry: dict) -> tuple:
+        return tuple(entry.get(field) for field in fields)
+
+    older = {key(entry): {**entry, "run": entry.get("run", date)} for entry in earlier}
+    merged = [older[key(e)] if key(e) in older and not redone_replaces and rank(older[key(e)]) > rank(e) else e
+              for e in current]
+    done = {key(entry) for entry in current}
+    return merged + [entry for k, entry in older.items() if k not in done]
+
+
+def runs_of(results: dict) -> list[dict]:
+    """The runs whose entries ``results`` holds, its own first: date, command and versions."""
+    env = results["env"]
+    own = {field: env.get(field) for field in ("date", "command", "torch", "transformers", "triton")}
+    return results.get("runs") or [own]
+
+
+def with_missing(current: dict, earlier: dict) -> dict:
+    """``current``, followed by the keys of ``earlier`` it lacks."""
+    return {**current, **{key: value for key, value in earlier.items() if key not in current}}
+
+
+def merge_previous(results: dict, previous: dict) -> dict:
+    """This run's results with the earlier run's entries it did not replace (see merge_entries); ``runs`` lists
+    this run and the earlier ones that still contribute. Neither argument is changed."""
+    date = previous["env"]["date"]
+    merged = {**results, **{section: merge_entries(results[section], previous.get(section, []), fields, date,
+                                                   redone_replaces=section == "checks")
+                            for section, fields in ENTRY_KEYS.items()}}
+    merged["families"] = with_missing(results["families"], previous.get("families", {}))
+    configs = previous.get("configs", {})
+    merged["configs"] = {family: with_missing(results["configs"].get(family, {}), configs.get(family, {}))
+                         for family in with_missing(results["configs"], configs)}
+    fallbacks = previous.get("fallbacks", {})
+    merged["fallbacks"] = {name: sorted({*results["fallbacks"].get(name, []), *fallbacks.get(name, [])})
+                           for name in with_missing(results["fallbacks"], fallbacks)}
+    kept = {entry["run"] for section in ENTRY_KEYS for entry in merged[section] if "run" in entry}
+    merged["runs"] = runs_of(results) + [run for run in runs_of(previous) if run["date"] in kept]
+    return merged
+
+
 # ---------------------------------------------------------------------------------------------- output
 
 
@@ -816,11 +909,35 @@ def cell(row: dict) -> str:
     return f"{row['ms']:.1f} ms, {row['peak_gib']:.2f} GiB"
 
 
+def run_marks(results: dict) -> dict[str, str]:
+    """The mark of each earlier run's cells (--merge), by the run's date."""
+    earlier = [run["date"] for run in results.get("runs", [])[1:]]
+    return {date: RUN_MARKS[i] if i < len(RUN_MARKS) else f"[{i + 1}]" for i, date in enumerate(earlier)}
+
+
+def merged_runs(results: dict, marks: dict[str, str]) -> list[str]:
+    """Header lines naming the runs merged and the mark of each earlier one; none for a single run."""
+    if "runs" not in results:
+        return []
+    lines = ["Merged from " + ", ".join([f"this run ({results['env']['date']})"]
+                                        + [f"{mark} {date}" for date, mark in marks.items()]) + ":", ""]
+    for run in results["runs"][1:]:
+        lines.append(f"- {marks[run['date']]} from the run of {run['date']} (torch {run['torch']}, transformers "
+                     f"{run['transformers']}, triton {run.get('triton')}): `{run['command']}`")
+    return lines + [""]
+
+
+def mark(entry: dict, marks: dict[str, str]) -> str:
+    """`` †`` (its run's mark) after an entry kept from an earlier run; nothing after one of this run."""
+    return f" {marks[entry['run']]}" if "run" in entry else ""
+
+
 def markdown(results: dict) -> str:
     env = results["env"]
+    marks = run_marks(results)
     lines = [f"# End-to-end attention benchmark: {env['device_name']}", "",
              f"torch {env['torch']}, transformers {env['transformers']}, triton {env.get('triton')}, {env['dtype']}, "
-             f"{env['date']}. Command: `{env['command']}`", "",
+             f"{env['date']}. Command: `{env['command']}`", "", *merged_runs(results, marks),
              "Cells: median time of one run, and peak memory during it ("
              + ("allocated, weights included" if env["device"].startswith("cuda") else "resident-set growth, coarse")
              + "). Prefill: one "
@@ -842,7 +959,7 @@ def markdown(results: dict) -> str:
         nums = [f"{c[k]:.2e}" if isinstance(c.get(k), float) else "" for k in
                 ("rel_err_vs_fp32", "reference_rel_err_vs_fp32", "rel_diff_vs_reference")]
         lines.append(f"| {c['family']} | {c['config']} | {c['reference']} | {c['mode']} | {c['tokens']} | "
-                     f"{'yes' if c['exact'] else 'no'} | {' | '.join(nums)} | {c['status']} |")
+                     f"{'yes' if c['exact'] else 'no'} | {' | '.join(nums)} | {c['status']}{mark(c, marks)} |")
     fell_back = {name: reasons for name, reasons in results["fallbacks"].items() if reasons}
     if fell_back:
         lines += ["", "Calls that ran on the reference path instead of the fused kernels: "
@@ -859,24 +976,10 @@ def markdown(results: dict) -> str:
                       "| --- |" + " ---: |" * len(lengths)]
             for config in dict.fromkeys(r["config"] for r in rows):
                 by_len = {r["tokens"]: r for r in rows if r["config"] == config}
-                lines.append(f"| {config} | " + " | ".join(cell(by_len[n]) if n in by_len else "" for n in lengths) + " |")
-    if results["generation"]:
-        marks = sorted({p["generated"] for g in results["generation"] for p in g["points"]})
-        first = results["generation"][0]
-        lines += ["", f"## Generation: Llama, {first['prompt']}-token prompt, greedy, batch 1", "",
-                  "Each cell: tokens/s over the stretch ending there, KV-cache MiB, peak GiB during the stretch.", "",
-                  "| config | prefill ms | cache after prefill | " + " | ".join(f"after {m} new" for m in marks) + " |",
-                  "| --- | ---: | ---: |" + " ---: |" * len(marks)]
-        for g in results["generation"]:
-            if g["status"] != "ok":
-                lines.append(f"| {g['config']} | {g['status']} | |" + " |" * len(marks))
-                continue
-            points = {p["generated"]: p for p in g["points"]}
-            cells = [f"{points[m]['tokens_per_s']:.0f} tok/s, {points[m]['cache_mib']:.4g} MiB"
-                     + (f", {points[m]['peak_gib']:.2f} GiB" if points[m]["peak_gib"] is not None else "")
-                     if m in points else "" for m in marks]
-            lines.append(f"| {g['config']} | {g['prefill_ms']:.0f} | {g['after_prefill']['cache_mib']:.4g} MiB | "
-                         + " | ".join(cells) + " |")
+                lines.append(f"| {config} | " + " | ".join(cell(by_len[n]) + mark(by_len[n], marks) if n in by_len else ""
+                                                          for n in lengths) + " |")
+    for prompt in dict.fromkeys(g.get("prompt") for g in results["generation"]):
+        lines += generation_table([g for g in results["generation"] if g.get("prompt") == prompt], marks)
     lines += ["", "## Targets", ""] + [f"- {t}" for t in targets(results)]
     if results.get("plots"):
         lines += ["", "Plots: " + ", ".join(f"[{Path(p).name}]({Path(p).name})" for p in results["plots"])]
@@ -884,6 +987,27 @@ def markdown(results: dict) -> str:
         lines += ["", results["plots_note"]]
     lines += ["", f"Run time {results.get('elapsed_s', '?')} s."]
     return "\n".join(lines) + "\n"
+
+
+def generation_table(gens: list[dict], marks: dict[str, str]) -> list[str]:
+    """The Markdown lines of the generation rows after one prompt length."""
+    points_at = sorted({p["generated"] for g in gens for p in g["points"]})
+    lines = ["", f"## Generation: Llama, {gens[0].get('prompt')}-token prompt, greedy, batch 1", "",
+             "Each cell: tokens/s over the stretch ending there, KV-cache MiB, peak GiB during the stretch.", "",
+             "| config | prefill ms | cache after prefill | " + " | ".join(f"after {m} new" for m in points_at) + " |",
+             "| --- | ---: | ---: |" + " ---: |" * len(points_at)]
+    for g in gens:
+        config = g["config"] + mark(g, marks)
+        if g["status"] != "ok":
+            lines.append(f"| {config} | {g['status']} | |" + " |" * len(points_at))
+            continue
+        points = {p["generated"]: p for p in g["points"]}
+        cells = [f"{points[m]['tokens_per_s']:.0f} tok/s, {points[m]['cache_mib']:.4g} MiB"
+                 + (f", {points[m]['peak_gib']:.2f} GiB" if points[m]["peak_gib"] is not None else "")
+                 if m in points else "" for m in points_at]
+        lines.append(f"| {config} | {g['prefill_ms']:.0f} | {g['after_prefill']['cache_mib']:.4g} MiB | "
+                     + " | ".join(cells) + " |")
+    return lines
 
 
 def targets(results: dict) -> list[str]:
@@ -952,6 +1076,7 @@ def write_plots(results: dict, out_dir: Path) -> list[str]:
                 log_plot(axes[i][j], curves, "tokens", what, f"{info['title']}: {mode}", log_y=True)
         figures.append((fig, out_dir / f"end_to_end_{name}.png"))
     gens = [g for g in results["generation"] if g["status"] == "ok" and g["points"]]
+    gens = [g for g in gens if g["prompt"] == gens[0]["prompt"]]  # one prompt length per plot (--merge)
     if gens:
         fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
         for ax, (key, what) in zip(axes, (("tokens_per_s", "tokens/s"), ("cache_mib", "KV cache (MiB)"),
@@ -1006,12 +1131,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--encoder-window", type=int, default=None,
                     help="sliding window of the encoders (reach window-1 each side; default 512)")
     ap.add_argument("--check-tokens", type=int, default=None, help="Llama check length (default 1024, below --window)")
-    ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--modes", default=",".join(MODES),
+                    help=f"measurements to run, among {', '.join(MODES)} (default: all; whatever the order given, "
+                         "they run in the priority order: Llama prefill, generate, train, then the encoders')")
+    ap.add_argument("--skip-train", action="store_true", help="leave train out of --modes")
     ap.add_argument("--train-max-tokens", type=int, default=None,
                     help="train only at lengths up to this (default 32768; 96 with --tiny)")
     ap.add_argument("--no-checkpointing", dest="checkpointing", action="store_false",
                     help="train without gradient checkpointing")
-    ap.add_argument("--skip-generation", action="store_true")
+    ap.add_argument("--skip-generation", action="store_true", help="leave generate out of --modes")
     ap.add_argument("--gen-prompt", type=int, default=None, help="generation prompt tokens (default 32768)")
     ap.add_argument("--gen-new", type=int, default=None, help="tokens to generate (default 1024; 8192 "
                     "takes ~2 min a row)")
@@ -1024,6 +1152,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-run-s", type=float, default=15.0,
                     help="skip a run whose time, extrapolated from shorter lengths, exceeds this (default 15)")
     ap.add_argument("--time-failed", action="store_true", help="time rows whose check failed too")
+    ap.add_argument("--merge", type=Path, default=None,
+                    help="an earlier end_to_end.json: its entries that this run did not measure (or only skipped "
+                         "or failed) are kept, marked with the date of their run, and the outputs show them all")
     ap.add_argument("--llama-path", default=None, help="local Llama checkpoint with real weights (default: random)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default=None,
@@ -1046,6 +1177,16 @@ def chosen_rows(args: argparse.Namespace, device: torch.device) -> list[str]:
     return [n for n in CONFIGS if n not in OPT_IN and not (device.type == "cpu" and n == "hf-flex")]
 
 
+def chosen_modes(args: argparse.Namespace) -> list[str]:
+    """--modes less what --skip-train and --skip-generation remove (unknown names refused), in MODES order."""
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise SystemExit(f"--modes: unknown {', '.join(unknown)}; choose among {', '.join(MODES)}")
+    dropped = {mode for mode, skip in (("train", args.skip_train), ("generate", args.skip_generation)) if skip}
+    return [m for m in MODES if m in modes and m not in dropped]
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv_given = argv
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -1056,6 +1197,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.gen_new = args.gen_new or (16 if args.tiny else 1024)
     args.repeats = args.repeats or (1 if args.tiny else 3)
     args.train_max_tokens = args.train_max_tokens or (96 if args.tiny else 32768)
+    args.modes = chosen_modes(args)
     if args.warm_child:
         warm_child(args, args.warm_child)
         return {}
@@ -1089,12 +1231,17 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict[str, Any] = {"env": env, "args": {k: v for k, v in vars(args).items() if k != "warm_child"},
                                "families": {}, "configs": {}, "checks": [], "rows": [], "generation": [],
                                "fallbacks": {}}
+    previous = load_previous(args.merge, results) if args.merge else None
     fallbacks: dict[str, set[str]] = {}
+    written = results
 
     def save(plots: bool = False) -> None:
+        """Write this run's results, merged with --merge's when given."""
+        nonlocal written
         results["fallbacks"] = {name: sorted(reasons) for name, reasons in fallbacks.items()}
         results["elapsed_s"] = round(budget.elapsed(), 1)
-        write_outputs(results, out_dir, plots)
+        written = merge_previous(results, previous) if previous else results
+        write_outputs(written, out_dir, plots)
 
     if device.type == "cuda" and not args.no_warm:
         specs = warm_specs(families, names)
@@ -1121,7 +1268,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"[{family.name}] checks at {budget.elapsed():.0f}s", flush=True)
             baseline = [] if BASELINE in {spec.name for spec in specs} else [CONFIGS[BASELINE]]
             checks = prefill_checks(family, baseline + specs, fallbacks)
-            if family.name == "llama" and not args.skip_generation:
+            if family.name == "llama" and "generate" in args.modes:
                 ours = [n for n in gen_names if n in DECODE_REFERENCE]
                 checks += decode_checks(family, ours, fallbacks)
             results["checks"] += checks
@@ -1150,10 +1297,10 @@ def main(argv: list[str] | None = None) -> dict:
 
         by_name = {family.name: family for family in families}
         # priority order: all of Llama (the issue's targets), then the encoders' prefill, then their training
-        train = [] if args.skip_train else ["train"]
-        llama_modes = ["prefill"] + ([] if args.skip_generation else ["generate"]) + train
+        llama_modes = [mode for mode in ("prefill", "generate", "train") if mode in args.modes]
         phases = [("llama", mode) for mode in llama_modes] if "llama" in by_name else []
-        phases += [(f.name, mode) for mode in ["prefill", *train] for f in families if f.name != "llama"]
+        phases += [(f.name, mode) for mode in ("prefill", "train") if mode in args.modes
+                   for f in families if f.name != "llama"]
         for family_name, mode in phases:
             family = activate(by_name[family_name])
             if mode != "generate":
@@ -1162,7 +1309,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"[llama generate: {args.gen_prompt} prompt + {args.gen_new} new] {budget.elapsed():.0f}s", flush=True)
             for name in gen_names:
                 if ("llama", name, True) in failed or ("llama", name, False) in failed:
-                    row = {"config": name, "status": "check failed", "points": []}
+                    row = {"config": name, "prompt": args.gen_prompt, "new_tokens": args.gen_new,
+                           "status": "check failed", "points": []}
                 else:
                     row = generate_row(family, CONFIGS[name], args, budget, fallbacks)
                 results["generation"].append(row)
@@ -1173,7 +1321,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         save(plots=True)
     print((out_dir / "end_to_end.md").read_text())
-    return results
+    return written
 
 
 if __name__ == "__main__":

@@ -421,15 +421,24 @@ def run_sparse(results, args, dims, deadline, out_dir):
         torch.cuda.empty_cache()
 
 
+def _skipped(row) -> bool:
+    return str(row.get("fwd", "")).startswith("skipped")
+
+
 def merge_previous(results, previous_path: Path):
-    """Keep the entries of an earlier run that this run did not measure, marked with that run's date."""
+    """Keep the entries of an earlier run that this run did not measure (absent, or skipped for the time
+    budget), marked with that run's date."""
     previous = json.loads(previous_path.read_text())
     date = previous["env"]["date"]
     for section, key in (("rows", ("pattern", "n", "d", "impl")), ("sparse", ("n", "d", "impl"))):
+        earlier = {tuple(r[f] for f in key): r for r in previous.get(section, []) if not _skipped(r)}
+        kept = []
+        for r in results[section]:
+            k = tuple(r[f] for f in key)
+            kept.append({**earlier[k], "run": earlier[k].get("run", date)} if _skipped(r) and k in earlier else r)
         measured = {tuple(r[f] for f in key) for r in results[section]}
-        for r in previous.get(section, []):
-            if tuple(r[f] for f in key) not in measured and not str(r.get("fwd", "")).startswith("skipped"):
-                results[section].append({**r, "run": r.get("run", date)})
+        kept += [{**r, "run": r.get("run", date)} for k, r in earlier.items() if k not in measured]
+        results[section] = kept
     for name, err in previous.get("checks", {}).items():
         results["checks"].setdefault(name, err)
 

@@ -79,3 +79,81 @@ def test_rows_are_skipped_once_the_budget_is_spent(end_to_end, tmp_path):
 def test_unknown_names_are_refused(end_to_end, tmp_path):
     with pytest.raises(SystemExit, match="unknown"):
         end_to_end.main(["--out", str(tmp_path), "--device", "cpu", "--tiny", "--variants", "sdpa"])
+    with pytest.raises(SystemExit, match="--modes: unknown"):
+        end_to_end.main(["--out", str(tmp_path), "--device", "cpu", "--tiny", "--modes", "prefill,decode"])
+
+
+PARTIAL = ["--device", "cpu", "--tiny", "--models", "llama,vit", "--variants", "hf-sdpa,sliding", "--lengths", "32,64",
+           "--vit-sizes", "8", "--gen-new", "2", "--gen-variants", "hf-sdpa,sliding", "--time-budget", "300"]
+
+
+def backdate(out: Path, date: str) -> Path:
+    """Date a run's end_to_end.json ``date``, as if it had run then: the runs of a test share one clock second."""
+    path = out / "end_to_end.json"
+    results = json.loads(path.read_text())
+    results["env"]["date"] = date
+    if "runs" in results:
+        results["runs"][0]["date"] = date
+    path.write_text(json.dumps(results))
+    return path
+
+
+def entries(results: dict) -> dict[tuple, dict]:
+    """Rows by (model, config, mode, tokens)."""
+    return {(r["family"], r["config"], r["mode"], r["tokens"]): r for r in results["rows"]}
+
+
+def test_partial_runs_merge_into_one_table(end_to_end, tmp_path, monkeypatch):
+    first, second, third = (tmp_path / name for name in ("first", "second", "third"))
+    with monkeypatch.context() as patch:
+        patch.setattr(end_to_end, "write_plots", lambda results, out_dir: [])  # plots take most of a tiny run
+        end_to_end.main(["--out", str(first), *PARTIAL, "--modes", "prefill,generate"])
+    day1 = "2000-01-01 00:00:00"
+    # train only, on top of the first run's prefill and generation
+    end_to_end.main(["--out", str(second), *PARTIAL, "--modes", "train", "--merge", str(backdate(first, day1))])
+    results = json.loads((second / "end_to_end.json").read_text())
+    markdown = (second / "end_to_end.md").read_text()
+    rows = entries(results)
+    prefill = [r for r in rows.values() if r["mode"] == "prefill"]
+    train = [r for r in rows.values() if r["mode"] == "train"]
+    assert len(prefill) == len(train) == 6  # (llama at 32 and 64, vit at 8) x (hf-sdpa, sliding)
+    assert all(r["status"] == "ok" and r["run"] == day1 for r in prefill)
+    assert all(r["status"] == "ok" and "run" not in r for r in train)
+    assert [(g["config"], g["run"]) for g in results["generation"]] == [("hf-sdpa", day1), ("sliding", day1)]
+    decode = [c for c in results["checks"] if c["mode"] == "decode"]  # not redone by a train-only run
+    assert decode and all(c["run"] == day1 for c in decode)
+    assert all("run" not in c for c in results["checks"] if c["mode"] == "prefill")  # redone
+    assert [run["date"] for run in results["runs"]] == [results["env"]["date"], day1]
+    assert f"† from the run of {day1}" in markdown and f"† {day1}" in markdown.split("## Rows")[0]
+    assert "| hf-sdpa | " + end_to_end.cell(rows[("llama", "hf-sdpa", "prefill", 32)]) + " † |" in markdown
+    assert "| hf-sdpa † |" in markdown  # the generation row
+    if results.get("plots"):  # drawn from the merged results: prefill and train of both models, generation
+        assert sorted(Path(p).name for p in results["plots"]) == [
+            "end_to_end_generation.png", "end_to_end_llama.png", "end_to_end_vit.png"]
+
+    # prefill again with every run's time capped at 0 s: the first length is measured (and replaces the earlier
+    # entry), the longer one is skipped (and does not replace the one measured before)
+    day2 = "2000-01-02 00:00:00"
+    monkeypatch.setattr(end_to_end, "write_plots", lambda results, out_dir: [])
+    end_to_end.main(["--out", str(third), *PARTIAL, "--modes", "prefill", "--max-run-s", "0",
+                     "--merge", str(backdate(second, day2))])
+    results = json.loads((third / "end_to_end.json").read_text())
+    markdown = (third / "end_to_end.md").read_text()
+    rows = entries(results)
+    for config in ("hf-sdpa", "sliding"):
+        assert "run" not in rows[("llama", config, "prefill", 32)]
+        assert rows[("llama", config, "prefill", 64)]["run"] == day1
+        assert rows[("llama", config, "prefill", 64)]["status"] == "ok"
+        assert rows[("llama", config, "train", 64)]["run"] == day2
+    assert len(rows) == 12
+    assert [run["date"] for run in results["runs"]] == [results["env"]["date"], day2, day1]
+    assert f"† from the run of {day2}" in markdown and f"‡ from the run of {day1}" in markdown
+    cells = [end_to_end.cell(rows[("llama", "hf-sdpa", "prefill", n)]) for n in (32, 64)]
+    assert f"| hf-sdpa | {cells[0]} | {cells[1]} ‡ |" in markdown  # this run's cell unmarked, the kept one marked
+
+
+def test_merging_a_run_of_other_settings_is_refused(end_to_end, tmp_path):
+    end_to_end.main(["--out", str(tmp_path), *PARTIAL, "--models", "vit", "--modes", "prefill"])
+    with pytest.raises(SystemExit, match="window"):
+        end_to_end.main(["--out", str(tmp_path / "again"), *PARTIAL, "--models", "vit", "--encoder-window", "8",
+                         "--merge", str(tmp_path / "end_to_end.json")])

@@ -1,0 +1,45 @@
+"""benchmarks/kernels.py --merge: earlier measurements fill what this run did not measure."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_kernels_module():
+    spec = importlib.util.spec_from_file_location("kernels_benchmark", ROOT / "benchmarks" / "kernels.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def row(impl, n, fwd):
+    return {"pattern": "causal", "n": n, "d": 64, "impl": impl, "fwd": fwd, "fwd+bwd": fwd}
+
+
+def test_skipped_and_absent_entries_come_from_the_earlier_run(tmp_path):
+    kernels = load_kernels_module()
+    measured_then = {"ms": 1.0, "tflops": 10.0}
+    measured_now = {"ms": 0.5, "tflops": 20.0}
+    earlier = {"env": {"date": "2026-01-01"}, "checks": {"causal/d64": 1e-3},
+               "rows": [row("ours", 1024, measured_then), row("flex", 1024, measured_then),
+                        row("ours", 4096, measured_then), row("ours", 8192, "skipped (time budget)")],
+               "sparse": []}
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps(earlier))
+    results = {"env": {"date": "2026-02-01"}, "checks": {},
+               "rows": [row("ours", 1024, measured_now), row("flex", 1024, "skipped (time budget)"),
+                        row("ours", 8192, "skipped (time budget)")],
+               "sparse": [{"n": 16384, "d": 64, "impl": "ours", "fwd": measured_now}]}
+    kernels.merge_previous(results, path)
+    by_key = {(r["impl"], r["n"]): r for r in results["rows"]}
+    assert by_key[("ours", 1024)]["fwd"] == measured_now and "run" not in by_key[("ours", 1024)]
+    assert by_key[("flex", 1024)]["fwd"] == measured_then and by_key[("flex", 1024)]["run"] == "2026-01-01"
+    assert by_key[("ours", 4096)]["run"] == "2026-01-01"
+    assert by_key[("ours", 8192)]["fwd"] == "skipped (time budget)" and "run" not in by_key[("ours", 8192)]
+    assert len(results["rows"]) == 4
+    assert results["checks"] == {"causal/d64": 1e-3}
+    assert results["sparse"] == [{"n": 16384, "d": 64, "impl": "ours", "fwd": measured_now}]
