@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .tensor_memo import TensorMemo
+
 
 @dataclass(frozen=True)
 class AttentionLayout:
@@ -166,12 +168,10 @@ def build_context(
 
     query_documents = key_documents = None
     if causal and padding is None and dense_mask is None and position_ids is not None and q_len == k_len:
-        ids = position_ids.to(device)
-        if ids.shape[0] != batch:
-            ids = ids.expand(batch, -1)
-        documents = documents_from_position_ids(ids)
-        if documents is not None:
-            query_documents = key_documents = documents
+        # every layer of one forward gets the same position_ids: one host read per forward, not per layer
+        query_documents = key_documents = _DOCUMENTS.get(
+            position_ids, (batch, device), lambda: documents_from_position_ids(_batched(position_ids, batch, device))
+        )
 
     return AttentionContext(
         query_positions=query_positions,
@@ -188,6 +188,15 @@ def build_context(
         query_offset=query_offset,
         trimmed_prefix=trimmed_prefix,
     )
+
+
+_DOCUMENTS: TensorMemo[torch.Tensor | None] = TensorMemo()
+"""Document ids (or None) per position_ids tensor, batch size and device."""
+
+
+def _batched(position_ids: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+    ids = position_ids.to(device)
+    return ids if ids.shape[0] == batch else ids.expand(batch, -1)
 
 
 def _as_bool_mask(mask: torch.Tensor) -> torch.Tensor:

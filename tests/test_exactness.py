@@ -112,3 +112,22 @@ def test_partial_layers_keep_other_layers_exact(llama):
     unpatch_model(only_middle)
     assert (only_middle(**inputs).logits - baseline).abs().max().item() < TOLERANCE
     assert only_middle.config._attn_implementation == llama.config._attn_implementation
+
+
+def test_packed_documents_are_read_once_per_forward(llama, monkeypatch):
+    """Every layer gets the same position ids: the host read that detects documents happens once per
+    forward (not once per layer, where each would wait for the GPU), and a new forward reads again."""
+    from hf_efficient_attn import context as context_module
+
+    reads = []
+    real = context_module.documents_from_position_ids
+    monkeypatch.setattr(context_module, "documents_from_position_ids", lambda ids: reads.append(1) or real(ids))
+    patched = patch_model(copy.deepcopy(llama), "full")
+    ids = token_ids(llama.config.vocab_size, batch=1, length=30)
+    packed = torch.cat([torch.arange(12), torch.arange(18)]).unsqueeze(0)
+    for positions in (packed, torch.arange(30).unsqueeze(0)):
+        before = len(reads)
+        out = patched(input_ids=ids, position_ids=positions, use_cache=False).logits
+        base = llama(input_ids=ids, position_ids=positions, use_cache=False).logits
+        assert (out - base).abs().max().item() < TOLERANCE
+        assert len(reads) - before == 1 < llama.config.num_hidden_layers

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from ..tensor_memo import TensorMemo
 from . import flash
 from .checks import check_dense, check_varlen
-from .sparsity import TileListCache
+from .sparsity import TileLists, build_tile_lists
 
-TILE_LISTS = TileListCache()
+TILE_LISTS: TensorMemo[tuple[torch.Tensor, TileLists]] = TensorMemo()
+"""Per block-layout tensor and mask: the int8 layout the kernels read and its tile lists."""
 
 
 def _dense(x: torch.Tensor) -> torch.Tensor:
@@ -74,9 +76,16 @@ def fused_attention(
     mask = flash.MaskArgs(causal=causal, window=tuple(window), sink_tokens=sink_tokens,
                           global_tokens=global_tokens, key_padding=kp, layout_block_size=layout_block_size)
     if block_layout is not None:
-        mask.layout, mask.tiles = TILE_LISTS.get(block_layout, layout_block_size, nq, nk, causal=mask.causal,
-                                                 has_window=mask.has_window, wl=mask.wl, wr=mask.wr,
-                                                 sink=mask.sink, gq=mask.gq, block=flash.sparse_tile())
+        block = flash.sparse_tile()
+
+        def tile_lists() -> tuple[torch.Tensor, TileLists]:
+            layout = (block_layout != 0).to(torch.int8).contiguous()
+            return layout, build_tile_lists(layout, layout_block_size, nq, nk, causal=mask.causal,
+                                            has_window=mask.has_window, wl=mask.wl, wr=mask.wr, sink=mask.sink,
+                                            gq=mask.gq, block=block)
+
+        key = (layout_block_size, nq, nk, mask.causal, mask.has_window, mask.wl, mask.wr, mask.sink, mask.gq, block)
+        mask.layout, mask.tiles = TILE_LISTS.get(block_layout, key, tile_lists)
     return _FusedAttention.apply(q, k, v, float(scale), mask, False, nq, nk)
 
 

@@ -1,4 +1,4 @@
-"""Compact tile lists for block layouts, built on the host side (in torch) and cached per layout.
+"""Compact tile lists for block layouts, built on the host side (in torch).
 
 For kernel tiles of T x T (query positions x keys), each tile is classified against the whole mask
 except key padding (which the kernels apply as a column mask everywhere):
@@ -13,16 +13,12 @@ Rows of the lists are (layout head, query tile) for the forward and dQ kernels a
 cols. Work is O(H * nQT * nKT) on tiles, never O(N^2) on elements.
 
 Building the lists takes a dozen small kernels and several host synchronisations (`nonzero`), which
-would cost more than the attention itself at 16k tokens and 10% density if paid on every call. A
-model calls attention with the same layout tensor in every layer and step, so `cached_tile_lists`
-keeps the lists per layout tensor and mask: an entry is reused only while it is the same tensor
-object and its version counter is unchanged (an in-place edit of the layout rebuilds the lists).
+would cost more than the attention itself at 16k tokens and 10% density if paid on every call; the
+caller keeps them per layout tensor (`fused_attention` through a `TensorMemo`).
 """
 
 from __future__ import annotations
 
-import weakref
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -112,63 +108,3 @@ def build_tile_lists(layout: torch.Tensor, layout_block_size: int, nq: int, nk: 
     bwd_p = _csr(partial.transpose(1, 2))
     bwd_f = _csr(full.transpose(1, 2))
     return TileLists(block, n_mt, n_nt, *fwd_p, *fwd_f, *bwd_p, *bwd_f)
-
-
-@dataclass
-class _Entry:
-    layout: weakref.ref
-    version: int
-    kernel_layout: torch.Tensor
-    tiles: TileLists
-
-
-class TileListCache:
-    """Least-recently-used map from (layout tensor, mask) to its int8 kernel layout and tile lists."""
-
-    def __init__(self, max_entries: int = 64) -> None:
-        self.max_entries = max_entries
-        self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
-
-    def get(self, layout: torch.Tensor, layout_block_size: int, nq: int, nk: int, *, causal: bool,
-            has_window: bool, wl: int, wr: int, sink: int, gq: int, block: int) -> tuple[torch.Tensor, TileLists]:
-        """(int8 layout, tile lists) for this layout and mask, built on a miss."""
-        version = _version(layout)
-        key = (id(layout), layout_block_size, nq, nk, causal, has_window, wl, wr, sink, gq, block)
-        entry = self._entries.get(key)
-        if entry is not None and version is not None and entry.layout() is layout and entry.version == version:
-            self._entries.move_to_end(key)
-            return entry.kernel_layout, entry.tiles
-        kernel_layout = (layout != 0).to(torch.int8).contiguous()
-        tiles = build_tile_lists(kernel_layout, layout_block_size, nq, nk, causal=causal, has_window=has_window,
-                                 wl=wl, wr=wr, sink=sink, gq=gq, block=block)
-        if version is not None:
-            self._entries[key] = _Entry(weakref.ref(layout, self._forget(key)), version, kernel_layout, tiles)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
-        return kernel_layout, tiles
-
-    def _forget(self, key: tuple):
-        """Weakref callback: drop the entry of a layout tensor that was freed (not a newer entry that
-        reuses its id)."""
-        entries = self._entries
-
-        def drop(ref: weakref.ref) -> None:
-            entry = entries.get(key)
-            if entry is not None and entry.layout is ref:
-                del entries[key]
-
-        return drop
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-def _version(tensor: torch.Tensor) -> int | None:
-    """The tensor's in-place version counter; None for inference tensors, which have none (never cached)."""
-    if tensor.is_inference():
-        return None
-    return tensor._version

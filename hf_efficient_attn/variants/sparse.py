@@ -195,9 +195,7 @@ class BlockSparseAttention(AttentionVariant):
 
     def _shifted_layout(self, context: AttentionContext, half: int) -> torch.Tensor:
         """Per-head layout over half-groups: block ``a`` is in group ``a // 2``, or ``(a + 1) // 2`` when shifted."""
-        last = int(context.query_positions.max())
-        if not context.causal:
-            last = max(last, int(context.key_positions.max()))
+        last = _last_position(context)
         device = context.query_positions.device
         heads = self.layer.num_heads
         cache_key = ("shifted", last // half + 1, heads, device)
@@ -260,9 +258,7 @@ class BlockSparseAttention(AttentionVariant):
         self, context: AttentionContext, query_positions: torch.Tensor, key_positions: torch.Tensor
     ) -> torch.Tensor:
         """The block layout covering this call (cached per size), on the positions' device."""
-        last = int(context.query_positions.max())
-        if not context.causal:
-            last = max(last, int(context.key_positions.max()))
+        last = _last_position(context)
         blocks = last // self.options.block_size + 1
         device = query_positions.device
         if self.given_layout is not None:
@@ -280,6 +276,15 @@ class BlockSparseAttention(AttentionVariant):
             with torch.inference_mode(False):
                 self._layouts[cache_key] = self.options.block_layout().build(blocks, blocks, context.causal, device)
         return self._layouts[cache_key]
+
+
+def _last_position(context: AttentionContext) -> int:
+    """The last position the layout must cover. Queries are contiguous from ``query_offset`` (read on the
+    host: no GPU synchronisation in causal layers); bidirectional calls also cover every key."""
+    last = context.query_offset + context.query_positions.shape[0] - 1
+    if not context.causal:
+        last = max(last, int(context.key_positions.max()))
+    return last
 
 
 def _offsets(context: AttentionContext, positions: torch.Tensor) -> torch.Tensor:

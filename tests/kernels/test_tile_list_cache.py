@@ -8,7 +8,8 @@ import pytest
 import torch
 from kernel_reference import DEVICE, rand, reference
 
-from hf_efficient_attn.kernels import fused_attention, sparsity
+from hf_efficient_attn.kernels import function as kernel_function
+from hf_efficient_attn.kernels import fused_attention
 from hf_efficient_attn.kernels.function import TILE_LISTS
 
 
@@ -17,13 +18,13 @@ def builds(monkeypatch):
     """Counts calls of build_tile_lists, starting from an empty cache."""
     TILE_LISTS.clear()
     calls = []
-    real = sparsity.build_tile_lists
+    real = kernel_function.build_tile_lists
 
     def counting(*args, **kwargs):
         calls.append(args[1:4])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sparsity, "build_tile_lists", counting)
+    monkeypatch.setattr(kernel_function, "build_tile_lists", counting)
     yield calls
     TILE_LISTS.clear()
 
@@ -105,11 +106,3 @@ def test_freed_layouts_leave_the_cache(builds):
     del layout
     gc.collect()
     assert len(TILE_LISTS) == 0
-
-
-def test_cache_is_bounded():
-    cache = sparsity.TileListCache(max_entries=2)
-    layouts = [layout_of([[1, 0], [i % 2, 1]]) for i in range(3)]
-    for layout in layouts:
-        cache.get(layout, 16, 32, 32, causal=False, has_window=False, wl=0, wr=0, sink=0, gq=0, block=16)
-    assert len(cache) == 2

@@ -68,6 +68,7 @@ def context(
         scaling=scaling,
         dropout=dropout,
         native_window=None,
+        query_offset=offset,
     )
 
 
