@@ -103,6 +103,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.run_merge import merge_entries  # noqa: E402
 from hf_efficient_attn import FusedPathFallbackWarning, patch_model, unpatch_model  # noqa: E402
 from hf_efficient_attn.measure import measure  # noqa: E402
 
@@ -843,19 +844,9 @@ def rank(entry: dict) -> int:
     return 2 if status == "ok" else 0 if status.startswith("skipped") else 1
 
 
-def merge_entries(current: list[dict], earlier: list[dict], fields: tuple[str, ...], date: str,
-                  redone_replaces: bool) -> list[dict]:
-    """This run's entries, each replaced by the earlier run's where that one tells more (a measurement where this
-    run skipped or failed; with ``redone_replaces``, never), then the earlier run's entries this run did not
-    have, skipped ones too (a blank cell would say less). Kept entries get ``run``: their run's date."""
-    def key(entry: dict) -> tuple:
-        return tuple(entry.get(field) for field in fields)
-
-    older = {key(entry): {**entry, "run": entry.get("run", date)} for entry in earlier}
-    merged = [older[key(e)] if key(e) in older and not redone_replaces and rank(older[key(e)]) > rank(e) else e
-              for e in current]
-    done = {key(entry) for entry in current}
-    return merged + [entry for k, entry in older.items() if k not in done]
+def redone(entry: dict) -> int:
+    """Checks all rank alike: a check this run redid always replaces the earlier one."""
+    return 0
 
 
 def runs_of(results: dict) -> list[dict]:
@@ -875,7 +866,7 @@ def merge_previous(results: dict, previous: dict) -> dict:
     this run and the earlier ones that still contribute. Neither argument is changed."""
     date = previous["env"]["date"]
     merged = {**results, **{section: merge_entries(results[section], previous.get(section, []), fields, date,
-                                                   redone_replaces=section == "checks")
+                                                   rank=redone if section == "checks" else rank)
                             for section, fields in ENTRY_KEYS.items()}}
     merged["families"] = with_missing(results["families"], previous.get("families", {}))
     configs = previous.get("configs", {})

@@ -32,6 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.run_merge import merge_entries  # noqa: E402
+
 PATTERNS = {"causal": None, "win1024": 1024, "win4096": 4096}
 TOKENS = 16384
 HEADS = 16
@@ -425,20 +427,19 @@ def _skipped(row) -> bool:
     return str(row.get("fwd", "")).startswith("skipped")
 
 
+def _rank(row) -> int:
+    """A measurement (or n/a, OOM, error) tells more than an entry skipped for the time budget."""
+    return 0 if _skipped(row) else 1
+
+
 def merge_previous(results, previous_path: Path):
     """Keep the entries of an earlier run that this run did not measure (absent, or skipped for the time
-    budget), marked with that run's date."""
+    budget), marked with that run's date; the earlier run's own skipped entries are dropped."""
     previous = json.loads(previous_path.read_text())
     date = previous["env"]["date"]
     for section, key in (("rows", ("pattern", "n", "d", "impl")), ("sparse", ("n", "d", "impl"))):
-        earlier = {tuple(r[f] for f in key): r for r in previous.get(section, []) if not _skipped(r)}
-        kept = []
-        for r in results[section]:
-            k = tuple(r[f] for f in key)
-            kept.append({**earlier[k], "run": earlier[k].get("run", date)} if _skipped(r) and k in earlier else r)
-        measured = {tuple(r[f] for f in key) for r in results[section]}
-        kept += [{**r, "run": r.get("run", date)} for k, r in earlier.items() if k not in measured]
-        results[section] = kept
+        earlier = [r for r in previous.get(section, []) if not _skipped(r)]
+        results[section] = merge_entries(results[section], earlier, key, date, _rank)
     for name, err in previous.get("checks", {}).items():
         results["checks"].setdefault(name, err)
 
