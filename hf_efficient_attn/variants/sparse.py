@@ -22,6 +22,7 @@ groups are a per-head layout of half-groups); see `fused_path`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -195,17 +196,25 @@ class BlockSparseAttention(AttentionVariant):
 
     def _shifted_layout(self, context: AttentionContext, half: int) -> torch.Tensor:
         """Per-head layout over half-groups: block ``a`` is in group ``a // 2``, or ``(a + 1) // 2`` when shifted."""
-        last = _last_position(context)
+        count = _last_position(context) // half + 1
         device = context.query_positions.device
         heads = self.layer.num_heads
-        cache_key = ("shifted", last // half + 1, heads, device)
-        if cache_key not in self._layouts:
+
+        def build() -> torch.Tensor:
+            blocks = torch.arange(count, device=device)
+            shift = (torch.arange(heads, device=device) >= heads // 2).long()[:, None]  # [heads, 1]
+            groups = (blocks[None, :] + shift) // 2  # [heads, blocks]
+            return groups[:, :, None] == groups[:, None, :]
+
+        return self._remembered(("shifted", count, heads, device), build)
+
+    def _remembered(self, key: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The layout under ``key``, built once: a normal tensor even under inference mode, so that the
+        kernels can keep its tile lists (they never keep those of inference tensors)."""
+        if key not in self._layouts:
             with torch.inference_mode(False):
-                blocks = torch.arange(last // half + 1, device=device)
-                shift = (torch.arange(heads, device=device) >= heads // 2).long()[:, None]  # [heads, 1]
-                groups = (blocks[None, :] + shift) // 2  # [heads, blocks]
-                self._layouts[cache_key] = groups[:, :, None] == groups[:, None, :]
-        return self._layouts[cache_key]
+                self._layouts[key] = build()
+        return self._layouts[key]
 
     # The mask rule (see `masked.MaskRule`).
 
@@ -270,12 +279,10 @@ class BlockSparseAttention(AttentionVariant):
                     "block_size."
                 )
             return layout
-        cache_key = (blocks, context.causal, device)
-        if cache_key not in self._layouts:
-            # a normal tensor even under inference mode, so the kernels can cache its tile lists
-            with torch.inference_mode(False):
-                self._layouts[cache_key] = self.options.block_layout().build(blocks, blocks, context.causal, device)
-        return self._layouts[cache_key]
+        return self._remembered(
+            (blocks, context.causal, device),
+            lambda: self.options.block_layout().build(blocks, blocks, context.causal, device),
+        )
 
 
 def _last_position(context: AttentionContext) -> int:
