@@ -144,6 +144,8 @@ class BlockSparseAttention(AttentionVariant):
         super().__init__(options, layer)
         self._layouts: dict[tuple, torch.Tensor] = {}
         given = options.layout_tensor() if options.layout is not None else None
+        if given is not None and given.dim() == 2:
+            given = given[None]  # [1|heads, query_blocks, key_blocks], the form the kernels take
         self.register_buffer("given_layout", given, persistent=False)
 
     @classmethod
@@ -179,7 +181,6 @@ class BlockSparseAttention(AttentionVariant):
             half = self.options.group_size // 2
             return fused_path.KernelMask(block_layout=self._shifted_layout(context, half), layout_block_size=half)
         layout = self._layout(context, context.query_positions, context.key_positions)
-        layout = layout if layout.dim() == 3 else layout[None]
         return fused_path.KernelMask(block_layout=layout, layout_block_size=self.options.block_size)
 
     def _reference(
@@ -229,8 +230,6 @@ class BlockSparseAttention(AttentionVariant):
         size = self.options.block_size
         query_block = (query_offset // size)[:, :, None]
         key_block = (key_offset // size).clamp(max=layout.shape[-1] - 1)[:, None, :]
-        if layout.dim() == 2:
-            return layout[query_block, key_block][:, None]
         return layout[:, query_block, key_block].transpose(0, 1)
 
     def candidate_keys(
@@ -243,9 +242,7 @@ class BlockSparseAttention(AttentionVariant):
             low = query_offset.amin(dim=1, keepdim=True) - reach
             high = query_offset.amax(dim=1, keepdim=True) + reach
             return ((key_offset >= low) & (key_offset <= high)).any(0)
-        layout = self._layout(context, query_positions, key_positions)
-        if layout.dim() == 3:
-            layout = layout.any(0)
+        layout = self._layout(context, query_positions, key_positions).any(0)
         size = self.options.block_size
         rows = torch.zeros(query_offset.shape[0], layout.shape[0], dtype=torch.bool, device=layout.device)
         rows.scatter_(1, query_offset // size, True)  # query blocks present in this chunk, per row
@@ -266,7 +263,8 @@ class BlockSparseAttention(AttentionVariant):
     def _layout(
         self, context: AttentionContext, query_positions: torch.Tensor, key_positions: torch.Tensor
     ) -> torch.Tensor:
-        """The block layout covering this call (cached per size), on the positions' device."""
+        """The block layout ``[1|heads, query_blocks, key_blocks]`` covering this call, on the positions'
+        device: one tensor per size, so the fused kernels find its tile lists again on every call."""
         last = _last_position(context)
         blocks = last // self.options.block_size + 1
         device = query_positions.device
@@ -281,7 +279,7 @@ class BlockSparseAttention(AttentionVariant):
             return layout
         return self._remembered(
             (blocks, context.causal, device),
-            lambda: self.options.block_layout().build(blocks, blocks, context.causal, device),
+            lambda: self.options.block_layout().build(blocks, blocks, context.causal, device)[None],
         )
 
 

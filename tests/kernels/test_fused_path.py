@@ -123,6 +123,23 @@ def test_sparse_kernel_matches_reference(options):
     assert_close_outputs(logits_and_grads(fused, input_ids=ids), logits_and_grads(reference, input_ids=ids))
 
 
+def test_sparse_model_builds_tile_lists_once_per_layer(monkeypatch):
+    """The variant hands the kernels the same layout tensor in every call, so a second forward (and the
+    backward) reuse the tile lists of the first: one build per layer in all, under inference mode too."""
+    from hf_efficient_attn.kernels import function as kernel_function
+
+    builds = []
+    real = kernel_function.build_tile_lists
+    monkeypatch.setattr(kernel_function, "build_tile_lists", lambda *a, **k: builds.append(1) or real(*a, **k))
+    kernel_function.TILE_LISTS.clear()
+    model = patch_model(kernel_llama(), "sparse", backend="triton", block_size=16, local_blocks=1, random_blocks=1)
+    ids = token_ids(model, batch=1, length=40)
+    with torch.inference_mode():
+        model(input_ids=ids)
+    logits_and_grads(model, input_ids=ids)
+    assert len(builds) == model.config.num_hidden_layers
+
+
 def test_shifted_groups_kernel_matches_reference_while_training():
     model = kernel_llama()
     ids = token_ids(model, batch=1, length=48)

@@ -227,3 +227,18 @@ def test_per_head_layout_must_match_heads():
     options = SparseOptions(layout=torch.ones(3, 2, 2, dtype=torch.bool))
     with pytest.raises(VariantError, match="has 3 heads but test layer 0 has 4"):
         BlockSparseAttention.check_layer(options, layer(Role.CAUSAL, heads=4))
+
+
+@pytest.mark.parametrize("pattern", ["local", "shifted"])
+def test_kernel_layouts_are_built_once_and_outside_inference_mode(pattern):
+    """The fused kernels keep tile lists per layout tensor, never for inference tensors: the variant hands
+    them the same normal tensor on every call, also when called under torch.inference_mode."""
+    options = SparseOptions(block_size=4, local_blocks=2, random_blocks=1) if pattern == "local" else \
+        SparseOptions(pattern="shifted", group_size=8)
+    variant = BlockSparseAttention(options, layer(heads=4, kv_heads=2))
+    variant.train(pattern == "shifted")  # the shifted pattern has a layout only in training
+    with torch.inference_mode():
+        first = variant.kernel_mask(context(24, 24, causal=True)).block_layout
+        again = variant.kernel_mask(context(24, 24, causal=True)).block_layout
+    assert first is again and not first.is_inference()
+    assert variant.kernel_mask(context(40, 40, causal=True)).block_layout is not first
