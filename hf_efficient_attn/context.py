@@ -45,7 +45,8 @@ class AttentionContext:
         query_positions: long ``[q_len]``, absolute position of each query token.
         key_positions: long ``[k_len]``, absolute position of each key (ascending).
         key_padding: bool ``[batch, k_len]``, True for real keys, or None.
-        sequence_start: long ``[batch]``, position of each row's first real token (0 without padding).
+        sequence_start: long ``[batch]``, position of each row's first real token, or None when every
+            row starts with a real token.
         query_documents / key_documents: long ``[batch, len]`` document ids for packed sequences, or None.
         dense_mask: bool ``[batch|1, heads|1, q_len, k_len]`` given by the caller as a 4-D mask, or None.
         causal: whether a query may only see keys at or before its own position.
@@ -162,9 +163,12 @@ def build_context(
                 f"attention_mask covers {padding.shape[-1]} tokens but this call sees {tokens_seen}; "
                 "pass a mask over every token, past and present (as generate() does)."
             )
-        if key_positions.numel() and key_positions[-1] >= padding.shape[-1]:
+        # the newest key is known on the host (a GPU read here would wait in every layer)
+        newest_key = max(k_len, tokens_seen) - 1
+        if k_len and newest_key >= padding.shape[-1]:
             key_padding = key_padding & (key_positions < padding.shape[-1])
-        sequence_start = _first_true_index(padding)
+        # every layer of one forward gets the same mask: one host read per forward, not per layer
+        sequence_start = _SEQUENCE_STARTS.get(layout.padding, device, lambda: _left_padding_starts(padding))
 
     query_documents = key_documents = None
     if causal and padding is None and dense_mask is None and position_ids is not None and q_len == k_len:
@@ -189,6 +193,15 @@ def build_context(
         trimmed_prefix=trimmed_prefix,
     )
 
+
+def _left_padding_starts(padding: torch.Tensor) -> torch.Tensor | None:
+    """Each row's first real token, or None when every row starts with one (no left padding)."""
+    starts = _first_true_index(padding)
+    return starts if bool(starts.any()) else None
+
+
+_SEQUENCE_STARTS: TensorMemo[torch.Tensor | None] = TensorMemo()
+"""Row starts (or None) per padding mask and device."""
 
 _DOCUMENTS: TensorMemo[torch.Tensor | None] = TensorMemo()
 """Document ids (or None) per position_ids tensor, batch size and device."""

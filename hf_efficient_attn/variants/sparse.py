@@ -284,11 +284,12 @@ class BlockSparseAttention(AttentionVariant):
 
 
 def _last_position(context: AttentionContext) -> int:
-    """The last position the layout must cover. Queries are contiguous from ``query_offset`` (read on the
-    host: no GPU synchronisation in causal layers); bidirectional calls also cover every key."""
+    """The last position the layout must cover, known on the host (no GPU synchronisation per layer).
+    Queries are contiguous from ``query_offset``; bidirectional calls also cover every key, and their keys
+    are positions ``0 .. k_len - 1`` (see `build_context`)."""
     last = context.query_offset + context.query_positions.shape[0] - 1
     if not context.causal:
-        last = max(last, int(context.key_positions.max()))
+        last = max(last, context.key_positions.shape[0] - 1)
     return last
 
 
