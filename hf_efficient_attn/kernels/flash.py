@@ -39,6 +39,7 @@ transposes for dK/dV; the kernels walk only those lists (LIST=True).
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import torch
@@ -647,12 +648,21 @@ def _bwd_delta(Out, DO, DELTA, n_rows, HEAD_DIM: tl.constexpr, BLOCK_D: tl.const
 # tuned entry points and launch wrappers
 # --------------------------------------------------------------------------------------------------
 
-_fwd_dense = triton.autotune(configs=_fwd_configs(), key=_KEY)(_attn_fwd)
-_fwd_sparse = triton.autotune(configs=_sparse_configs(), key=_KEY)(_attn_fwd)
-_dq_dense = triton.autotune(configs=_dq_configs(), key=_KEY)(_attn_bwd_dq)
-_dq_sparse = triton.autotune(configs=_sparse_configs(), key=_KEY)(_attn_bwd_dq)
-_dkdv_dense = triton.autotune(configs=_dkdv_configs(), key=_KEY)(_attn_bwd_dkdv)
-_dkdv_sparse = triton.autotune(configs=_sparse_configs(), key=_KEY)(_attn_bwd_dkdv)
+
+def autotuned(kernel, configs: list):
+    """``kernel`` autotuned over ``configs`` per `_KEY`. Where Triton can (3.4 and later), the timings are
+    kept in Triton's on-disk cache, so a new process reuses the choices an earlier one measured instead of
+    compiling and timing every configuration again for each shape it meets."""
+    keep_on_disk = "cache_results" in inspect.signature(triton.autotune).parameters
+    return triton.autotune(configs=configs, key=_KEY, **({"cache_results": True} if keep_on_disk else {}))(kernel)
+
+
+_fwd_dense = autotuned(_attn_fwd, _fwd_configs())
+_fwd_sparse = autotuned(_attn_fwd, _sparse_configs())
+_dq_dense = autotuned(_attn_bwd_dq, _dq_configs())
+_dq_sparse = autotuned(_attn_bwd_dq, _sparse_configs())
+_dkdv_dense = autotuned(_attn_bwd_dkdv, _dkdv_configs())
+_dkdv_sparse = autotuned(_attn_bwd_dkdv, _sparse_configs())
 
 
 def _poison() -> bool:
