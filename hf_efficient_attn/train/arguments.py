@@ -32,6 +32,8 @@ def recovery_parser(description: str, *, model: str, variant: str, window: int |
     parser.add_argument("--lr", type=float, default=learning_rate, help=f"peak learning rate (default {learning_rate})")
     parser.add_argument("--batch-size", type=int, default=batch_size, help=f"samples per device and micro-batch (default {batch_size})")
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
+    parser.add_argument("--data-workers", type=int, default=0,
+                        help="DataLoader processes preparing samples while the model trains (default 0: in the training process)")
     parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no", help="(default no)")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations to save memory")
     parser.add_argument("--lora-rank", type=int, default=16, help="rank of the LoRA adapters (default 16)")
@@ -70,7 +72,7 @@ def run_from_args(args: argparse.Namespace, *, seq_len: int | None = None, augme
     [patch] = variant_configs([args.variant], window, defaults + args.variant_option)
     config = TrainConfig(
         recipe=args.recipe, steps=args.steps, learning_rate=args.lr, batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum, mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.grad_accum, data_workers=args.data_workers, mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing, lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank,
         lora_mlp=args.lora_mlp, warmup_steps=args.warmup_steps, distill_weight=args.distill,
         transfer_steps=args.transfer_steps, eval_every=args.eval_every, save_every=args.save_every, resume=args.resume,

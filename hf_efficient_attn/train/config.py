@@ -31,6 +31,8 @@ class TrainConfig:
             micro-batches).
         learning_rate: peak learning rate of the main stage (AdamW).
         batch_size: samples per micro-batch on each process.
+        data_workers: DataLoader worker processes that prepare samples (Whisper's log-mel features,
+            image transforms) while the model trains; 0 prepares them in the training process.
         gradient_accumulation_steps: micro-batches whose gradients add up before one optimizer step.
         mixed_precision: ``"no"``, ``"bf16"`` or ``"fp16"``, given to `accelerate.Accelerator`.
         gradient_checkpointing: recompute activations in the backward pass (non-reentrant) to save
@@ -65,6 +67,7 @@ class TrainConfig:
     steps: int = 200
     learning_rate: float = 2e-4
     batch_size: int = 8
+    data_workers: int = 0
     gradient_accumulation_steps: int = 1
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
@@ -101,7 +104,7 @@ class TrainConfig:
             "keep_checkpoints",
         ):
             _integer(name, getattr(self, name), minimum=1)
-        for name in ("transfer_steps", "warmup_steps", "eval_every", "save_every", "lora_alpha", "seed"):
+        for name in ("transfer_steps", "warmup_steps", "eval_every", "save_every", "lora_alpha", "seed", "data_workers"):
             _integer(name, getattr(self, name), minimum=0)
         if self.recipe == "transfer" and self.transfer_steps == 0:
             raise TrainError(

@@ -3,7 +3,9 @@
 The order of epoch ``e`` is a permutation drawn from a generator seeded with ``seed`` and ``e``, so a
 resumed run, which sets the epoch and skips the batches already consumed, sees the same batches as
 an uninterrupted one. The loader has its own generator, so starting an epoch draws nothing from the
-global random state (dropout stays in step too).
+global random state (dropout stays in step too). With `TrainConfig.data_workers`, worker processes
+prepare the samples in the same order; random augmentation then draws from each worker's generator,
+which the loader's generator seeds.
 """
 
 from __future__ import annotations
@@ -58,4 +60,6 @@ def training_loader(
         collate_fn=collate_fn,
         drop_last=True,
         generator=torch.Generator().manual_seed(config.seed),
+        num_workers=config.data_workers,
+        persistent_workers=config.data_workers > 0,
     )

@@ -45,6 +45,11 @@ def test_evaluation_and_logging_points():
     assert result.history[0]["learning_rate"] == config.learning_rate
 
 
+def test_data_workers_give_the_same_losses():
+    """Worker processes prepare the same batches in the same order as the training process does."""
+    assert losses(run(steps=4, batch_size=4, data_workers=2)) == pytest.approx(losses(run(steps=4, batch_size=4)), abs=1e-6)
+
+
 def test_warmup_then_cosine_schedule():
     result = run(steps=4, warmup_steps=2, learning_rate=1.0)
     rates = [row["learning_rate"] for row in result.history]
@@ -82,6 +87,7 @@ def test_too_little_data_is_refused():
         ("warmup_steps", 500, "exceeds `steps`"),
         ("resume", True, "needs `output_dir`"),
         ("save_every", 5, "needs `output_dir`"),
+        ("data_workers", -1, "`data_workers` must be an integer >= 0"),
         ("gradient_checkpointing", "yes", "`gradient_checkpointing` must be True or False"),
     ],
 )
