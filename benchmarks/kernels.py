@@ -428,8 +428,12 @@ def _skipped(row) -> bool:
 
 
 def _rank(row) -> int:
-    """A measurement (or n/a, OOM, error) tells more than an entry skipped for the time budget."""
-    return 0 if _skipped(row) else 1
+    """2: forward and forward+backward measured (or n/a, OOM, error); 1: the forward only, the time budget
+    ran out before the backward; 0: skipped. An earlier complete entry replaces a partial one, so that
+    both figures of a row come from one run."""
+    if _skipped(row):
+        return 0
+    return 1 if str(row.get("fwd+bwd", "")).startswith("skipped") else 2
 
 
 def merge_previous(results, previous_path: Path):

@@ -43,3 +43,16 @@ def test_skipped_and_absent_entries_come_from_the_earlier_run(tmp_path):
     assert len(results["rows"]) == 4
     assert results["checks"] == {"causal/d64": 1e-3}
     assert results["sparse"] == [{"n": 16384, "d": 64, "impl": "ours", "fwd": measured_now}]
+
+
+def test_an_earlier_complete_entry_replaces_one_whose_backward_was_skipped(tmp_path):
+    kernels = load_kernels_module()
+    then = {"ms": 1.0, "tflops": 10.0}
+    partial = {**row("ours", 16384, {"ms": 0.9, "tflops": 11.0}), "fwd+bwd": "skipped (time budget)"}
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps({"env": {"date": "2026-01-01"}, "checks": {}, "rows": [row("ours", 16384, then)],
+                                "sparse": []}))
+    results = {"env": {"date": "2026-02-01"}, "checks": {}, "rows": [partial], "sparse": []}
+    kernels.merge_previous(results, path)
+    [merged] = results["rows"]
+    assert merged["fwd"] == then and merged["fwd+bwd"] == then and merged["run"] == "2026-01-01"
