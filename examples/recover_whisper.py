@@ -1,6 +1,6 @@
 """Patch Whisper's encoder with windowed attention, fine-tune briefly, and see how much of its WER comes back.
 
-    accelerate launch examples/recover_whisper.py --window 64 --steps 200 --eval-every 50
+    accelerate launch examples/recover_whisper.py --window 64 --steps 200 --eval-every 50 --data-workers 4
     accelerate launch --multi_gpu --num_processes 2 examples/recover_whisper.py --mixed-precision bf16 --control
     python examples/recover_whisper.py --steps 20 --max-eval-samples 16
 
