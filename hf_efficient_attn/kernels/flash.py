@@ -649,12 +649,29 @@ def _bwd_delta(Out, DO, DELTA, n_rows, HEAD_DIM: tl.constexpr, BLOCK_D: tl.const
 # --------------------------------------------------------------------------------------------------
 
 
+UNTUNED_WORK = 1024 * 1024
+"""Calls whose bucketed query × key lengths are at most this run one fixed configuration, untuned: their
+kernels take microseconds, while tuning compiles and times every configuration (seconds), and again for
+each new shape bucket (each decoder length met in training, each cross-attention)."""
+
+
+def untuned_when_small(configs: list, named_args: dict, **kwargs) -> list:
+    """Autotuner pruning hook: the 64 x 64 configuration alone for small calls, every one otherwise."""
+    args = {**named_args, **kwargs}
+    if args["TUNE_NQ"] * args["TUNE_NK"] > UNTUNED_WORK:
+        return configs
+    small = [c for c in configs if c.kwargs.get("BLOCK_M") == 64 and c.kwargs.get("BLOCK_N") == 64]
+    return (small or configs)[:1]
+
+
 def autotuned(kernel, configs: list):
-    """``kernel`` autotuned over ``configs`` per `_KEY`. Where Triton can (3.4 and later), the timings are
-    kept in Triton's on-disk cache, so a new process reuses the choices an earlier one measured instead of
-    compiling and timing every configuration again for each shape it meets."""
+    """``kernel`` autotuned over ``configs`` per `_KEY`, small calls excepted (`untuned_when_small`).
+    Where Triton can (3.4 and later), the timings are kept in Triton's on-disk cache, so a new process
+    reuses the choices an earlier one measured instead of compiling and timing every configuration again
+    for each shape it meets."""
     keep_on_disk = "cache_results" in inspect.signature(triton.autotune).parameters
-    return triton.autotune(configs=configs, key=_KEY, **({"cache_results": True} if keep_on_disk else {}))(kernel)
+    return triton.autotune(configs=configs, key=_KEY, prune_configs_by={"early_config_prune": untuned_when_small},
+                           **({"cache_results": True} if keep_on_disk else {}))(kernel)
 
 
 _fwd_dense = autotuned(_attn_fwd, _fwd_configs())
