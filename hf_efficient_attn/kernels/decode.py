@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from .checks import KernelInputError, _common_reason
+from .flash import power_of_2_at_least
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 _UPCAST_DOTS = tl.constexpr(INTERPRET)
@@ -116,7 +117,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale
     if v.stride(-1) != 1:
         v = v.contiguous()
     group = hq // hkv
-    block_r = max(16, triton.next_power_of_2(group * nq))
+    block_r = max(16, power_of_2_at_least(group * nq))
     block_n = 16 if INTERPRET else (64 if block_r <= 64 else 32)
     if num_splits is None:
         want = max(1, (2 * _num_sms(q.device)) // max(1, b * hkv))
@@ -135,7 +136,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale
         v.stride(0), v.stride(1), v.stride(2), *o_part.stride()[:4], *lse_part.stride()[:3],
         kp.stride(0) if key_padding is not None else 0,
         hkv, group, nq, nk, chunk, float(scale) * 1.4426950408889634,
-        HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_R=block_r, BLOCK_N=block_n,
+        HEAD_DIM=d, BLOCK_D=max(16, power_of_2_at_least(d)), BLOCK_R=block_r, BLOCK_N=block_n,
         HAS_KPAD=key_padding is not None, IEEE=q.dtype == torch.float32,
         num_warps=4, num_stages=1 if INTERPRET else 3,
     )

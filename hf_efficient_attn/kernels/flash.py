@@ -693,8 +693,22 @@ def _empty(shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=like.device)
 
 
+_DUMMIES: dict[torch.device, torch.Tensor] = {}
+
+
 def _dummy(device) -> torch.Tensor:
-    return torch.zeros(1, dtype=torch.int32, device=device)
+    """A one-element int32 tensor standing for an absent optional input (never read by the kernels); one per
+    device, made once, so a call allocates and fills nothing for it."""
+    device = torch.device(device)
+    if device not in _DUMMIES:
+        _DUMMIES[device] = torch.zeros(1, dtype=torch.int32, device=device)
+    return _DUMMIES[device]
+
+
+def power_of_2_at_least(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1): triton.next_power_of_2 in plain Python, which a
+    launch calls several times and Triton's own wrapper makes costly on the host."""
+    return 1 << max(0, int(n) - 1).bit_length()
 
 
 class MaskArgs:
@@ -726,7 +740,7 @@ def _list_head_stride(mask: MaskArgs, attr: str) -> int:
 
 def _tuning_bucket(length: int) -> int:
     """Lengths share autotuned configs within a power of two, so a new length does not re-tune."""
-    return max(64, triton.next_power_of_2(max(1, length)))
+    return max(64, power_of_2_at_least(max(1, length)))
 
 
 def _common(q, k, v, mask: MaskArgs, varlen: bool):
@@ -777,7 +791,7 @@ def attention_forward(q, k, v, scale: float, mask: MaskArgs, varlen: bool = Fals
         lse = _empty((n_batch, hq, nq), q, torch.float32)
         so = (o.stride(0), o.stride(1), o.stride(2))
         slb, slh = lse.stride(0), lse.stride(1)
-    block_d = max(16, triton.next_power_of_2(d))
+    block_d = max(16, power_of_2_at_least(d))
     sparse = mask.tiles is not None
     t = mask.tiles
     qk_scale = float(scale) * 1.4426950408889634
@@ -807,7 +821,7 @@ def attention_backward(do, q, k, v, o, lse, scale: float, mask: MaskArgs, varlen
     delta = torch.empty(o.shape[:-1], dtype=torch.float32, device=o.device)
     block_r = 16 if INTERPRET else 64
     _bwd_delta[(triton.cdiv(n_rows, block_r),)](o, do, delta, n_rows, HEAD_DIM=o.shape[-1],
-                                                 BLOCK_D=max(16, triton.next_power_of_2(o.shape[-1])),
+                                                 BLOCK_D=max(16, power_of_2_at_least(o.shape[-1])),
                                                  BLOCK_R=block_r)
     if varlen:
         n_batch = mask.cu_q.numel() - 1
@@ -822,7 +836,7 @@ def attention_backward(do, q, k, v, o, lse, scale: float, mask: MaskArgs, varlen
         so = (do.stride(0), do.stride(1), do.stride(2))
         slb, slh = lse.stride(0), lse.stride(1)
     dq, dk, dv = _empty_like(q), _empty_like(k), _empty_like(v)
-    block_d = max(16, triton.next_power_of_2(d))
+    block_d = max(16, power_of_2_at_least(d))
     sparse = mask.tiles is not None
     t = mask.tiles
     qk_scale = float(scale) * 1.4426950408889634

@@ -15,6 +15,8 @@ TILE_LISTS: TensorMemo[tuple[torch.Tensor, TileLists]] = TensorMemo()
 
 def _dense(x: torch.Tensor) -> torch.Tensor:
     """x itself when its memory is dense and non-overlapping with a unit last stride, else a copy."""
+    if x.is_contiguous():
+        return x
     if x.stride(-1) != 1:
         return x.contiguous()
     dims = sorted((s, n) for s, n in zip(x.stride(), x.shape, strict=True) if n > 1)
