@@ -140,8 +140,16 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale
         HAS_KPAD=key_padding is not None, IEEE=q.dtype == torch.float32,
         num_warps=4, num_stages=1 if INTERPRET else 3,
     )
-    m = lse_part.amax(-1, keepdim=True)
-    w = torch.exp2(lse_part - torch.where(torch.isinf(m), torch.zeros_like(m), m))
-    den = w.sum(-1, keepdim=True)
-    out = (o_part * w[..., None]).sum(-2) / torch.where(den == 0, torch.ones_like(den), den)
-    return out.to(q.dtype)
+    if splits == 1:  # already normalised, and 0 for rows that see no key
+        return o_part[..., 0, :].to(q.dtype)
+    return _combine_splits(o_part, lse_part).to(q.dtype)
+
+
+def _combine_splits(o_part: torch.Tensor, lse_part: torch.Tensor) -> torch.Tensor:
+    """The rows' outputs from the splits' normalised partial outputs [..., S, D] and base-2 log-sum-exps
+    [..., S]: weights 2^(lse_s - max) over their sum. A row that saw no key has every lse at -inf and gets 0.
+    Few, fp32 element-wise operations: this runs once per layer and generated token."""
+    top = lse_part.amax(-1, keepdim=True).nan_to_num_(neginf=0.0)
+    weights = torch.exp2(lse_part - top)
+    total = weights.sum(-1, keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny)  # >= 1 unless the row is empty
+    return (o_part * (weights / total)[..., None]).sum(-2)
