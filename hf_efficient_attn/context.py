@@ -9,7 +9,7 @@ gathers these once per call so that every variant reads the same facts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,6 +28,18 @@ class AttentionLayout:
 
     padding: torch.Tensor | None
     query_offset: int
+    _row_starts: dict[torch.device, torch.Tensor | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def row_starts(self, device: torch.device) -> torch.Tensor | None:
+        """Each row's first real token (long ``[batch]``, on ``device``), or None when no row is
+        left-padded. Whether any is needs a host read: it happens once per layout, which the model builds
+        once per forward and hands to every layer (inference mode included)."""
+        if device not in self._row_starts:
+            starts = _first_true_index(self.padding.to(device=device, dtype=torch.bool))
+            self._row_starts[device] = starts if bool(starts.any()) else None
+        return self._row_starts[device]
 
     def leading_padding(self) -> int:
         """Largest number of pad tokens before the first real token in any row (left padding)."""
@@ -167,8 +179,7 @@ def build_context(
         newest_key = max(k_len, tokens_seen) - 1
         if k_len and newest_key >= padding.shape[-1]:
             key_padding = key_padding & (key_positions < padding.shape[-1])
-        # every layer of one forward gets the same mask: one host read per forward, not per layer
-        sequence_start = _SEQUENCE_STARTS.get(layout.padding, device, lambda: _left_padding_starts(padding))
+        sequence_start = layout.row_starts(device)
 
     query_documents = key_documents = None
     if causal and padding is None and dense_mask is None and position_ids is not None and q_len == k_len:
@@ -193,15 +204,6 @@ def build_context(
         trimmed_prefix=trimmed_prefix,
     )
 
-
-def _left_padding_starts(padding: torch.Tensor) -> torch.Tensor | None:
-    """Each row's first real token, or None when every row starts with one (no left padding)."""
-    starts = _first_true_index(padding)
-    return starts if bool(starts.any()) else None
-
-
-_SEQUENCE_STARTS: TensorMemo[torch.Tensor | None] = TensorMemo()
-"""Row starts (or None) per padding mask and device."""
 
 _DOCUMENTS: TensorMemo[torch.Tensor | None] = TensorMemo()
 """Document ids (or None) per position_ids tensor, batch size and device."""

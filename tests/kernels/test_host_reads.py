@@ -41,8 +41,8 @@ class HostReads(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def reads_in_forward(model: torch.nn.Module, inputs: dict) -> int:
-    with torch.no_grad():
+def reads_in_forward(model: torch.nn.Module, inputs: dict, inference_mode: bool = False) -> int:
+    with torch.inference_mode() if inference_mode else torch.no_grad():
         model(**inputs)  # first call: layouts and tile lists are built and kept
         with HostReads() as reads:
             model(**inputs)
@@ -88,3 +88,15 @@ def test_host_reads_do_not_grow_with_depth(family, variant):
         counts[layers] = reads_in_forward(patched, inputs) - baseline
     assert counts[2] == counts[1], f"host reads per forward beyond the unpatched model's: {counts}"
     assert counts[1] <= 1, f"host reads per forward beyond the unpatched model's: {counts}"
+
+
+def test_padded_batches_read_once_per_forward_in_inference_mode():
+    """Tensors made in inference mode cannot be remembered across calls; the padding facts are kept on the
+    mask layout the model builds once per forward instead."""
+    counts = {}
+    for layers in (1, 2):
+        model, inputs = padded_llama(layers, left=True)
+        baseline = reads_in_forward(model.to(DEVICE), inputs, inference_mode=True)
+        patched = patch_model(model, "sliding", backend="triton", window=8)
+        counts[layers] = reads_in_forward(patched, inputs, inference_mode=True) - baseline
+    assert counts[2] == counts[1] <= 1, f"host reads per forward beyond the unpatched model's: {counts}"
