@@ -204,7 +204,9 @@ def _with_native_window(mask: KernelMask, context: AttentionContext) -> KernelMa
 
 
 def _has_left_padding(context: AttentionContext) -> bool:
-    return context.sequence_start is not None and bool(context.sequence_start.any())
+    """Read from the context, not the GPU: `build_context` leaves ``sequence_start`` None unless a row is
+    left-padded (the mask layout reads that once per forward)."""
+    return context.sequence_start is not None
 
 
 def _decodes(

@@ -56,6 +56,7 @@ def context(
     start = None
     if padding is not None:
         start = torch.where(padding.any(-1), padding.long().argmax(-1), padding.shape[-1])
+        start = start if bool(start.any()) else None  # as build_context: None unless a row is left-padded
     return AttentionContext(
         query_positions=torch.arange(offset, offset + q_len),
         key_positions=torch.arange(k_len) if key_positions is None else key_positions,
