@@ -109,7 +109,7 @@ def families(args: argparse.Namespace, device: torch.device, dtype: torch.dtype)
     return [(vit, 16 if args.tiny else 224), (whisper, 16 if args.tiny else 1500)]
 
 
-def layers_of(family: e2e.Family, model: torch.nn.Module) -> int:
+def layers_of(model: torch.nn.Module) -> int:
     config = model.config
     return getattr(config, "encoder_layers", None) or config.num_hidden_layers
 
@@ -119,7 +119,7 @@ def model_rows(args, device, dtype) -> tuple[list[dict[str, Any]], str]:
     for family, length in families(args, device, dtype):
         model = family.build(length)
         inputs = family.inputs(model, length)
-        layers = layers_of(family, model)
+        layers = layers_of(model)
         baseline = None
         for name in MODEL_ROWS:
             with e2e.configured(family, model, e2e.CONFIGS[name]) as configured:
