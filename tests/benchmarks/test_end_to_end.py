@@ -152,6 +152,20 @@ def test_partial_runs_merge_into_one_table(end_to_end, tmp_path, monkeypatch):
     assert f"| hf-sdpa | {cells[0]} | {cells[1]} ‡ |" in markdown  # this run's cell unmarked, the kept one marked
 
 
+def test_two_runs_merged_on_one_base_list_that_base_once(end_to_end):
+    def run(date: str, family: str, runs: list[dict]) -> dict:
+        row = {"family": family, "config": "hf-sdpa", "mode": "prefill", "tokens": 8, "status": "ok"}
+        base_row = {**row, "family": "llama", "run": "base"}
+        return {"env": {"date": date, "command": date}, "rows": [row, base_row], "checks": [], "generation": [],
+                "families": {}, "configs": {}, "fallbacks": {}, "runs": [{"date": date, "command": date}, *runs]}
+
+    base = [{"date": "base", "command": "base"}]
+    merged = end_to_end.merge_previous(run("vit-day", "vit", base), run("whisper-day", "whisper", base))
+    assert [r["date"] for r in merged["runs"]] == ["vit-day", "base", "whisper-day"]
+    assert {(r["family"], r.get("run")) for r in merged["rows"]} == {
+        ("vit", None), ("llama", "base"), ("whisper", "whisper-day")}
+
+
 def test_merging_a_run_of_other_settings_is_refused(end_to_end, tmp_path):
     end_to_end.main(["--out", str(tmp_path), *PARTIAL, "--models", "vit", "--modes", "prefill"])
     with pytest.raises(SystemExit, match="window"):
