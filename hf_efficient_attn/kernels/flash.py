@@ -24,7 +24,9 @@ Backward (FlashAttention-2). With dO the output gradient and delta_i = sum_d dO_
 `_attn_bwd_dkdv` owns BLOCK_N keys of one key/value head and walks over the query tiles that can see
 them, for every query head of its group (GQA), so dK and dV are summed over the group in registers
 and written once (no atomics). `_attn_bwd_dq` owns BLOCK_M query rows and walks over key tiles
-exactly like the forward pass. p is recomputed from the saved L, never stored.
+exactly like the forward pass. p is recomputed from the saved L, never stored. The dQ kernel runs
+first: it also computes delta for its rows (one extra load of O per program) and writes it out for the
+dK/dV kernel, so a backward pass is two launches with no separate preprocessing kernel.
 
 Which tiles are visited
 -----------------------
@@ -39,12 +41,13 @@ transposes for dK/dV; the kernels walk only those lists (LIST=True).
 
 from __future__ import annotations
 
-import inspect
 import os
 
 import torch
 import triton
 import triton.language as tl
+
+from .tuning import TunedKernel, untuned_when_small
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 BIG = 1 << 30  # stands for "no bound" in window arithmetic; int32-safe after adding a length
@@ -389,13 +392,13 @@ def _dq_tiles(dq, q, do, lse, delta, qp, k_base, v_base, skn, svn, kpad_base, la
 
 
 @triton.jit
-def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, RP_F, COLS_F, CU_Q, CU_K,
+def _attn_bwd_dq(Q, K, V, DO, Out, DQ, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, RP_F, COLS_F, CU_Q, CU_K,
                  sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son, slb, slh, skpb, sly_h, sly_q,
                  H, GROUP, NQ, NK, N_MT, sm_scale, qk_scale, WL, WR, SINK, GQ, LB, PMAX, TUNE_NQ, TUNE_NK,
                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                  HAS_WINDOW: tl.constexpr, HAS_KPAD: tl.constexpr, BLOCK_SPARSE: tl.constexpr,
                  IS_VARLEN: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    # DQ shares Q's strides (sqb, sqh, sqn); DO has (sob, soh, son).
+    # DQ shares Q's strides (sqb, sqh, sqn); DO and Out have (sob, soh, son); DELTA shares LSE's.
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -418,6 +421,7 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, RP_F, 
         k_base = K + b64 * skb + hk.to(tl.int64) * skh + k_start * skn
         v_base = V + b64 * svb + hk.to(tl.int64) * svh + k_start * svn
         do_base = DO + b64 * sob + h.to(tl.int64) * soh + q_start * son
+        o_base = Out + b64 * sob + h.to(tl.int64) * soh + q_start * son
         dq_base = DQ + b64 * sqb + h.to(tl.int64) * sqh + q_start * sqn
         lse_base = LSE + b64 * slb + h.to(tl.int64) * slh + q_start
         delta_base = DELTA + b64 * slb + h.to(tl.int64) * slh + q_start
@@ -435,7 +439,10 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, RP_F, 
         q = _load_rows(q_base, offs_m, sqn, nq, True, HEAD_DIM, BLOCK_D)
         do = _load_rows(do_base, offs_m, son, nq, True, HEAD_DIM, BLOCK_D)
         lse = tl.load(lse_base + offs_m, mask=offs_m < nq, other=float("inf"))
-        delta = tl.load(delta_base + offs_m, mask=offs_m < nq, other=0.0)
+        # delta_i = dO_i . O_i for this program's rows, kept for the dK/dV kernel that runs next
+        o = _load_rows(o_base, offs_m, son, nq, True, HEAD_DIM, BLOCK_D)
+        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+        tl.store(delta_base + offs_m, delta, mask=offs_m < nq)
         dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         if BLOCK_SPARSE:
             row = h * N_MT + pid_m
@@ -635,51 +642,21 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, 
         _store_rows(dv_base, dv.to(DV.dtype.element_ty), kj, svn, nk, HEAD_DIM, BLOCK_D)
 
 
-@triton.jit
-def _bwd_delta(Out, DO, DELTA, n_rows, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
-    """delta = rowsum(dO * O) in fp32 over rows of contiguous [rows, HEAD_DIM] views."""
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    o = _load_rows(Out, rows, HEAD_DIM, n_rows, True, HEAD_DIM, BLOCK_D).to(tl.float32)
-    do = _load_rows(DO, rows, HEAD_DIM, n_rows, True, HEAD_DIM, BLOCK_D).to(tl.float32)
-    tl.store(DELTA + rows, tl.sum(o * do, 1), mask=rows < n_rows)
-
-
 # --------------------------------------------------------------------------------------------------
 # tuned entry points and launch wrappers
 # --------------------------------------------------------------------------------------------------
 
 
-UNTUNED_WORK = 1024 * 1024
-"""Calls whose bucketed query × key lengths are at most this run one fixed configuration, untuned: their
-kernels take microseconds, while tuning compiles and times every configuration (seconds), and again for
-each new shape bucket (each decoder length met in training, each cross-attention)."""
+def _tuned(kernel, configs: list) -> TunedKernel:
+    return TunedKernel(kernel, configs, _KEY, prune=untuned_when_small)
 
 
-def untuned_when_small(configs: list, named_args: dict, **kwargs) -> list:
-    """Autotuner pruning hook: the 64 x 64 configuration alone for small calls, every one otherwise."""
-    args = {**named_args, **kwargs}
-    if args["TUNE_NQ"] * args["TUNE_NK"] > UNTUNED_WORK:
-        return configs
-    small = [c for c in configs if c.kwargs.get("BLOCK_M") == 64 and c.kwargs.get("BLOCK_N") == 64]
-    return (small or configs)[:1]
-
-
-def autotuned(kernel, configs: list):
-    """``kernel`` autotuned over ``configs`` per `_KEY`, small calls excepted (`untuned_when_small`).
-    Where Triton can (3.4 and later), the timings are kept in Triton's on-disk cache, so a new process
-    reuses the choices an earlier one measured instead of compiling and timing every configuration again
-    for each shape it meets."""
-    keep_on_disk = "cache_results" in inspect.signature(triton.autotune).parameters
-    return triton.autotune(configs=configs, key=_KEY, prune_configs_by={"early_config_prune": untuned_when_small},
-                           **({"cache_results": True} if keep_on_disk else {}))(kernel)
-
-
-_fwd_dense = autotuned(_attn_fwd, _fwd_configs())
-_fwd_sparse = autotuned(_attn_fwd, _sparse_configs())
-_dq_dense = autotuned(_attn_bwd_dq, _dq_configs())
-_dq_sparse = autotuned(_attn_bwd_dq, _sparse_configs())
-_dkdv_dense = autotuned(_attn_bwd_dkdv, _dkdv_configs())
-_dkdv_sparse = autotuned(_attn_bwd_dkdv, _sparse_configs())
+_fwd_dense = _tuned(_attn_fwd, _fwd_configs())
+_fwd_sparse = _tuned(_attn_fwd, _sparse_configs())
+_dq_dense = _tuned(_attn_bwd_dq, _dq_configs())
+_dq_sparse = _tuned(_attn_bwd_dq, _sparse_configs())
+_dkdv_dense = _tuned(_attn_bwd_dkdv, _dkdv_configs())
+_dkdv_sparse = _tuned(_attn_bwd_dkdv, _sparse_configs())
 
 
 def _poison() -> bool:
@@ -805,9 +782,9 @@ def attention_forward(q, k, v, scale: float, mask: MaskArgs, varlen: bool = Fals
                 HAS_KPAD=mask.key_padding is not None, BLOCK_SPARSE=sparse, IS_VARLEN=varlen,
                 IEEE=q.dtype == torch.float32, TUNE_NQ=_tuning_bucket(nq), TUNE_NK=_tuning_bucket(nk))
     if sparse:
-        _fwd_sparse[(t.n_mt, n_batch * hq)](*args, **meta, BLOCK_M=t.block, BLOCK_N=t.block)
+        _fwd_sparse.launch((t.n_mt, n_batch * hq), args, dict(meta, BLOCK_M=t.block, BLOCK_N=t.block), q.dtype)
     else:
-        _fwd_dense[lambda m: (triton.cdiv(nq, m["BLOCK_M"]), n_batch * hq)](*args, **meta)
+        _fwd_dense.launch(lambda m: (triton.cdiv(nq, m["BLOCK_M"]), n_batch * hq), args, meta, q.dtype)
     return o, lse
 
 
@@ -816,19 +793,13 @@ def attention_backward(do, q, k, v, o, lse, scale: float, mask: MaskArgs, varlen
     """Launch the backward kernels; returns (dq, dk, dv) in the dtypes of q, k, v."""
     c = _common(q, k, v, mask, varlen)
     do = do.contiguous()
-    o = o.contiguous()
-    n_rows = o.numel() // o.shape[-1]
-    delta = torch.empty(o.shape[:-1], dtype=torch.float32, device=o.device)
-    block_r = 16 if INTERPRET else 64
-    _bwd_delta[(triton.cdiv(n_rows, block_r),)](o, do, delta, n_rows, HEAD_DIM=o.shape[-1],
-                                                 BLOCK_D=max(16, power_of_2_at_least(o.shape[-1])),
-                                                 BLOCK_R=block_r)
+    o = o.contiguous()  # the same shape as do, so the same strides
+    delta = _empty(lse.shape, lse)  # written by the dQ kernel, in the layout of lse
     if varlen:
         n_batch = mask.cu_q.numel() - 1
         hq, d, hkv = q.shape[1], q.shape[2], k.shape[1]
         nq, nk = max_q, max_k
         so = (0, do.stride(1), do.stride(0))
-        delta = delta.transpose(0, 1).contiguous()  # [T, Hq] -> [Hq, T], the layout of lse
         slb, slh = 0, lse.stride(0)
     else:
         n_batch, hq, nq, d = q.shape
@@ -845,7 +816,7 @@ def attention_backward(do, q, k, v, o, lse, scale: float, mask: MaskArgs, varlen
                 IEEE=q.dtype == torch.float32, TUNE_NQ=_tuning_bucket(nq), TUNE_NK=_tuning_bucket(nk))
     common = (c["cu_q"], c["cu_k"], *c["sq"], *c["sk"], *c["sv"], *so, slb, slh, c["skpb"], c["sly_h"],
               c["sly_q"])
-    dq_args = (q, k, v, do, dq, lse, delta, c["kpad"], c["lay"],
+    dq_args = (q, k, v, do, o, dq, lse, delta, c["kpad"], c["lay"],
                t.fwd_rp_partial if sparse else c["dummy"], t.fwd_cols_partial if sparse else c["dummy"],
                t.fwd_rp_full if sparse else c["dummy"], t.fwd_cols_full if sparse else c["dummy"],
                *common, hq, hq // hkv, nq, nk, _list_head_stride(mask, "n_mt"), float(scale), qk_scale, mask.wl,
@@ -855,12 +826,14 @@ def attention_backward(do, q, k, v, o, lse, scale: float, mask: MaskArgs, varlen
                t.bwd_rp_full if sparse else c["dummy"], t.bwd_cols_full if sparse else c["dummy"],
                *common, hkv, hq // hkv, nq, nk, _list_head_stride(mask, "n_nt"), float(scale), qk_scale, mask.wl,
                mask.wr, mask.sink, mask.gq, mask.lb, c["pmax"])
+    # dQ first: its kernel also writes delta, which the dK/dV kernel reads
     if sparse:
-        _dkdv_sparse[(t.n_nt, n_batch * hkv)](*kv_args, **meta, BLOCK_M=t.block, BLOCK_N=t.block)
-        _dq_sparse[(t.n_mt, n_batch * hq)](*dq_args, **meta, BLOCK_M=t.block, BLOCK_N=t.block)
+        tiles = dict(meta, BLOCK_M=t.block, BLOCK_N=t.block)
+        _dq_sparse.launch((t.n_mt, n_batch * hq), dq_args, tiles, q.dtype)
+        _dkdv_sparse.launch((t.n_nt, n_batch * hkv), kv_args, tiles, q.dtype)
     else:
-        _dkdv_dense[lambda m: (triton.cdiv(nk, m["BLOCK_N"]), n_batch * hkv)](*kv_args, **meta)
-        _dq_dense[lambda m: (triton.cdiv(nq, m["BLOCK_M"]), n_batch * hq)](*dq_args, **meta)
+        _dq_dense.launch(lambda m: (triton.cdiv(nq, m["BLOCK_M"]), n_batch * hq), dq_args, meta, q.dtype)
+        _dkdv_dense.launch(lambda m: (triton.cdiv(nk, m["BLOCK_N"]), n_batch * hkv), kv_args, meta, q.dtype)
     return dq, dk, dv
 
 

@@ -14,6 +14,7 @@ import triton
 from kernel_reference import DEVICE, LARGE, check_against_reference, rand
 
 from hf_efficient_attn.kernels import flash, fused_attention
+from hf_efficient_attn.kernels.tuning import TunedKernel
 
 SMALL, BIG = (64, 128) if LARGE else (16, 32)
 
@@ -35,7 +36,7 @@ CASES = {
 
 def _single(kernel, block_m: int, block_n: int):
     config = triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=4, num_stages=1 if not LARGE else 2)
-    return triton.autotune(configs=[config], key=flash._KEY)(kernel)
+    return TunedKernel(kernel, [config], flash._KEY)
 
 
 @pytest.fixture(params=sorted(TILE_SETS))
@@ -61,7 +62,7 @@ def test_non_square_tiles_match_reference(tiles, name):
     check_against_reference(fn, q, k, v, scale=d**-0.5, causal=causal, **case)
     for kernel, (block_m, block_n) in (("_fwd_dense", tiles["fwd"]), ("_dq_dense", tiles["dq"]),
                                        ("_dkdv_dense", tiles["dkdv"])):
-        assert getattr(flash, kernel).best_config.kwargs == {"BLOCK_M": block_m, "BLOCK_N": block_n}
+        assert getattr(flash, kernel).tuner.best_config.kwargs == {"BLOCK_M": block_m, "BLOCK_N": block_n}
 
 
 def test_key_padding_with_non_square_tiles(tiles):

@@ -1,0 +1,58 @@
+"""Autotuned launches: Triton's autotuner chooses a configuration once per key, later launches skip it.
+
+Triton's ``Autotuner.run`` rebuilds a dictionary of every argument on each call, testing each name
+against the list of all names: host work quadratic in the argument count. Our kernels take about sixty
+arguments, and at short lengths that bookkeeping costs more than the GPU work of the kernel.
+`TunedKernel` asks the autotuner only the first time it meets a key, remembers the configuration it
+chose, and launches later calls with that key straight through the JIT function with the chosen
+block sizes, warps and stages: the same compiled kernel the autotuner would have launched.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+
+import triton
+
+UNTUNED_WORK = 1024 * 1024
+"""Calls whose bucketed query × key lengths are at most this run one fixed configuration, untuned: their
+kernels take microseconds, while tuning compiles and times every configuration (seconds), and again for
+each new shape bucket (each decoder length met in training, each cross-attention)."""
+
+
+def untuned_when_small(configs: list, named_args: dict, **kwargs) -> list:
+    """Autotuner pruning hook: the 64 x 64 configuration alone for small calls, every one otherwise."""
+    args = {**named_args, **kwargs}
+    if args["TUNE_NQ"] * args["TUNE_NK"] > UNTUNED_WORK:
+        return configs
+    small = [c for c in configs if c.kwargs.get("BLOCK_M") == 64 and c.kwargs.get("BLOCK_N") == 64]
+    return (small or configs)[:1]
+
+
+class TunedKernel:
+    """``kernel`` autotuned over ``configs`` per the arguments named in ``key``, pruned by ``prune``.
+
+    Where Triton can (3.4 and later), the autotuner keeps its timings in Triton's on-disk cache, so a new
+    process reuses the choices an earlier one measured instead of compiling and timing every
+    configuration again for each shape it meets.
+    """
+
+    def __init__(self, kernel, configs: list, key: Sequence[str], prune: Callable | None = None):
+        options = {"prune_configs_by": {"early_config_prune": prune}} if prune is not None else {}
+        if "cache_results" in inspect.signature(triton.autotune).parameters:
+            options["cache_results"] = True
+        self.tuner = triton.autotune(configs=configs, key=list(key), **options)(kernel)
+        self._chosen: dict[tuple, dict] = {}
+
+    def launch(self, grid: tuple | Callable[[dict], tuple], args: tuple, meta: dict, dtype) -> None:
+        """Run the kernel over ``grid`` with positional ``args`` and keyword ``meta``, which must hold every
+        argument named in the key. ``dtype`` (the inputs' dtype) completes the key, as the autotuner's
+        own key has the dtypes of the tensor arguments."""
+        key = (dtype, *meta.items())
+        chosen = self._chosen.get(key)
+        if chosen is None:
+            self.tuner[grid](*args, **meta)
+            self._chosen[key] = self.tuner.best_config.all_kwargs()
+        else:
+            self.tuner.fn[grid](*args, **meta, **chosen)
