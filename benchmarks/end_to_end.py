@@ -876,8 +876,10 @@ def merge_previous(results: dict, previous: dict) -> dict:
     merged["fallbacks"] = {name: sorted({*results["fallbacks"].get(name, []), *fallbacks.get(name, [])})
                            for name in with_missing(results["fallbacks"], fallbacks)}
     kept = {entry["run"] for section in ENTRY_KEYS for entry in merged[section] if "run" in entry}
-    listed = {run["date"] for run in runs_of(results)}  # two merged runs may share an earlier one
-    merged["runs"] = runs_of(results) + [run for run in runs_of(previous) if run["date"] in kept - listed]
+    own, *carried = runs_of(results)
+    carried = [run for run in carried if run["date"] in kept]  # what the earlier run re-measured is gone
+    listed = {run["date"] for run in [own, *carried]}  # two merged runs may share an earlier one
+    merged["runs"] = [own, *carried] + [run for run in runs_of(previous) if run["date"] in kept - listed]
     return merged
 
 

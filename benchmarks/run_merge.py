@@ -15,11 +15,17 @@ from collections.abc import Callable
 def merge_entries(current: list[dict], earlier: list[dict], fields: tuple[str, ...], date: str,
                   rank: Callable[[dict], int]) -> list[dict]:
     """This run's entries, each replaced by the earlier run's (run ``date``) where that one has a higher
-    ``rank``, then the earlier run's entries this run did not have."""
+    ``rank``, or the same rank and a later measurement (this run's entry was itself kept from a run before
+    that: two partial runs merged onto one base), then the earlier run's entries this run did not have."""
     def key(entry: dict) -> tuple:
         return tuple(entry.get(field) for field in fields)
 
+    def replaced(entry: dict, other: dict) -> bool:
+        if rank(other) != rank(entry):
+            return rank(other) > rank(entry)
+        return "run" in entry and other["run"] > entry["run"]
+
     older = {key(entry): {**entry, "run": entry.get("run", date)} for entry in earlier}
-    merged = [older[key(e)] if key(e) in older and rank(older[key(e)]) > rank(e) else e for e in current]
+    merged = [older[key(e)] if key(e) in older and replaced(e, older[key(e)]) else e for e in current]
     done = {key(entry) for entry in current}
     return merged + [entry for k, entry in older.items() if k not in done]

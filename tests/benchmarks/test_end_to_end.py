@@ -166,6 +166,24 @@ def test_two_runs_merged_on_one_base_list_that_base_once(end_to_end):
         ("vit", None), ("llama", "base"), ("whisper", "whisper-day")}
 
 
+def test_two_runs_merged_on_one_base_keep_the_newest_measurement_of_each_cell(end_to_end):
+    BASE = "2000-01-01 00:00:00"
+
+    def run(date: str, remeasured: str) -> dict:
+        rows = [{"family": family, "config": "hf-sdpa", "mode": "prefill", "tokens": 8, "status": "ok",
+                 "ms": 1.0 if family == remeasured else 9.0, **({} if family == remeasured else {"run": BASE})}
+                for family in ("llama", "vit")]
+        return {"env": {"date": date, "command": date}, "rows": rows, "checks": [], "generation": [],
+                "families": {}, "configs": {}, "fallbacks": {}, "runs": [{"date": date, "command": date},
+                                                                        {"date": BASE, "command": "base"}]}
+
+    for newer, older in ((run("2000-01-03 00:00:00", "vit"), run("2000-01-02 00:00:00", "llama")),
+                         (run("2000-01-02 00:00:00", "llama"), run("2000-01-03 00:00:00", "vit"))):
+        merged = end_to_end.merge_previous(newer, older)
+        assert {r["family"]: r["ms"] for r in merged["rows"]} == {"llama": 1.0, "vit": 1.0}
+        assert BASE not in [r["date"] for r in merged["runs"]]
+
+
 def test_merging_a_run_of_other_settings_is_refused(end_to_end, tmp_path):
     end_to_end.main(["--out", str(tmp_path), *PARTIAL, "--models", "vit", "--modes", "prefill"])
     with pytest.raises(SystemExit, match="window"):
