@@ -88,7 +88,7 @@ def fused_attention(
 
         key = (layout_block_size, nq, nk, mask.causal, mask.has_window, mask.wl, mask.wr, mask.sink, mask.gq, block)
         mask.layout, mask.tiles = TILE_LISTS.get(block_layout, key, tile_lists)
-    return _FusedAttention.apply(q, k, v, float(scale), mask, False, nq, nk)
+    return _attend(q, k, v, float(scale), mask, False, nq, nk)
 
 
 def fused_attention_varlen(
@@ -117,4 +117,12 @@ def fused_attention_varlen(
     mask = flash.MaskArgs(causal=causal, window=tuple(window), sink_tokens=sink_tokens,
                           global_tokens=global_tokens, cu_q=cu_seqlens_q.to(torch.int32).contiguous(),
                           cu_k=cu_seqlens_k.to(torch.int32).contiguous())
-    return _FusedAttention.apply(q, k, v, float(scale), mask, True, int(max_seqlen_q), max(int(max_seqlen_k), 1))
+    return _attend(q, k, v, float(scale), mask, True, int(max_seqlen_q), max(int(max_seqlen_k), 1))
+
+
+def _attend(q, k, v, scale: float, mask, varlen: bool, max_q: int, max_k: int) -> torch.Tensor:
+    """Through autograd when a gradient may be asked for, else straight to the forward kernel: inference
+    skips building an autograd node and saving tensors for a backward pass that never comes."""
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return _FusedAttention.apply(q, k, v, scale, mask, varlen, max_q, max_k)
+    return flash.attention_forward(q, k, v, scale, mask, varlen, max_q, max_k)[0]
