@@ -137,6 +137,9 @@ def check_window(window, sink_tokens, global_tokens) -> None:
 def _check_scale(scale) -> None:
     if not isinstance(scale, int | float) or isinstance(scale, bool):
         raise KernelInputError(f"scale must be a float (usually head_dim ** -0.5), got {scale!r}")
+    if not 0 < scale < float("inf"):
+        # the kernels take a row's largest score before scaling, which needs a positive scale
+        raise KernelInputError(f"scale must be positive and finite (usually head_dim ** -0.5), got {scale!r}")
 
 
 def check_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale, window, sink_tokens, global_tokens) -> None:

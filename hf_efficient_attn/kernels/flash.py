@@ -233,26 +233,27 @@ def _fwd_tiles(acc, l_i, m_i, q, qp, k_base, v_base, skn, svn, kpad_base, lay_ba
         offs_n = start_n + offs_n0
         k = _load_rows(k_base, offs_n, skn, nk, MASKED, HEAD_DIM, BLOCK_D)
         v = _load_rows(v_base, offs_n, svn, nk, MASKED, HEAD_DIM, BLOCK_D)
-        s = _mma(q, tl.trans(k), tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32), IEEE) * qk_scale
-        if MASKED:
-            vis = _visible(qp[:, None], offs_n[None, :], nk, WL, WR, SINK, GQ, lay_base, lay_sq, LB, PMAX,
-                           CAUSAL, HAS_WINDOW, BLOCK_SPARSE)
-            if HAS_KPAD:
-                kp = tl.load(kpad_base + offs_n, mask=offs_n < nk, other=0)
-                vis = vis & (kp[None, :] != 0)
+        s = _mma(q, tl.trans(k), tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32), IEEE)
+        if MASKED or HAS_KPAD:
+            s = s * qk_scale
+            if MASKED:
+                vis = _visible(qp[:, None], offs_n[None, :], nk, WL, WR, SINK, GQ, lay_base, lay_sq, LB, PMAX,
+                               CAUSAL, HAS_WINDOW, BLOCK_SPARSE)
+                if HAS_KPAD:
+                    kp = tl.load(kpad_base + offs_n, mask=offs_n < nk, other=0)
+                    vis = vis & (kp[None, :] != 0)
+            else:
+                vis = tl.load(kpad_base + offs_n)[None, :] != 0
             s = tl.where(vis, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(s - m_use[:, None])
         else:
-            if HAS_KPAD:
-                kp = tl.load(kpad_base + offs_n)
-                s = tl.where(kp[None, :] != 0, s, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-            else:
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                m_use = m_new
-        p = tl.math.exp2(s - m_use[:, None])
+            # every key visible: scale the row maxima, not the tile, and fold the scale into the
+            # exponent's argument (one fused multiply-add per score; the scale is positive)
+            m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+            m_use = m_new
+            p = tl.math.exp2(s * qk_scale - m_use[:, None])
         alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]

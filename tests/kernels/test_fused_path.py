@@ -213,6 +213,15 @@ def test_forced_kernel_refuses_unsupported_head_size():
         patched(input_ids=token_ids(model, batch=1, length=8))
 
 
+def test_forced_kernel_refuses_a_non_positive_softmax_scale():
+    model = kernel_llama()
+    for layer in model.model.layers:
+        layer.self_attn.scaling = -0.25
+    patched = patch_model(model, "flash", backend="triton")
+    with pytest.raises(FusedPathError, match="softmax scale is -0.25.*positive"):
+        patched(input_ids=token_ids(model, batch=1, length=8))
+
+
 def test_forced_kernel_refuses_two_dimensional_neighbourhood():
     model = tiny_vit(hidden_size=64, num_attention_heads=2).to(DEVICE)
     patched = patch_model(model, "sliding", window=2, neighbourhood="2d", backend="triton")

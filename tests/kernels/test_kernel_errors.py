@@ -53,6 +53,8 @@ def test_cpu_without_interpreter(monkeypatch):
     (dict(block_layout=torch.ones(3, 1, 1, dtype=torch.bool), layout_block_size=8), ["block_layout", "3 heads"]),
     (dict(block_layout=torch.ones(1, 1, 1, dtype=torch.bool), layout_block_size=4), ["too small", "[1, 2, 2]"]),
     (dict(scale=None), ["scale"]),
+    (dict(scale=0.0), ["scale", "positive"]),
+    (dict(scale=-0.1), ["scale", "positive"]),
 ])
 def test_bad_mask_arguments(kwargs, words):
     q = t(1, 2, 8, 32)
