@@ -37,6 +37,13 @@ without the per-element mask (MASKED=False); the edges are run with it. The back
 does the same on the transposed band. For block layouts the host builds, per query tile, compact
 lists of key tiles (one list of partially visible tiles, one of fully visible tiles), and their
 transposes for dK/dV; the kernels walk only those lists (LIST=True).
+
+Order of programs
+-----------------
+Grid axis 0 is batch x head, axis 1 the tile. Forward and dQ programs take query tiles from the last:
+under causal masking the last tiles see the most keys, and starting the heaviest programs of every
+head first keeps the final wave short (longest job first). dK/dV programs take key tiles from the
+first, their heaviest, for the same reason.
 """
 
 from __future__ import annotations
@@ -269,8 +276,8 @@ def _attn_fwd(Q, K, V, Out, LSE, KPAD, LAYOUT, RP_P, COLS_P, RP_F, COLS_F, CU_Q,
               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
               HAS_KPAD: tl.constexpr, BLOCK_SPARSE: tl.constexpr, IS_VARLEN: tl.constexpr, IEEE: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(0)
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # the last query tiles, the most work when causal, first
     b = pid_bh // H
     h = pid_bh % H
     hk = h // GROUP
@@ -400,8 +407,8 @@ def _attn_bwd_dq(Q, K, V, DO, Out, DQ, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, R
                  HAS_WINDOW: tl.constexpr, HAS_KPAD: tl.constexpr, BLOCK_SPARSE: tl.constexpr,
                  IS_VARLEN: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # DQ shares Q's strides (sqb, sqh, sqn); DO and Out have (sob, soh, son); DELTA shares LSE's.
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(0)
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # the last query tiles, the most work when causal, first
     b = pid_bh // H
     h = pid_bh % H
     hk = h // GROUP
@@ -562,8 +569,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, 
                    HAS_WINDOW: tl.constexpr, HAS_KPAD: tl.constexpr, BLOCK_SPARSE: tl.constexpr,
                    IS_VARLEN: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # DK shares K's strides and DV shares V's strides; DO shares O's strides (sob, soh, son).
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(0)
+    pid_n = tl.program_id(1)  # the first key tiles, the most work when causal, first
     b = pid_bh // HKV
     hk = pid_bh % HKV
     if IS_VARLEN:
@@ -783,9 +790,9 @@ def attention_forward(q, k, v, scale: float, mask: MaskArgs, varlen: bool = Fals
                 HAS_KPAD=mask.key_padding is not None, BLOCK_SPARSE=sparse, IS_VARLEN=varlen,
                 IEEE=q.dtype == torch.float32, TUNE_NQ=_tuning_bucket(nq), TUNE_NK=_tuning_bucket(nk))
     if sparse:
-        _fwd_sparse.launch((t.n_mt, n_batch * hq), args, dict(meta, BLOCK_M=t.block, BLOCK_N=t.block), q.dtype)
+        _fwd_sparse.launch((n_batch * hq, t.n_mt), args, dict(meta, BLOCK_M=t.block, BLOCK_N=t.block), q.dtype)
     else:
-        _fwd_dense.launch(lambda m: (triton.cdiv(nq, m["BLOCK_M"]), n_batch * hq), args, meta, q.dtype)
+        _fwd_dense.launch(lambda m: (n_batch * hq, triton.cdiv(nq, m["BLOCK_M"])), args, meta, q.dtype)
     return o, lse
 
 
@@ -830,11 +837,11 @@ def attention_backward(do, q, k, v, o, lse, scale: float, mask: MaskArgs, varlen
     # dQ first: its kernel also writes delta, which the dK/dV kernel reads
     if sparse:
         tiles = dict(meta, BLOCK_M=t.block, BLOCK_N=t.block)
-        _dq_sparse.launch((t.n_mt, n_batch * hq), dq_args, tiles, q.dtype)
-        _dkdv_sparse.launch((t.n_nt, n_batch * hkv), kv_args, tiles, q.dtype)
+        _dq_sparse.launch((n_batch * hq, t.n_mt), dq_args, tiles, q.dtype)
+        _dkdv_sparse.launch((n_batch * hkv, t.n_nt), kv_args, tiles, q.dtype)
     else:
-        _dq_dense.launch(lambda m: (triton.cdiv(nq, m["BLOCK_M"]), n_batch * hq), dq_args, meta, q.dtype)
-        _dkdv_dense.launch(lambda m: (triton.cdiv(nk, m["BLOCK_N"]), n_batch * hkv), kv_args, meta, q.dtype)
+        _dq_dense.launch(lambda m: (n_batch * hq, triton.cdiv(nq, m["BLOCK_M"])), dq_args, meta, q.dtype)
+        _dkdv_dense.launch(lambda m: (n_batch * hkv, triton.cdiv(nk, m["BLOCK_N"])), kv_args, meta, q.dtype)
     return dq, dk, dv
 
 
