@@ -193,6 +193,24 @@ def _visible(qp, kj, nk, WL, WR, SINK, GQ, lay_base, lay_sq, LB, PMAX,
 
 
 @triton.jit
+def _tile_visible(qp, offs_n, nk, WL, WR, SINK, GQ, kpad_base, lay_base, lay_sq, LB, PMAX, MASKED: tl.constexpr,
+                  CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_KPAD: tl.constexpr,
+                  BLOCK_SPARSE: tl.constexpr):
+    """Which pairs of a tile of query positions qp and keys offs_n are visible: the element-wise mask on
+    edge tiles (MASKED), key padding on any tile. Only for tiles with MASKED or HAS_KPAD set; the result
+    broadcasts against [len(qp), len(offs_n)]."""
+    if MASKED:
+        vis = _visible(qp[:, None], offs_n[None, :], nk, WL, WR, SINK, GQ, lay_base, lay_sq, LB, PMAX,
+                       CAUSAL, HAS_WINDOW, BLOCK_SPARSE)
+        if HAS_KPAD:
+            kp = tl.load(kpad_base + offs_n, mask=offs_n < nk, other=0)
+            vis = vis & (kp[None, :] != 0)
+    else:
+        vis = tl.load(kpad_base + offs_n)[None, :] != 0
+    return vis
+
+
+@triton.jit
 def _key_ranges(p0, p1, nk, WL, WR, SINK, GQ, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
                 BLOCK_N: tl.constexpr):
     """Key tiles for query positions [p0, p1]: sinks [0, s_end), then the band [b_lo, hi) whose
@@ -243,16 +261,9 @@ def _fwd_tiles(acc, l_i, m_i, q, qp, k_base, v_base, skn, svn, kpad_base, lay_ba
         v = _load_rows(v_base, offs_n, svn, nk, MASKED, HEAD_DIM, BLOCK_D)
         s = _mma(q, tl.trans(k), tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32), IEEE)
         if MASKED or HAS_KPAD:
-            s = s * qk_scale
-            if MASKED:
-                vis = _visible(qp[:, None], offs_n[None, :], nk, WL, WR, SINK, GQ, lay_base, lay_sq, LB, PMAX,
-                               CAUSAL, HAS_WINDOW, BLOCK_SPARSE)
-                if HAS_KPAD:
-                    kp = tl.load(kpad_base + offs_n, mask=offs_n < nk, other=0)
-                    vis = vis & (kp[None, :] != 0)
-            else:
-                vis = tl.load(kpad_base + offs_n)[None, :] != 0
-            s = tl.where(vis, s, float("-inf"))
+            vis = _tile_visible(qp, offs_n, nk, WL, WR, SINK, GQ, kpad_base, lay_base, lay_sq, LB, PMAX, MASKED,
+                                CAUSAL, HAS_WINDOW, HAS_KPAD, BLOCK_SPARSE)
+            s = tl.where(vis, s * qk_scale, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
             p = tl.math.exp2(s - m_use[:, None])
@@ -383,17 +394,10 @@ def _dq_tiles(dq, q, do, lse, delta, qp, k_base, v_base, skn, svn, kpad_base, la
         v = _load_rows(v_base, offs_n, svn, nk, MASKED, HEAD_DIM, BLOCK_D)
         s = _mma(q, tl.trans(k), tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32), IEEE)
         p = tl.math.exp2(s * qk_scale - lse[:, None])
-        if MASKED:
-            vis = _visible(qp[:, None], offs_n[None, :], nk, WL, WR, SINK, GQ, lay_base, lay_sq, LB, PMAX,
-                           CAUSAL, HAS_WINDOW, BLOCK_SPARSE)
-            if HAS_KPAD:
-                kp = tl.load(kpad_base + offs_n, mask=offs_n < nk, other=0)
-                vis = vis & (kp[None, :] != 0)
+        if MASKED or HAS_KPAD:
+            vis = _tile_visible(qp, offs_n, nk, WL, WR, SINK, GQ, kpad_base, lay_base, lay_sq, LB, PMAX, MASKED,
+                                CAUSAL, HAS_WINDOW, HAS_KPAD, BLOCK_SPARSE)
             p = tl.where(vis, p, 0.0)
-        else:
-            if HAS_KPAD:
-                kp = tl.load(kpad_base + offs_n)
-                p = tl.where(kp[None, :] != 0, p, 0.0)
         dp = _mma(do, tl.trans(v), tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32), IEEE)
         ds = p * (dp - delta[:, None])
         dq = _mma(ds.to(k.dtype), k, dq, IEEE)
