@@ -126,11 +126,9 @@ def _plan(
 
     if isinstance(mask, str):
         return mask
-    reason = kernels.supports(query, key, value)
+    reason = kernels.supports(query, key, value, scale=context.scaling)
     if reason is not None:
         return reason
-    if not 0 < context.scaling < float("inf"):
-        return f"the softmax scale is {context.scaling}, and the kernels need a positive one"
     if context.dropout > 0:
         return "attention dropout is applied on the reference path only (set the model's attention dropout to 0)"
     if context.dense_mask is not None:

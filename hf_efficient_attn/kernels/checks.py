@@ -77,10 +77,11 @@ def _common_reason(q, k, v, dense: bool) -> str | None:
     return device_reason(q, k, v)
 
 
-def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
-    """None when `fused_attention(q, k, v, ...)` can run on these tensors, else the reason why not."""
+def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None) -> str | None:
+    """None when `fused_attention(q, k, v, ...)` can run on these tensors (and this softmax ``scale``,
+    when given), else the reason why not."""
     try:
-        return _common_reason(q, k, v, dense=True)
+        return _common_reason(q, k, v, dense=True) or (None if scale is None else scale_reason(scale))
     except Exception as exc:  # a probe must never raise
         return f"could not inspect inputs: {exc}"
 
@@ -134,12 +135,20 @@ def check_window(window, sink_tokens, global_tokens) -> None:
             raise KernelInputError(f"{name} must be an int >= 0, got {val!r}")
 
 
-def _check_scale(scale) -> None:
+def scale_reason(scale) -> str | None:
+    """None for a softmax scale the kernels take, else why not."""
     if not isinstance(scale, int | float) or isinstance(scale, bool):
-        raise KernelInputError(f"scale must be a float (usually head_dim ** -0.5), got {scale!r}")
+        return f"scale must be a float (usually head_dim ** -0.5), got {scale!r}"
     if not 0 < scale < float("inf"):
         # the kernels take a row's largest score before scaling, which needs a positive scale
-        raise KernelInputError(f"scale must be positive and finite (usually head_dim ** -0.5), got {scale!r}")
+        return f"scale must be positive and finite (usually head_dim ** -0.5), got {scale!r}"
+    return None
+
+
+def _check_scale(scale) -> None:
+    reason = scale_reason(scale)
+    if reason:
+        raise KernelInputError(reason)
 
 
 def check_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale, window, sink_tokens, global_tokens) -> None:

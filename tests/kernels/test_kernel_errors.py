@@ -17,6 +17,14 @@ def test_supports_ok():
     assert supports(t(1, 4, 8, 64), t(1, 2, 8, 64), t(1, 2, 8, 64)) is None
 
 
+@pytest.mark.parametrize("scale", [0.0, -0.125, float("inf")])
+def test_supports_refuses_a_scale_the_kernels_cannot_take(scale):
+    q, k = t(1, 4, 8, 64), t(1, 2, 8, 64)
+    assert supports(q, k, k, scale=0.125) is None
+    reason = supports(q, k, k, scale=scale)
+    assert reason is not None and "positive and finite" in reason and repr(scale) in reason, reason
+
+
 @pytest.mark.parametrize(("q", "k", "v", "words"), [
     (t(1, 4, 8, 48), t(1, 4, 8, 48), t(1, 4, 8, 48), ["head_dim=48"]),
     (t(1, 4, 8, 64), t(1, 3, 8, 64), t(1, 3, 8, 64), ["multiple", "4", "3"]),
