@@ -80,7 +80,8 @@ def _self_attention_cache(cache: object) -> Cache | None:
 def install_bounded_cache(module: nn.Module, args: tuple, kwargs: dict) -> None:
     """Forward pre-hook: give this module's cache slot the bounded layer its variant asks for."""
     variant = getattr(module, "efficient_attn", None)
-    cache = _self_attention_cache(kwargs.get("past_key_values"))
+    # transformers 5.24 passes the cache as ``cache=`` (``past_key_values=`` before, deprecated since)
+    cache = _self_attention_cache(kwargs.get("cache", kwargs.get("past_key_values")))
     if variant is None or cache is None or not hasattr(cache, "layers"):
         return
     layout = kwargs.get("attention_mask")
