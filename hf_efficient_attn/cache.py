@@ -1,40 +1,63 @@
-"""A bounded KV cache for windowed attention, and the hook that puts it in place during generation.
+"""Bounded KV cache layers for windowed attention, and the hook that puts them in place.
 
-With a causal sliding window of W keys (counting the query itself), a new token can only ever see
-the W-1 tokens before it, plus any attention sinks. `SinkWindowCacheLayer` keeps exactly those, so a
-layer's cache stops growing once it holds ``prefix + W - 1`` tokens, whatever the generated length.
+With a causal sliding window of W keys (counting the query itself), a new token can only ever see the
+W-1 tokens before it, plus any attention sinks. The layers here keep exactly those, so a layer's cache
+stops growing once it holds ``prefix + W - 1`` tokens, whatever the generated length:
 
-Transformers builds the cache before the first forward (`generate()` or the model itself), knowing
-nothing of our variants. A forward pre-hook on each patched attention module swaps that layer's slot
-in the cache for a bounded layer the first time it is seen empty; later steps find it in place.
+* `SinkWindowCacheLayer` replaces transformers' growing `DynamicLayer`;
+* `StaticSinkWindowLayer` replaces a `StaticLayer` (``cache_implementation="static"``): fixed-size
+  buffers written in place, so compiled decoding replays under CUDA graphs.
+
+Both keep a prefix of ``sink_tokens`` plus the leading padding of the batch (so every left-padded row
+keeps its own first real tokens) and return, for each step, the prefix, the last ``W - 1`` earlier tokens
+and the new ones: `context.build_context` reads the positions back from those shapes.
+
+Transformers builds the cache (in `generate()` or the model itself) before any of our code runs,
+knowing nothing of our variants. A forward pre-hook on each patched attention module replaces that
+module's layer of the cache, through the public `Cache.layers` list, the first time it sees it unwritten;
+later steps find it in place.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 from torch import nn
-from transformers.cache_utils import Cache, DynamicLayer, EncoderDecoderCache
+from transformers.cache_utils import Cache, DynamicLayer, EncoderDecoderCache, StaticLayer
 
-from .context import AttentionLayout
+from .compat import cache_argument
+from .context import first_true_index, tracing
+from .layout import is_layout, read_layout
+
+ROLLBACK_TOKENS = 256
+"""Tokens a `SinkWindowCacheLayer` keeps of what its last update dropped, so that assisted decoding can
+crop rejected draft tokens (it removes at most the tokens of the last step) after the window moved on."""
 
 
 class SinkWindowCacheLayer(DynamicLayer):
-    """Keeps the first ``prefix`` tokens (sinks, plus any left padding before them) and the last ``window - 1``.
+    """A growing cache layer that keeps the first ``prefix`` tokens and the last ``window - 1``.
 
-    `update` returns every cached key plus the new ones (the current step needs them all), then trims.
-    `get_seq_length` counts all tokens ever seen, which is what positions and masks are built from.
+    `update` returns the kept tokens plus the new ones (the current step needs them all), then trims.
+    `get_seq_length` counts all tokens ever seen, which positions and masks are built from.
     """
 
     is_sliding = True
-    is_croppable = False
+    is_croppable = True
 
     def __init__(self, window: int, prefix: int = 0):
         super().__init__()
         self.window = window
         self.prefix = prefix
         self.cumulative_length = 0
+        self._dropped_keys: torch.Tensor | None = None
+        self._dropped_values: torch.Tensor | None = None
+
+    @property
+    def capacity(self) -> int:
+        """Tokens kept between steps."""
+        return self.prefix + self.window - 1
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
@@ -44,31 +67,161 @@ class SinkWindowCacheLayer(DynamicLayer):
         self.cumulative_length += key_states.shape[-2]
         full_keys = torch.cat([self.keys, key_states], dim=-2)
         full_values = torch.cat([self.values, value_states], dim=-2)
-        self.keys, self.values = self._trim(full_keys), self._trim(full_values)
+        (self.keys, self._dropped_keys), (self.values, self._dropped_values) = (
+            self._trim(full_keys, key_states.shape[-2]),
+            self._trim(full_values, key_states.shape[-2]),
+        )
         return full_keys, full_values
 
-    def _trim(self, states: torch.Tensor) -> torch.Tensor:
+    def _trim(self, states: torch.Tensor, new: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The kept states and the last of those dropped (at most ``new`` and `ROLLBACK_TOKENS`)."""
+        length = states.shape[-2]
+        if length <= self.capacity:
+            return states, None
         recent = self.window - 1
-        if states.shape[-2] <= self.prefix + recent:
-            return states
-        tail = states[..., states.shape[-2] - recent :, :] if recent > 0 else states[..., :0, :]
-        return torch.cat([states[..., : self.prefix, :], tail], dim=-2)
+        tail_start = length - recent
+        kept = torch.cat([states[..., : self.prefix, :], states[..., tail_start:, :]], dim=-2)
+        dropped_start = max(self.prefix, tail_start - min(new, ROLLBACK_TOKENS))
+        return kept, states[..., dropped_start:tail_start, :]
 
     def get_seq_length(self) -> int:
         return self.cumulative_length
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        kept = 0 if self.keys is None else self.keys.shape[-2]
-        return kept + query_length, 0
+        # the mask covers every token position seen so far; the layer tells its kept keys apart by shape
+        return self.cumulative_length + query_length, 0
 
     def get_max_length(self) -> int:
-        return self.prefix + self.window - 1
+        return self.capacity
 
-    def crop(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError(
-            "A sliding-window cache has dropped old tokens and cannot be cropped; "
-            "disable assisted decoding or use the `full` variant."
+    get_max_cache_shape = get_max_length  # the name before transformers 5.14
+
+    def crop(self, tokens: int) -> None:
+        """Remove the newest tokens: ``tokens < 0`` removes ``-tokens``, ``tokens > 0`` keeps that many
+        (the convention before transformers 5.17), 0 does nothing.
+
+        Possible while nothing has been dropped, and after the window moved on for the tokens of the last
+        step (what assisted decoding rejects); beyond that the message says what to do.
+        """
+        remove = -tokens if tokens <= 0 else self.cumulative_length - tokens
+        if remove <= 0 or not self.is_initialized:
+            return
+        held = self.keys.shape[-2]
+        if self.cumulative_length <= self.capacity or held == self.cumulative_length:
+            self.keys, self.values = self.keys[..., : held - remove, :], self.values[..., : held - remove, :]
+            self.cumulative_length -= remove
+            return
+        stashed = 0 if self._dropped_keys is None else self._dropped_keys.shape[-2]
+        if remove > stashed or remove > self.window - 1:
+            raise RuntimeError(
+                f"This sliding-window cache (window {self.window}, {self.prefix} leading tokens kept) has dropped "
+                f"tokens older than its window and can roll back only the {min(stashed, self.window - 1)} tokens "
+                f"of its last step, not {remove}. For assisted decoding with 'sliding', use a window that covers "
+                "the prompt and the generated tokens, or generate without an assistant model."
+            )
+
+        def rolled_back(kept: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+            tail = kept[..., self.prefix : held - remove, :]
+            return torch.cat([kept[..., : self.prefix, :], dropped[..., stashed - remove :, :], tail], dim=-2)
+
+        self.keys = rolled_back(self.keys, self._dropped_keys)
+        self.values = rolled_back(self.values, self._dropped_values)
+        self._dropped_keys = self._dropped_keys[..., : stashed - remove, :]
+        self._dropped_values = self._dropped_values[..., : stashed - remove, :]
+        self.cumulative_length -= remove
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        self._dropped_keys = self._dropped_values = None
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        self._dropped_keys = self._dropped_values = None
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        self._dropped_keys = self._dropped_values = None
+
+    def reset(self) -> None:
+        super().reset()
+        self.cumulative_length = 0
+        self._dropped_keys = self._dropped_values = None
+
+
+class StaticSinkWindowLayer(StaticLayer):
+    """A static cache layer holding ``prefix`` leading slots and a right-aligned tail of ``window - 1``.
+
+    The buffers never change size or address (CUDA graphs replay the decoding step); the number of tokens
+    seen is a tensor, as in transformers' `StaticLayer`. The first update (the prompt) returns the prompt
+    itself; later ones return ``prefix + window - 1 + new`` keys: the prefix as written so far, the tail of
+    the last ``window - 1`` tokens (slots before the start of the stream hold zeros, the attention hides
+    them), then the new tokens.
+    """
+
+    is_sliding = True
+    is_croppable = False
+
+    def __init__(self, max_cache_len: int, window: int, prefix: int = 0):
+        super().__init__(max_cache_len=max_cache_len)
+        self.window = window
+        self.prefix = prefix
+        self.written = False
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        held = self.max_cache_len
+        self.max_cache_len = self.prefix + self.window - 1
+        super().lazy_initialization(key_states, value_states)
+        self.max_cache_len = held
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if not self.written:
+            self.written = True
+            self._write(key_states, value_states)
+            return key_states, value_states
+        keys = torch.cat([self.keys, key_states], dim=-2)
+        values = torch.cat([self.values, value_states], dim=-2)
+        self._write(key_states, value_states)
+        return keys, values
+
+    def _write(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Write new tokens in place: those still inside the prefix into their slots, all into the tail."""
+        new = key_states.shape[-2]
+        start = self.cumulative_length
+        recent = self.window - 1
+        if self.prefix:
+            slots = torch.arange(self.prefix, device=key_states.device)
+            source = (slots - start).clamp(0, new - 1)
+            fresh = ((slots >= start) & (slots < start + new))[:, None]
+            for buffer, states in ((self.keys, key_states), (self.values, value_states)):
+                prefix = buffer[..., : self.prefix, :]
+                prefix.copy_(torch.where(fresh, states.index_select(-2, source), prefix))
+        if recent:
+            for buffer, states in ((self.keys, key_states), (self.values, value_states)):
+                tail = buffer[..., self.prefix :, :]
+                tail.copy_(torch.cat([tail, states], dim=-2)[..., -recent:, :])
+        self.cumulative_length.add_(new)
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.max_cache_len, 0
+
+    def get_max_length(self) -> int:
+        return self.max_cache_len
+
+    get_max_cache_shape = get_max_length  # the name before transformers 5.14
+
+    def crop(self, tokens: int) -> None:
+        raise RuntimeError(
+            "A static sliding-window cache writes its window in place and cannot roll back; for assisted decoding "
+            "with 'sliding' use the default (dynamic) cache."
         )
+
+    def reset(self) -> None:
+        super().reset()
+        self.written = False
 
 
 def _self_attention_cache(cache: object) -> Cache | None:
@@ -80,25 +233,56 @@ def _self_attention_cache(cache: object) -> Cache | None:
 def install_bounded_cache(module: nn.Module, args: tuple, kwargs: dict) -> None:
     """Forward pre-hook: give this module's cache slot the bounded layer its variant asks for."""
     variant = getattr(module, "efficient_attn", None)
-    # transformers 5.24 passes the cache as ``cache=`` (``past_key_values=`` before, deprecated since)
-    cache = _self_attention_cache(kwargs.get("cache", kwargs.get("past_key_values")))
-    if variant is None or cache is None or not hasattr(cache, "layers"):
+    window = None if variant is None else variant.cache_window()
+    cache = _self_attention_cache(cache_argument(kwargs))
+    if window is None or cache is None or not hasattr(cache, "layers"):
         return
-    layout = kwargs.get("attention_mask")
-    layout = layout if isinstance(layout, AttentionLayout) else None
-    layer_index = module.layer_idx
-    if layer_index < len(cache.layers):
-        current = cache.layers[layer_index]
-        if isinstance(current, SinkWindowCacheLayer) or current.get_seq_length() > 0:
-            return
-    bounded = variant.make_cache_layer(layout)
-    if bounded is None:
+    index = module.layer_idx
+    current = cache.layers[index] if index < len(cache.layers) else None
+    if isinstance(current, (SinkWindowCacheLayer, StaticSinkWindowLayer)):
         return
-    if layer_index >= len(cache.layers):
-        if getattr(cache, "layer_class_to_replicate", None) is None:
-            return
-        while len(cache.layers) < layer_index:
-            cache.layers.append(cache.layer_class_to_replicate())
-        cache.layers.append(bounded)
-    else:
-        cache.layers[layer_index] = bounded
+    if current is not None and current.is_initialized:
+        return  # it holds tokens already: keep it (exact, only not bounded)
+    prefix = variant.options.sink_tokens + _leading_padding(kwargs.get("attention_mask"), variant.options.sink_tokens)
+    if isinstance(current, StaticLayer):
+        if prefix + window - 1 < current.max_cache_len:
+            cache.layers[index] = StaticSinkWindowLayer(current.max_cache_len, window, prefix)
+        return
+    bounded = SinkWindowCacheLayer(window, prefix)
+    if current is not None:
+        cache.layers[index] = bounded
+        return
+    if getattr(cache, "layer_class_to_replicate", None) is None:
+        return
+    while len(cache.layers) < index:
+        cache.layers.append(cache.layer_class_to_replicate())
+    cache.layers.append(bounded)
+
+
+def _leading_padding(mask: object, sinks: int) -> int:
+    """Pad tokens before the first real token in the most left-padded row, so that prefix keeps every
+    row's sinks. Read on the host once per generation (the cache is installed once); under
+    ``torch.compile`` it cannot be read, and the prefix keeps the whole prompt instead (warned once)."""
+    if not sinks or not is_layout(mask):
+        return 0
+    layout = read_layout(mask)
+    if layout.padding is None:
+        return 0
+    if tracing():
+        _warn_prompt_prefix()
+        return layout.tokens - 1
+    return int(first_true_index(layout.padding).max())
+
+
+_WARNED: list[bool] = []
+
+
+def _warn_prompt_prefix() -> None:
+    if not _WARNED:
+        _WARNED.append(True)
+        warnings.warn(
+            "A sliding-window cache with sink tokens was installed inside torch.compile, where the prompt's left "
+            "padding cannot be read: it keeps the whole prompt besides its window. Run the first forward (the "
+            "prompt) eagerly, as generate() does for static caches, to bound it by the sinks.",
+            stacklevel=3,
+        )

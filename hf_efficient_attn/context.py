@@ -1,52 +1,28 @@
 """What one attention call knows about its tokens: positions, padding, documents, causality.
 
-Transformers hands an attention function `query`, `key`, `value` and whatever the mask policy built
-(`AttentionLayout`, see `mask_policy.py`). Variants need more than that: the absolute position of each
-query and each key (a sliding-window KV cache keeps only some keys, so key ``j`` is not position ``j``),
-which keys are padding, where packed documents start, and whether the layer is causal. `AttentionContext`
-gathers these once per call so that every variant reads the same facts.
+Transformers hands an attention function `query`, `key`, `value` and whatever the mask policy built (a
+`layout`). Variants need more: the absolute position of each query and each key (a bounded KV cache keeps
+only some keys, so key ``j`` is not always position ``j``), which keys are padding, where packed documents
+start, and whether the layer is causal. `AttentionContext` gathers these once per call so that every
+variant and every backend reads the same facts.
+
+Facts come in two kinds, and the split is what keeps the path traceable by ``torch.compile`` and
+replayable by CUDA graphs. Host facts (ints and flags: the query offset, a bounded cache's kept prefix,
+whether padding may exist) come from shapes and options only. Everything that depends on values
+(positions of a static cache, padding, row starts, document ids) is a device tensor. The one exception is
+eager mode, where two facts are read on the host once per forward (the mask policy's "no padding" and
+`row_starts`' "no row is left-padded"), as transformers' own SDPA path does, so that unpadded calls can
+take the fastest exact kernel; under ``torch.compile`` nothing is read and those calls keep their masks.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
+from .layout import Layout, is_layout, read_layout
 from .tensor_memo import TensorMemo
-
-
-@dataclass(frozen=True)
-class AttentionLayout:
-    """The compact mask a model builds once per forward: no N×N tensor, only what padding needs.
-
-    Attributes:
-        padding: bool ``[batch, tokens_seen]``, True for real tokens, over every token seen so far
-            (past and present), or None when there is no padding.
-        query_offset: absolute position of the first query token (tokens already in the cache).
-    """
-
-    padding: torch.Tensor | None
-    query_offset: int
-    _row_starts: dict[torch.device, torch.Tensor | None] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
-
-    def row_starts(self, device: torch.device) -> torch.Tensor | None:
-        """Each row's first real token (long ``[batch]``, on ``device``), or None when no row is
-        left-padded. Whether any is needs a host read: it happens once per layout, which the model builds
-        once per forward and hands to every layer (inference mode included)."""
-        if device not in self._row_starts:
-            starts = _first_true_index(self.padding.to(device=device, dtype=torch.bool))
-            self._row_starts[device] = starts if bool(starts.any()) else None
-        return self._row_starts[device]
-
-    def leading_padding(self) -> int:
-        """Largest number of pad tokens before the first real token in any row (left padding)."""
-        if self.padding is None:
-            return 0
-        first_real = _first_true_index(self.padding)
-        return int(first_real.max().item())
 
 
 @dataclass(frozen=True)
@@ -55,20 +31,24 @@ class AttentionContext:
 
     Attributes:
         query_positions: long ``[q_len]``, absolute position of each query token.
-        key_positions: long ``[k_len]``, absolute position of each key (ascending).
-        key_padding: bool ``[batch, k_len]``, True for real keys, or None.
-        sequence_start: long ``[batch]``, position of each row's first real token, or None when every
-            row starts with a real token.
+        key_positions: long ``[k_len]``, absolute position of each key (ascending; a bounded cache's
+            keys are its kept prefix, then a contiguous tail ending at the newest token).
+        key_padding: bool ``[batch|1, k_len]``, True for keys that may be seen at all (real tokens,
+            written cache slots), or None when every key may.
+        sequence_start: long ``[batch]``, position of each row's first real token, or None when no row
+            is left-padded.
         query_documents / key_documents: long ``[batch, len]`` document ids for packed sequences, or None.
         dense_mask: bool ``[batch|1, heads|1, q_len, k_len]`` given by the caller as a 4-D mask, or None.
         causal: whether a query may only see keys at or before its own position.
         scaling: factor applied to ``q @ k^T``.
         dropout: attention dropout probability (already 0 outside training).
         native_window: the model's own sliding window (e.g. Mistral's), counted like ours, or None.
-        query_offset: absolute position of the first query (host-side copy of ``query_positions[0]``).
+        query_offset: host copy of the first query's position; None for static caches, whose positions
+            exist on the device only (`query_positions`).
         trimmed_prefix: when a bounded cache dropped middle tokens, how many leading keys come before
-            the gap (the rest is a contiguous tail ending at the newest token); None when key ``j`` is
-            token ``j``.
+            the gap (host int); None when no key is missing.
+        max_sequence_start: host bound on `sequence_start` (0 when None), or None when not known on the
+            host (under ``torch.compile``).
     """
 
     query_positions: torch.Tensor
@@ -82,51 +62,74 @@ class AttentionContext:
     scaling: float
     dropout: float
     native_window: int | None
-    query_offset: int = 0
+    query_offset: int | None = 0
     trimmed_prefix: int | None = None
+    max_sequence_start: int | None = 0
+
+    @property
+    def static(self) -> bool:
+        """Whether positions are known on the device only (a static cache replayed by CUDA graphs)."""
+        return self.query_offset is None
+
+    @property
+    def left_padded(self) -> bool:
+        """Whether a row may start after position 0 (host fact: False only when known)."""
+        return self.sequence_start is not None
 
 
-def _first_true_index(mask: torch.Tensor) -> torch.Tensor:
+def tracing() -> bool:
+    """Whether ``torch.compile`` is tracing this code (no host reads of tensor values then)."""
+    return torch.compiler.is_compiling()
+
+
+def first_true_index(mask: torch.Tensor) -> torch.Tensor:
     """Index of the first True in each row (the row length when a row has none)."""
     length = mask.shape[-1]
     positions = torch.arange(length, device=mask.device).expand_as(mask)
     return torch.where(mask, positions, length).amin(dim=-1)
 
 
-def key_positions_for(
-    key_length: int, tokens_seen: int, retained_prefix: int, device: torch.device
-) -> torch.Tensor:
-    """Absolute positions of the keys a cache returned.
+def row_starts(layout: Layout | None, device: torch.device) -> tuple[torch.Tensor | None, int | None]:
+    """Each row's first real position (long ``[batch]``) and a host bound on them.
 
-    A cache either returns every token seen (``key_length >= tokens_seen``; a static cache may return
-    more slots than tokens, the extra ones lie in the future and causality hides them), or it trimmed the
-    middle: it kept the first ``retained_prefix`` tokens (attention sinks) and a contiguous tail that ends
-    at the newest token.
+    ``(None, 0)`` when no row is left-padded. In eager mode whether any is, and the largest start, are
+    read on the host once per layout (the model builds one per forward and hands it to every layer);
+    under ``torch.compile`` the starts stay on the device and the bound is None.
     """
-    if key_length >= tokens_seen:
-        return torch.arange(key_length, device=device)
-    if retained_prefix > key_length:
+    if layout is None or layout.padding is None:
+        return None, 0
+    if tracing():
+        return first_true_index(layout.padding.to(device)), None
+    return _ROW_STARTS.get(layout.source, device, lambda: _read_row_starts(layout.padding.to(device)))
+
+
+def _read_row_starts(padding: torch.Tensor) -> tuple[torch.Tensor | None, int]:
+    starts = first_true_index(padding)
+    latest = int(starts.max()) if starts.numel() else 0
+    return (starts, latest) if latest > 0 else (None, 0)
+
+
+_ROW_STARTS: TensorMemo[tuple[torch.Tensor | None, int]] = TensorMemo(by_identity=True)
+"""Row starts per layout tensor (made by the mask policy and never modified, so identity suffices)."""
+
+
+def kept_prefix(key_length: int, query_length: int, cache_window: int | None) -> int:
+    """Leading keys a bounded cache kept before its tail, from shapes alone.
+
+    A bounded sink+window cache returns its kept prefix, the last ``cache_window - 1`` earlier tokens and
+    the new ones, so the prefix is what remains; a cache without our bounded layer (transformers' own
+    sliding layers) returns a contiguous tail and no prefix.
+    """
+    if cache_window is None:
+        return 0
+    prefix = key_length - query_length - (cache_window - 1)
+    if prefix < 0:
         raise ValueError(
-            f"The cache returned {key_length} keys but should keep {retained_prefix} leading tokens; "
-            "it was not built for this layer's variant. Pass past_key_values=None and let the model build it."
+            f"The KV cache returned {key_length} keys for {query_length} queries, fewer than a window of "
+            f"{cache_window} needs: it was not built for this layer's variant. Let the model build its cache "
+            "(pass no cache object, or a fresh DynamicCache/StaticCache)."
         )
-    tail = key_length - retained_prefix
-    return torch.cat(
-        [
-            torch.arange(retained_prefix, device=device),
-            torch.arange(tokens_seen - tail, tokens_seen, device=device),
-        ]
-    )
-
-
-def documents_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor | None:
-    """Document ids of packed sequences (positions restart at each document), or None when unpacked."""
-    first = position_ids[:, :1] - 1
-    starts = torch.diff(position_ids, prepend=first, dim=-1) != 1
-    documents = starts.cumsum(-1)
-    if bool((documents[:, -1] == 0).all()):
-        return None
-    return documents
+    return prefix
 
 
 def build_context(
@@ -137,56 +140,55 @@ def build_context(
     causal: bool,
     scaling: float,
     dropout: float,
-    retained_prefix: int,
+    cache_window: int | None,
     position_ids: torch.Tensor | None,
     native_window: int | None,
 ) -> AttentionContext:
-    """Derive positions, padding and documents for one call from what transformers passed in."""
+    """Derive positions, padding and documents for one call from what transformers passed in.
+
+    Args:
+        cache_window: the window of the bounded cache this layer's variant keeps (`sliding` in causal
+            layers), or None: it says how to read a cache that returned fewer keys than tokens seen.
+    """
     batch, q_len, k_len = query.shape[0], query.shape[-2], key.shape[-2]
     device = query.device
-    layout = attention_mask if isinstance(attention_mask, AttentionLayout) else None
-    dense_mask = _as_bool_mask(attention_mask) if isinstance(attention_mask, torch.Tensor) else None
+    layout = read_layout(attention_mask) if is_layout(attention_mask) else None
+    dense_mask = None
+    if isinstance(attention_mask, torch.Tensor) and layout is None:
+        dense_mask = _as_bool_mask(attention_mask)
+    padding = None if layout is None or layout.padding is None else layout.padding.to(device)
+    sequence_start, max_start = row_starts(layout, device)
 
-    query_offset = 0
+    query_offset: int | None = 0
     trimmed_prefix = None
     if not causal:
         query_positions = torch.arange(q_len, device=device)
         key_positions = torch.arange(k_len, device=device)
-        tokens_seen = k_len
+        key_padding = None if padding is None else _bidirectional_padding(padding, k_len)
+    elif layout is not None and layout.static:
+        query_offset = None
+        query_positions, key_positions, key_padding = _static_positions(
+            layout, padding, q_len, k_len, cache_window, device
+        )
     else:
-        query_offset = layout.query_offset if layout is not None else k_len - q_len
-        tokens_seen = query_offset + q_len
-        query_positions = torch.arange(query_offset, tokens_seen, device=device)
-        key_positions = key_positions_for(k_len, tokens_seen, retained_prefix, device)
-        if k_len < tokens_seen:
-            trimmed_prefix = retained_prefix
-
-    key_padding = None
-    sequence_start = None
-    padding = layout.padding if layout is not None else None
-    if padding is not None:
-        padding = padding.to(device=device, dtype=torch.bool)
-        if padding.shape[-1] == k_len and (not causal or k_len >= tokens_seen):
-            key_padding = padding
-        elif padding.shape[-1] >= tokens_seen:
-            key_padding = padding[:, key_positions.clamp(max=padding.shape[-1] - 1)]
+        tokens = layout.tokens if layout is not None else k_len
+        query_offset = tokens - q_len
+        query_positions = torch.arange(query_offset, tokens, device=device)
+        if k_len >= tokens:
+            key_positions = torch.arange(k_len, device=device)
         else:
-            raise ValueError(
-                f"attention_mask covers {padding.shape[-1]} tokens but this call sees {tokens_seen}; "
-                "pass a mask over every token, past and present (as generate() does)."
+            trimmed_prefix = kept_prefix(k_len, q_len, cache_window)
+            tail = k_len - trimmed_prefix
+            key_positions = torch.cat(
+                [torch.arange(trimmed_prefix, device=device), torch.arange(tokens - tail, tokens, device=device)]
             )
-        # the newest key is known on the host (a GPU read here would wait in every layer)
-        newest_key = max(k_len, tokens_seen) - 1
-        if k_len and newest_key >= padding.shape[-1]:
-            key_padding = key_padding & (key_positions < padding.shape[-1])
-        sequence_start = layout.row_starts(device)
+        key_padding = None
+        if padding is not None:
+            key_padding = _causal_padding(padding, key_positions, k_len, tokens)
 
     query_documents = key_documents = None
     if causal and padding is None and dense_mask is None and position_ids is not None and q_len == k_len:
-        # every layer of one forward gets the same position_ids: one host read per forward, not per layer
-        query_documents = key_documents = _DOCUMENTS.get(
-            position_ids, (batch, device), lambda: documents_from_position_ids(_batched(position_ids, batch, device))
-        )
+        query_documents = key_documents = _documents(position_ids, batch, device)
 
     return AttentionContext(
         query_positions=query_positions,
@@ -202,16 +204,105 @@ def build_context(
         native_window=native_window,
         query_offset=query_offset,
         trimmed_prefix=trimmed_prefix,
+        max_sequence_start=max_start,
     )
+
+
+def _bidirectional_padding(padding: torch.Tensor, key_length: int) -> torch.Tensor:
+    """Key padding of an encoder or cross-attention call: the layout covers exactly its keys."""
+    if padding.shape[-1] < key_length:
+        raise ValueError(
+            f"attention_mask covers {padding.shape[-1]} tokens but this call has {key_length} keys; "
+            "pass a mask over every key."
+        )
+    return padding[:, :key_length]
+
+
+def _causal_padding(
+    padding: torch.Tensor, key_positions: torch.Tensor, key_length: int, tokens: int
+) -> torch.Tensor:
+    """Key padding of a causal call from the mask over every token seen (keys beyond it are future slots)."""
+    if padding.shape[-1] == key_length and key_length >= tokens:
+        return padding
+    if key_length > tokens:  # slots past the newest token: causality hides them, padding marks them unseen
+        return torch.nn.functional.pad(padding, (0, key_length - padding.shape[-1]), value=False)
+    return padding.index_select(1, key_positions)
+
+
+def _static_positions(
+    layout: Layout,
+    padding: torch.Tensor | None,
+    q_len: int,
+    k_len: int,
+    cache_window: int | None,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Query and key positions of a static-cache call, and which keys may be seen, all on the device.
+
+    Three cases, told apart by shapes: transformers' `StaticLayer` returns all its slots (slot ``j`` holds
+    position ``j``; causality hides the slots not yet written); a fresh bounded layer returns the prompt
+    itself; a written bounded layer (`StaticSinkWindowLayer`) returns its prefix slots, then its
+    right-aligned tail of ``window - 1`` slots, then the new tokens, some slots not yet written.
+    """
+    start = layout.query_start.to(device)
+    query_positions = start + torch.arange(q_len, device=device)
+    real = padding
+    if k_len >= layout.tokens:
+        key_positions = torch.arange(k_len, device=device)
+        valid = None
+    elif k_len == q_len:
+        key_positions = query_positions
+        valid = None
+    elif cache_window is None:
+        raise NotImplementedError(
+            "This layer's static cache is transformers' own sliding-window layer, whose slots a patched layer "
+            "that keeps exact attention cannot place. Use generate(cache_implementation='dynamic'), or patch "
+            "every layer with 'sliding'."
+        )
+    else:
+        prefix = kept_prefix(k_len, q_len, cache_window)
+        tail = cache_window - 1
+        prefix_positions = torch.arange(prefix, device=device)
+        tail_positions = start - tail + torch.arange(tail, device=device)
+        key_positions = torch.cat([prefix_positions, tail_positions, query_positions])
+        # prefix slots are written once the stream passes them; tail slots hold real tokens past the prefix
+        valid = torch.cat(
+            [prefix_positions < start, tail_positions >= prefix, torch.ones(q_len, dtype=torch.bool, device=device)]
+        )[None, :]
+    if real is not None:
+        real = real.index_select(1, key_positions.clamp(0, real.shape[-1] - 1))
+        valid = real if valid is None else valid & real
+    return query_positions, key_positions, valid
+
+
+def documents_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    """Document ids of packed sequences: positions restart at each document (0 everywhere if unpacked)."""
+    first = position_ids[:, :1] - 1
+    starts = torch.diff(position_ids, prepend=first, dim=-1) != 1
+    return starts.cumsum(-1)
+
+
+def _documents(position_ids: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor | None:
+    """Document ids when the rows may hold packed documents, else None.
+
+    Eager mode reads once per forward (every layer gets the same position_ids tensor) whether a row
+    restarts its positions; under ``torch.compile`` that cannot be read, so the ids are always given and
+    the backends apply them (as transformers' own mask does there).
+    """
+    ids = position_ids.to(device)
+    ids = ids if ids.shape[0] == batch else ids.expand(batch, -1)
+    if tracing():
+        return documents_from_position_ids(ids)
+    return _DOCUMENTS.get(position_ids, (batch, device), lambda: _packed_or_none(ids))
+
+
+def _packed_or_none(position_ids: torch.Tensor) -> torch.Tensor | None:
+    documents = documents_from_position_ids(position_ids)
+    return None if bool((documents[:, -1] == 0).all()) else documents
 
 
 _DOCUMENTS: TensorMemo[torch.Tensor | None] = TensorMemo()
 """Document ids (or None) per position_ids tensor, batch size and device."""
-
-
-def _batched(position_ids: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
-    ids = position_ids.to(device)
-    return ids if ids.shape[0] == batch else ids.expand(batch, -1)
 
 
 def _as_bool_mask(mask: torch.Tensor) -> torch.Tensor:

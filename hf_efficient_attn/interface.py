@@ -3,9 +3,10 @@
 Transformers looks both up by ``config._attn_implementation``. `patch_model` sets it to
 `IMPLEMENTATION_NAME`, so every attention call of the model lands in `efficient_attention_forward`,
 which runs the variant attached to the calling module (or exact attention for modules left
-unpatched). The mask policy `efficient_attention_mask` replaces transformers' dense masks with an
-`AttentionLayout`: the 2-D padding mask and the query offset, nothing N×N. Without that policy
-transformers would hand a custom attention function ``attention_mask=None`` and padding would leak.
+unpatched). The mask policy `efficient_attention_mask` replaces transformers' dense masks with a
+`layout`: which token positions are real and, for static caches, where the queries sit; nothing N×N.
+Without that policy transformers would hand a custom attention function ``attention_mask=None`` and
+padding would leak.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
-from .context import AttentionLayout, build_context
+from .compat import query_offset_tensor
+from .context import build_context, tracing
+from .layout import make_layout
 from .variants.base import AttentionVariant
 
 IMPLEMENTATION_NAME = "hf_efficient_attn"
@@ -29,7 +32,7 @@ def efficient_attention_forward(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    attention_mask: AttentionLayout | torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
     scaling: float | None = None,
     dropout: float = 0.0,
     **kwargs: Any,
@@ -48,7 +51,7 @@ def efficient_attention_forward(
         causal=bool(getattr(module, "is_causal", False)) and key.shape[-2] > 0,
         scaling=scaling,
         dropout=dropout if module.training else 0.0,
-        retained_prefix=variant.retained_prefix(attention_mask if isinstance(attention_mask, AttentionLayout) else None),
+        cache_window=variant.cache_window(),
         position_ids=kwargs.get("position_ids"),
         native_window=kwargs.get("sliding_window"),
     )
@@ -76,25 +79,43 @@ def _autocast_inputs(
 
 def efficient_attention_mask(
     batch_size: int,
-    q_length: int,
-    kv_length: int,
+    q_length: int | None = None,
+    kv_length: int | None = None,
     q_offset: int | torch.Tensor = 0,
     kv_offset: int = 0,
     attention_mask: torch.Tensor | None = None,
     **kwargs: Any,
-) -> AttentionLayout:
-    """Transformers' mask-function protocol: keep the 2-D padding mask and the query offset only."""
+) -> torch.Tensor:
+    """Transformers' mask-function protocol: the padding over every token position and, for static
+    caches, where the queries are (see `layout`).
+
+    ``kv_offset + kv_length`` is the number of positions the keys span (every token seen so far, or a
+    static cache's slots). In eager mode an all-real padding mask is dropped after one host read per
+    forward, as transformers' SDPA path does; under ``torch.compile`` it is kept.
+    """
+    tokens = kv_offset + (kv_length if kv_length is not None else attention_mask.shape[-1])
+    query_start = query_offset_tensor(q_offset)
     padding = attention_mask
-    if padding is not None and bool(padding.all()):
+    if padding is not None and padding.dim() != 2:
+        raise ValueError(
+            f"The attention mask must be 2-D [batch, tokens] (1 for real tokens), got shape {tuple(padding.shape)}."
+        )
+    if padding is not None and query_start is None and not tracing() and bool(padding.all()):
         padding = None
-    return AttentionLayout(padding=padding, query_offset=int(q_offset))
+    return make_layout(
+        tokens=tokens,
+        padding=padding,
+        query_start=query_start,
+        query_length=q_length or 0,
+        device=kwargs.get("device"),
+    )
 
 
 _EXACT: list[AttentionVariant] = []
 
 
 def _exact_attention() -> AttentionVariant:
-    """The shared exact variant that unpatched modules of a patched model run (fused on CUDA)."""
+    """The shared exact variant that unpatched modules of a patched model run."""
     if not _EXACT:
         from .variants.base import LayerInfo, Role
         from .variants.flash import FlashAttention, FlashOptions

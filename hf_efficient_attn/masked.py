@@ -1,13 +1,18 @@
-"""Exact softmax attention under a mask rule, in chunks of queries: the reference path of mask variants.
+"""Exact softmax attention under a mask rule, in chunks of queries: the chunked engine of mask variants.
 
-Every mask-based variant (`full`, `sliding`, `sparse`) is the same computation, softmax attention over
-the keys its rule allows, so they share this one engine and differ only in a `MaskRule`. The engine
-walks the queries in chunks; for each chunk the rule names the few keys that can matter
-(`candidate_keys`), and only those are gathered, so memory is O(chunk × candidates) instead of N×N:
-a sliding window of W keys costs O(N·W), never a dense mask. Softmax runs in float32 (float64 stays
-float64) and rows that see no key give zeros, never NaN, with zero gradients; so does a chunk whose
-rule names no candidate key, and a call without keys. GQA is handled by grouping query heads over
-their shared key/value head, without repeating keys and values.
+Every mask-based variant (`full`, `flash`, `sliding`, `sparse`) is the same computation, softmax attention
+over the keys its rule allows, so they share this one engine and differ only in a `MaskRule`. The engine
+walks the queries in chunks; for each chunk the rule names the ranges of positions that can matter
+(`candidate_ranges`), and only those keys are gathered, so memory and work are O(chunk × candidates)
+instead of N×N: a sliding window of W keys costs O(N·W), never a dense mask. Each chunk is one call of
+torch's SDPA with a boolean mask over its candidates (softmax in float32 or float64 inside SDPA), rows that
+see no key give zeros, never NaN, with zero gradients; so does a chunk without candidate keys, and a call
+without keys. GQA is handled by folding each key/value head's query heads into one SDPA call, without
+repeating keys and values.
+
+Chunks and candidate ranges are host integers computed from shapes and host facts of the context, never
+from tensor values, so the engine traces under ``torch.compile(fullgraph=True)``. Calls whose positions
+exist on the device only (static caches) take every key as a candidate.
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ import torch.nn.functional as F
 from .context import AttentionContext
 
 CHUNK_ELEMENTS = 1 << 24
-"""Budget of score elements per chunk (batch × heads × chunk queries × candidate keys)."""
+"""Budget of mask elements per chunk (batch × heads × chunk queries × candidate keys)."""
+
+PositionRanges = list[tuple[int, int]]
+"""Half-open ranges ``[low, high)`` of absolute positions."""
 
 
 class MaskRule(Protocol):
@@ -31,10 +39,8 @@ class MaskRule(Protocol):
     ) -> torch.Tensor | None:
         """Bool ``[batch|1, heads|1, q, k]``: which pairs the pattern keeps (None: all)."""
 
-    def candidate_keys(
-        self, context: AttentionContext, query_positions: torch.Tensor, key_positions: torch.Tensor
-    ) -> torch.Tensor | None:
-        """Bool ``[k]``: keys that any query of this chunk may see (None: all); a superset is fine."""
+    def candidate_ranges(self, context: AttentionContext, first: int, last: int) -> PositionRanges | None:
+        """Position ranges that queries at positions ``first..last`` may see (None: all); a superset is fine."""
 
 
 def masked_attention(
@@ -52,29 +58,25 @@ def masked_attention(
         key, value: ``[batch, kv_heads, k_len, head_dim]`` with ``q_heads % kv_heads == 0``.
         context: positions, padding and flags of this call.
         rule: the variant's pattern, or None for plain (causal or bidirectional) attention.
-        chunk_size: queries per chunk; by default sized to keep each chunk's scores near
+        chunk_size: queries per chunk; by default sized to keep each chunk's mask near
             `CHUNK_ELEMENTS` elements.
 
     Returns:
         ``[batch, q_heads, q_len, head_dim]`` in the query's dtype.
     """
     batch, q_heads, q_len, head_dim = query.shape
-    kv_heads = key.shape[1]
-    groups = q_heads // kv_heads
-    compute_dtype = torch.promote_types(query.dtype, torch.float32)
-    grouped_query = query.reshape(batch, kv_heads, groups, q_len, head_dim)
-
+    k_len = key.shape[-2]
     if chunk_size is None:
-        per_query = max(1, batch * q_heads * key.shape[-2])
+        per_query = max(1, batch * q_heads * k_len)
         chunk_size = max(16, min(q_len, CHUNK_ELEMENTS // per_query))
-    outputs = []
-    for start in range(0, q_len, chunk_size):
-        stop = min(start + chunk_size, q_len)
-        outputs.append(
-            _attend_chunk(grouped_query[..., start:stop, :], key, value, context, rule, start, stop, compute_dtype)
-        )
-    output = torch.cat(outputs, dim=-2) if len(outputs) > 1 else outputs[0]
-    return output.reshape(batch, q_heads, q_len, head_dim).to(query.dtype)
+    chunk_size = max(1, min(chunk_size, max(q_len, 1)))
+    outputs = [
+        _attend_chunk(query[..., start : min(start + chunk_size, q_len), :], key, value, context, rule, start)
+        for start in range(0, q_len, chunk_size)
+    ]
+    if not outputs:
+        return _no_keys(query, key, value)
+    return torch.cat(outputs, dim=-2) if len(outputs) > 1 else outputs[0]
 
 
 def _attend_chunk(
@@ -84,65 +86,85 @@ def _attend_chunk(
     context: AttentionContext,
     rule: MaskRule | None,
     start: int,
-    stop: int,
-    compute_dtype: torch.dtype,
 ) -> torch.Tensor:
-    """Attention of queries ``start:stop`` (grouped ``[b, kv_heads, groups, q, d]``) over their candidates."""
+    """Attention of the queries ``start:start + len`` over their candidate keys."""
+    stop = start + query.shape[-2]
     query_positions = context.query_positions[start:stop]
-    candidates = _candidates(context, rule, query_positions)
-    if candidates is None:
-        key_index = None
-        chunk_keys, chunk_values, key_positions = key, value, context.key_positions
+    index_ranges = _candidate_indices(context, rule, start, stop, key.shape[-2])
+    if index_ranges is None:
+        chunk_keys, chunk_values, key_positions, key_index = key, value, context.key_positions, None
+    elif not index_ranges:
+        return _no_keys(query, key, value)
     else:
-        key_index = candidates.nonzero().squeeze(-1)
-        chunk_keys = key.index_select(-2, key_index)
-        chunk_values = value.index_select(-2, key_index)
-        key_positions = context.key_positions.index_select(0, key_index)
-
-    scores = torch.einsum(
-        "bhgqd,bhkd->bhgqk", query.to(compute_dtype), chunk_keys.to(compute_dtype)
-    ) * context.scaling
+        chunk_keys = _gather(key, index_ranges, axis=-2)
+        chunk_values = _gather(value, index_ranges, axis=-2)
+        key_positions = _gather(context.key_positions, index_ranges)
+        key_index = index_ranges
     visible = _visible(context, rule, query_positions, key_positions, key_index, start, stop)
-    if visible is not None:
-        visible = _group_heads(visible, kv_heads=query.shape[1], groups=query.shape[2])
-    if visible is not None:
-        scores = scores.masked_fill(~visible, float("-inf"))
-
-    probabilities = _softmax_or_zeros(scores)
-    if context.dropout > 0:
-        probabilities = F.dropout(probabilities, p=context.dropout, training=True)
-    return torch.einsum("bhgqk,bhkd->bhgqd", probabilities, chunk_values.to(compute_dtype))
+    return _sdpa_chunk(query, chunk_keys, chunk_values, visible, context)
 
 
-def _softmax_or_zeros(scores: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dimension; rows with no finite score, or no key at all, weigh nothing.
+def _no_keys(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Zero rows for queries without any candidate key, kept in the graph of all three inputs, so that
+    their gradients are zero, not absent."""
+    batch, q_heads, q_len, head_dim = query.shape
+    kv_heads = key.shape[1]
+    grouped = query.reshape(batch, kv_heads, (q_heads // kv_heads) * q_len, head_dim)
+    empty_key, empty_value = key[..., :0, :], value[..., :0, :]
+    output = (grouped @ empty_key.transpose(-1, -2)) @ empty_value
+    return output.reshape(batch, q_heads, q_len, value.shape[-1])
 
-    A chunk whose rule names no candidate key has an empty key dimension, where a row maximum does
-    not exist: its (empty) scores are then the probabilities, and multiplying them by the empty
-    values gives zero rows while keeping the query in the graph, so its gradient is zero, not absent.
+
+def _gather(x: torch.Tensor, ranges: list[tuple[int, int]], axis: int = -1) -> torch.Tensor:
+    """The slices ``ranges`` of x along ``axis``, joined."""
+    parts = [x.narrow(axis, low, high - low) for low, high in ranges]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=axis)
+
+
+def _candidate_indices(
+    context: AttentionContext, rule: MaskRule | None, start: int, stop: int, k_len: int
+) -> list[tuple[int, int]] | None:
+    """Key index ranges worth gathering for queries ``start:stop`` (None: every key), from host facts.
+
+    Key ``i`` holds position ``i`` unless a bounded cache trimmed the middle: then its first
+    ``trimmed_prefix`` keys are positions ``0..prefix - 1`` and the rest a contiguous tail ending at the
+    newest token.
     """
-    if scores.shape[-1] == 0:
-        return scores
-    row_max = scores.amax(dim=-1, keepdim=True)
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    weights = torch.exp(scores - row_max)
-    normalizer = weights.sum(dim=-1, keepdim=True)
-    return weights / torch.where(normalizer > 0, normalizer, torch.ones_like(normalizer))
-
-
-def _candidates(
-    context: AttentionContext, rule: MaskRule | None, query_positions: torch.Tensor
-) -> torch.Tensor | None:
-    """Keys worth gathering for a chunk: those the rule may allow and causality does not exclude."""
-    candidates = None
-    if rule is not None:
-        candidates = rule.candidate_keys(context, query_positions, context.key_positions)
-    if context.causal:
-        not_future = context.key_positions <= query_positions.max()
-        candidates = not_future if candidates is None else candidates & not_future
-    if candidates is not None and bool(candidates.all()):
+    if context.query_offset is None:
         return None
-    return candidates
+    first, last = context.query_offset + start, context.query_offset + stop - 1
+    ranges = rule.candidate_ranges(context, first, last) if rule is not None else None
+    if context.causal:
+        ranges = [(0, last + 1)] if ranges is None else [(low, min(high, last + 1)) for low, high in ranges]
+    if ranges is None:
+        return None
+    prefix = context.trimmed_prefix
+    tail_offset = 0  # position of key index i in the tail is i + tail_offset
+    if prefix is not None:
+        tokens = context.query_offset + context.query_positions.shape[0]
+        tail_offset = tokens - k_len
+    indices: list[tuple[int, int]] = []
+    for low, high in ranges:
+        low, high = max(low, 0), high
+        if prefix is None:
+            pieces = [(low, min(high, k_len))]
+        else:
+            pieces = [(low, min(high, prefix)), (max(low - tail_offset, prefix), min(high - tail_offset, k_len))]
+        indices.extend(piece for piece in pieces if piece[1] > piece[0])
+    merged = _merge(indices)
+    if merged == [(0, k_len)]:
+        return None
+    return merged
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for low, high in sorted(ranges):
+        if merged and low <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+        else:
+            merged.append((low, high))
+    return merged
 
 
 def _visible(
@@ -150,7 +172,7 @@ def _visible(
     rule: MaskRule | None,
     query_positions: torch.Tensor,
     key_positions: torch.Tensor,
-    key_index: torch.Tensor | None,
+    key_index: list[tuple[int, int]] | None,
     start: int,
     stop: int,
 ) -> torch.Tensor | None:
@@ -168,18 +190,16 @@ def _visible(
         if pattern is not None:
             masks.append(pattern)
     if context.key_padding is not None:
-        padding = context.key_padding if key_index is None else context.key_padding.index_select(1, key_index)
+        padding = context.key_padding if key_index is None else _gather(context.key_padding, key_index)
         masks.append(padding[:, None, None, :])
     if context.key_documents is not None:
-        key_documents = (
-            context.key_documents if key_index is None else context.key_documents.index_select(1, key_index)
-        )
+        key_documents = context.key_documents if key_index is None else _gather(context.key_documents, key_index)
         query_documents = context.query_documents[:, start:stop]
         masks.append((query_documents[:, :, None] == key_documents[:, None, :])[:, None])
     if context.dense_mask is not None:
         dense = context.dense_mask[..., start:stop, :]
         if key_index is not None:
-            dense = dense.index_select(-1, key_index)
+            dense = _gather(dense, key_index)
         masks.append(dense)
     if not masks:
         return None
@@ -189,11 +209,33 @@ def _visible(
     return visible
 
 
-def _group_heads(mask: torch.Tensor, kv_heads: int, groups: int) -> torch.Tensor:
-    """``[b, heads|1, q, k]`` → ``[b, kv_heads|1, groups|1, q, k]`` matching grouped queries."""
-    if mask.shape[1] == 1:
-        return mask.unsqueeze(2)
-    return mask.reshape(mask.shape[0], kv_heads, groups, mask.shape[-2], mask.shape[-1])
+def _sdpa_chunk(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    visible: torch.Tensor | None,
+    context: AttentionContext,
+) -> torch.Tensor:
+    """One SDPA call for a chunk: the query heads of each key/value head folded into its query axis."""
+    batch, q_heads, q_len, head_dim = query.shape
+    kv_heads = key.shape[1]
+    groups = q_heads // kv_heads
+    grouped = query.reshape(batch, kv_heads, groups * q_len, head_dim)
+    mask = None if visible is None else _group_mask(visible, kv_heads, groups)
+    output = F.scaled_dot_product_attention(
+        grouped, key, value, attn_mask=mask, dropout_p=context.dropout, scale=context.scaling
+    )
+    if mask is not None:
+        output = output.masked_fill(~mask.any(-1, keepdim=True), 0.0)
+    return output.reshape(batch, q_heads, q_len, head_dim)
 
 
-__all__ = ["MaskRule", "masked_attention", "CHUNK_ELEMENTS"]
+def _group_mask(mask: torch.Tensor, kv_heads: int, groups: int) -> torch.Tensor:
+    """``[b|1, heads|1, q, k]`` → ``[b|1, kv_heads|1, groups * q, k]``, matching the folded queries."""
+    rows, heads, q_len, k_len = mask.shape
+    if heads == 1:
+        return mask.expand(rows, 1, q_len, k_len).repeat(1, 1, groups, 1) if groups > 1 else mask
+    return mask.reshape(rows, kv_heads, groups * q_len, k_len)
+
+
+__all__ = ["CHUNK_ELEMENTS", "MaskRule", "PositionRanges", "masked_attention"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hf_efficient_attn import patch_model
-from hf_efficient_attn.context import AttentionLayout
+from hf_efficient_attn.layout import is_layout, read_layout
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -25,7 +25,7 @@ def test_half_precision_matches_unpatched(llama, dtype, variant, options):
 
 
 def test_attention_receives_compact_layout(llama):
-    """What reaches the attention function is the 2-D padding mask and an offset, not an N×N mask."""
+    """What reaches the attention function is the padding over the tokens seen, not an N×N mask."""
     model = patch_model(copy.deepcopy(llama), "sliding", window=4)
     received = []
 
@@ -37,11 +37,12 @@ def test_attention_receives_compact_layout(llama):
     mask = torch.ones_like(ids)
     mask[0, :5] = 0
     model(input_ids=ids, attention_mask=mask)
-    layout = received[-1]
-    assert isinstance(layout, AttentionLayout)
-    assert layout.padding.shape == (2, 64) and layout.query_offset == 0
+    assert is_layout(received[-1]) and received[-1].numel() == 2 * 64
+    layout = read_layout(received[-1])
+    assert layout.tokens == 64 and not layout.static
+    assert torch.equal(layout.padding, mask.bool())
     model(input_ids=ids)
-    assert received[-1].padding is None
+    assert received[-1].numel() == 0 and read_layout(received[-1]).padding is None and read_layout(received[-1]).tokens == 64
 
 
 @pytest.mark.parametrize("use_cache", [False, True])

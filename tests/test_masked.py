@@ -26,11 +26,9 @@ class EvenBlocksRule:
         same_block = query_blocks[:, None] == key_blocks[None, :]
         return (same_block & (query_blocks[:, None] % 2 == 0))[None, None]
 
-    def candidate_keys(
-        self, context: AttentionContext, query_positions: torch.Tensor, key_positions: torch.Tensor
-    ) -> torch.Tensor:
-        query_blocks = query_positions // self.block
-        return torch.isin(key_positions // self.block, query_blocks[query_blocks % 2 == 0])
+    def candidate_ranges(self, context: AttentionContext, first: int, last: int) -> list[tuple[int, int]]:
+        blocks = range(first // self.block, last // self.block + 1)
+        return [(b * self.block, (b + 1) * self.block) for b in blocks if b % 2 == 0]
 
 
 def leaf_qkv(q_len: int, k_len: int) -> list[torch.Tensor]:

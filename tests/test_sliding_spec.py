@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from spec import dense_attention, grid_mask, sliding_mask
 
-from hf_efficient_attn.context import AttentionLayout, build_context
+from hf_efficient_attn.context import build_context
+from hf_efficient_attn.layout import make_layout
 from hf_efficient_attn.variants import LayerInfo, Role, SlidingOptions, SlidingWindowAttention
 
 
@@ -25,9 +26,11 @@ def qkv(batch, heads, kv_heads, q_len, k_len, dim=8, seed=0, dtype=torch.float64
 
 
 def run(variant, query, key, value, *, causal, padding=None, query_offset=None, chunk=None):
+    """The variant on one call, with the layout a model would build: ``query_offset`` tokens before the queries."""
     layout = None
     if padding is not None or query_offset is not None:
-        layout = AttentionLayout(padding=padding, query_offset=query_offset or 0)
+        tokens = (query_offset or 0) + query.shape[-2] if causal else key.shape[-2]
+        layout = make_layout(tokens=tokens, padding=padding)
     context = build_context(
         query=query,
         key=key,
@@ -35,7 +38,7 @@ def run(variant, query, key, value, *, causal, padding=None, query_offset=None, 
         causal=causal,
         scaling=0.35,
         dropout=0.0,
-        retained_prefix=variant.retained_prefix(layout),
+        cache_window=variant.cache_window(),
         position_ids=None,
         native_window=None,
     )
@@ -109,7 +112,7 @@ def test_property_sliding_matches_definition(length, window, sinks, causal, grou
     layout = None
     context = build_context(
         query=query, key=key, attention_mask=layout, causal=causal, scaling=0.35, dropout=0.0,
-        retained_prefix=0, position_ids=None, native_window=None,
+        cache_window=None, position_ids=None, native_window=None,
     )
     from hf_efficient_attn.masked import masked_attention
 

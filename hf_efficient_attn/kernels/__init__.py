@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .checks import KernelInputError, supports
 
-__all__ = ["KernelInputError", "decode_attention", "fused_attention", "fused_attention_varlen", "supports"]
+__all__ = ["KernelInputError", "decode_attention", "fused_attention", "fused_attention_varlen", "ops", "supports"]
 
 
 def __getattr__(name: str):
@@ -24,4 +24,8 @@ def __getattr__(name: str):
         from .decode import decode_attention
 
         return decode_attention
+    if name == "ops":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.ops")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

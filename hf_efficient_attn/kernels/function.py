@@ -66,13 +66,38 @@ def fused_attention(
     (right is None or j - qpos < right), or j < sink_tokens, or j < global_tokens, or
     qpos < global_tokens. Rows that see nothing return 0. Returns [B, Hq, Nq, D] in q's dtype.
     """
+    prepared = dense_launch(q, k, v, scale=scale, causal=causal, window=window, sink_tokens=sink_tokens,
+                            global_tokens=global_tokens, block_layout=block_layout,
+                            layout_block_size=layout_block_size, key_padding=key_padding)
+    if prepared is None:
+        return torch.zeros_like(q)
+    q, k, v, mask = prepared
+    return _attend(q, k, v, float(scale), mask, False, q.shape[2], k.shape[2])
+
+
+def dense_launch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    causal: bool,
+    window: tuple[int | None, int | None],
+    sink_tokens: int,
+    global_tokens: int,
+    block_layout: torch.Tensor | None,
+    layout_block_size: int,
+    key_padding: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, flash.MaskArgs] | None:
+    """Checked inputs of a dense launch and its mask in kernel form (with the layout's tile lists), or None
+    when the call has no query or no key (its output is all zeros)."""
     check_dense(q, k, v, scale=scale, window=tuple(window), sink_tokens=sink_tokens,
                 global_tokens=global_tokens, block_layout=block_layout, layout_block_size=layout_block_size,
                 key_padding=key_padding, causal=causal)
     b, hq, nq, _ = q.shape
     nk = k.shape[2]
     if b == 0 or nq == 0 or nk == 0:
-        return torch.zeros_like(q)
+        return None
     q, k, v = _dense(q), _dense(k), _dense(v)
     kp = key_padding.to(torch.int8).contiguous() if key_padding is not None else None
     mask = flash.MaskArgs(causal=causal, window=tuple(window), sink_tokens=sink_tokens,
@@ -88,7 +113,7 @@ def fused_attention(
 
         key = (layout_block_size, nq, nk, mask.causal, mask.has_window, mask.wl, mask.wr, mask.sink, mask.gq, block)
         mask.layout, mask.tiles = TILE_LISTS.get(block_layout, key, tile_lists)
-    return _attend(q, k, v, float(scale), mask, False, nq, nk)
+    return q, k, v, mask
 
 
 def fused_attention_varlen(
@@ -109,15 +134,26 @@ def fused_attention_varlen(
     """Packed variable-length attention. q [Tq, Hq, D], k, v [Tk, Hkv, D]; sequence b is
     q[cu_seqlens_q[b]:cu_seqlens_q[b+1]] against k[cu_seqlens_k[b]:cu_seqlens_k[b+1]], with the mask
     of `fused_attention` applied per sequence (causal is bottom-right aligned per sequence)."""
+    prepared = varlen_launch(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=scale,
+                             causal=causal, window=window, sink_tokens=sink_tokens, global_tokens=global_tokens)
+    if prepared is None:
+        return torch.zeros_like(q)
+    q, k, v, mask, max_q, max_k = prepared
+    return _attend(q, k, v, float(scale), mask, True, max_q, max_k)
+
+
+def varlen_launch(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, scale, causal, window,
+                  sink_tokens, global_tokens):
+    """Checked inputs of a varlen launch and its mask in kernel form, or None when there is nothing to attend."""
     check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=scale,
                  window=tuple(window), sink_tokens=sink_tokens, global_tokens=global_tokens)
     if q.shape[0] == 0 or k.shape[0] == 0 or cu_seqlens_q.numel() < 2 or max_seqlen_q == 0:
-        return torch.zeros_like(q)
+        return None
     q, k, v = _dense(q), _dense(k), _dense(v)
     mask = flash.MaskArgs(causal=causal, window=tuple(window), sink_tokens=sink_tokens,
                           global_tokens=global_tokens, cu_q=cu_seqlens_q.to(torch.int32).contiguous(),
                           cu_k=cu_seqlens_k.to(torch.int32).contiguous())
-    return _attend(q, k, v, float(scale), mask, True, int(max_seqlen_q), max(int(max_seqlen_k), 1))
+    return q, k, v, mask, int(max_seqlen_q), max(int(max_seqlen_k), 1)
 
 
 def _attend(q, k, v, scale: float, mask, varlen: bool, max_q: int, max_k: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..context import AttentionContext, AttentionLayout
+from ..context import AttentionContext
 
 
 class Role(str, enum.Enum):
@@ -103,12 +103,9 @@ class AttentionVariant(nn.Module):
                 "`targets=`/`layers=`."
             )
 
-    def retained_prefix(self, layout: AttentionLayout | None) -> int:
-        """Leading tokens this variant's KV cache keeps besides its window (0: it keeps all it is given)."""
-        return 0
-
-    def make_cache_layer(self, layout: AttentionLayout | None) -> object | None:
-        """A transformers cache layer bounded for this variant, or None to keep the model's own cache."""
+    def cache_window(self) -> int | None:
+        """The window of the bounded KV cache this variant keeps (`cache.SinkWindowCacheLayer`), or None to
+        keep the model's own cache."""
         return None
 
     def forward(

@@ -1,8 +1,7 @@
 """Block-sparse layouts as data: which key blocks each query block may attend to.
 
-A layout is a bool tensor ``[query_blocks, key_blocks]`` (or ``[heads, query_blocks, key_blocks]``),
-True where a block of queries may attend to a block of keys. `BlockSparseLayout` builds the usual
-patterns and their union:
+A layout is a bool tensor ``[heads|1, query_blocks, key_blocks]``, True where a block of queries may
+attend to a block of keys. `BlockSparseLayout` builds the usual patterns and their union:
 
 * local band (Longformer, BigBird): in causal layers the query's own block and the
   ``local_blocks - 1`` blocks before it; in bidirectional layers the same reach on each side;
@@ -17,13 +16,23 @@ patterns and their union:
 
 In causal layers the layout is also block-lower-triangular (``j <= i``); causality inside the diagonal
 block is left to the token-level mask.
+
+Every layout a variant uses is registered under a name (`register_layout`), from which it is rebuilt
+for any number of blocks. The name is what travels through a call: the kernels' custom op takes it and
+keeps the layout's tile lists by it, and the facts the chunked engine plans with (`layout_for`,
+`is_dense`, `active_key_blocks`) are computed once per name and size and, under ``torch.compile``,
+taken as constants of the graph (they depend on options and shapes only, never on activations).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+LayoutBuilder = Callable[[int, bool], torch.Tensor]
+"""``(blocks, causal) -> bool [heads|1, blocks, blocks]`` on the CPU."""
 
 
 @dataclass(frozen=True)
@@ -80,3 +89,95 @@ class BlockSparseLayout:
             order = torch.randperm(free.numel(), generator=generator)
             chosen[block, free[order[: self.random_blocks]]] = True
         return chosen
+
+
+_BUILDERS: dict[str, LayoutBuilder] = {}
+_FIXED: dict[str, int] = {}
+_BUILT: dict[tuple[str, int, bool], torch.Tensor] = {}
+_FACTS: dict[tuple, object] = {}
+_DEVICE_LAYOUTS: dict[tuple[str, int, bool, torch.device], torch.Tensor] = {}
+
+
+def register_layout(name: str, builder: LayoutBuilder, fixed_blocks: int | None = None) -> str:
+    """Register ``builder`` under ``name`` (a name must always describe the same layout) and return it.
+    ``fixed_blocks``: the layout has this size whatever the call (a layout given by the user)."""
+    _BUILDERS.setdefault(name, builder)
+    if fixed_blocks is not None:
+        _FIXED[name] = fixed_blocks
+    return name
+
+
+def _capacity(name: str, blocks: int, causal: bool) -> int:
+    """Blocks a layout is built for. Causal layouts keep their earlier rows as they grow (see the
+    module docstring), so one built for the next power of two serves every smaller size as a corner:
+    a cache that grows by one block at a time builds O(log n) layouts, not n."""
+    if name in _FIXED:
+        return _FIXED[name]
+    return 1 << max(0, blocks - 1).bit_length() if causal else blocks
+
+
+def _built(name: str, blocks: int, causal: bool) -> torch.Tensor:
+    key = (name, _capacity(name, blocks, causal), causal)
+    if key not in _BUILT:
+        if name not in _BUILDERS:
+            raise KeyError(f"No block layout is registered under {name!r}; it is registered when a variant is built.")
+        with torch.inference_mode(False):
+            _BUILT[key] = _BUILDERS[name](key[1], causal).to(torch.bool).contiguous()
+    return _BUILT[key]
+
+
+def _layout_for(name: str, blocks: int, causal: bool) -> torch.Tensor:
+    return _built(name, blocks, causal)[:, :blocks, :blocks]
+
+
+def _remembered(key: tuple, compute: Callable[[], object]) -> object:
+    if key not in _FACTS:
+        _FACTS[key] = compute()
+    return _FACTS[key]
+
+
+def _is_dense(name: str, blocks: int, causal: bool) -> bool:
+    def compute() -> bool:
+        layout = _layout_for(name, blocks, causal)
+        if causal:
+            return bool(layout[:, torch.ones(blocks, blocks, dtype=torch.bool).tril()].all())
+        return bool(layout.all())
+
+    return _remembered(("dense", name, blocks, causal), compute)
+
+
+def _active_key_blocks(name: str, blocks: int, causal: bool, first: int, last: int) -> tuple[tuple[int, int], ...]:
+    """Ranges ``[lo, hi)`` of key blocks that any head of query blocks ``first..last`` may see."""
+
+    def compute() -> tuple[tuple[int, int], ...]:
+        active = _layout_for(name, blocks, causal)[:, first : last + 1].any(0).any(0).tolist()
+        ranges: list[tuple[int, int]] = []
+        for block, on in enumerate(active):
+            if not on:
+                continue
+            if ranges and ranges[-1][1] == block:
+                ranges[-1] = (ranges[-1][0], block + 1)
+            else:
+                ranges.append((block, block + 1))
+        return tuple(ranges)
+
+    return _remembered(("active", name, blocks, causal, first, last), compute)
+
+
+layout_for = torch.compiler.assume_constant_result(_layout_for)
+"""The CPU bool layout ``[heads|1, blocks, blocks]`` registered under ``name``."""
+is_dense = torch.compiler.assume_constant_result(_is_dense)
+"""Whether the layout allows every block pair (every causal one in causal layers): exact attention."""
+active_key_blocks = torch.compiler.assume_constant_result(_active_key_blocks)
+"""Key-block ranges a chunk of query blocks may see (what the chunked engine gathers)."""
+
+
+def layout_on(name: str, blocks: int, causal: bool, device: torch.device) -> torch.Tensor:
+    """The layout on ``device`` covering at least ``blocks`` blocks: one tensor per name, capacity and
+    device, so the kernels find its tile lists again on every call."""
+    capacity = _capacity(name, blocks, causal)
+    key = (name, capacity, causal, torch.device(device))
+    if key not in _DEVICE_LAYOUTS:
+        with torch.inference_mode(False):
+            _DEVICE_LAYOUTS[key] = _built(name, blocks, causal).to(device)
+    return _DEVICE_LAYOUTS[key]

@@ -1,9 +1,11 @@
-"""`flash`: exact attention on the fused Triton kernels (FlashAttention-style tiling, online softmax).
+"""`flash`: exact attention on the fastest exact backend for each call.
 
-The same result as `full` to rounding, in O(N) memory and at kernel speed: on CUDA it runs the fused
-kernels (the decode kernel while generating), elsewhere, or for calls the kernels cannot take exactly
-(see `fused_path`), the reference engine. Layers a patch leaves out run this variant too, so a partly
-patched model stays fast.
+The same result as `full` to rounding. Each call goes where `dispatch` sends it: torch's SDPA (cuDNN /
+FlashAttention on CUDA, its CPU kernels on the CPU) for what SDPA computes without a dense mask, which is
+most calls of an unpadded model; our fused Triton kernels on CUDA for what SDPA would need a dense mask
+for (packed documents, decoding with padding); the chunked engine for the rest. Layers a patch leaves out
+run this variant too, so a partly patched model is never slower than the unpatched one.
+``backend="triton"`` forces the Triton kernels for every call they can take.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import fused_path
+from .. import dispatch
 from ..context import AttentionContext
+from ..fused_path import KernelMask
 from ..masked import masked_attention
 from .base import AttentionVariant, VariantOptions, register_variant
 
@@ -23,19 +26,19 @@ class FlashOptions(VariantOptions):
     """Options of `flash`.
 
     Attributes:
-        backend: ``"auto"`` (fused kernels on CUDA when exact, else the reference), ``"triton"``
-            (kernels or an error) or ``"reference"``. Default ``"auto"``.
+        backend: ``"auto"`` (the fastest exact backend per call, see `dispatch`), ``"triton"`` (the fused
+            kernels or an error) or ``"reference"`` (the chunked engine). Default ``"auto"``.
     """
 
-    backend: fused_path.Backend = "auto"
+    backend: dispatch.Backend = "auto"
 
     def validate(self) -> None:
-        fused_path.check_backend(self.backend)
+        dispatch.check_backend(self.backend)
 
 
-@register_variant("exact attention on fused Triton kernels (FlashAttention-style), forward, backward and decode")
+@register_variant("exact attention on the fastest exact backend per call (SDPA, fused Triton kernels)")
 class FlashAttention(AttentionVariant):
-    """Exact attention; the fused kernels where they apply, the reference engine elsewhere."""
+    """Exact attention; SDPA or the fused kernels where they apply, the chunked engine elsewhere."""
 
     name = "flash"
     options_class = FlashOptions
@@ -44,13 +47,13 @@ class FlashAttention(AttentionVariant):
     def forward(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext
     ) -> torch.Tensor:
-        return fused_path.attention(
+        return dispatch.attention(
             query,
             key,
             value,
             context,
             backend=self.options.backend,
-            kernel_mask=fused_path.KernelMask,
+            pattern=KernelMask,
             reference=lambda: masked_attention(query, key, value, context),
             variant_name=self.name,
         )

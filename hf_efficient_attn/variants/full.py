@@ -1,4 +1,4 @@
-"""`full`: exact softmax attention through this library's path, the control every variant is judged by."""
+"""`full`: exact softmax attention on the chunked engine, the control every variant is judged by."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ class FullOptions(VariantOptions):
     """Options of `full` (none): exact attention, causal or bidirectional as the layer is."""
 
 
-@register_variant("exact attention through our path (the control)")
+@register_variant("exact attention on the chunked engine (the control)")
 class FullAttention(AttentionVariant):
-    """Exact attention; also what unpatched layers of a patched model run."""
+    """Exact attention computed by the same engine as every mask variant's reference path."""
 
     name = "full"
     options_class = FullOptions

@@ -10,10 +10,11 @@ Pattern, over absolute positions ``q`` (query) and ``k`` (key):
   patch grid. The first ``global_tokens`` tokens see and are seen by all (in 2-D, the tokens before the
   grid, such as ViT's CLS, always are); sinks are seen by all but see only their window.
 
-With ``window`` at least the sequence length the pattern is full attention and results are exact.
-On CUDA the 1-D pattern runs on the fused Triton kernels (band tiles only, see `fused_path`).
-In generation the KV cache of a windowed causal layer keeps only the sinks and the last
-``window - 1`` tokens, so memory stops growing with length.
+With ``window`` at least the sequence length the pattern is full attention and results are exact:
+such calls go to torch's SDPA (see `dispatch`). Narrower windows run on the fused Triton kernels on CUDA
+(band tiles only, see `fused_path`) and on the chunked engine elsewhere. In generation the KV cache of a
+windowed causal layer keeps only the sinks and the last ``window - 1`` tokens (`cache`), so memory stops
+growing with length.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from typing import Literal
 
 import torch
 
-from .. import fused_path
-from ..cache import SinkWindowCacheLayer
-from ..context import AttentionContext, AttentionLayout
-from ..masked import masked_attention
+from .. import dispatch
+from ..context import AttentionContext
+from ..fused_path import KernelMask
+from ..masked import PositionRanges, masked_attention
 from .base import (
     AttentionVariant,
     LayerInfo,
@@ -49,15 +50,16 @@ class SlidingOptions(VariantOptions):
         global_tokens: leading tokens that see and are seen by every token; bidirectional layers only.
             Default 0.
         neighbourhood: ``"1d"`` (along the sequence) or ``"2d"`` (over a vision model's patch grid).
-        backend: ``"auto"`` (fused kernels on CUDA when exact, else the reference), ``"triton"``
-            (kernels or an error; the 2-D neighbourhood has none) or ``"reference"``. Default ``"auto"``.
+        backend: ``"auto"`` (the fastest exact backend per call, see `dispatch`), ``"triton"`` (the fused
+            kernels or an error; the 2-D neighbourhood has none) or ``"reference"`` (the chunked engine).
+            Default ``"auto"``.
     """
 
     window: int = 1024
     sink_tokens: int = 0
     global_tokens: int = 0
     neighbourhood: Literal["1d", "2d"] = "1d"
-    backend: fused_path.Backend = "auto"
+    backend: dispatch.Backend = "auto"
 
     def validate(self) -> None:
         positive_int("window", self.window)
@@ -65,7 +67,7 @@ class SlidingOptions(VariantOptions):
         positive_int("global_tokens", self.global_tokens, minimum=0)
         if self.neighbourhood not in ("1d", "2d"):
             raise VariantError(f"`neighbourhood` must be '1d' or '2d', got {self.neighbourhood!r}.")
-        fused_path.check_backend(self.backend)
+        dispatch.check_backend(self.backend)
 
 
 @register_variant("local window (causal band or symmetric/2-D neighbourhood) with sink and global tokens")
@@ -91,41 +93,41 @@ class SlidingWindowAttention(AttentionVariant):
                 "use neighbourhood='1d'."
             )
 
-    def retained_prefix(self, layout: AttentionLayout | None) -> int:
-        if not self.options.sink_tokens:
-            return 0
-        leading = layout.leading_padding() if layout is not None else 0
-        return self.options.sink_tokens + leading
-
-    def make_cache_layer(self, layout: AttentionLayout | None) -> SinkWindowCacheLayer | None:
-        if self.layer.role is not Role.CAUSAL:
-            return None
-        return SinkWindowCacheLayer(window=self.options.window, prefix=self.retained_prefix(layout))
+    def cache_window(self) -> int | None:
+        return self.options.window if self.layer.role is Role.CAUSAL else None
 
     def forward(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext
     ) -> torch.Tensor:
-        return fused_path.attention(
+        if self.options.neighbourhood == "2d":
+            self._check_grid(query.shape[-2])
+        return dispatch.attention(
             query,
             key,
             value,
             context,
             backend=self.options.backend,
-            kernel_mask=lambda: self.kernel_mask(context),
-            reference=lambda: masked_attention(query, key, value, context, rule=self),
+            pattern=lambda: self.kernel_mask(context),
+            reference=lambda: masked_attention(query, key, value, context, rule=self, chunk_size=self._chunk()),
             variant_name=self.name,
         )
 
-    def kernel_mask(self, context: AttentionContext) -> fused_path.KernelMask | str:
-        """The 1-D pattern in the fused kernels' terms (the 2-D neighbourhood has no kernel)."""
-        if self.options.neighbourhood == "2d":
-            return "the 2-D neighbourhood has no fused kernel"
+    def kernel_mask(self, context: AttentionContext) -> KernelMask | str:
+        """The pattern in the fused kernels' terms; the 2-D neighbourhood has one only when it covers the grid."""
         window = self.options.window
-        return fused_path.KernelMask(
+        if self.options.neighbourhood == "2d":
+            if window >= max(self.layer.grid):
+                return KernelMask()
+            return "the 2-D neighbourhood has no fused kernel"
+        return KernelMask(
             window=(window, None if context.causal else window),
             sink_tokens=self.options.sink_tokens,
             global_tokens=self._global_count(),
         )
+
+    def _chunk(self) -> int:
+        """Queries per chunk of the chunked engine: about a window, so each gathers about two windows of keys."""
+        return max(64, min(self.options.window, 1024))
 
     # The mask rule (see `masked.MaskRule`).
 
@@ -151,35 +153,40 @@ class SlidingWindowAttention(AttentionVariant):
             near = near | ((query_offset >= 0) & (query_offset < global_count))
         return near
 
-    def candidate_keys(
-        self, context: AttentionContext, query_positions: torch.Tensor, key_positions: torch.Tensor
-    ) -> torch.Tensor | None:
-        latest_start = 0 if context.sequence_start is None else int(context.sequence_start.max())
-        leading = latest_start + max(self.options.sink_tokens, self._global_count())
-        if self._global_count() and bool((query_positions < latest_start + self._global_count()).any()):
-            return None
-        low, high = int(query_positions.min()), int(query_positions.max())
+    def candidate_ranges(self, context: AttentionContext, first: int, last: int) -> PositionRanges | None:
+        global_count = self._global_count()
+        latest_start = context.max_sequence_start
+        if global_count and (latest_start is None or first < latest_start + global_count):
+            return None  # a global query sees every key
         reach = self.options.window - 1
         if self.options.neighbourhood == "2d":
             columns = self.layer.grid[1]
-            low, high = low - reach * columns - reach, high + reach * columns + reach
+            low, high = first - reach * columns - reach, last + reach * columns + reach
         else:
-            low, high = low - reach, high + (0 if context.causal else reach)
-        return ((key_positions >= low) & (key_positions <= high)) | (key_positions < leading)
+            low, high = first - reach, last + (0 if context.causal else reach)
+        ranges = [(low, high + 1)]
+        leading = max(self.options.sink_tokens, global_count)
+        if leading:
+            ranges.append((0, low if latest_start is None else latest_start + leading))
+        return ranges
 
     def _global_count(self) -> int:
         if self.options.neighbourhood == "2d":
             return max(self.options.global_tokens, self.layer.prefix_tokens)
         return self.options.global_tokens
 
+    def _check_grid(self, length: int) -> None:
+        rows, columns = self.layer.grid
+        prefix = self.layer.prefix_tokens
+        if length > prefix + rows * columns:
+            raise VariantError(
+                f"The 2-D neighbourhood expects {prefix} + {rows}×{columns} tokens but got {length}; "
+                "images of another size change the patch grid: use neighbourhood='1d' for them."
+            )
+
     def _grid_near(self, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
         rows, columns = self.layer.grid
         prefix = self.layer.prefix_tokens
-        if query_positions.numel() and int(query_positions.max()) >= prefix + rows * columns:
-            raise VariantError(
-                f"The 2-D neighbourhood expects {prefix} + {rows}×{columns} tokens but got more; "
-                "images of another size change the patch grid: use neighbourhood='1d' for them."
-            )
         query_cell = (query_positions - prefix).clamp(min=0)
         key_cell = (key_positions - prefix).clamp(min=0)
         row_distance = (query_cell[:, None] // columns - key_cell[None, :] // columns).abs()

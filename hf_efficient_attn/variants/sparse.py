@@ -16,21 +16,25 @@ around, so nothing leaks from the future. As in LongLoRA, a module that is not t
 runs exact full attention.
 
 Both are exact softmax attention under their mask; attention dropout applies to the probabilities.
-On CUDA both run on the fused Triton kernels, which skip the tiles outside the layout (the shifted
-groups are a per-head layout of half-groups); see `fused_path`.
+Calls the layout covers entirely (a sequence shorter than the band) go to torch's SDPA (see `dispatch`);
+on CUDA the others run on the fused Triton kernels, which skip the tiles outside the layout (the shifted
+groups are a per-head layout of half-groups), see `fused_path`. Layouts are data: each variant registers
+its own under a name (`block_layout.register_layout`) from which it is rebuilt for any length.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
-from .. import fused_path
-from ..context import AttentionContext
-from ..masked import masked_attention
+from .. import dispatch
+from ..context import AttentionContext, tracing
+from ..fused_path import KernelMask
+from ..masked import PositionRanges, masked_attention
+from . import block_layout as layouts
 from .base import (
     AttentionVariant,
     LayerInfo,
@@ -64,8 +68,8 @@ class SparseOptions(VariantOptions):
             ``[heads, query_blocks, key_blocks]`` (tensor or nested lists); replaces the four counts
             above. Default None.
         group_size: tokens per group for ``pattern="shifted"``; even. Default 1024.
-        backend: ``"auto"`` (fused kernels on CUDA when exact, else the reference), ``"triton"``
-            (kernels or an error) or ``"reference"``. Default ``"auto"``.
+        backend: ``"auto"`` (the fastest exact backend per call, see `dispatch`), ``"triton"`` (the fused
+            kernels or an error) or ``"reference"`` (the chunked engine). Default ``"auto"``.
     """
 
     pattern: Literal["block", "shifted"] = "block"
@@ -77,7 +81,7 @@ class SparseOptions(VariantOptions):
     seed: int = 0
     layout: Any = None
     group_size: int = 1024
-    backend: fused_path.Backend = "auto"
+    backend: dispatch.Backend = "auto"
 
     def __post_init__(self) -> None:
         # Kept as nested tuples: hashable, comparable and recorded in the model config as JSON lists.
@@ -93,7 +97,7 @@ class SparseOptions(VariantOptions):
         for name in ("local_blocks", "global_blocks", "random_blocks", "stride_blocks", "seed"):
             positive_int(name, getattr(self, name), minimum=0)
         positive_int("group_size", self.group_size, minimum=2)
-        fused_path.check_backend(self.backend)
+        dispatch.check_backend(self.backend)
         if self.group_size % 2:
             raise VariantError(
                 f"`group_size` must be even (the shifted heads move by group_size / 2), got {self.group_size}; "
@@ -142,11 +146,7 @@ class BlockSparseAttention(AttentionVariant):
 
     def __init__(self, options: SparseOptions, layer: LayerInfo):
         super().__init__(options, layer)
-        self._layouts: dict[tuple, torch.Tensor] = {}
-        given = options.layout_tensor() if options.layout is not None else None
-        if given is not None and given.dim() == 2:
-            given = given[None]  # [1|heads, query_blocks, key_blocks], the form the kernels take
-        self.register_buffer("given_layout", given, persistent=False)
+        self.layout_name = _register(options, layer)
 
     @classmethod
     def check_layer(cls, options: SparseOptions, layer: LayerInfo) -> None:
@@ -162,60 +162,60 @@ class BlockSparseAttention(AttentionVariant):
     def forward(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext
     ) -> torch.Tensor:
-        return fused_path.attention(
+        return dispatch.attention(
             query,
             key,
             value,
             context,
             backend=self.options.backend,
-            kernel_mask=lambda: self.kernel_mask(context),
+            pattern=lambda: self.kernel_mask(context),
             reference=lambda: self._reference(query, key, value, context),
             variant_name=self.name,
         )
 
-    def kernel_mask(self, context: AttentionContext) -> fused_path.KernelMask:
-        """The pattern as a block layout over absolute positions, for the fused kernels."""
-        if self.options.pattern == "shifted":
-            if not self.training:
-                return fused_path.KernelMask()
-            half = self.options.group_size // 2
-            return fused_path.KernelMask(block_layout=self._shifted_layout(context, half), layout_block_size=half)
-        layout = self._layout(context, context.query_positions, context.key_positions)
-        return fused_path.KernelMask(block_layout=layout, layout_block_size=self.options.block_size)
+    def _exact(self) -> bool:
+        """LongLoRA's shifted groups are a training-time pattern: outside training, exact attention."""
+        return self.options.pattern == "shifted" and not self.training
+
+    def kernel_mask(self, context: AttentionContext) -> KernelMask:
+        """The pattern as a named block layout over absolute positions, for the fused kernels."""
+        if self._exact():
+            return KernelMask()
+        blocks = self._blocks(context)
+        size = self._layout_block_size()
+        return KernelMask(
+            block_layout=self.layout_name,
+            layout_block_size=size,
+            layout_blocks=blocks,
+            layout_is_dense=layouts.is_dense(self.layout_name, blocks, context.causal),
+        )
+
+    def _layout_block_size(self) -> int:
+        return self.options.group_size // 2 if self.options.pattern == "shifted" else self.options.block_size
+
+    def _blocks(self, context: AttentionContext) -> int:
+        """Layout blocks covering this call (host arithmetic: no GPU synchronisation per layer)."""
+        blocks = _last_position(context) // self._layout_block_size() + 1
+        if self.options.layout is not None:
+            given = self.options.layout_tensor().shape
+            if given[-2] < blocks or given[-1] < blocks:
+                raise VariantError(
+                    f"The `layout` covers {given[-2]}×{given[-1]} blocks but this call needs {blocks} blocks of "
+                    f"{self.options.block_size} tokens; pass a larger layout or a larger block_size."
+                )
+        return blocks
 
     def _reference(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext
     ) -> torch.Tensor:
+        if self._exact():
+            return masked_attention(query, key, value, context)
         if self.options.pattern == "shifted":
-            if not self.training:
-                return masked_attention(query, key, value, context)
             chunk = max(16, self.options.group_size // 2)
         else:
             size = self.options.block_size
             chunk = size * max(1, QUERIES_PER_CHUNK // size)
         return masked_attention(query, key, value, context, rule=self, chunk_size=chunk)
-
-    def _shifted_layout(self, context: AttentionContext, half: int) -> torch.Tensor:
-        """Per-head layout over half-groups: block ``a`` is in group ``a // 2``, or ``(a + 1) // 2`` when shifted."""
-        count = _last_position(context) // half + 1
-        device = context.query_positions.device
-        heads = self.layer.num_heads
-
-        def build() -> torch.Tensor:
-            blocks = torch.arange(count, device=device)
-            shift = (torch.arange(heads, device=device) >= heads // 2).long()[:, None]  # [heads, 1]
-            groups = (blocks[None, :] + shift) // 2  # [heads, blocks]
-            return groups[:, :, None] == groups[:, None, :]
-
-        return self._remembered(("shifted", count, heads, device), build)
-
-    def _remembered(self, key: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """The layout under ``key``, built once: a normal tensor even under inference mode, so that the
-        kernels can keep its tile lists (they never keep those of inference tensors)."""
-        if key not in self._layouts:
-            with torch.inference_mode(False):
-                self._layouts[key] = build()
-        return self._layouts[key]
 
     # The mask rule (see `masked.MaskRule`).
 
@@ -224,72 +224,66 @@ class BlockSparseAttention(AttentionVariant):
     ) -> torch.Tensor:
         query_offset = _offsets(context, query_positions)  # [b|1, q]
         key_offset = _offsets(context, key_positions)  # [b|1, k]
-        if self.options.pattern == "shifted":
-            return self._same_group(query_offset, key_offset)
-        layout = self._layout(context, query_positions, key_positions)
-        size = self.options.block_size
-        query_block = (query_offset // size)[:, :, None]
-        key_block = (key_offset // size).clamp(max=layout.shape[-1] - 1)[:, None, :]
+        layout = self._layout(context, query_positions.device)
+        size = self._layout_block_size()
+        last = layout.shape[-1] - 1
+        query_block = (query_offset // size).clamp(max=last)[:, :, None]
+        key_block = (key_offset // size).clamp(max=last)[:, None, :]
         return layout[:, query_block, key_block].transpose(0, 1)
 
-    def candidate_keys(
-        self, context: AttentionContext, query_positions: torch.Tensor, key_positions: torch.Tensor
-    ) -> torch.Tensor:
-        query_offset = _offsets(context, query_positions)
-        key_offset = _offsets(context, key_positions)
-        if self.options.pattern == "shifted":
-            reach = self.options.group_size - 1
-            low = query_offset.amin(dim=1, keepdim=True) - reach
-            high = query_offset.amax(dim=1, keepdim=True) + reach
-            return ((key_offset >= low) & (key_offset <= high)).any(0)
-        layout = self._layout(context, query_positions, key_positions).any(0)
-        size = self.options.block_size
-        rows = torch.zeros(query_offset.shape[0], layout.shape[0], dtype=torch.bool, device=layout.device)
-        rows.scatter_(1, query_offset // size, True)  # query blocks present in this chunk, per row
-        active = (rows.to(torch.float32) @ layout.to(torch.float32)) > 0  # [b|1, key_blocks]
-        key_block = (key_offset // size).clamp(max=layout.shape[-1] - 1)
-        return active.gather(1, key_block.expand(active.shape[0], -1)).any(0)
+    def candidate_ranges(self, context: AttentionContext, first: int, last: int) -> PositionRanges | None:
+        if context.left_padded:
+            return None  # blocks count from each row's first real token
+        size = self._layout_block_size()
+        blocks = self._blocks(context)
+        active = layouts.active_key_blocks(self.layout_name, blocks, context.causal, first // size, last // size)
+        return [(low * size, high * size) for low, high in active]
 
-    def _same_group(self, query_offset: torch.Tensor, key_offset: torch.Tensor) -> torch.Tensor:
-        """Bool ``[b|1, heads, q, k]``: same group, with the second half of the heads shifted by G/2."""
-        size = self.options.group_size
-        heads = self.layer.num_heads
-        shift = torch.zeros(heads, dtype=torch.long, device=query_offset.device)
-        shift[heads // 2 :] = size // 2
-        query_group = (query_offset[:, None, :] + shift[None, :, None]) // size
-        key_group = (key_offset[:, None, :] + shift[None, :, None]) // size
-        return query_group[..., :, None] == key_group[..., None, :]
+    def _layout(self, context: AttentionContext, device: torch.device) -> torch.Tensor:
+        """The layout ``[1|heads, blocks, blocks]`` covering this call, on ``device``."""
+        blocks = self._blocks(context)
+        if tracing():
+            return layouts.layout_for(self.layout_name, blocks, context.causal).to(device)
+        return layouts.layout_on(self.layout_name, blocks, context.causal, device)
 
-    def _layout(
-        self, context: AttentionContext, query_positions: torch.Tensor, key_positions: torch.Tensor
-    ) -> torch.Tensor:
-        """The block layout ``[1|heads, query_blocks, key_blocks]`` covering this call, on the positions'
-        device: one tensor per size, so the fused kernels find its tile lists again on every call."""
-        last = _last_position(context)
-        blocks = last // self.options.block_size + 1
-        device = query_positions.device
-        if self.given_layout is not None:
-            layout = self.given_layout.to(device)
-            if layout.shape[-2] < blocks or layout.shape[-1] < blocks:
-                raise VariantError(
-                    f"The `layout` covers {layout.shape[-2]}×{layout.shape[-1]} blocks but this call needs "
-                    f"{blocks} blocks of {self.options.block_size} tokens; pass a larger layout or a larger "
-                    "block_size."
-                )
-            return layout
-        return self._remembered(
-            (blocks, context.causal, device),
-            lambda: self.options.block_layout().build(blocks, blocks, context.causal, device)[None],
+
+def _register(options: SparseOptions, layer: LayerInfo) -> str:
+    """Register this variant's layout (see `block_layout`) and return its name."""
+    if options.pattern == "shifted":
+        heads = layer.num_heads
+
+        def shifted(blocks: int, causal: bool) -> torch.Tensor:
+            """Per-head layout over half-groups: block ``a`` is in group ``a // 2``, or ``(a + 1) // 2`` when shifted."""
+            index = torch.arange(blocks)
+            shift = (torch.arange(heads) >= heads // 2).long()[:, None]  # [heads, 1]
+            groups = (index[None, :] + shift) // 2  # [heads, blocks]
+            return groups[:, :, None] == groups[:, None, :]
+
+        return layouts.register_layout(f"shifted:heads={heads}", shifted)
+    if options.layout is not None:
+        given = options.layout_tensor()
+        given = given[None] if given.dim() == 2 else given
+        digest = hashlib.sha1(repr(options.layout).encode()).hexdigest()[:16]
+        side = min(given.shape[-2], given.shape[-1])
+        return layouts.register_layout(
+            f"given:{digest}", lambda blocks, causal: given[:, :side, :side], fixed_blocks=side
         )
+    pattern = options.block_layout()
+    return layouts.register_layout(
+        f"block:{pattern}", lambda blocks, causal: pattern.build(blocks, blocks, causal)[None]
+    )
 
 
 def _last_position(context: AttentionContext) -> int:
-    """The last position the layout must cover, known on the host (no GPU synchronisation per layer).
-    Queries are contiguous from ``query_offset``; bidirectional calls also cover every key, and their keys
-    are positions ``0 .. k_len - 1`` (see `build_context`)."""
+    """The last position the layout must cover, known on the host. Queries are contiguous from
+    ``query_offset``; bidirectional calls also cover every key, and their keys are positions
+    ``0 .. k_len - 1``; a static cache's calls cover all its slots."""
+    keys = context.key_positions.shape[0]
+    if context.query_offset is None:
+        return keys - 1
     last = context.query_offset + context.query_positions.shape[0] - 1
     if not context.causal:
-        last = max(last, context.key_positions.shape[0] - 1)
+        last = max(last, keys - 1)
     return last
 
 

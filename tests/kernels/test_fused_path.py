@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import hf_efficient_attn.dispatch as dispatch
 import hf_efficient_attn.fused_path as fused_path
 from hf_efficient_attn import FusedPathError, FusedPathFallbackWarning, VariantError, patch_model
 from hf_efficient_attn import kernels as kernel_module
@@ -57,15 +58,15 @@ def assert_close_outputs(first, second, tolerance=TOLERANCE):
 @pytest.fixture
 def kernel_calls(monkeypatch):
     """Counts calls of each kernel entry point, so a test can prove which path ran."""
-    calls = {"fused_attention": 0, "fused_attention_varlen": 0, "decode_attention": 0}
+    calls = {"fused_attention": 0, "packed_attention": 0, "decode_attention": 0}
     for name in calls:
-        original = getattr(kernel_module, name)
+        original = getattr(kernel_module.ops, name)
 
         def counting(*args, _original=original, _name=name, **kwargs):
             calls[_name] += 1
             return _original(*args, **kwargs)
 
-        monkeypatch.setattr(kernel_module, name, counting, raising=False)
+        monkeypatch.setattr(kernel_module.ops, name, counting)
     return calls
 
 
@@ -124,8 +125,9 @@ def test_sparse_kernel_matches_reference(options):
 
 
 def test_sparse_model_builds_tile_lists_once_per_layer(monkeypatch):
-    """The variant hands the kernels the same layout tensor in every call, so a second forward (and the
-    backward) reuse the tile lists of the first: one build per layer in all, under inference mode too."""
+    """Every layer names the same layout and gets the same layout tensor in every call, so the layers, a
+    second forward and the backward reuse the tile lists of the first call: one build in all, under
+    inference mode too."""
     from hf_efficient_attn.kernels import function as kernel_function
 
     builds = []
@@ -137,7 +139,7 @@ def test_sparse_model_builds_tile_lists_once_per_layer(monkeypatch):
     with torch.inference_mode():
         model(input_ids=ids)
     logits_and_grads(model, input_ids=ids)
-    assert len(builds) == model.config.num_hidden_layers
+    assert len(builds) == 1
 
 
 def test_shifted_groups_kernel_matches_reference_while_training():
@@ -170,7 +172,7 @@ def test_packed_documents_run_as_variable_length_sequences(kernel_calls):
     expected = reference(input_ids=ids, position_ids=position_ids).logits
     got = fused(input_ids=ids, position_ids=position_ids).logits
     torch.testing.assert_close(got, expected, atol=TOLERANCE, rtol=0)
-    assert kernel_calls["fused_attention_varlen"] == KERNEL_SHAPE["num_hidden_layers"]
+    assert kernel_calls["packed_attention"] == KERNEL_SHAPE["num_hidden_layers"]
 
 
 @pytest.mark.parametrize("options", [dict(window=6), dict(window=6, sink_tokens=2)])
@@ -230,19 +232,34 @@ def test_forced_kernel_refuses_two_dimensional_neighbourhood():
 
 
 def test_auto_falls_back_with_one_warning_and_exact_results(monkeypatch):
+    """A window narrower than the sequence, which SDPA cannot take without a dense mask, on a head size the
+    kernels refuse: one warning, then the exact chunked path, silently afterwards."""
     monkeypatch.setattr(fused_path, "kernels_preferred", lambda device: True)
-    monkeypatch.setattr(fused_path, "_WARNED", set())
-    model = tiny_llama().to(DEVICE)  # head size 8: the kernels refuse it, the reference takes over
+    monkeypatch.setattr(dispatch, "_WARNED", set())
+    model = tiny_llama().to(DEVICE)  # head size 8: the kernels refuse it, the chunked engine takes over
     ids = token_ids(model, batch=2, length=12)
-    expected = model(input_ids=ids).logits
-    patched = patch_model(copy.deepcopy(model), "flash")
+    expected = patch_model(copy.deepcopy(model), "sliding", window=4, backend="reference")(input_ids=ids).logits
+    patched = patch_model(copy.deepcopy(model), "sliding", window=4)
     with pytest.warns(FusedPathFallbackWarning, match="head_dim=8") as caught:
         got = patched(input_ids=ids).logits
     assert len([w for w in caught if issubclass(w.category, FusedPathFallbackWarning)]) == 1
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", FusedPathFallbackWarning)
         patched(input_ids=ids)
+
+
+def test_auto_sends_exact_calls_to_sdpa_without_a_warning(monkeypatch, kernel_calls):
+    """`flash` on a call SDPA computes exactly runs SDPA: no kernel, no fallback, whatever the head size."""
+    monkeypatch.setattr(fused_path, "kernels_preferred", lambda device: True)
+    model = tiny_llama().to(DEVICE)
+    ids = token_ids(model, batch=2, length=12)
+    patched = patch_model(copy.deepcopy(model), "flash")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FusedPathFallbackWarning)
+        got = patched(input_ids=ids).logits
+    torch.testing.assert_close(got, model(input_ids=ids).logits, atol=1e-6, rtol=0)
+    assert sum(kernel_calls.values()) == 0
 
 
 def test_auto_on_cpu_runs_the_reference_without_kernels(kernel_calls):

@@ -7,7 +7,7 @@ import torch
 from spec import dense_attention
 from variant_helpers import causal_padding_visible, context, layer, padding_mask, qkv
 
-from hf_efficient_attn.variants import BlockSparseAttention, Role, SparseOptions, VariantError
+from hf_efficient_attn.variants import BlockSparseAttention, Role, SparseOptions, VariantError, block_layout
 from hf_efficient_attn.variants.block_layout import BlockSparseLayout
 
 
@@ -168,12 +168,12 @@ def test_shifted_runs_exact_attention_in_eval():
     assert (got - expected).abs().max() < 1e-10
 
 
-def test_candidate_keys_follow_the_layout():
+def test_candidate_ranges_follow_the_layout():
     """A chunk of queries gathers only its active key blocks, never the whole sequence."""
     variant = BlockSparseAttention(SparseOptions(block_size=16, local_blocks=2, global_blocks=1), layer())
     ctx = context(1024, 1024, causal=True)
-    candidates = variant.candidate_keys(ctx, ctx.query_positions[512:640], ctx.key_positions)
-    assert int(candidates.sum()) == 16 * (1 + 9)  # the global block, then blocks 31..39
+    ranges = variant.candidate_ranges(ctx, 512, 639)
+    assert ranges == [(0, 16), (31 * 16, 40 * 16)]  # the global block, then blocks 31..39
 
 
 def test_dropout_applies_to_probabilities():
@@ -231,14 +231,29 @@ def test_per_head_layout_must_match_heads():
 
 @pytest.mark.parametrize("pattern", ["local", "shifted"])
 def test_kernel_layouts_are_built_once_and_outside_inference_mode(pattern):
-    """The fused kernels keep tile lists per layout tensor, never for inference tensors: the variant hands
-    them the same normal tensor on every call, also when called under torch.inference_mode."""
+    """The fused kernels keep tile lists per layout tensor, never for inference tensors: the variant names
+    its layout, and every call of a size (under torch.inference_mode too) gets the same normal tensor."""
     options = SparseOptions(block_size=4, local_blocks=2, random_blocks=1) if pattern == "local" else \
         SparseOptions(pattern="shifted", group_size=8)
     variant = BlockSparseAttention(options, layer(heads=4, kv_heads=2))
     variant.train(pattern == "shifted")  # the shifted pattern has a layout only in training
     with torch.inference_mode():
-        first = variant.kernel_mask(context(24, 24, causal=True)).block_layout
-        again = variant.kernel_mask(context(24, 24, causal=True)).block_layout
+        mask = variant.kernel_mask(context(24, 24, causal=True))
+        first = block_layout.layout_on(mask.block_layout, mask.layout_blocks, True, torch.device("cpu"))
+        mask = variant.kernel_mask(context(24, 24, causal=True))
+        again = block_layout.layout_on(mask.block_layout, mask.layout_blocks, True, torch.device("cpu"))
     assert first is again and not first.is_inference()
-    assert variant.kernel_mask(context(40, 40, causal=True)).block_layout is not first
+    assert mask.layout_blocks == 6 and first.shape[-1] >= 6
+    larger = variant.kernel_mask(context(400, 400, causal=True))
+    assert block_layout.layout_on(larger.block_layout, larger.layout_blocks, True, torch.device("cpu")) is not first
+
+
+def test_layouts_are_named_by_their_options():
+    """Variants with the same options share one layout name; other options get another."""
+    one = BlockSparseAttention(SparseOptions(block_size=4, random_blocks=1, seed=3), layer())
+    two = BlockSparseAttention(SparseOptions(block_size=4, random_blocks=1, seed=3), layer())
+    other = BlockSparseAttention(SparseOptions(block_size=4, random_blocks=1, seed=4), layer())
+    assert one.layout_name == two.layout_name != other.layout_name
+    assert not torch.equal(
+        block_layout.layout_for(one.layout_name, 32, True), block_layout.layout_for(other.layout_name, 32, True)
+    )

@@ -1,0 +1,57 @@
+"""The one place that knows how transformers releases differ: every name that changed inside 5.x.
+
+The library talks to transformers through its public seams (the attention and mask interfaces, the
+`Cache` and cache-layer classes). Two details of those seams moved between the releases we support
+(`SUPPORTED`), and this module is where they are read, with a test on both ends of the range:
+
+* the keyword under which an attention module receives the KV cache: ``past_key_values`` up to 5.23,
+  ``cache`` from 5.24 on (the old name is deprecated there);
+* the query offset a mask function receives: an int for growing caches, a tensor (shape ``[]`` or
+  ``[1]``) for static caches, whose length must not be read on the host while CUDA graphs replay it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import transformers
+from packaging.version import Version
+
+SUPPORTED = (Version("5.5.0"), Version("6.0.0"))
+"""Supported transformers releases: ``SUPPORTED[0] <= version < SUPPORTED[1]`` (5.5 introduced the mask
+protocol by query length and offset, without ``cache_position``, that the mask policy implements)."""
+
+CACHE_KEYWORDS = ("cache", "past_key_values")
+"""Keywords an attention module may receive its KV cache under, newest first."""
+
+
+def transformers_version() -> Version:
+    return Version(transformers.__version__)
+
+
+def check_supported() -> None:
+    """Raise ImportError with what to install when the installed transformers is outside `SUPPORTED`."""
+    version = transformers_version()
+    low, high = SUPPORTED
+    if not low <= Version(version.base_version) < high:
+        raise ImportError(
+            f"hf-efficient-attn supports transformers >= {low}, < {high}; found {version}. "
+            f"Install a supported release: pip install 'transformers>={low},<{high}'."
+        )
+
+
+def cache_argument(kwargs: dict[str, Any]) -> object | None:
+    """The KV cache an attention module was called with (its forward's keyword arguments), or None."""
+    for name in CACHE_KEYWORDS:
+        cache = kwargs.get(name)
+        if cache is not None:
+            return cache
+    return None
+
+
+def query_offset_tensor(q_offset: int | torch.Tensor) -> torch.Tensor | None:
+    """A static cache's query offset as a 0-d long tensor, or None when it is a host int (growing caches)."""
+    if not isinstance(q_offset, torch.Tensor):
+        return None
+    return q_offset.reshape(-1)[0].to(torch.long)

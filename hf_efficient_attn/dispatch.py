@@ -1,0 +1,219 @@
+"""Which backend runs one attention call: the one rule, in one place.
+
+`flash`, `sliding` and `sparse` are exact softmax attention under a mask, so three backends compute
+them to rounding, and a call goes to the fastest that computes it exactly:
+
+1. **torch SDPA** (cuDNN / FlashAttention / memory-efficient kernels on CUDA, its CPU kernels on the
+   CPU) when the variant's pattern imposes nothing on this call beyond what SDPA expresses without a
+   dense mask: no mask at all, causal with queries and keys aligned, a window or block layout that
+   covers every key the call has, a decoding step over a bounded cache that holds exactly the visible
+   keys. Padding and a caller's 4-D mask go with it as SDPA's boolean mask (what transformers' own
+   SDPA path passes). These are the calls where our kernels would only redo SDPA's work.
+2. **Our Triton kernels** (CUDA) where they save work: windows narrower than the keys, sinks and
+   globals, block layouts with skipped tiles, packed documents, and decoding with padding (split-key
+   flash-decoding with a key mask, which SDPA's fast kernels do not take).
+3. **The chunked engine** (`masked.masked_attention`, SDPA per chunk of queries over the keys the
+   pattern allows): everything else. It is the path on the CPU for patterns SDPA cannot express
+   without a dense mask, the path of static caches (whose positions exist on the device only), and the
+   exact fallback on CUDA for calls the kernels cannot take (the reason is warned once).
+
+The rule reads only what is known before the call: shapes, dtypes, the device, options, and the host
+facts of `AttentionContext`. It never reads tensor values, so the whole path traces under
+``torch.compile(fullgraph=True)`` and replays under CUDA graphs.
+
+``backend=`` (per variant) bends it: ``"auto"`` is the rule above; ``"triton"`` forces the kernels
+(including where SDPA would be exact) or raises `FusedPathError` saying why not (also on the CPU under
+``TRITON_INTERPRET=1``); ``"reference"`` always takes the chunked engine.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from . import fused_path
+from .context import AttentionContext, tracing
+from .fused_path import FusedPathError, FusedPathFallbackWarning, KernelMask
+from .variants.base import VariantError
+
+Backend = Literal["auto", "triton", "reference"]
+BACKENDS: tuple[str, ...] = ("auto", "triton", "reference")
+Route = Literal["sdpa", "triton", "chunked"]
+
+
+def check_backend(backend: object) -> None:
+    """Raise `VariantError` unless ``backend`` is one of `BACKENDS`."""
+    if backend not in BACKENDS:
+        raise VariantError(f"`backend` must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}.")
+
+
+def attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    context: AttentionContext,
+    *,
+    backend: Backend,
+    pattern: Callable[[], KernelMask | str],
+    reference: Callable[[], torch.Tensor],
+    variant_name: str,
+) -> torch.Tensor:
+    """The call's attention output ``[batch, q_heads, q_len, head_dim]`` from the backend the rule picks.
+
+    Args:
+        query, key, value, context: as a variant's forward receives them.
+        backend: ``"auto"``, ``"triton"`` or ``"reference"`` (see the module docstring).
+        pattern: gives the variant's pattern in the kernels' terms (`KernelMask`), or the reason it has
+            none (a 2-D neighbourhood).
+        reference: computes the same result on the chunked engine.
+        variant_name: named in warnings and errors.
+    """
+    route, run = choose(query, key, value, context, backend, pattern(), variant_name)
+    if route == "sdpa":
+        return sdpa_attention(query, key, value, context)
+    if route == "triton":
+        return run()
+    return reference()
+
+
+def choose(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    context: AttentionContext,
+    backend: Backend,
+    pattern: KernelMask | str,
+    variant_name: str = "variant",
+) -> tuple[Route, Callable[[], torch.Tensor] | None]:
+    """The rule: which route runs this call, and for ``"triton"`` the launch to run (see the module
+    docstring). Raises `FusedPathError` when ``backend="triton"`` cannot be honoured."""
+    if backend == "reference":
+        return "chunked", None
+    sdpa_exact = (
+        not isinstance(pattern, str)
+        and not context.static
+        and context.query_documents is None
+        and covers_call(pattern, context, query.shape[-2], key.shape[-2])
+    )
+    wants_kernels = backend == "triton" or fused_path.kernels_preferred(query.device)
+    if backend == "auto" and sdpa_exact and not (wants_kernels and fused_path.decodes_with_padding(query, context)):
+        return "sdpa", None
+    if not wants_kernels:
+        return "chunked", None
+    plan = fused_path.plan(query, key, value, context, pattern)
+    if not isinstance(plan, str):
+        return "triton", plan
+    if backend == "triton":
+        raise FusedPathError(
+            f"Variant '{variant_name}' with backend='triton' cannot run this call on the fused kernels: {plan}. "
+            "Use backend='auto' (falls back to an exact path) or backend='reference'."
+        )
+    if sdpa_exact:  # a padded decoding step the decode kernel cannot take
+        return "sdpa", None
+    _warn_once(variant_name, plan)
+    return "chunked", None
+
+
+def covers_call(pattern: KernelMask, context: AttentionContext, q_len: int, k_len: int) -> bool:
+    """Whether the pattern lets every query see every key that causality, padding and a caller's mask
+    allow: then the call is plain exact attention.
+
+    Counted in the kernels' index space (`fused_path`): with queries aligned to the last keys, the
+    farthest pair a causal call has is the last query and the first key the sinks do not cover.
+    """
+    if pattern.block_layout is not None and not pattern.layout_is_dense:
+        return False
+    sinks = 0
+    if context.causal and not context.left_padded:
+        sinks = context.trimmed_prefix if context.trimmed_prefix is not None else pattern.sink_tokens
+    reach = (k_len - sinks) if context.causal else max(q_len, k_len)
+    native = context.native_window
+    if native is not None and native < (k_len if context.causal else max(q_len, k_len)):
+        return False
+    left, right = pattern.window
+    if left is not None and left < reach:
+        return False
+    return context.causal or right is None or right >= reach
+
+
+def sdpa_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext
+) -> torch.Tensor:
+    """Exact attention of a call whose pattern covers it (`covers_call`), on torch's SDPA.
+
+    The mask SDPA gets is only what the call needs: none (``is_causal`` when queries and keys are
+    aligned, nothing for one query), a bottom-right causal band for a few queries against a cache, the
+    key padding, a caller's 4-D mask. Rows left without any key return zeros. GQA as transformers' SDPA
+    path does it: SDPA's own grouping without a mask, one decoding query folded into its key/value head,
+    repeated keys otherwise.
+    """
+    q_len, k_len = query.shape[-2], key.shape[-2]
+    mask = None
+    is_causal = False
+    if context.causal and q_len > 1:
+        if q_len == k_len and context.trimmed_prefix is None:
+            is_causal = True
+        else:
+            mask = (context.key_positions[None, :] <= context.query_positions[:, None])[None, None]
+    for extra in (
+        None if context.key_padding is None else context.key_padding[:, None, None, :],
+        context.dense_mask,
+    ):
+        if extra is None:
+            continue
+        if is_causal:
+            mask, is_causal = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril()[None, None], False
+        mask = extra if mask is None else mask & extra
+    output = _sdpa_grouped(query, key, value, mask, is_causal, context.scaling, context.dropout)
+    if mask is not None:
+        output = output.masked_fill(~mask.any(-1, keepdim=True), 0.0)
+    return output
+
+
+def _sdpa_grouped(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    is_causal: bool,
+    scale: float,
+    dropout: float,
+) -> torch.Tensor:
+    """SDPA with GQA handled without copying keys where SDPA allows it."""
+    batch, q_heads, q_len, head_dim = query.shape
+    groups = q_heads // key.shape[1]
+    if groups == 1:
+        return F.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale, is_causal=is_causal
+        )
+    if mask is None:
+        return F.scaled_dot_product_attention(
+            query, key, value, dropout_p=dropout, scale=scale, is_causal=is_causal, enable_gqa=True
+        )
+    if q_len == 1 and mask.shape[1] == 1 and not tracing():
+        # one query: its group's heads become the queries of their key/value head
+        folded = query.reshape(batch, q_heads // groups, groups, head_dim)
+        output = F.scaled_dot_product_attention(folded, key, value, attn_mask=mask, dropout_p=dropout, scale=scale)
+        return output.reshape(batch, q_heads, 1, head_dim)
+    key = key.repeat_interleave(groups, dim=1)
+    value = value.repeat_interleave(groups, dim=1)
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale)
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_once(variant_name: str, reason: str) -> None:
+    if tracing() or (variant_name, reason) in _WARNED:
+        return
+    _WARNED.add((variant_name, reason))
+    warnings.warn(
+        f"Variant '{variant_name}': the fused Triton path cannot run this call exactly ({reason}); using the "
+        "exact chunked path, which is slower. Pass backend='reference' to choose it without this warning.",
+        FusedPathFallbackWarning,
+        stacklevel=5,
+    )
