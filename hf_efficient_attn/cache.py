@@ -20,7 +20,6 @@ later steps find it in place.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
@@ -260,29 +259,16 @@ def install_bounded_cache(module: nn.Module, args: tuple, kwargs: dict) -> None:
 
 
 def _leading_padding(mask: object, sinks: int) -> int:
-    """Pad tokens before the first real token in the most left-padded row, so that prefix keeps every
-    row's sinks. Read on the host once per generation (the cache is installed once); under
-    ``torch.compile`` it cannot be read, and the prefix keeps the whole prompt instead (warned once)."""
+    """Pad tokens before the first real token in the most left-padded row, so that the prefix keeps every
+    row's sinks. Read on the host once per generation (the cache is installed once). When the first
+    forward of a generation is itself compiled, it cannot be read, and the prefix keeps every token of
+    the prompt that may be padding instead: exact still, bounded by the prompt rather than the sinks
+    (`generate()` runs the prompt eagerly for static caches, which avoids it)."""
     if not sinks or not is_layout(mask):
         return 0
     layout = read_layout(mask)
     if layout.padding is None:
         return 0
     if tracing():
-        _warn_prompt_prefix()
         return layout.tokens - 1
     return int(first_true_index(layout.padding).max())
-
-
-_WARNED: list[bool] = []
-
-
-def _warn_prompt_prefix() -> None:
-    if not _WARNED:
-        _WARNED.append(True)
-        warnings.warn(
-            "A sliding-window cache with sink tokens was installed inside torch.compile, where the prompt's left "
-            "padding cannot be read: it keeps the whole prompt besides its window. Run the first forward (the "
-            "prompt) eagerly, as generate() does for static caches, to bound it by the sinks.",
-            stacklevel=3,
-        )

@@ -17,6 +17,7 @@ take the fastest exact kernel; under ``torch.compile`` nothing is read and those
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -171,8 +172,11 @@ def build_context(
             layout, padding, q_len, k_len, cache_window, device
         )
     else:
-        tokens = layout.tokens if layout is not None else k_len
-        query_offset = tokens - q_len
+        if layout is None:
+            query_offset = k_len - q_len
+        else:
+            query_offset = 0 if layout.queries_first else layout.tokens - q_len
+        tokens = query_offset + q_len  # every token seen, the queries included
         query_positions = torch.arange(query_offset, tokens, device=device)
         if k_len >= tokens:
             key_positions = torch.arange(k_len, device=device)
@@ -208,6 +212,26 @@ def build_context(
     )
 
 
+def drop_future_keys(
+    key: torch.Tensor, value: torch.Tensor, context: AttentionContext
+) -> tuple[torch.Tensor, torch.Tensor, AttentionContext]:
+    """Without the key slots past a causal call's newest token (a static cache's slots ahead of the prompt
+    it is filled with): no query may see them, and without them queries and keys are aligned again, so
+    the call can take SDPA's causal kernels and ours. Host arithmetic only."""
+    if not context.causal or context.static or context.trimmed_prefix is not None:
+        return key, value, context
+    tokens = context.query_offset + context.query_positions.shape[0]
+    if key.shape[-2] <= tokens:
+        return key, value, context
+    trimmed = dataclasses.replace(
+        context,
+        key_positions=context.key_positions[:tokens],
+        key_padding=None if context.key_padding is None else context.key_padding[:, :tokens],
+        dense_mask=None if context.dense_mask is None else context.dense_mask[..., :tokens],
+    )
+    return key[..., :tokens, :], value[..., :tokens, :], trimmed
+
+
 def _bidirectional_padding(padding: torch.Tensor, key_length: int) -> torch.Tensor:
     """Key padding of an encoder or cross-attention call: the layout covers exactly its keys."""
     if padding.shape[-1] < key_length:
@@ -221,10 +245,11 @@ def _bidirectional_padding(padding: torch.Tensor, key_length: int) -> torch.Tens
 def _causal_padding(
     padding: torch.Tensor, key_positions: torch.Tensor, key_length: int, tokens: int
 ) -> torch.Tensor:
-    """Key padding of a causal call from the mask over every token seen (keys beyond it are future slots)."""
-    if padding.shape[-1] == key_length and key_length >= tokens:
-        return padding
-    if key_length > tokens:  # slots past the newest token: causality hides them, padding marks them unseen
+    """Key padding of a causal call from the mask over (at least) every token seen; keys past the newest
+    token are a static cache's slots ahead, which causality hides and the padding marks unseen."""
+    if key_length >= tokens:
+        if padding.shape[-1] >= key_length:
+            return padding[:, :key_length]
         return torch.nn.functional.pad(padding, (0, key_length - padding.shape[-1]), value=False)
     return padding.index_select(1, key_positions)
 

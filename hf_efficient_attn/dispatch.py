@@ -91,7 +91,7 @@ def choose(
 ) -> tuple[Route, Callable[[], torch.Tensor] | None]:
     """The rule: which route runs this call, and for ``"triton"`` the launch to run (see the module
     docstring). Raises `FusedPathError` when ``backend="triton"`` cannot be honoured."""
-    if backend == "reference":
+    if backend == "reference" or key.shape[-2] == 0:
         return "chunked", None
     sdpa_exact = (
         not isinstance(pattern, str)

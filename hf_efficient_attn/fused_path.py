@@ -6,8 +6,10 @@ rounding. The kernels index keys by their place in the key tensor and align the 
 key; a variant states its pattern in those terms as a `KernelMask`, and `plan` checks that this call's
 facts (key positions, padding, packed documents, a caller's mask, dropout, dtype, head size, device)
 let the kernels reproduce the chunked engine. If they do it returns the launch of the decode kernel (a
-few queries against a long cache, no gradient needed), the packed-documents kernel or the dense kernel;
-otherwise the reason they cannot. `dispatch` decides whether the kernels are wanted at all.
+few queries against a long cache, no gradient needed) or of the dense kernels (the packed-documents
+kernels when rows hold several documents); otherwise the reason they cannot. `dispatch` decides whether
+the kernels are wanted at all. Under ``torch.compile`` whether rows hold several documents cannot be read
+before the call; the kernels' op reads it (see `kernels.ops`).
 
 Under ``torch.compile`` the launches go through the kernels' custom ops (`kernels.ops`), which the
 compiler and CUDA graphs see as single operations; in eager mode they call the kernels directly, which
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .context import AttentionContext
+from .context import AttentionContext, tracing
 from .variants.base import VariantError
 
 DECODE_MAX_QUERIES = 16
@@ -111,13 +113,11 @@ def plan(
         return mask
     if mask.counts_from_row_start() and context.left_padded and context.trimmed_prefix is None:
         return "left padding with sink tokens, global tokens or block layouts, which count from each row's first real token"
-    if context.query_documents is not None:
-        if mask.counts_from_row_start():
-            return "packed documents with sink tokens, global tokens or block layouts"
-        return lambda: kernels.ops.packed_attention(
-            query, key, value, context.query_documents, scale=context.scaling, window=mask.window
-        )
-    if _decodes(query, key, context, mask):
+    documents = context.query_documents
+    eager_packed = documents is not None and not tracing()  # eager: the rows are packed (see `context`)
+    if eager_packed and (mask.counts_from_row_start() or key_padding is not None):
+        return "packed documents with sink tokens, global tokens, block layouts or padding"
+    if documents is None and _decodes(query, key, context, mask):
         return lambda: kernels.ops.decode_attention(query, key, value, scale=context.scaling, key_padding=key_padding)
     return lambda: kernels.ops.fused_attention(
         query,
@@ -132,6 +132,7 @@ def plan(
         layout_blocks=mask.layout_blocks,
         layout_block_size=mask.layout_block_size,
         key_padding=key_padding,
+        documents=documents,
     )
 
 
@@ -140,16 +141,14 @@ def _align_keys(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, KernelMask] | str:
     """Keys, values, key padding and pattern in the kernels' index space, or why they cannot be put there.
 
-    Bidirectional calls already are. In causal calls the last query must face the last key: a static
-    cache's slots past the newest token are dropped (causality hides them anyway). A bounded cache's
-    contiguous tail is aligned by construction; the leading keys it kept become the kernels' sinks, and
-    those that are not sinks of their row (left padding, or a prefix kept wider than the sinks) are
-    hidden through the key padding.
+    Bidirectional calls already are. In causal calls the last query faces the last key (`build_context`
+    drops the slots of a static cache past the newest token). A bounded cache's contiguous tail is aligned
+    by construction; the leading keys it kept become the kernels' sinks, and those that are not sinks of
+    their row (left padding, or a prefix kept wider than the sinks) are hidden through the key padding.
     """
     padding = context.key_padding
     if not context.causal:
         return key, value, padding, mask
-    tokens_seen = context.query_offset + context.query_positions.shape[0]
     if context.trimmed_prefix is not None:
         prefix = context.trimmed_prefix
         if mask.block_layout is not None or mask.global_tokens:
@@ -164,9 +163,6 @@ def _align_keys(
             sink = (slots >= prefix) | ((slots - start >= 0) & (slots - start < mask.sink_tokens))
             padding = sink if padding is None else padding & sink
         return key, value, padding, KernelMask(window=mask.window, sink_tokens=prefix)
-    if key.shape[-2] > tokens_seen:
-        key, value = key[..., :tokens_seen, :], value[..., :tokens_seen, :]
-        padding = None if padding is None else padding[:, :tokens_seen]
     return key, value, padding, mask
 
 

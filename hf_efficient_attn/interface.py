@@ -19,7 +19,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
 from .compat import query_offset_tensor
-from .context import build_context, tracing
+from .context import build_context, drop_future_keys, tracing
 from .layout import make_layout
 from .variants.base import AttentionVariant
 
@@ -48,13 +48,14 @@ def efficient_attention_forward(
         query=query,
         key=key,
         attention_mask=attention_mask,
-        causal=bool(getattr(module, "is_causal", False)) and key.shape[-2] > 0,
+        causal=bool(getattr(module, "is_causal", False)),
         scaling=scaling,
         dropout=dropout if module.training else 0.0,
         cache_window=variant.cache_window(),
         position_ids=kwargs.get("position_ids"),
         native_window=kwargs.get("sliding_window"),
     )
+    key, value, context = drop_future_keys(key, value, context)
     output = variant(query, key, value, context)
     return output.transpose(1, 2).contiguous(), None
 
@@ -90,8 +91,11 @@ def efficient_attention_mask(
     caches, where the queries are (see `layout`).
 
     ``kv_offset + kv_length`` is the number of positions the keys span (every token seen so far, or a
-    static cache's slots). In eager mode an all-real padding mask is dropped after one host read per
-    forward, as transformers' SDPA path does; under ``torch.compile`` it is kept.
+    static cache's slots). The queries are its last positions, unless the query offset says otherwise: a
+    tensor (a static cache, decoding) or a host 0 with fewer queries than positions (a prompt entering a
+    fresh static cache, or cross-attention, which ignores query positions). In eager mode an all-real
+    padding mask is dropped after one host read per forward, as transformers' SDPA path does; under
+    ``torch.compile`` it is kept.
     """
     tokens = kv_offset + (kv_length if kv_length is not None else attention_mask.shape[-1])
     query_start = query_offset_tensor(q_offset)
@@ -100,6 +104,12 @@ def efficient_attention_mask(
         raise ValueError(
             f"The attention mask must be 2-D [batch, tokens] (1 for real tokens), got shape {tuple(padding.shape)}."
         )
+    queries_first = False
+    if query_start is None and q_length is not None and q_offset + q_length < tokens:
+        if q_offset == 0:
+            queries_first = True
+        else:
+            query_start = torch.tensor(q_offset, dtype=torch.long, device=kwargs.get("device"))
     if padding is not None and query_start is None and not tracing() and bool(padding.all()):
         padding = None
     return make_layout(
@@ -107,6 +117,7 @@ def efficient_attention_mask(
         padding=padding,
         query_start=query_start,
         query_length=q_length or 0,
+        queries_first=queries_first,
         device=kwargs.get("device"),
     )
 

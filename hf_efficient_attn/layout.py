@@ -5,10 +5,13 @@ through untouched (as an already prepared mask), and for compiled static caches 
 mask once per step, outside the compiled forward, and calls ``.contiguous()`` on it. So the layout is a
 small 4-D tensor, never N×N:
 
-    uint8 [rows, 1, channels, tokens]
+    uint8 [rows, placement, channels, tokens]
 
 * ``tokens``: the token positions this forward covers: every token seen so far (past and present), or
   the slots of a static cache;
+* ``placement`` is 1 when the queries are the last positions of the span (every growing cache, and no
+  cache), 2 when they are its first (the prompt written into a fresh static cache, whose slots lie
+  ahead of it); the rows repeat along it;
 * channel 0 holds `REAL` where the position holds a real token, 0 where it is padding. ``rows`` is the
   batch size, or 0 when no row has padding: the tensor is then empty and only its shape speaks;
 * channel 1 exists for static caches only (``channels == 2``) and holds `QUERY` at the positions of this
@@ -37,6 +40,7 @@ class Layout:
 
     Attributes:
         tokens: token positions covered (host int, from the shape).
+        queries_first: whether the queries are the first positions of the span, not its last.
         padding: bool ``[batch|1, tokens]``, True for real tokens, or None when no row has padding.
         query_start: 0-d long tensor, the position of the first query, for static caches; None when the
             queries are the last ``q_len`` of ``tokens`` (growing caches and no cache).
@@ -44,6 +48,7 @@ class Layout:
     """
 
     tokens: int
+    queries_first: bool
     padding: torch.Tensor | None
     query_start: torch.Tensor | None
     source: torch.Tensor
@@ -59,6 +64,7 @@ def make_layout(
     padding: torch.Tensor | None,
     query_start: torch.Tensor | None = None,
     query_length: int = 0,
+    queries_first: bool = False,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Encode a layout (see the module docstring).
@@ -69,8 +75,10 @@ def make_layout(
             cache's slots beyond the tokens seen), or None for no padding.
         query_start: 0-d long tensor of the first query position for static caches, else None.
         query_length: number of queries (static caches only).
+        queries_first: the queries are the first positions, not the last (see the module docstring).
         device: where to build it when neither tensor says.
     """
+    placement = 2 if queries_first else 1
     if padding is not None:
         device = padding.device
     elif query_start is not None:
@@ -82,8 +90,8 @@ def make_layout(
             real = torch.nn.functional.pad(real, (0, tokens - real.shape[-1]), value=False)
     if query_start is None:
         if real is None:
-            return torch.empty(0, 1, 1, tokens, dtype=LAYOUT_DTYPE, device=device)
-        return real.to(LAYOUT_DTYPE)[:, None, None, :]
+            return torch.empty(0, placement, 1, tokens, dtype=LAYOUT_DTYPE, device=device)
+        return real.to(LAYOUT_DTYPE)[:, None, None, :].expand(-1, placement, 1, -1)
     if real is None:
         real = torch.ones(1, tokens, dtype=torch.bool, device=device)
     positions = torch.arange(tokens, device=device)
@@ -99,10 +107,10 @@ def is_layout(mask: object) -> bool:
 
 def read_layout(mask: torch.Tensor) -> Layout:
     """Decode a layout tensor: host facts from its shape, the rest as device tensors."""
-    rows, _, channels, tokens = mask.shape
+    rows, placement, channels, tokens = mask.shape
     padding = mask[:, 0, 0, :] != 0 if rows else None
     query_start = None
     if channels == 2:
         # the first marked slot; marks are contiguous, so argmax of the marks finds it on the device
         query_start = mask[0, 0, 1, :].to(torch.int32).argmax().to(torch.long)
-    return Layout(tokens=tokens, padding=padding, query_start=query_start, source=mask)
+    return Layout(tokens=tokens, queries_first=placement == 2, padding=padding, query_start=query_start, source=mask)

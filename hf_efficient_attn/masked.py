@@ -40,7 +40,8 @@ class MaskRule(Protocol):
         """Bool ``[batch|1, heads|1, q, k]``: which pairs the pattern keeps (None: all)."""
 
     def candidate_ranges(self, context: AttentionContext, first: int, last: int) -> PositionRanges | None:
-        """Position ranges that queries at positions ``first..last`` may see (None: all); a superset is fine."""
+        """Position ranges that queries at positions ``first..last`` may see, in ascending order (None:
+        all); a superset is fine."""
 
 
 def masked_attention(
@@ -143,23 +144,22 @@ def _candidate_indices(
     if prefix is not None:
         tokens = context.query_offset + context.query_positions.shape[0]
         tail_offset = tokens - k_len
-    indices: list[tuple[int, int]] = []
-    for low, high in ranges:
-        low, high = max(low, 0), high
-        if prefix is None:
-            pieces = [(low, min(high, k_len))]
-        else:
-            pieces = [(low, min(high, prefix)), (max(low - tail_offset, prefix), min(high - tail_offset, k_len))]
-        indices.extend(piece for piece in pieces if piece[1] > piece[0])
-    merged = _merge(indices)
+    if prefix is None:
+        pieces = [(max(low, 0), min(high, k_len)) for low, high in ranges]
+    else:  # the kept prefix's keys first, then the tail's: ascending
+        pieces = [(max(low, 0), min(high, prefix)) for low, high in ranges]
+        pieces += [(max(low - tail_offset, prefix), min(high - tail_offset, k_len)) for low, high in ranges]
+    merged = _merge([piece for piece in pieces if piece[1] > piece[0]])
     if merged == [(0, k_len)]:
         return None
     return merged
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Overlapping ranges joined; the input is in ascending order of ``low`` (rules and the prefix/tail
+    split produce them so, and sizes may be symbolic under torch.compile, which cannot sort them)."""
     merged: list[tuple[int, int]] = []
-    for low, high in sorted(ranges):
+    for low, high in ranges:
         if merged and low <= merged[-1][1]:
             merged[-1] = (merged[-1][0], max(merged[-1][1], high))
         else:

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..context import tracing
+
 LayoutBuilder = Callable[[int, bool], torch.Tensor]
 """``(blocks, causal) -> bool [heads|1, blocks, blocks]`` on the CPU."""
 
@@ -95,7 +97,7 @@ _BUILDERS: dict[str, LayoutBuilder] = {}
 _FIXED: dict[str, int] = {}
 _BUILT: dict[tuple[str, int, bool], torch.Tensor] = {}
 _FACTS: dict[tuple, object] = {}
-_DEVICE_LAYOUTS: dict[tuple[str, int, bool, torch.device], torch.Tensor] = {}
+_PLACED: dict[tuple[str, int, bool, str], torch.Tensor] = {}
 
 
 def register_layout(name: str, builder: LayoutBuilder, fixed_blocks: int | None = None) -> str:
@@ -126,8 +128,36 @@ def _built(name: str, blocks: int, causal: bool) -> torch.Tensor:
     return _BUILT[key]
 
 
-def _layout_for(name: str, blocks: int, causal: bool) -> torch.Tensor:
-    return _built(name, blocks, causal)[:, :blocks, :blocks]
+def _place(name: str, blocks: int, causal: bool, device: str) -> int:
+    """Build the layout covering ``blocks`` and put it on ``device`` (once); return its capacity."""
+    capacity = _capacity(name, blocks, causal)
+    key = (name, capacity, causal, device)
+    if key not in _PLACED:
+        with torch.inference_mode(False):
+            _PLACED[key] = _built(name, blocks, causal).to(device)
+    return capacity
+
+
+_place_at_trace_time = torch.compiler.assume_constant_result(_place)
+
+TRACED_CAUSAL_BLOCKS = 4096
+"""Blocks of the causal layout that calls under torch.compile index into (their length may be symbolic)."""
+
+
+def layout_for(name: str, blocks: int, causal: bool, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The bool layout ``[heads|1, >= blocks, >= blocks]`` registered under ``name``, on ``device``: one
+    tensor per name, capacity and device, so the kernels find its tile lists again on every call.
+
+    Under ``torch.compile`` it is built while tracing and then read from the store like any global tensor;
+    causal calls there get the layout of `TRACED_CAUSAL_BLOCKS` blocks (a causal layout's corner is the
+    layout of any shorter length), which covers them (checked), so a growing length needs no new graph.
+    """
+    if causal and tracing():
+        torch._check(blocks <= TRACED_CAUSAL_BLOCKS)
+        blocks = TRACED_CAUSAL_BLOCKS
+    device = str(torch.device(device))
+    capacity = _place_at_trace_time(name, blocks, causal, device)
+    return _PLACED[(name, capacity, causal, device)]
 
 
 def _remembered(key: tuple, compute: Callable[[], object]) -> object:
@@ -136,21 +166,48 @@ def _remembered(key: tuple, compute: Callable[[], object]) -> object:
     return _FACTS[key]
 
 
-def _is_dense(name: str, blocks: int, causal: bool) -> bool:
-    def compute() -> bool:
-        layout = _layout_for(name, blocks, causal)
-        if causal:
-            return bool(layout[:, torch.ones(blocks, blocks, dtype=torch.bool).tril()].all())
-        return bool(layout.all())
+def _dense_rows(name: str) -> int:
+    """How many leading block rows of a causal layout are dense: every sequence of at most that many
+    blocks sees all its (causal) block pairs. Causal layouts keep their rows as they grow, so this one
+    number answers for every length."""
 
-    return _remembered(("dense", name, blocks, causal), compute)
+    def compute() -> int:
+        capacity = 64
+        while True:
+            layout = _built(name, capacity, True)
+            size = min(capacity, layout.shape[-2], layout.shape[-1])
+            layout = layout[:, :size, :size]
+            holes = (~layout & torch.ones(size, size, dtype=torch.bool).tril()).any(0).any(-1)
+            if bool(holes.any()):
+                return int(holes.nonzero()[0, 0])
+            if size < capacity or capacity >= 1 << 16:
+                return size
+            capacity *= 4
+
+    return _remembered(("dense rows", name), compute)
+
+
+def _is_dense_bidirectional(name: str, blocks: int) -> bool:
+    return _remembered(("dense", name, blocks), lambda: bool(_built(name, blocks, False)[:, :blocks, :blocks].all()))
+
+
+_dense_rows_at_trace_time = torch.compiler.assume_constant_result(_dense_rows)
+_is_dense_bidirectional_at_trace_time = torch.compiler.assume_constant_result(_is_dense_bidirectional)
+
+
+def is_dense(name: str, blocks: int, causal: bool) -> bool:
+    """Whether the layout allows every block pair (every causal one in causal layers): exact attention.
+    In causal layers a comparison with a constant, so a compiled graph need not specialise on the length."""
+    if causal:
+        return blocks <= _dense_rows_at_trace_time(name)
+    return _is_dense_bidirectional_at_trace_time(name, blocks)
 
 
 def _active_key_blocks(name: str, blocks: int, causal: bool, first: int, last: int) -> tuple[tuple[int, int], ...]:
     """Ranges ``[lo, hi)`` of key blocks that any head of query blocks ``first..last`` may see."""
 
     def compute() -> tuple[tuple[int, int], ...]:
-        active = _layout_for(name, blocks, causal)[:, first : last + 1].any(0).any(0).tolist()
+        active = _built(name, blocks, causal)[:, first : last + 1, :blocks].any(0).any(0).tolist()
         ranges: list[tuple[int, int]] = []
         for block, on in enumerate(active):
             if not on:
@@ -164,20 +221,15 @@ def _active_key_blocks(name: str, blocks: int, causal: bool, first: int, last: i
     return _remembered(("active", name, blocks, causal, first, last), compute)
 
 
-layout_for = torch.compiler.assume_constant_result(_layout_for)
-"""The CPU bool layout ``[heads|1, blocks, blocks]`` registered under ``name``."""
-is_dense = torch.compiler.assume_constant_result(_is_dense)
-"""Whether the layout allows every block pair (every causal one in causal layers): exact attention."""
-active_key_blocks = torch.compiler.assume_constant_result(_active_key_blocks)
-"""Key-block ranges a chunk of query blocks may see (what the chunked engine gathers)."""
+_active_key_blocks_at_trace_time = torch.compiler.assume_constant_result(_active_key_blocks)
 
 
-def layout_on(name: str, blocks: int, causal: bool, device: torch.device) -> torch.Tensor:
-    """The layout on ``device`` covering at least ``blocks`` blocks: one tensor per name, capacity and
-    device, so the kernels find its tile lists again on every call."""
-    capacity = _capacity(name, blocks, causal)
-    key = (name, capacity, causal, torch.device(device))
-    if key not in _DEVICE_LAYOUTS:
-        with torch.inference_mode(False):
-            _DEVICE_LAYOUTS[key] = _built(name, blocks, causal).to(device)
-    return _DEVICE_LAYOUTS[key]
+def active_key_blocks(
+    name: str, blocks: int, causal: bool, first: int, last: int
+) -> tuple[tuple[int, int], ...] | None:
+    """Key-block ranges a chunk of query blocks may see (what the chunked engine gathers), or None for
+    every key: so in causal layers under ``torch.compile``, whose lengths may be symbolic (a growing cache
+    with dynamic shapes) and cannot key a plan built on the host."""
+    if causal and tracing():
+        return None
+    return _active_key_blocks_at_trace_time(name, blocks, causal, first, last)

@@ -164,11 +164,10 @@ class SlidingWindowAttention(AttentionVariant):
             low, high = first - reach * columns - reach, last + reach * columns + reach
         else:
             low, high = first - reach, last + (0 if context.causal else reach)
-        ranges = [(low, high + 1)]
         leading = max(self.options.sink_tokens, global_count)
-        if leading:
-            ranges.append((0, low if latest_start is None else latest_start + leading))
-        return ranges
+        if not leading:
+            return [(low, high + 1)]
+        return [(0, low if latest_start is None else latest_start + leading), (low, high + 1)]
 
     def _global_count(self) -> int:
         if self.options.neighbourhood == "2d":

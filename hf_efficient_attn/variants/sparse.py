@@ -31,7 +31,7 @@ from typing import Any, Literal
 import torch
 
 from .. import dispatch
-from ..context import AttentionContext, tracing
+from ..context import AttentionContext
 from ..fused_path import KernelMask
 from ..masked import PositionRanges, masked_attention
 from . import block_layout as layouts
@@ -237,14 +237,12 @@ class BlockSparseAttention(AttentionVariant):
         size = self._layout_block_size()
         blocks = self._blocks(context)
         active = layouts.active_key_blocks(self.layout_name, blocks, context.causal, first // size, last // size)
-        return [(low * size, high * size) for low, high in active]
+        return None if active is None else [(low * size, high * size) for low, high in active]
 
     def _layout(self, context: AttentionContext, device: torch.device) -> torch.Tensor:
-        """The layout ``[1|heads, blocks, blocks]`` covering this call, on ``device``."""
+        """The layout ``[1|heads, >= blocks, >= blocks]`` covering this call, on ``device``."""
         blocks = self._blocks(context)
-        if tracing():
-            return layouts.layout_for(self.layout_name, blocks, context.causal).to(device)
-        return layouts.layout_on(self.layout_name, blocks, context.causal, device)
+        return layouts.layout_for(self.layout_name, blocks, context.causal, device)
 
 
 def _register(options: SparseOptions, layer: LayerInfo) -> str:

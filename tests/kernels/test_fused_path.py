@@ -58,9 +58,9 @@ def assert_close_outputs(first, second, tolerance=TOLERANCE):
 @pytest.fixture
 def kernel_calls(monkeypatch):
     """Counts calls of each kernel entry point, so a test can prove which path ran."""
-    calls = {"fused_attention": 0, "packed_attention": 0, "decode_attention": 0}
+    calls = {"fused_attention": 0, "fused_attention_varlen": 0, "decode_attention": 0}
     for name in calls:
-        original = getattr(kernel_module.ops, name)
+        original = getattr(kernel_module.ops, name)  # fused_attention_varlen: as the ops module calls it
 
         def counting(*args, _original=original, _name=name, **kwargs):
             calls[_name] += 1
@@ -172,7 +172,7 @@ def test_packed_documents_run_as_variable_length_sequences(kernel_calls):
     expected = reference(input_ids=ids, position_ids=position_ids).logits
     got = fused(input_ids=ids, position_ids=position_ids).logits
     torch.testing.assert_close(got, expected, atol=TOLERANCE, rtol=0)
-    assert kernel_calls["packed_attention"] == KERNEL_SHAPE["num_hidden_layers"]
+    assert kernel_calls["fused_attention_varlen"] == KERNEL_SHAPE["num_hidden_layers"]
 
 
 @pytest.mark.parametrize("options", [dict(window=6), dict(window=6, sink_tokens=2)])

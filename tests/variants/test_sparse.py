@@ -239,13 +239,13 @@ def test_kernel_layouts_are_built_once_and_outside_inference_mode(pattern):
     variant.train(pattern == "shifted")  # the shifted pattern has a layout only in training
     with torch.inference_mode():
         mask = variant.kernel_mask(context(24, 24, causal=True))
-        first = block_layout.layout_on(mask.block_layout, mask.layout_blocks, True, torch.device("cpu"))
+        first = block_layout.layout_for(mask.block_layout, mask.layout_blocks, True, torch.device("cpu"))
         mask = variant.kernel_mask(context(24, 24, causal=True))
-        again = block_layout.layout_on(mask.block_layout, mask.layout_blocks, True, torch.device("cpu"))
+        again = block_layout.layout_for(mask.block_layout, mask.layout_blocks, True, torch.device("cpu"))
     assert first is again and not first.is_inference()
     assert mask.layout_blocks == 6 and first.shape[-1] >= 6
     larger = variant.kernel_mask(context(400, 400, causal=True))
-    assert block_layout.layout_on(larger.block_layout, larger.layout_blocks, True, torch.device("cpu")) is not first
+    assert block_layout.layout_for(larger.block_layout, larger.layout_blocks, True, torch.device("cpu")) is not first
 
 
 def test_layouts_are_named_by_their_options():
