@@ -6,6 +6,7 @@
 
 __version__ = "0.1.0"
 
+from . import compat  # refuses an unsupported transformers release, saying what to install  # noqa: F401
 from .api import PatchError, from_pretrained, is_patched, list_variants, patch_model, unpatch_model
 from .fused_path import FusedPathError, FusedPathFallbackWarning
 from .patches import UnsupportedModelError, supported_model_types

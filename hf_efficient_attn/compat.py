@@ -7,11 +7,18 @@ The library talks to transformers through its public seams (the attention and ma
 * the keyword under which an attention module receives the KV cache: ``past_key_values`` up to 5.23,
   ``cache`` from 5.24 on (the old name is deprecated there);
 * the query offset a mask function receives: an int for growing caches, a tensor (shape ``[]`` or
-  ``[1]``) for static caches, whose length must not be read on the host while CUDA graphs replay it.
+  ``[1]``) for static caches, whose length must not be read on the host while CUDA graphs replay it;
+* ``AutoImageProcessor``, which before 5.24 cannot be used at all without torchvision, while the image
+  processor class a checkpoint names can (`load_image_processor`).
+
+(ViT's attention module moved too, in 5.10: its adapter, `patches.vit`, finds it in either place.)
 """
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,3 +62,23 @@ def query_offset_tensor(q_offset: int | torch.Tensor) -> torch.Tensor | None:
     if not isinstance(q_offset, torch.Tensor):
         return None
     return q_offset.reshape(-1)[0].to(torch.long)
+
+
+def load_image_processor(source: str | os.PathLike, **kwargs: Any) -> object:
+    """The image processor of a checkpoint: ``AutoImageProcessor``, or, where this release's
+    ``AutoImageProcessor`` needs torchvision that is not installed, the processor class the checkpoint's
+    ``preprocessor_config.json`` names."""
+    try:
+        return transformers.AutoImageProcessor.from_pretrained(source, **kwargs)
+    except ImportError as error:
+        config = Path(source) / "preprocessor_config.json"
+        if "torchvision" not in str(error).lower() or not config.is_file():
+            raise
+        name = json.loads(config.read_text()).get("image_processor_type", "")
+        processor_class = getattr(transformers, name.removesuffix("Fast").removesuffix("Pil"), None)
+        if processor_class is None:
+            raise
+        return processor_class.from_pretrained(source, **kwargs)
+
+
+check_supported()

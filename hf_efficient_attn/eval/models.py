@@ -60,6 +60,16 @@ def _resolve_source(source: str) -> str:
     return str(path)
 
 
+class _ImageProcessorLoader:
+    """``AutoImageProcessor`` where this transformers release can use it without torchvision (`compat`)."""
+
+    @staticmethod
+    def from_pretrained(source: str, **kwargs):
+        from ..compat import load_image_processor
+
+        return load_image_processor(source, **kwargs)
+
+
 def _load(loader, source: str, what: str, fix: str, **kwargs):
     try:
         return loader.from_pretrained(source, **kwargs)
@@ -106,6 +116,6 @@ def load_eval_model(
         )
     if model_task == "vision":
         loaded.image_processor = _load(
-            transformers.AutoImageProcessor, source, "image processor", save_fix.format("image_processor")
+            _ImageProcessorLoader, source, "image processor", save_fix.format("image_processor")
         )
     return loaded

@@ -12,6 +12,14 @@ def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
+def _self_attention(layer: nn.Module) -> nn.Module:
+    """The module that calls the attention function: ``layer.attention`` in transformers 5.10 and later,
+    ``layer.attention.attention`` (inside an output-projection wrapper) before."""
+    attention = layer.attention
+    inner = getattr(attention, "attention", None)
+    return inner if isinstance(inner, nn.Module) else attention
+
+
 def _layers(base: nn.Module) -> nn.ModuleList:
     """The encoder layers (``base.layers`` in transformers 5.x; ``base.encoder.layer`` before)."""
     layers = getattr(base, "layers", None)
@@ -33,7 +41,7 @@ class ViTAdapter(ModelAdapter):
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         return [
             AttentionSite(
-                module=layer.attention,
+                module=_self_attention(layer),
                 layer=LayerInfo(
                     role=Role.BIDIRECTIONAL,
                     target="encoder",

@@ -169,7 +169,7 @@ def _remembered(key: tuple, compute: Callable[[], object]) -> object:
 def _dense_rows(name: str) -> int:
     """How many leading block rows of a causal layout are dense: every sequence of at most that many
     blocks sees all its (causal) block pairs. Causal layouts keep their rows as they grow, so this one
-    number answers for every length."""
+    number answers for every length (looked for up to `TRACED_CAUSAL_BLOCKS` blocks)."""
 
     def compute() -> int:
         capacity = 64
@@ -180,8 +180,8 @@ def _dense_rows(name: str) -> int:
             holes = (~layout & torch.ones(size, size, dtype=torch.bool).tril()).any(0).any(-1)
             if bool(holes.any()):
                 return int(holes.nonzero()[0, 0])
-            if size < capacity or capacity >= 1 << 16:
-                return size
+            if size < capacity or capacity >= TRACED_CAUSAL_BLOCKS:
+                return size  # dense as far as looked: longer calls are taken as sparse (still exact)
             capacity *= 4
 
     return _remembered(("dense rows", name), compute)

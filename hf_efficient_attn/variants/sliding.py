@@ -79,6 +79,18 @@ class SlidingWindowAttention(AttentionVariant):
     roles = frozenset({Role.CAUSAL, Role.BIDIRECTIONAL})
     options: SlidingOptions
 
+    def __init__(self, options: SlidingOptions, layer: LayerInfo):
+        super().__init__(options, layer)
+        cells = None
+        if options.neighbourhood == "2d" and layer.grid is not None:
+            # row and column of every position on the patch grid (the tokens before it count as cell 0): a
+            # table read by position, rather than arithmetic on positions that the compiler fuses into its
+            # index computations
+            columns = layer.grid[1]
+            cell = (torch.arange(layer.prefix_tokens + layer.grid[0] * columns) - layer.prefix_tokens).clamp(min=0)
+            cells = torch.stack([cell // columns, cell % columns], dim=-1)
+        self.register_buffer("grid_cells", cells, persistent=False)
+
     @classmethod
     def check_layer(cls, options: SlidingOptions, layer: LayerInfo) -> None:
         super().check_layer(options, layer)
@@ -184,14 +196,10 @@ class SlidingWindowAttention(AttentionVariant):
             )
 
     def _grid_near(self, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
-        rows, columns = self.layer.grid
-        prefix = self.layer.prefix_tokens
-        query_cell = (query_positions - prefix).clamp(min=0)
-        key_cell = (key_positions - prefix).clamp(min=0)
-        row_distance = (query_cell[:, None] // columns - key_cell[None, :] // columns).abs()
-        column_distance = (query_cell[:, None] % columns - key_cell[None, :] % columns).abs()
-        reach = self.options.window
-        return (row_distance < reach) & (column_distance < reach)
+        query_cells = self.grid_cells.index_select(0, query_positions)  # [q, 2]: row, column
+        key_cells = self.grid_cells.index_select(0, key_positions)
+        distance = (query_cells[:, None, :] - key_cells[None, :, :]).abs()  # [q, k, 2]
+        return (distance < self.options.window).all(-1)
 
 
 def _row_starts(context: AttentionContext, device: torch.device) -> torch.Tensor:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import AutoImageProcessor, ViTForImageClassification
+from transformers import ViTForImageClassification
 
 from hf_efficient_attn.assets.images import CLASSES, write_image_folder
 from hf_efficient_attn.assets.vit_training import TrainingOptions, accuracy, pixel_values, save_vit, train_vit
+from hf_efficient_attn.compat import load_image_processor
 
 
 def digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -43,7 +44,7 @@ def test_saved_folder_and_processor_reproduce_the_training_inputs(trained, tmp_p
     model, test_images, test_labels, _ = trained
     folder = save_vit(model, tmp_path / "vit")
     loaded = ViTForImageClassification.from_pretrained(folder).eval()
-    processor = AutoImageProcessor.from_pretrained(folder)
+    processor = load_image_processor(folder)
     write_image_folder(tmp_path / "images", test_images[:10], test_labels[:10])
     files = sorted((tmp_path / "images").glob("*/*.png"), key=lambda path: path.name)
     images = [Image.open(file).convert("RGB") for file in files]

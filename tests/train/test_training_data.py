@@ -83,20 +83,24 @@ def test_speech_data_at_another_rate_is_refused(tmp_path):
 
 
 def test_image_folder_samples_and_batches(tmp_path):
-    from transformers import AutoConfig, AutoImageProcessor
+    from transformers import AutoConfig
+
+    from hf_efficient_attn.compat import load_image_processor
 
     checkpoint = vit_checkpoint(tmp_path / "vit")
-    samples = training_data.image_training_set(AutoImageProcessor.from_pretrained(checkpoint), AutoConfig.from_pretrained(checkpoint),
+    samples = training_data.image_training_set(load_image_processor(checkpoint), AutoConfig.from_pretrained(checkpoint),
                                                image_folder(tmp_path / "images", per_class=2))
     batch = training_data.collate_images([samples[index] for index in range(len(samples))])
     assert batch["pixel_values"].shape == (6, 3, 24, 24) and batch["labels"].tolist() == [0, 0, 1, 1, 2, 2]
 
 
 def test_augmented_images_move_each_read_and_keep_their_label(tmp_path):
-    from transformers import AutoConfig, AutoImageProcessor
+    from transformers import AutoConfig
+
+    from hf_efficient_attn.compat import load_image_processor
 
     checkpoint = vit_checkpoint(tmp_path / "vit")
-    processor, config = AutoImageProcessor.from_pretrained(checkpoint), AutoConfig.from_pretrained(checkpoint)
+    processor, config = load_image_processor(checkpoint), AutoConfig.from_pretrained(checkpoint)
     images = image_folder(tmp_path / "images", per_class=1)
     plain = training_data.image_training_set(processor, config, images)
     moved = training_data.image_training_set(processor, config, images, augment=True)

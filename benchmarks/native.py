@@ -1,0 +1,404 @@
+"""Native sizes: patched models against the unpatched one where models are run every day.
+
+Rows (GPU): ViT-B/16 at 224 px (batch 64), the Whisper-large-v3 encoder at 1500 positions (batch 4),
+Llama-3.2-1B shapes prefilling 2k and 4k tokens, the same prefilling 32k and 128k tokens (for peak
+memory), and greedy decoding after 4k and 32k prompts at batch 1 and 16, eager (growing cache) and
+compiled (``cache_implementation="static"``, which transformers compiles itself). Columns: transformers'
+``sdpa`` (the baseline), ``flex_attention``, its own sliding window (Llama: the same weights as a Mistral
+model with ``sliding_window``), and ours: ``flash``, ``sliding`` and ``sparse``. Random weights of the real
+shapes, bfloat16, one process; forward times are CUDA-event medians.
+
+    python benchmarks/native.py --out benchmarks/results/native-h200          # a GPU
+    python benchmarks/native.py --cpu --out benchmarks/results/native-cpu     # the CPU: SmolLM2-135M shapes
+
+Each cell is checked: exact columns (``flash``, and ``sliding``/``sparse`` where they cover the input) must
+give the baseline's output (forward rows) or tokens (decoding rows). The targets are printed at the end:
+every cell of ours within 1.05x of ``sdpa`` in the same mode (1.10x on the CPU), ``sliding`` decoding after
+32k at least 1.3x ``sdpa`` and at least transformers' own sliding window, and peak memory of ours at most
+``sdpa``'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+
+from hf_efficient_attn import patch_model, unpatch_model
+
+GIB = 2**30
+OURS = ("flash", "sliding", "sparse")
+COLUMNS = ("sdpa", "flex_attention", "hf-sliding", *OURS)
+WINDOW = 4096
+"""Sliding window of ours and of transformers' own (Llama rows); encoders use `ENCODER_WINDOW`."""
+ENCODER_WINDOW = 512
+SPARSE = {"block_size": 128, "local_blocks": 8, "global_blocks": 1, "random_blocks": 2}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row: a family, what is run and its sizes."""
+
+    name: str
+    family: str  # "vit", "whisper", "llama"
+    kind: str  # "forward", "memory" or "decode"
+    batch: int
+    tokens: int  # image side for ViT, positions for Whisper, prompt tokens for Llama
+    compiled: bool = False
+
+
+def gpu_rows() -> list[Row]:
+    rows = [Row("ViT-B/16 224 px, batch 64", "vit", "forward", 64, 224),
+            Row("Whisper-large-v3 encoder 1500, batch 4", "whisper", "forward", 4, 1500),
+            Row("Llama-1B prefill 2k", "llama", "forward", 1, 2048),
+            Row("Llama-1B prefill 4k", "llama", "forward", 1, 4096)]
+    for compiled in (False, True):
+        for prompt in (4096, 32768):
+            for batch in (1, 16):
+                mode = "compiled static" if compiled else "eager"
+                rows.append(Row(f"Llama-1B decode after {prompt // 1024}k, batch {batch}, {mode}", "llama", "decode",
+                                batch, prompt, compiled))
+    rows += [Row("Llama-1B prefill 32k (memory)", "llama", "memory", 1, 32768),
+             Row("Llama-1B prefill 128k (memory)", "llama", "memory", 1, 131072)]
+    return rows
+
+
+def cpu_rows() -> list[Row]:
+    return [Row("ViT (tiny) 224 px, batch 8", "vit", "forward", 8, 224),
+            Row("Whisper encoder (tiny) 1500, batch 1", "whisper", "forward", 1, 1500),
+            Row("SmolLM2-135M prefill 1024", "llama", "forward", 1, 1024),
+            Row("SmolLM2-135M decode after 1024, batch 1, eager", "llama", "decode", 1, 1024)]
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def build(family: str, cpu: bool, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """Random weights of the real shapes (the CPU mode: SmolLM2-135M, whisper-tiny and a small ViT)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, ViTConfig, ViTModel, WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    torch.manual_seed(0)
+    if family == "llama":
+        shape = (dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                      num_key_value_heads=3, head_dim=64, vocab_size=49152, max_position_embeddings=8192)
+                 if cpu else
+                 dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                      num_key_value_heads=8, head_dim=64, vocab_size=128256, max_position_embeddings=131072,
+                      rope_theta=500000.0))
+        config = LlamaConfig(**shape, tie_word_embeddings=True)
+        model = LlamaForCausalLM._from_config(config, dtype=dtype, attn_implementation="sdpa")
+    elif family == "whisper":
+        shape = (dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536, num_mel_bins=80)
+                 if cpu else
+                 dict(d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120, num_mel_bins=128))
+        model = WhisperEncoder._from_config(WhisperConfig(**shape, decoder_layers=1), dtype=dtype,
+                                            attn_implementation="sdpa")
+    else:
+        shape = (dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768) if cpu
+                 else dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072))
+        model = ViTModel._from_config(ViTConfig(**shape, image_size=224, patch_size=16), dtype=dtype,
+                                      attn_implementation="sdpa", add_pooling_layer=False)
+    return model.to(device).eval()
+
+
+def mistral_twin(model: nn.Module, window: int) -> nn.Module:
+    """The Llama model's weights (shared, not copied) as a MistralForCausalLM with ``sliding_window``."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    source = model.config
+    fields = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps",
+              "tie_word_embeddings", "rope_theta")
+    config = MistralConfig(**{f: getattr(source, f) for f in fields if hasattr(source, f)}, sliding_window=window)
+    with torch.device("meta"):
+        twin = MistralForCausalLM(config)
+    twin.load_state_dict(model.state_dict(), assign=True)
+    twin.model.rotary_emb = model.model.rotary_emb
+    twin.set_attn_implementation("sdpa")
+    return twin.eval()
+
+
+def options(column: str, family: str) -> dict[str, Any]:
+    if column == "sliding":
+        return {"window": WINDOW if family == "llama" else ENCODER_WINDOW}
+    return dict(SPARSE) if column == "sparse" else {}
+
+
+class Configured:
+    """The row's model switched to a column, and back afterwards (one set of weights for every column)."""
+
+    def __init__(self, model: nn.Module, family: str, column: str):
+        self.model, self.family, self.column = model, family, column
+
+    def __enter__(self) -> nn.Module:
+        if self.column in OURS:
+            return patch_model(self.model, self.column, **options(self.column, self.family))
+        if self.column == "hf-sliding":
+            return mistral_twin(self.model, WINDOW)
+        self.model.set_attn_implementation(self.column)
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        if self.column in OURS:
+            unpatch_model(self.model)
+        self.model.set_attn_implementation("sdpa")
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+
+
+def inputs(row: Row, model: nn.Module, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    if row.family == "vit":
+        return {"pixel_values": torch.randn(row.batch, 3, 224, 224, generator=generator).to(device, dtype)}
+    if row.family == "whisper":
+        mels = model.config.num_mel_bins
+        return {"input_features": torch.randn(row.batch, mels, 2 * row.tokens, generator=generator).to(device, dtype)}
+    ids = torch.randint(0, model.config.vocab_size, (row.batch, row.tokens), generator=generator)
+    return {"input_ids": ids.to(device)}
+
+
+def forward(model: nn.Module, family: str, batch: dict) -> torch.Tensor:
+    base = model.model if family == "llama" else model
+    extra = {"use_cache": False} if family == "llama" else {}
+    return base(**batch, **extra).last_hidden_state
+
+
+def timed(work: Callable[[], object], device: torch.device, budget_s: float = 1.0) -> tuple[float, float]:
+    """Median milliseconds of ``work`` (after a warm-up) and its peak memory in GiB (CUDA: allocator peak)."""
+    work()
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    start = time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < budget_s and len(times) < 20):
+        if cuda:
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            work()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(begin.elapsed_time(end))
+        else:
+            tick = time.perf_counter()
+            work()
+            times.append(1e3 * (time.perf_counter() - tick))
+    peak = torch.cuda.max_memory_allocated(device) / GIB if cuda else None
+    return sorted(times)[len(times) // 2], peak
+
+
+def decode_rate(model: nn.Module, batch: dict, row: Row, steps: int) -> tuple[float, torch.Tensor, float | None]:
+    """Tokens per second (per sequence) of ``steps`` greedy decoding steps after the prompt, the generated
+    tokens, and the peak memory: ``generate`` of 1 and of ``steps + 1`` new tokens, the difference timed."""
+    settings = dict(do_sample=False, pad_token_id=0)
+    if row.compiled:
+        settings["cache_implementation"] = "static"
+    device = batch["input_ids"].device
+
+    def run(new: int) -> tuple[float, torch.Tensor]:
+        torch.cuda.synchronize(device) if device.type == "cuda" else None
+        start = time.perf_counter()
+        out = model.generate(**batch, max_new_tokens=new, min_new_tokens=new, **settings)
+        torch.cuda.synchronize(device) if device.type == "cuda" else None
+        return time.perf_counter() - start, out
+
+    run(steps + 1)  # warm-up (compiles the decoding step for static caches)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    prefill_s, _ = run(1)
+    total_s, tokens = run(steps + 1)
+    peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
+    return steps / max(total_s - prefill_s, 1e-9), tokens, peak
+
+
+def exact_here(column: str, row: Row) -> bool:
+    """Whether the column computes exactly the baseline's attention on this row."""
+    if column in ("sdpa", "flex_attention", "flash"):
+        return True
+    if column == "hf-sliding":
+        return row.tokens <= WINDOW if row.kind != "decode" else False
+    if column == "sliding":
+        reach = WINDOW if row.family == "llama" else ENCODER_WINDOW
+        length = {"vit": 197, "whisper": row.tokens}.get(row.family, row.tokens)
+        return length <= reach and row.kind != "decode"
+    return False
+
+
+def measure_cell(row: Row, column: str, model: nn.Module, device: torch.device, dtype: torch.dtype,
+                 baseline: dict, steps: int) -> dict[str, Any]:
+    batch = inputs(row, model, device, dtype)
+    with Configured(model, row.family, column) as target, torch.no_grad():
+        if row.kind == "decode":
+            rate, tokens, peak = decode_rate(target, batch, row, steps)
+            cell = {"tokens_per_s": round(rate, 2), "peak_gib": peak and round(peak, 3)}
+            if "tokens" in baseline and exact_here(column, row):
+                cell["check"] = "same tokens" if torch.equal(tokens, baseline["tokens"]) else "TOKENS DIFFER"
+            baseline.setdefault("tokens", tokens)
+            return cell
+        ms, peak = timed(lambda: forward(target, row.family, batch), device, budget_s=0.5 if row.kind == "memory" else 1.0)
+        cell = {"ms": round(ms, 3), "peak_gib": peak and round(peak, 3)}
+        if row.kind == "forward":
+            output = forward(target, row.family, batch).float()
+            if "output" in baseline and exact_here(column, row):
+                error = (output - baseline["output"]).abs().max().item() / baseline["output"].abs().max().item()
+                cell["check"] = f"rel. err {error:.1e}" + ("" if error < 2e-2 else " TOO LARGE")
+            baseline.setdefault("output", output)
+        return cell
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = torch.device("cpu" if args.cpu else "cuda")
+    dtype = torch.float32 if args.cpu else torch.bfloat16
+    rows = cpu_rows() if args.cpu else gpu_rows()
+    if args.rows:
+        rows = [row for row in rows if any(part in row.name for part in args.rows)]
+    columns = [c for c in COLUMNS if not args.columns or c in args.columns]
+    deadline = time.time() + args.time_budget
+    results = {"env": environment(device, dtype), "command": args.command, "rows": []}
+    models: dict[str, nn.Module] = {}
+    for row in rows:
+        model = models.get(row.family)
+        if model is None:
+            models.clear()
+            torch.cuda.empty_cache() if device.type == "cuda" else None
+            model = models[row.family] = build(row.family, args.cpu, dtype, device)
+        baseline: dict = {}
+        entry = {"row": row.name, "kind": row.kind, "cells": {}}
+        for column in columns:
+            if column == "hf-sliding" and row.family != "llama":
+                continue
+            if time.time() > deadline:
+                entry["cells"][column] = {"status": "skipped (time budget)"}
+                continue
+            try:
+                cell = measure_cell(row, column, model, device, dtype, baseline, args.decode_steps)
+            except Exception as exc:  # an OOM or an error is a result too
+                cell = {"status": f"{type(exc).__name__}: {str(exc)[:160]}"}
+            entry["cells"][column] = cell
+            print(f"{row.name:55s} {column:15s} {json.dumps(cell)}", flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        results["rows"].append(entry)
+        save(results, args.out)
+    results["targets"] = targets(results, args.cpu)
+    save(results, args.out)
+    return results
+
+
+def environment(device: torch.device, dtype: torch.dtype) -> dict[str, str]:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or 'x86_64'})"
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "-"
+    return {"device": name, "torch": torch.__version__, "transformers": transformers.__version__,
+            "triton": triton_version, "dtype": str(dtype).replace("torch.", "")}
+
+
+def value(cell: dict) -> float | None:
+    return cell.get("ms", cell.get("tokens_per_s"))
+
+
+def targets(results: dict, cpu: bool) -> list[str]:
+    """The issue's targets, each line PASS or MISS with its figures."""
+    limit = 1.10 if cpu else 1.05
+    lines = []
+    for entry in results["rows"]:
+        cells = entry["cells"]
+        base = cells.get("sdpa", {})
+        for column in OURS:
+            cell = cells.get(column, {})
+            if value(cell) is None or value(base) is None:
+                continue
+            ratio = value(cell) / value(base) if "ms" in cell else value(base) / value(cell)
+            if entry["kind"] != "memory":
+                lines.append(f"{'PASS' if ratio <= limit else 'MISS'} {entry['row']}: {column} {ratio:.2f}x sdpa's time")
+            if cell.get("peak_gib") is not None and base.get("peak_gib") is not None:
+                ok = cell["peak_gib"] <= base["peak_gib"] * 1.01
+                lines.append(f"{'PASS' if ok else 'MISS'} {entry['row']}: {column} peak {cell['peak_gib']:.2f} GiB "
+                             f"vs sdpa {base['peak_gib']:.2f}")
+        if entry["kind"] == "decode" and "32k" in entry["row"] and value(cells.get("sliding", {})):
+            speedup = value(cells["sliding"]) / value(base) if value(base) else float("nan")
+            lines.append(f"{'PASS' if speedup >= 1.3 else 'MISS'} {entry['row']}: sliding {speedup:.2f}x sdpa's tokens/s")
+            own = value(cells.get("hf-sliding", {}))
+            if own:
+                ok = value(cells["sliding"]) >= own
+                lines.append(f"{'PASS' if ok else 'MISS'} {entry['row']}: sliding {value(cells['sliding']):.1f} vs "
+                             f"transformers' own sliding window {own:.1f} tokens/s")
+    return lines
+
+
+def markdown(results: dict) -> str:
+    env = results["env"]
+    columns = [c for c in COLUMNS if any(c in e["cells"] for e in results["rows"])]
+    lines = [f"{env['device']}, torch {env['torch']}, transformers {env['transformers']}, triton {env['triton']}, "
+             f"{env['dtype']}; `{results['command']}`", "",
+             "Forward and prefill rows: ms (lower is better); decoding rows: tokens/s per sequence (higher is "
+             "better); peak memory in GiB below each figure.", "",
+             "| row | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for entry in results["rows"]:
+        cells = []
+        for column in columns:
+            cell = entry["cells"].get(column)
+            if cell is None:
+                cells.append("")
+            elif value(cell) is None:
+                cells.append(cell.get("status", "")[:40])
+            else:
+                unit = "" if "ms" in cell else " tok/s"
+                peak = f"<br>{cell['peak_gib']:.2f} GiB" if cell.get("peak_gib") is not None else ""
+                flag = " ⚠" if "DIFFER" in cell.get("check", "") or "LARGE" in cell.get("check", "") else ""
+                cells.append(f"{value(cell):.3g}{unit}{peak}{flag}")
+        lines.append(f"| {entry['row']} | " + " | ".join(cells) + " |")
+    if results.get("targets"):
+        lines += ["", "Targets:", ""] + [f"- {line}" for line in results["targets"]]
+    return "\n".join(lines) + "\n"
+
+
+def save(results: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    serialisable = json.loads(json.dumps(results, default=str))
+    (out / "native.json").write_text(json.dumps(serialisable, indent=1))
+    (out / "native.md").write_text(markdown(results))
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cpu", action="store_true", help="CPU mode: SmolLM2-135M, whisper-tiny and a small ViT")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/native"))
+    parser.add_argument("--rows", nargs="*", help="run only rows whose name contains one of these")
+    parser.add_argument("--columns", nargs="*", choices=COLUMNS, help="run only these columns")
+    parser.add_argument("--decode-steps", type=int, default=32)
+    parser.add_argument("--time-budget", type=float, default=540.0, help="seconds; later cells are skipped")
+    args = parser.parse_args(argv)
+    args.command = "python benchmarks/native.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    warnings.filterwarnings("ignore", module="transformers")
+    results = run(parse(argv))
+    print(markdown(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

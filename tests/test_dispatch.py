@@ -1,0 +1,139 @@
+"""The dispatch rule on the CPU: which route each call takes, and that every route gives the definition.
+
+On the CPU the rule has two routes: torch's SDPA for calls the variant's pattern covers entirely, the
+chunked engine for the rest (`tests/kernels/test_dispatch_kernels.py` adds the Triton route). Calls are
+built as a model builds them (`build_context` over a `make_layout` layout); outputs are compared with
+the float64 definitions of `spec`.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from spec import dense_attention, sliding_mask
+
+from hf_efficient_attn import dispatch
+from hf_efficient_attn.context import build_context, drop_future_keys
+from hf_efficient_attn.layout import make_layout
+from hf_efficient_attn.variants import (
+    BlockSparseAttention,
+    FlashAttention,
+    FlashOptions,
+    LayerInfo,
+    Role,
+    SlidingOptions,
+    SlidingWindowAttention,
+    SparseOptions,
+)
+
+SCALE = 0.3
+
+
+def layer(role: Role = Role.CAUSAL) -> LayerInfo:
+    return LayerInfo(role, "test", 0, 4, 2, 8)
+
+
+def qkv(q_len: int, k_len: int, batch: int = 2, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    shapes = ((batch, 4, q_len, 8), (batch, 2, k_len, 8), (batch, 2, k_len, 8))
+    return [torch.randn(shape, generator=generator, dtype=torch.float64) for shape in shapes]
+
+
+def call(variant, query, key, value, *, causal=True, tokens=None, padding=None, static_start=None,
+         queries_first=False):
+    """The variant's route and output for one call, with the layout a model would build."""
+    mask = None
+    if tokens is not None or padding is not None or static_start is not None:
+        mask = make_layout(
+            tokens=tokens if tokens is not None else key.shape[-2],
+            padding=padding,
+            query_start=None if static_start is None else torch.tensor(static_start),
+            query_length=query.shape[-2],
+            queries_first=queries_first,
+        )
+    context = build_context(query=query, key=key, attention_mask=mask, causal=causal, scaling=SCALE, dropout=0.0,
+                            cache_window=variant.cache_window(), position_ids=None, native_window=None)
+    key, value, context = drop_future_keys(key, value, context)
+    route, _ = dispatch.choose(query, key, value, context, variant.options.backend, variant.kernel_mask(context)
+                               if hasattr(variant, "kernel_mask") else dispatch.KernelMask())
+    return route, variant(query, key, value, context), context
+
+
+def sliding(window: int, sinks: int = 0, role: Role = Role.CAUSAL) -> SlidingWindowAttention:
+    return SlidingWindowAttention(SlidingOptions(window=window, sink_tokens=sinks), layer(role))
+
+
+CASES = {
+    # name: (variant factory, q_len, k_len, extra call arguments, expected route)
+    "exact-causal": (lambda: FlashAttention(FlashOptions(), layer()), 12, 12, {}, "sdpa"),
+    "exact-bidirectional": (lambda: FlashAttention(FlashOptions(), layer(Role.BIDIRECTIONAL)), 12, 12,
+                            {"causal": False}, "sdpa"),
+    "window-covers": (lambda: sliding(12), 12, 12, {}, "sdpa"),
+    "window-narrower": (lambda: sliding(5), 12, 12, {}, "chunked"),
+    "window-bidirectional-covers": (lambda: sliding(12, role=Role.BIDIRECTIONAL), 12, 12, {"causal": False}, "sdpa"),
+    "decode-over-bounded-cache": (lambda: sliding(5, sinks=2), 1, 7, {"tokens": 30}, "sdpa"),
+    "chunk-over-bounded-cache": (lambda: sliding(5, sinks=2), 3, 9, {"tokens": 30}, "chunked"),
+    "decode-growing-cache": (lambda: FlashAttention(FlashOptions(), layer()), 1, 20, {}, "sdpa"),
+    "prompt-in-fresh-static-cache": (lambda: FlashAttention(FlashOptions(), layer()), 6, 16, {"tokens": 16, "queries_first": True},
+                                     "sdpa"),
+    "static-decode": (lambda: FlashAttention(FlashOptions(), layer()), 1, 16, {"static_start": 9}, "chunked"),
+    "blocks-cover": (lambda: BlockSparseAttention(SparseOptions(block_size=8, local_blocks=2), layer()), 12, 12, {},
+                     "sdpa"),
+    "blocks-sparse": (lambda: BlockSparseAttention(SparseOptions(block_size=4, local_blocks=1, global_blocks=0),
+                                                   layer()), 12, 12, {}, "chunked"),
+    "backend-reference": (lambda: FlashAttention(FlashOptions(backend="reference"), layer()), 12, 12, {}, "chunked"),
+}
+
+
+def definition(variant, query, key, value, context) -> torch.Tensor:
+    """The float64 definition of the call: causality, padding, and the variant's own pattern."""
+    visible = torch.ones(1, 1, query.shape[-2], key.shape[-2], dtype=torch.bool)
+    if context.causal:
+        visible = (context.key_positions[None, :] <= context.query_positions[:, None])[None, None]
+    if isinstance(variant, SlidingWindowAttention):
+        visible = visible & sliding_mask(context.query_positions, context.key_positions,
+                                         window=variant.options.window, causal=context.causal,
+                                         sinks=variant.options.sink_tokens)
+    elif isinstance(variant, BlockSparseAttention):
+        visible = visible & variant.allowed(context, context.query_positions, context.key_positions)
+    if context.key_padding is not None:
+        visible = visible & context.key_padding[:, None, None, :]
+    return dense_attention(query, key, value, visible, SCALE)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_route_and_result(name):
+    make, q_len, k_len, extra, expected_route = CASES[name]
+    variant = make()
+    query, key, value = qkv(q_len, k_len)
+    route, output, context = call(variant, query, key, value, **extra)
+    assert route == expected_route
+    if context.key_positions.shape[0] != key.shape[-2]:  # future slots of a static cache were dropped
+        key, value = key[..., : context.key_positions.shape[0], :], value[..., : context.key_positions.shape[0], :]
+    torch.testing.assert_close(output, definition(variant, query, key, value, context), rtol=0, atol=1e-12)
+
+
+def test_padding_goes_to_sdpa_as_a_key_mask_with_zero_rows():
+    """Padding on an exact call: SDPA with the padding as its mask; rows that see nothing are zeros."""
+    variant = FlashAttention(FlashOptions(), layer())
+    query, key, value = qkv(10, 10)
+    padding = torch.ones(2, 10, dtype=torch.bool)
+    padding[1, :4] = False
+    route, output, context = call(variant, query, key, value, padding=padding)
+    assert route == "sdpa"
+    torch.testing.assert_close(output, definition(variant, query, key, value, context), rtol=0, atol=1e-12)
+    assert torch.equal(output[1, :, :4], torch.zeros_like(output[1, :, :4]))
+
+
+def test_every_route_gives_the_same_result():
+    """The same exact call on SDPA and on the chunked engine."""
+    query, key, value = qkv(14, 14)
+    padding = torch.ones(2, 14, dtype=torch.bool)
+    padding[0, 11:] = False
+    outputs = {}
+    for backend in ("auto", "reference"):
+        variant = FlashAttention(FlashOptions(backend=backend), layer())
+        outputs[call(variant, query, key, value, padding=padding)[0]] = call(variant, query, key, value,
+                                                                             padding=padding)[1]
+    assert outputs.keys() == {"sdpa", "chunked"}
+    torch.testing.assert_close(outputs["sdpa"], outputs["chunked"], rtol=0, atol=1e-12)

@@ -1,0 +1,142 @@
+"""Static caches (``cache_implementation="static"``), compiled generation and assisted decoding.
+
+Exact variants generate the unpatched model's tokens; approximate ones generate what recomputing every
+step without a cache gives; `sliding` keeps a fixed-size sink+window layer whose memory does not grow.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from tiny_models import DECODERS, tiny_llama, tiny_whisper, whisper_features
+from transformers import CompileConfig
+
+from hf_efficient_attn import patch_model
+from hf_efficient_attn.cache import SinkWindowCacheLayer, StaticSinkWindowLayer
+
+EXACT = {"flash": {}, "sliding": {"window": 100}, "sparse": {}}  # window and blocks cover every token
+APPROXIMATE = {
+    "sliding": {"window": 5},
+    "sliding-sinks": {"window": 5, "sink_tokens": 2},
+    "sparse": {"block_size": 4, "local_blocks": 2},
+}
+
+
+def left_padded_prompt(batch: int = 2, length: int = 9) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.randint(3, 97, (batch, length), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    ids[1, :3] = 0
+    return ids, mask
+
+
+def generate(model, ids, mask, **kwargs):
+    settings = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model.generate(input_ids=ids, attention_mask=mask, **{**settings, **kwargs})
+
+
+@pytest.mark.parametrize("variant", sorted(EXACT))
+@pytest.mark.parametrize("family", sorted(DECODERS))
+def test_static_generation_of_exact_variants_equals_unpatched(family, variant):
+    base = DECODERS[family]()
+    ids, mask = left_padded_prompt()
+    expected = generate(base, ids, mask, cache_implementation="static")
+    patched = patch_model(copy.deepcopy(base), variant, **EXACT[variant])
+    assert torch.equal(generate(patched, ids, mask, cache_implementation="static"), expected)
+
+
+@pytest.mark.parametrize("name", sorted(APPROXIMATE))
+def test_static_generation_equals_recomputation(name):
+    model = patch_model(tiny_llama(), name.split("-")[0], **APPROXIMATE[name])
+    ids, mask = left_padded_prompt()
+    recomputed = generate(model, ids, mask, use_cache=False)
+    out = generate(model, ids, mask, cache_implementation="static", return_dict_in_generate=True)
+    assert torch.equal(out.sequences, recomputed)
+    assert torch.equal(generate(model, ids, mask), recomputed)  # the growing cache too
+
+
+@pytest.mark.parametrize("sinks", [0, 2])
+def test_static_sliding_layer_has_a_fixed_size(sinks):
+    window, leading_pad = 5, 3
+    model = patch_model(tiny_llama(), "sliding", window=window, sink_tokens=sinks)
+    ids, mask = left_padded_prompt()
+    out = generate(model, ids, mask, cache_implementation="static", return_dict_in_generate=True, max_new_tokens=30)
+    layers = out.past_key_values.layers
+    assert all(isinstance(layer, StaticSinkWindowLayer) for layer in layers)
+    prefix = sinks + leading_pad if sinks else 0
+    assert {layer.keys.shape[-2] for layer in layers} == {prefix + window - 1}
+    assert int(layers[0].get_seq_length()) == out.sequences.shape[-1] - 1
+
+
+def test_whisper_static_generation():
+    whisper = tiny_whisper()
+    features = whisper_features(whisper)
+    settings = dict(max_new_tokens=8, do_sample=False)
+    expected = whisper.generate(input_features=features, cache_implementation="static", **settings)
+    flash = patch_model(copy.deepcopy(whisper), "flash")
+    assert torch.equal(flash.generate(input_features=features, cache_implementation="static", **settings), expected)
+    sliding = patch_model(copy.deepcopy(whisper), "sliding", window=3)
+    recomputed = sliding.generate(input_features=features, use_cache=False, **settings)
+    assert torch.equal(sliding.generate(input_features=features, cache_implementation="static", **settings), recomputed)
+
+
+def compile_everywhere() -> CompileConfig:
+    """transformers compiles static-cache decoding on accelerators only; this asks for it on the CPU too."""
+    config = CompileConfig(fullgraph=True)
+    config._compile_all_devices = True
+    return config
+
+
+@pytest.mark.parametrize("name", ["flash", "sliding-sinks", "sparse"])
+def test_compiled_static_generation_equals_eager(name):
+    options = {"flash": {}, **APPROXIMATE}[name]
+    model = patch_model(tiny_llama(), name.split("-")[0], **options)
+    ids, mask = left_padded_prompt()
+    eager = generate(model, ids, mask, cache_implementation="static")
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = generate(model, ids, mask, cache_implementation="static", compile_config=compile_everywhere())
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1, "the decoding step was not compiled"
+    assert torch.equal(compiled, eager)
+
+
+@pytest.mark.parametrize("name", ["flash", "sliding-sinks", "sparse"])
+def test_compiled_forward_generation_equals_eager(name):
+    """``model.forward = torch.compile(model.forward, fullgraph=True)``, then generate with its growing cache."""
+    options = {"flash": {}, **APPROXIMATE}[name]
+    model = patch_model(tiny_llama(), name.split("-")[0], **options)
+    ids, mask = left_padded_prompt()
+    eager = generate(model, ids, mask)
+    torch._dynamo.reset()
+    model.forward = torch.compile(model.forward, fullgraph=True)
+    assert torch.equal(generate(model, ids, mask), eager)
+
+
+@pytest.mark.parametrize("window", [100000, 6])
+def test_assisted_decoding_crops_the_bounded_cache(window):
+    """The assistant's rejected drafts are cropped from the cache: while nothing was dropped (a window
+    wider than the text) and after the window moved on (the last step's dropped tokens are kept)."""
+    model = patch_model(tiny_llama(), "sliding", window=window)
+    assistant = tiny_llama(seed=5)
+    ids = torch.randint(3, 97, (1, 9), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    plain = generate(model, ids, mask, max_new_tokens=20)
+    assisted = generate(model, ids, mask, max_new_tokens=20, assistant_model=assistant)
+    assert torch.equal(assisted, plain)
+
+
+def test_rollback_beyond_the_last_step_says_what_to_do():
+    layer = SinkWindowCacheLayer(window=3, prefix=0)
+    states = torch.randn(1, 1, 10, 4)
+    layer.update(states, states)
+    layer.update(states[..., :1, :], states[..., :1, :])
+    layer.crop(-1)  # the last step's token: rolled back
+    assert layer.get_seq_length() == 10
+    assert torch.equal(layer.keys, states[..., -2:, :])
+    with pytest.raises(RuntimeError, match="can roll back only"):
+        layer.crop(-3)
