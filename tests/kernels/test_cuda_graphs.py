@@ -1,0 +1,59 @@
+"""Compiled generation under CUDA graphs on a GPU: transformers' static-cache path (which compiles the
+decoding step with ``mode="reduce-overhead"``) and ``torch.compile(model.forward, mode="reduce-overhead")``
+give the eager tokens. CUDA graphs exist on CUDA only: these run where a GPU is."""
+
+from __future__ import annotations
+
+import copy
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_efficient_attn import patch_model
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+
+from tiny_models import tiny_llama  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+SHAPE = dict(hidden_size=256, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2)
+VARIANTS = {"flash": {}, "sliding": {"window": 16, "sink_tokens": 4}, "sparse": {"block_size": 16, "local_blocks": 1}}
+
+
+def prompt() -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.randint(3, 97, (2, 40), generator=torch.Generator().manual_seed(0)).cuda()
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    return ids, mask
+
+
+def generate(model, **kwargs):
+    ids, mask = prompt()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False, pad_token_id=0,
+                              **kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_static_cache_generation_under_cuda_graphs(name):
+    base = tiny_llama(**SHAPE).cuda()
+    model = patch_model(copy.deepcopy(base), name, **VARIANTS[name])
+    recomputed = generate(model, use_cache=False)
+    torch._dynamo.reset()
+    compiled = generate(model, cache_implementation="static")  # transformers compiles decoding on CUDA
+    assert torch.equal(compiled, recomputed)
+    if name == "flash":
+        assert torch.equal(compiled, generate(base, cache_implementation="static"))
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_forward_compiled_with_reduce_overhead(name):
+    model = patch_model(tiny_llama(**SHAPE).cuda(), name, **VARIANTS[name])
+    eager = generate(model, cache_implementation="static", disable_compile=True)
+    torch._dynamo.reset()
+    model.forward = torch.compile(model.forward, mode="reduce-overhead")
+    assert torch.equal(generate(model, cache_implementation="static", disable_compile=True), eager)
