@@ -200,9 +200,10 @@ def timed(work: Callable[[], object], device: torch.device, budget_s: float = 1.
     return sorted(times)[len(times) // 2], peak
 
 
-def decode_rate(model: nn.Module, batch: dict, row: Row, steps: int) -> tuple[float, torch.Tensor, float | None]:
-    """Tokens per second (per sequence) of ``steps`` greedy decoding steps after the prompt, the generated
-    tokens, and the peak memory: ``generate`` of 1 and of ``steps + 1`` new tokens, the difference timed."""
+def decode_rate(model: nn.Module, batch: dict, row: Row, steps: int) -> tuple[float, list[torch.Tensor], float | None]:
+    """Tokens per second (per sequence) of ``steps`` greedy decoding steps after the prompt, the tokens of
+    the two generations of ``steps + 1`` tokens (warm-up and timed), and the peak memory: ``generate`` of 1
+    and of ``steps + 1`` new tokens, the difference timed."""
     settings = dict(do_sample=False, pad_token_id=0)
     if row.compiled:
         settings["cache_implementation"] = "static"
@@ -215,13 +216,20 @@ def decode_rate(model: nn.Module, batch: dict, row: Row, steps: int) -> tuple[fl
         torch.cuda.synchronize(device) if device.type == "cuda" else None
         return time.perf_counter() - start, out
 
-    run(steps + 1)  # warm-up (compiles the decoding step for static caches)
+    _, warm = run(steps + 1)  # warm-up (compiles the decoding step for static caches)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     prefill_s, _ = run(1)
     total_s, tokens = run(steps + 1)
     peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
-    return steps / max(total_s - prefill_s, 1e-9), tokens, peak
+    return steps / max(total_s - prefill_s, 1e-9), [warm.cpu(), tokens.cpu()], peak
+
+
+def agreement(first: torch.Tensor, second: torch.Tensor) -> float:
+    """Share of generated positions where two greedy generations agree up to their first difference, over
+    the rows (random weights leave near-ties, so rounding alone can send two exact paths apart)."""
+    same = (first == second).cumprod(dim=-1)
+    return float(same.float().mean())
 
 
 def exact_here(column: str, row: Row) -> bool:
@@ -242,16 +250,17 @@ def measure_cell(row: Row, column: str, model: nn.Module, device: torch.device, 
     batch = inputs(row, model, device, dtype)
     with Configured(model, row.family, column) as target, torch.no_grad():
         if row.kind == "decode":
-            rate, tokens, peak = decode_rate(target, batch, row, steps)
-            cell = {"tokens_per_s": round(rate, 2), "peak_gib": peak and round(peak, 3)}
+            rate, (warm, tokens), peak = decode_rate(target, batch, row, steps)
+            cell = {"tokens_per_s": round(rate, 2), "peak_gib": peak and round(peak, 3),
+                    "rerun_agreement": round(agreement(warm, tokens), 3)}
             if "tokens" in baseline and exact_here(column, row):
-                cell["check"] = "same tokens" if torch.equal(tokens, baseline["tokens"]) else "TOKENS DIFFER"
+                cell["agreement_with_sdpa"] = round(agreement(tokens, baseline["tokens"]), 3)
             baseline.setdefault("tokens", tokens)
             return cell
         ms, peak = timed(lambda: forward(target, row.family, batch), device, budget_s=0.5 if row.kind == "memory" else 1.0)
         cell = {"ms": round(ms, 3), "peak_gib": peak and round(peak, 3)}
         if row.kind == "forward":
-            output = forward(target, row.family, batch).float()
+            output = forward(target, row.family, batch).float().cpu()
             if "output" in baseline and exact_here(column, row):
                 error = (output - baseline["output"]).abs().max().item() / baseline["output"].abs().max().item()
                 cell["check"] = f"rel. err {error:.1e}" + ("" if error < 2e-2 else " TOO LARGE")
@@ -272,6 +281,7 @@ def run(args: argparse.Namespace) -> dict:
     deadline = time.time() + args.time_budget
     results = {"env": environment(device, dtype), "command": args.command, "rows": []}
     models: dict[str, nn.Module] = {}
+    previous = earlier_cells(args.keep, results["env"]) if args.keep else {}
     for row in rows:
         model = models.get(row.family)
         if model is None:
@@ -282,6 +292,9 @@ def run(args: argparse.Namespace) -> dict:
         entry = {"row": row.name, "kind": row.kind, "cells": {}}
         for column in columns:
             if column == "hf-sliding" and row.family != "llama":
+                continue
+            if (row.name, column) in previous:
+                entry["cells"][column] = previous[(row.name, column)]
                 continue
             if column == "flex_attention" and row.kind == "decode" and not row.compiled:
                 entry["cells"][column] = {"status": "not run (recompiles at every step of a growing cache)"}
@@ -302,6 +315,15 @@ def run(args: argparse.Namespace) -> dict:
     results["targets"] = targets(results, args.cpu)
     save(results, args.out)
     return results
+
+
+def earlier_cells(path: Path, env: dict) -> dict[tuple[str, str], dict]:
+    """Cells measured by an earlier run (its native.json) on the same device and versions, to keep."""
+    earlier = json.loads(path.read_text())
+    if earlier["env"] != env:
+        raise SystemExit(f"--keep {path}: measured on {earlier['env']}, not {env}; measure again instead")
+    return {(entry["row"], column): {**cell, "run": "earlier"} for entry in earlier["rows"]
+            for column, cell in entry["cells"].items() if value(cell) is not None}
 
 
 def environment(device: torch.device, dtype: torch.dtype) -> dict[str, str]:
@@ -355,7 +377,8 @@ def markdown(results: dict) -> str:
     lines = [f"{env['device']}, torch {env['torch']}, transformers {env['transformers']}, triton {env['triton']}, "
              f"{env['dtype']}; `{results['command']}`", "",
              "Forward and prefill rows: ms (lower is better); decoding rows: tokens/s per sequence (higher is "
-             "better); peak memory in GiB below each figure.", "",
+             "better); peak memory in GiB below each figure. † measured by the earlier run the table was merged "
+             "with (same device and versions).", "",
              "| row | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for entry in results["rows"]:
         cells = []
@@ -368,7 +391,8 @@ def markdown(results: dict) -> str:
             else:
                 unit = "" if "ms" in cell else " tok/s"
                 peak = f"<br>{cell['peak_gib']:.2f} GiB" if cell.get("peak_gib") is not None else ""
-                flag = " ⚠" if "DIFFER" in cell.get("check", "") or "LARGE" in cell.get("check", "") else ""
+                flag = " ⚠" if "LARGE" in cell.get("check", "") else ""
+                flag += " †" if cell.get("run") == "earlier" else ""
                 cells.append(f"{value(cell):.3g}{unit}{peak}{flag}")
         lines.append(f"| {entry['row']} | " + " | ".join(cells) + " |")
     if results.get("targets"):
@@ -391,6 +415,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--columns", nargs="*", choices=COLUMNS, help="run only these columns")
     parser.add_argument("--decode-steps", type=int, default=32)
     parser.add_argument("--time-budget", type=float, default=540.0, help="seconds; later cells are skipped")
+    parser.add_argument("--keep", type=Path, help="an earlier run's native.json: its cells are kept, not measured "
+                        "again (same device and versions; the table marks them)")
     args = parser.parse_args(argv)
     args.command = "python benchmarks/native.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     return args

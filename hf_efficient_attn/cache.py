@@ -30,16 +30,16 @@ from .compat import cache_argument
 from .context import first_true_index, tracing
 from .layout import is_layout, read_layout
 
-ROLLBACK_TOKENS = 256
-"""Tokens a `SinkWindowCacheLayer` keeps of what its last update dropped, so that assisted decoding can
-crop rejected draft tokens (it removes at most the tokens of the last step) after the window moved on."""
-
 
 class SinkWindowCacheLayer(DynamicLayer):
     """A growing cache layer that keeps the first ``prefix`` tokens and the last ``window - 1``.
 
-    `update` returns the kept tokens plus the new ones (the current step needs them all), then trims.
-    `get_seq_length` counts all tokens ever seen, which positions and masks are built from.
+    `update` returns what the step needs (the kept tokens and the new ones) as one tensor, made by one
+    concatenation, and holds it: the trimming to the kept tokens happens at the next update, in the same
+    concatenation. So each step copies the window once (as transformers' own sliding layer does), the
+    memory held is the kept tokens plus the last step's, and the last step can be rolled back (`crop`),
+    which assisted decoding does with rejected drafts. `get_seq_length` counts all tokens ever seen, which
+    positions and masks are built from.
     """
 
     is_sliding = True
@@ -50,8 +50,7 @@ class SinkWindowCacheLayer(DynamicLayer):
         self.window = window
         self.prefix = prefix
         self.cumulative_length = 0
-        self._dropped_keys: torch.Tensor | None = None
-        self._dropped_values: torch.Tensor | None = None
+        self.last_step = 0
 
     @property
     def capacity(self) -> int:
@@ -64,24 +63,17 @@ class SinkWindowCacheLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         self.cumulative_length += key_states.shape[-2]
-        full_keys = torch.cat([self.keys, key_states], dim=-2)
-        full_values = torch.cat([self.values, value_states], dim=-2)
-        (self.keys, self._dropped_keys), (self.values, self._dropped_values) = (
-            self._trim(full_keys, key_states.shape[-2]),
-            self._trim(full_values, key_states.shape[-2]),
-        )
-        return full_keys, full_values
+        self.last_step = key_states.shape[-2]
+        self.keys = torch.cat([*self._kept(self.keys), key_states], dim=-2)
+        self.values = torch.cat([*self._kept(self.values), value_states], dim=-2)
+        return self.keys, self.values
 
-    def _trim(self, states: torch.Tensor, new: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The kept states and the last of those dropped (at most ``new`` and `ROLLBACK_TOKENS`)."""
-        length = states.shape[-2]
-        if length <= self.capacity:
-            return states, None
-        recent = self.window - 1
-        tail_start = length - recent
-        kept = torch.cat([states[..., : self.prefix, :], states[..., tail_start:, :]], dim=-2)
-        dropped_start = max(self.prefix, tail_start - min(new, ROLLBACK_TOKENS))
-        return kept, states[..., dropped_start:tail_start, :]
+    def _kept(self, states: torch.Tensor) -> list[torch.Tensor]:
+        """Views of what the next step needs of the held states: the prefix and the last ``window - 1``."""
+        if states.dim() < 2 or states.shape[-2] <= self.capacity:
+            return [states]
+        recent = [states[..., states.shape[-2] - (self.window - 1) :, :]] if self.window > 1 else []
+        return [states[..., : self.prefix, :], *recent] if self.prefix else recent
 
     def get_seq_length(self) -> int:
         return self.cumulative_length
@@ -99,52 +91,28 @@ class SinkWindowCacheLayer(DynamicLayer):
         """Remove the newest tokens: ``tokens < 0`` removes ``-tokens``, ``tokens > 0`` keeps that many
         (the convention before transformers 5.17), 0 does nothing.
 
-        Possible while nothing has been dropped, and after the window moved on for the tokens of the last
-        step (what assisted decoding rejects); beyond that the message says what to do.
+        Possible while nothing has been dropped, and for the tokens of the last step after the window moved
+        on (what assisted decoding rejects); beyond that the message says what to do.
         """
         remove = -tokens if tokens <= 0 else self.cumulative_length - tokens
         if remove <= 0 or not self.is_initialized:
             return
         held = self.keys.shape[-2]
-        if self.cumulative_length <= self.capacity or held == self.cumulative_length:
-            self.keys, self.values = self.keys[..., : held - remove, :], self.values[..., : held - remove, :]
-            self.cumulative_length -= remove
-            return
-        stashed = 0 if self._dropped_keys is None else self._dropped_keys.shape[-2]
-        if remove > stashed or remove > self.window - 1:
+        if held < self.cumulative_length and remove > self.last_step:
             raise RuntimeError(
                 f"This sliding-window cache (window {self.window}, {self.prefix} leading tokens kept) has dropped "
-                f"tokens older than its window and can roll back only the {min(stashed, self.window - 1)} tokens "
-                f"of its last step, not {remove}. For assisted decoding with 'sliding', use a window that covers "
-                "the prompt and the generated tokens, or generate without an assistant model."
+                f"tokens older than its window and can roll back only the {self.last_step} tokens of its last "
+                f"step, not {remove}. For assisted decoding with 'sliding', use a window that covers the prompt "
+                "and the generated tokens, or generate without an assistant model."
             )
-
-        def rolled_back(kept: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
-            tail = kept[..., self.prefix : held - remove, :]
-            return torch.cat([kept[..., : self.prefix, :], dropped[..., stashed - remove :, :], tail], dim=-2)
-
-        self.keys = rolled_back(self.keys, self._dropped_keys)
-        self.values = rolled_back(self.values, self._dropped_values)
-        self._dropped_keys = self._dropped_keys[..., : stashed - remove, :]
-        self._dropped_values = self._dropped_values[..., : stashed - remove, :]
+        self.keys, self.values = self.keys[..., : held - remove, :], self.values[..., : held - remove, :]
         self.cumulative_length -= remove
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        super().batch_select_indices(indices)
-        self._dropped_keys = self._dropped_values = None
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        super().batch_repeat_interleave(repeats)
-        self._dropped_keys = self._dropped_values = None
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        super().reorder_cache(beam_idx)
-        self._dropped_keys = self._dropped_values = None
+        self.last_step = max(0, self.last_step - remove)
 
     def reset(self) -> None:
         super().reset()
         self.cumulative_length = 0
-        self._dropped_keys = self._dropped_values = None
+        self.last_step = 0
 
 
 class StaticSinkWindowLayer(StaticLayer):

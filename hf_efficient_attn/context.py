@@ -83,6 +83,22 @@ def tracing() -> bool:
     return torch.compiler.is_compiling()
 
 
+_RANGES: dict[torch.device, torch.Tensor] = {}
+
+
+def positions(start: int, stop: int, device: torch.device) -> torch.Tensor:
+    """``torch.arange(start, stop)`` on ``device``. In eager mode a view of one kept range per device (grown
+    to the next power of two), so that the positions of a call cost no kernel launch: a decoding step
+    calls this in every layer. Under ``torch.compile`` a plain arange, which the compiler folds."""
+    if tracing() or start < 0:
+        return torch.arange(start, stop, device=device)
+    kept = _RANGES.get(device)
+    if kept is None or kept.shape[0] < stop:
+        with torch.inference_mode(False):
+            kept = _RANGES[device] = torch.arange(1 << max(10, (stop - 1).bit_length()), device=device)
+    return kept[start:stop]
+
+
 def first_true_index(mask: torch.Tensor) -> torch.Tensor:
     """Index of the first True in each row (the row length when a row has none)."""
     length = mask.shape[-1]
@@ -163,8 +179,8 @@ def build_context(
     query_offset: int | None = 0
     trimmed_prefix = None
     if not causal:
-        query_positions = torch.arange(q_len, device=device)
-        key_positions = torch.arange(k_len, device=device)
+        query_positions = positions(0, q_len, device)
+        key_positions = positions(0, k_len, device)
         key_padding = None if padding is None else _bidirectional_padding(padding, k_len)
     elif layout is not None and layout.static:
         query_offset = None
@@ -177,14 +193,14 @@ def build_context(
         else:
             query_offset = 0 if layout.queries_first else layout.tokens - q_len
         tokens = query_offset + q_len  # every token seen, the queries included
-        query_positions = torch.arange(query_offset, tokens, device=device)
+        query_positions = positions(query_offset, tokens, device)
         if k_len >= tokens:
-            key_positions = torch.arange(k_len, device=device)
+            key_positions = positions(0, k_len, device)
         else:
             trimmed_prefix = kept_prefix(k_len, q_len, cache_window)
             tail = k_len - trimmed_prefix
             key_positions = torch.cat(
-                [torch.arange(trimmed_prefix, device=device), torch.arange(tokens - tail, tokens, device=device)]
+                [positions(0, trimmed_prefix, device), positions(tokens - tail, tokens, device)]
             )
         key_padding = None
         if padding is not None:

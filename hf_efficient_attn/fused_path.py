@@ -119,6 +119,13 @@ def plan(
         return "packed documents with sink tokens, global tokens, block layouts or padding"
     if documents is None and _decodes(query, key, context, mask):
         return lambda: kernels.ops.decode_attention(query, key, value, scale=context.scaling, key_padding=key_padding)
+    if documents is None and _decodes_one_layout_row(query, context, mask):
+        def decode_layout_row() -> torch.Tensor:
+            visible = _layout_row_keys(key, context, mask)
+            visible = visible if key_padding is None else visible & key_padding
+            return kernels.ops.decode_attention(query, key, value, scale=context.scaling, key_padding=visible)
+
+        return decode_layout_row
     return lambda: kernels.ops.fused_attention(
         query,
         key,
@@ -178,6 +185,30 @@ def _with_native_window(mask: KernelMask, context: AttentionContext) -> KernelMa
     if not context.causal:
         right = native if right is None else min(right, native)
     return KernelMask((left, right), 0, 0, mask.block_layout, mask.layout_block_size, mask.layout_blocks)
+
+
+def _decodes_one_layout_row(query: torch.Tensor, context: AttentionContext, mask: KernelMask) -> bool:
+    """One decoding query under a block layout shared by the heads: the keys it sees are one layout row,
+    a key mask for the split-key decode kernel (no tile lists to build for a length that grows each step)."""
+    from .variants import block_layout as layouts
+
+    if mask.block_layout is None or not context.causal or query.shape[-2] != 1 or _needs_grad(query):
+        return False
+    if mask.window != (None, None) or mask.sink_tokens or mask.global_tokens:
+        return False
+    layout = layouts.layout_for(mask.block_layout, mask.layout_blocks, True, query.device)
+    return layout.shape[0] == 1
+
+
+def _layout_row_keys(key: torch.Tensor, context: AttentionContext, mask: KernelMask) -> torch.Tensor:
+    """Bool ``[1, k_len]``: the keys the one query's layout row allows (blocks counted from position 0;
+    left-padded rows are refused before)."""
+    from .variants import block_layout as layouts
+
+    layout = layouts.layout_for(mask.block_layout, mask.layout_blocks, True, key.device)
+    size = mask.layout_block_size
+    key_blocks = context.key_positions // size
+    return layout[0, context.query_offset // size].index_select(0, key_blocks)[None, :]
 
 
 def _needs_grad(query: torch.Tensor) -> bool:

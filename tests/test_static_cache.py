@@ -131,12 +131,15 @@ def test_assisted_decoding_crops_the_bounded_cache(window):
 
 
 def test_rollback_beyond_the_last_step_says_what_to_do():
-    layer = SinkWindowCacheLayer(window=3, prefix=0)
+    layer = SinkWindowCacheLayer(window=3, prefix=1)
     states = torch.randn(1, 1, 10, 4)
     layer.update(states, states)
-    layer.update(states[..., :1, :], states[..., :1, :])
-    layer.crop(-1)  # the last step's token: rolled back
-    assert layer.get_seq_length() == 10
-    assert torch.equal(layer.keys, states[..., -2:, :])
+    new = torch.randn(1, 1, 2, 4)
+    keys, _ = layer.update(new, new)
+    assert torch.equal(keys, torch.cat([states[..., :1, :], states[..., -2:, :], new], dim=-2))
+    layer.crop(-1)  # one of the last step's tokens: rolled back
+    assert layer.get_seq_length() == 11
+    keys, _ = layer.update(new[..., :1, :], new[..., :1, :])
+    assert torch.equal(keys, torch.cat([states[..., :1, :], states[..., -1:, :], new[..., :1, :], new[..., :1, :]], -2))
     with pytest.raises(RuntimeError, match="can roll back only"):
-        layer.crop(-3)
+        layer.crop(-2)

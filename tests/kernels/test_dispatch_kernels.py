@@ -64,6 +64,8 @@ CASES = {
                             "triton"),
     "sparse layout": (lambda: BlockSparseAttention(SparseOptions(block_size=16, local_blocks=1, global_blocks=1),
                                                    LAYER), 64, 64, {}, "triton"),
+    "decode under a layout": (lambda: BlockSparseAttention(SparseOptions(block_size=16, local_blocks=2, global_blocks=1,
+                                                                        random_blocks=1), LAYER), 1, 200, {}, "triton"),
     "dense layout": (lambda: BlockSparseAttention(SparseOptions(block_size=64), LAYER), 64, 64, {}, "sdpa"),
     "forced kernels": (lambda: FlashAttention(FlashOptions(backend="triton"), LAYER), 64, 64, {}, "triton"),
 }
