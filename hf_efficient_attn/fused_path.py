@@ -121,7 +121,7 @@ def plan(
         return lambda: kernels.ops.decode_attention(query, key, value, scale=context.scaling, key_padding=key_padding)
     if documents is None and _decodes_one_layout_row(query, context, mask):
         def decode_layout_row() -> torch.Tensor:
-            visible = _layout_row_keys(key, context, mask)
+            visible = _layout_row_keys(key, context, mask).expand(key.shape[0], -1)
             visible = visible if key_padding is None else visible & key_padding
             return kernels.ops.decode_attention(query, key, value, scale=context.scaling, key_padding=visible)
 
