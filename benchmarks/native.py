@@ -375,7 +375,11 @@ def markdown(results: dict) -> str:
     env = results["env"]
     columns = [c for c in COLUMNS if any(c in e["cells"] for e in results["rows"])]
     lines = [f"{env['device']}, torch {env['torch']}, transformers {env['transformers']}, triton {env['triton']}, "
-             f"{env['dtype']}; `{results['command']}`", "",
+             f"{env['dtype']}; `{results['command']}`", ""]
+    if results.get("runs"):
+        lines += ["Merged from the runs: " + "; ".join(f"{n}: `{c}`" for n, c in enumerate(results["runs"], 1))
+                  + ". A superscript names the run of a cell.", ""]
+    lines += [
              "Forward and prefill rows: ms (lower is better); decoding rows: tokens/s per sequence (higher is "
              "better); peak memory in GiB below each figure. † measured by the earlier run the table was merged "
              "with (same device and versions).", "",
@@ -393,11 +397,34 @@ def markdown(results: dict) -> str:
                 peak = f"<br>{cell['peak_gib']:.2f} GiB" if cell.get("peak_gib") is not None else ""
                 flag = " ⚠" if "LARGE" in cell.get("check", "") else ""
                 flag += " †" if cell.get("run") == "earlier" else ""
+                flag += f" <sup>{cell['run']}</sup>" if isinstance(cell.get("run"), int) else ""
                 cells.append(f"{value(cell):.3g}{unit}{peak}{flag}")
         lines.append(f"| {entry['row']} | " + " | ".join(cells) + " |")
     if results.get("targets"):
         lines += ["", "Targets:", ""] + [f"- {line}" for line in results["targets"]]
     return "\n".join(lines) + "\n"
+
+
+def merge(paths: list[Path], command: str) -> dict:
+    """One table from several runs on the same device and versions: a later run's cell replaces an
+    earlier one's; each cell names its run."""
+    runs = [json.loads(path.read_text()) for path in paths]
+    if any(run["env"] != runs[0]["env"] for run in runs):
+        raise SystemExit("--merge: the runs were made on different devices or versions")
+    order = [row.name for row in gpu_rows() + cpu_rows()]
+    cells: dict[str, dict] = {}
+    for number, run_ in enumerate(runs, start=1):
+        for entry in run_["rows"]:
+            merged = cells.setdefault(entry["row"], {"row": entry["row"], "kind": entry["kind"], "cells": {}})
+            for column, cell in entry["cells"].items():
+                if cell.get("run") == "earlier":
+                    continue  # a cell this run kept from an earlier one, which is in the list itself
+                if value(cell) is not None or column not in merged["cells"]:
+                    merged["cells"][column] = {**cell, "run": number}
+    results = {"env": runs[0]["env"], "command": command, "runs": [run_["command"] for run_ in runs],
+               "rows": sorted(cells.values(), key=lambda entry: order.index(entry["row"]))}
+    results["targets"] = targets(results, "CPU" in results["env"]["device"])
+    return results
 
 
 def save(results: dict, out: Path) -> None:
@@ -415,6 +442,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--columns", nargs="*", choices=COLUMNS, help="run only these columns")
     parser.add_argument("--decode-steps", type=int, default=32)
     parser.add_argument("--time-budget", type=float, default=540.0, help="seconds; later cells are skipped")
+    parser.add_argument("--merge", type=Path, nargs="+", help="measure nothing: merge these runs' native.json "
+                        "(same device and versions, later runs win) into --out")
     parser.add_argument("--keep", type=Path, help="an earlier run's native.json: its cells are kept, not measured "
                         "again (same device and versions; the table marks them)")
     args = parser.parse_args(argv)
@@ -424,7 +453,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     warnings.filterwarnings("ignore", module="transformers")
-    results = run(parse(argv))
+    args = parse(argv)
+    if args.merge:
+        results = merge(args.merge, args.command)
+        save(results, args.out)
+    else:
+        results = run(args)
     print(markdown(results))
     return results
 

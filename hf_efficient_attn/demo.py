@@ -76,11 +76,17 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, object | None]:
 
     config = transformers.AutoConfig.from_pretrained(path)
     model = getattr(transformers, config.architectures[0]).from_pretrained(path)
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, TypeError):
-        tokenizer = None
+    tokenizer = None
+    # some transformers releases build an empty default tokenizer for a folder without one: look first
+    if any((Path(path) / name).exists() for name in TOKENIZER_FILES):
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError, TypeError):
+            tokenizer = None
     return model.eval(), tokenizer
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
 
 
 def text_ids(tokenizer, folder: Path, batch: int, length: int) -> torch.Tensor:

@@ -51,4 +51,6 @@ def test_the_model_passes_its_cache_where_the_bounded_layer_is_installed():
     keyword = "cache" if Version(transformers.__version__) >= Version("5.24") else "past_key_values"
     model(input_ids=ids, use_cache=True, **{keyword: cache})
     assert all(isinstance(layer, SinkWindowCacheLayer) for layer in cache.layers)
-    assert {layer.keys.shape[-2] for layer in cache.layers} == {3}
+    model(input_ids=ids[:, :1], use_cache=True, **{keyword: cache})
+    # the window's 3 earlier tokens and the step's own (trimmed at the next step)
+    assert {layer.keys.shape[-2] for layer in cache.layers} == {4}

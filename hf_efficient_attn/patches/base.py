@@ -16,10 +16,22 @@ from ..variants.base import LayerInfo
 
 @dataclass(frozen=True)
 class AttentionSite:
-    """One attention module of a model and the facts about it."""
+    """One attention module of a model and the facts about it.
+
+    Attributes:
+        module: the module that calls the attention function (the variant is attached to it).
+        layer: the facts about it.
+        block: the module holding all of the attention's projections, output included, when that is a
+            wrapper around ``module`` (ViT before transformers 5.10); None when ``module`` holds them.
+    """
 
     module: nn.Module
     layer: LayerInfo
+    block: nn.Module | None = None
+
+    @property
+    def projections_owner(self) -> nn.Module:
+        return self.block if self.block is not None else self.module
 
 
 class ModelAdapter:

@@ -42,6 +42,7 @@ class ViTAdapter(ModelAdapter):
         return [
             AttentionSite(
                 module=_self_attention(layer),
+                block=layer.attention if _self_attention(layer) is not layer.attention else None,
                 layer=LayerInfo(
                     role=Role.BIDIRECTIONAL,
                     target="encoder",

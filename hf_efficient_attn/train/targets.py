@@ -18,20 +18,22 @@ from .config import TrainError
 
 
 def attention_projections(model: nn.Module) -> list[str]:
-    """Full names of the linear layers inside every attention module of ``model`` (all stacks)."""
+    """Full names of the linear layers of every attention module of ``model`` (all stacks): its own, and
+    those of the wrapper that holds its output projection where the model has one (ViT before 5.10)."""
     names = _module_names(model)
-    return [
-        f"{names[id(site.module)]}.{child_name}"
-        for site in _sites(model)
-        for child_name, child in site.module.named_children()
-        if isinstance(child, nn.Linear)
-    ]
+    found = []
+    for site in _sites(model):
+        owner = site.projections_owner
+        for child_name, child in owner.named_modules():
+            if isinstance(child, nn.Linear) and child_name.count(".") <= 1 and VARIANT_ATTRIBUTE not in child_name:
+                found.append(f"{names[id(owner)]}.{child_name}")
+    return found
 
 
 def mlp_projections(model: nn.Module) -> list[str]:
     """Full names of the linear layers of each transformer block that are not attention projections."""
     names = _module_names(model)
-    attention = {names[id(site.module)] for site in _sites(model)}
+    attention = {names[id(site.projections_owner)] for site in _sites(model)}
     blocks = {name.rpartition(".")[0] for name in attention}
     return [
         name
