@@ -6,7 +6,9 @@ memory), and greedy decoding after 4k and 32k prompts at batch 1 and 16, eager (
 compiled (``cache_implementation="static"``, which transformers compiles itself). Columns: transformers'
 ``sdpa`` (the baseline), ``flex_attention``, its own sliding window (Llama: the same weights as a Mistral
 model with ``sliding_window``), and ours: ``flash``, ``sliding`` and ``sparse``. Random weights of the real
-shapes, bfloat16, one process; forward times are CUDA-event medians.
+shapes, bfloat16, one process. Forward times are medians of CUDA-event timings taken in interleaved
+rounds (every column a few calls per round), so that drifts of clocks and temperature fall on every
+column alike; decoding rates are the median time between two steps of one generation.
 
     python benchmarks/native.py --out benchmarks/results/native-h200          # a GPU
     python benchmarks/native.py --cpu --out benchmarks/results/native-cpu     # the CPU: SmolLM2-135M shapes
@@ -33,6 +35,7 @@ from typing import Any
 import torch
 import transformers
 from torch import nn
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from hf_efficient_attn import patch_model, unpatch_model
 
@@ -175,16 +178,16 @@ def forward(model: nn.Module, family: str, batch: dict) -> torch.Tensor:
     return base(**batch, **extra).last_hidden_state
 
 
-def timed(work: Callable[[], object], device: torch.device, budget_s: float = 1.0) -> tuple[float, float]:
-    """Median milliseconds of ``work`` (after a warm-up) and its peak memory in GiB (CUDA: allocator peak)."""
+def timed(work: Callable[[], object], device: torch.device, calls: int) -> tuple[list[float], float | None]:
+    """Milliseconds of each of ``calls`` runs of ``work`` (after a warm-up) and the peak memory in GiB
+    (CUDA: allocator peak; CUDA events time each run)."""
     work()
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     times = []
-    start = time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < budget_s and len(times) < 20):
+    for _ in range(calls):
         if cuda:
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
@@ -197,32 +200,44 @@ def timed(work: Callable[[], object], device: torch.device, budget_s: float = 1.
             work()
             times.append(1e3 * (time.perf_counter() - tick))
     peak = torch.cuda.max_memory_allocated(device) / GIB if cuda else None
-    return sorted(times)[len(times) // 2], peak
+    return times, peak
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+class StepClock(StoppingCriteria):
+    """Stops nothing; notes when each decoding step's tokens are known (after the device finished)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.stamps = device, []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.stamps.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 def decode_rate(model: nn.Module, batch: dict, row: Row, steps: int) -> tuple[float, list[torch.Tensor], float | None]:
-    """Tokens per second (per sequence) of ``steps`` greedy decoding steps after the prompt, the tokens of
-    the two generations of ``steps + 1`` tokens (warm-up and timed), and the peak memory: ``generate`` of 1
-    and of ``steps + 1`` new tokens, the difference timed."""
-    settings = dict(do_sample=False, pad_token_id=0)
+    """Tokens per second (per sequence) of greedy decoding after the prompt: the median time between two
+    steps of a generation of ``steps + 1`` new tokens (so a slow step, or the prompt, does not count),
+    after a warm-up generation (which compiles the decoding step for static caches); the tokens of both
+    generations, and the peak memory of the timed one."""
+    settings = dict(do_sample=False, pad_token_id=0, max_new_tokens=steps + 1, min_new_tokens=steps + 1)
     if row.compiled:
         settings["cache_implementation"] = "static"
     device = batch["input_ids"].device
-
-    def run(new: int) -> tuple[float, torch.Tensor]:
-        torch.cuda.synchronize(device) if device.type == "cuda" else None
-        start = time.perf_counter()
-        out = model.generate(**batch, max_new_tokens=new, min_new_tokens=new, **settings)
-        torch.cuda.synchronize(device) if device.type == "cuda" else None
-        return time.perf_counter() - start, out
-
-    _, warm = run(steps + 1)  # warm-up (compiles the decoding step for static caches)
+    warm = model.generate(**batch, **settings)
     if device.type == "cuda":
+        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    prefill_s, _ = run(1)
-    total_s, tokens = run(steps + 1)
+    clock = StepClock(device)
+    tokens = model.generate(**batch, **settings, stopping_criteria=StoppingCriteriaList([clock]))
     peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
-    return steps / max(total_s - prefill_s, 1e-9), [warm.cpu(), tokens.cpu()], peak
+    intervals = [later - earlier for earlier, later in zip(clock.stamps, clock.stamps[1:], strict=False)]
+    return 1.0 / median(intervals), [warm.cpu(), tokens.cpu()], peak
 
 
 def agreement(first: torch.Tensor, second: torch.Tensor) -> float:
@@ -245,27 +260,41 @@ def exact_here(column: str, row: Row) -> bool:
     return False
 
 
-def measure_cell(row: Row, column: str, model: nn.Module, device: torch.device, dtype: torch.dtype,
-                 baseline: dict, steps: int) -> dict[str, Any]:
+def measure_decode(row: Row, column: str, model: nn.Module, device: torch.device, dtype: torch.dtype,
+                   baseline: dict, steps: int) -> dict[str, Any]:
     batch = inputs(row, model, device, dtype)
     with Configured(model, row.family, column) as target, torch.no_grad():
-        if row.kind == "decode":
-            rate, (warm, tokens), peak = decode_rate(target, batch, row, steps)
-            cell = {"tokens_per_s": round(rate, 2), "peak_gib": peak and round(peak, 3),
-                    "rerun_agreement": round(agreement(warm, tokens), 3)}
-            if "tokens" in baseline and exact_here(column, row):
-                cell["agreement_with_sdpa"] = round(agreement(tokens, baseline["tokens"]), 3)
-            baseline.setdefault("tokens", tokens)
-            return cell
-        ms, peak = timed(lambda: forward(target, row.family, batch), device, budget_s=0.5 if row.kind == "memory" else 1.0)
-        cell = {"ms": round(ms, 3), "peak_gib": peak and round(peak, 3)}
+        rate, (warm, tokens), peak = decode_rate(target, batch, row, steps)
+    cell = {"tokens_per_s": round(rate, 2), "peak_gib": peak and round(peak, 3),
+            "rerun_agreement": round(agreement(warm, tokens), 3)}
+    if "tokens" in baseline and exact_here(column, row):
+        cell["agreement_with_sdpa"] = round(agreement(tokens, baseline["tokens"]), 3)
+    baseline.setdefault("tokens", tokens)
+    return cell
+
+
+def check_forward(row: Row, column: str, model: nn.Module, device: torch.device, dtype: torch.dtype,
+                  baseline: dict) -> dict[str, Any]:
+    """The column's output against the baseline's (exact columns) and its peak memory."""
+    batch = inputs(row, model, device, dtype)
+    with Configured(model, row.family, column) as target, torch.no_grad():
+        times, peak = timed(lambda: forward(target, row.family, batch), device, calls=1)
+        cell = {"ms_each": times, "peak_gib": peak and round(peak, 3)}
         if row.kind == "forward":
             output = forward(target, row.family, batch).float().cpu()
             if "output" in baseline and exact_here(column, row):
                 error = (output - baseline["output"]).abs().max().item() / baseline["output"].abs().max().item()
                 cell["check"] = f"rel. err {error:.1e}" + ("" if error < 2e-2 else " TOO LARGE")
             baseline.setdefault("output", output)
-        return cell
+    return cell
+
+
+def time_forward_round(row: Row, column: str, model: nn.Module, device: torch.device, dtype: torch.dtype,
+                       calls: int) -> dict[str, list[float]]:
+    batch = inputs(row, model, device, dtype)
+    with Configured(model, row.family, column) as target, torch.no_grad():
+        times, _ = timed(lambda: forward(target, row.family, batch), device, calls)
+    return {"times": times}
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -302,19 +331,53 @@ def run(args: argparse.Namespace) -> dict:
             if time.time() > deadline:
                 entry["cells"][column] = {"status": "skipped (time budget)"}
                 continue
-            try:
-                cell = measure_cell(row, column, model, device, dtype, baseline, args.decode_steps)
-            except Exception as exc:  # an OOM or an error is a result too
-                cell = {"status": f"{type(exc).__name__}: {str(exc)[:160]}"}
+            if row.kind == "decode":
+                cell = attempt(device, measure_decode, row, column, model, device, dtype, baseline, args.decode_steps)
+            else:
+                cell = attempt(device, check_forward, row, column, model, device, dtype, baseline)
             entry["cells"][column] = cell
+        if row.kind == "forward":
+            interleaved_rounds(row, entry["cells"], model, device, dtype, args.rounds)
+        for column, cell in entry["cells"].items():
+            if "ms_each" in cell:
+                cell["ms"] = round(median(cell["ms_each"]), 3)
+                cell["ms_each"] = [round(t, 3) for t in cell["ms_each"]]
             print(f"{row.name:55s} {column:15s} {json.dumps(cell)}", flush=True)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
         results["rows"].append(entry)
         save(results, args.out)
     results["targets"] = targets(results, args.cpu)
     save(results, args.out)
     return results
+
+
+def attempt(device: torch.device, measure: Callable[..., dict], *args: Any) -> dict:
+    """``measure(*args)``, a cell's measurement, or what went wrong (an OOM or an error is a result too)."""
+    try:
+        return measure(*args)
+    except Exception as exc:
+        return {"status": f"{type(exc).__name__}: {str(exc)[:160]}"}
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def interleaved_rounds(row: Row, cells: dict[str, dict], model: nn.Module, device: torch.device,
+                       dtype: torch.dtype, rounds: int) -> None:
+    """Time the row's columns in turns (each round runs every column a few times), so that a drift of
+    the clock or of the device's temperature over the row falls on every column alike."""
+    measured = [column for column, cell in cells.items() if "ms_each" in cell and cell.get("run") != "earlier"]
+    if rounds:
+        for column in measured:
+            cells[column]["ms_each"] = []  # the check's one call counts only without rounds
+    for _ in range(rounds):
+        for column in measured:
+            if "ms_each" not in cells[column]:
+                continue  # failed in an earlier round
+            times = attempt(device, time_forward_round, row, column, model, device, dtype, 4)
+            if "times" in times:
+                cells[column]["ms_each"] += times["times"]
+            else:
+                cells[column] = {**times, "peak_gib": cells[column].get("peak_gib")}
 
 
 def earlier_cells(path: Path, env: dict) -> dict[tuple[str, str], dict]:
@@ -441,6 +504,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows", nargs="*", help="run only rows whose name contains one of these")
     parser.add_argument("--columns", nargs="*", choices=COLUMNS, help="run only these columns")
     parser.add_argument("--decode-steps", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=5, help="timing rounds of the forward rows (interleaved)")
     parser.add_argument("--time-budget", type=float, default=540.0, help="seconds; later cells are skipped")
     parser.add_argument("--merge", type=Path, nargs="+", help="measure nothing: merge these runs' native.json "
                         "(same device and versions, later runs win) into --out")

@@ -79,7 +79,8 @@ def patch_model(
     model.set_attn_implementation(interface.IMPLEMENTATION_NAME)
     for site, module in zip(chosen_sites, modules, strict=True):
         site.module.add_module(interface.VARIANT_ATTRIBUTE, module)
-        site.module.register_forward_pre_hook(install_bounded_cache, with_kwargs=True)
+        if module.cache_window() is not None:  # a hook on every layer would cost each call host time
+            site.module.register_forward_pre_hook(install_bounded_cache, with_kwargs=True)
     setattr(
         model.config,
         CONFIG_RECORD,

@@ -18,7 +18,6 @@ take the fastest exact kernel; under ``torch.compile`` nothing is read and those
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import torch
 
@@ -26,7 +25,7 @@ from .layout import Layout, is_layout, read_layout
 from .tensor_memo import TensorMemo
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class AttentionContext:
     """Everything a variant needs to know about one attention call.
 
@@ -50,6 +49,8 @@ class AttentionContext:
             the gap (host int); None when no key is missing.
         max_sequence_start: host bound on `sequence_start` (0 when None), or None when not known on the
             host (under ``torch.compile``).
+        routes: the backends `dispatch` chose for this context's calls, kept for the other layers of the
+            forward that share it (eager mode only).
     """
 
     query_positions: torch.Tensor
@@ -66,6 +67,7 @@ class AttentionContext:
     query_offset: int | None = 0
     trimmed_prefix: int | None = None
     max_sequence_start: int | None = 0
+    routes: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def static(self) -> bool:
@@ -228,24 +230,22 @@ def build_context(
     )
 
 
-def drop_future_keys(
-    key: torch.Tensor, value: torch.Tensor, context: AttentionContext
-) -> tuple[torch.Tensor, torch.Tensor, AttentionContext]:
-    """Without the key slots past a causal call's newest token (a static cache's slots ahead of the prompt
-    it is filled with): no query may see them, and without them queries and keys are aligned again, so
-    the call can take SDPA's causal kernels and ours. Host arithmetic only."""
+def drop_future_keys(context: AttentionContext, key_length: int) -> AttentionContext:
+    """The context without the key slots past a causal call's newest token (a static cache's slots ahead
+    of the prompt it is filled with): no query may see them, and without them queries and keys are
+    aligned again, so the call can take SDPA's causal kernels and ours. The caller keeps the first
+    ``len(context.key_positions)`` keys. Host arithmetic only."""
     if not context.causal or context.static or context.trimmed_prefix is not None:
-        return key, value, context
+        return context
     tokens = context.query_offset + context.query_positions.shape[0]
-    if key.shape[-2] <= tokens:
-        return key, value, context
-    trimmed = dataclasses.replace(
+    if key_length <= tokens:
+        return context
+    return dataclasses.replace(
         context,
         key_positions=context.key_positions[:tokens],
         key_padding=None if context.key_padding is None else context.key_padding[:, :tokens],
         dense_mask=None if context.dense_mask is None else context.dense_mask[..., :tokens],
     )
-    return key[..., :tokens, :], value[..., :tokens, :], trimmed
 
 
 def _bidirectional_padding(padding: torch.Tensor, key_length: int) -> torch.Tensor:

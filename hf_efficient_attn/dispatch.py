@@ -7,15 +7,17 @@ them to rounding, and a call goes to the fastest that computes it exactly:
    CPU) when the variant's pattern imposes nothing on this call beyond what SDPA expresses without a
    dense mask: no mask at all, causal with queries and keys aligned, a window or block layout that
    covers every key the call has, a decoding step over a bounded cache that holds exactly the visible
-   keys. Padding and a caller's 4-D mask go with it as SDPA's boolean mask (what transformers' own
-   SDPA path passes). These are the calls where our kernels would only redo SDPA's work.
+   keys, a static cache's step (with causality by position as its mask). Padding and a caller's 4-D mask
+   go with it as SDPA's boolean mask (what transformers' own SDPA path passes). These are the calls
+   where our kernels would only redo SDPA's work.
 2. **Our Triton kernels** (CUDA) where they save work: windows narrower than the keys, sinks and
    globals, block layouts with skipped tiles, packed documents, and decoding with padding (split-key
    flash-decoding with a key mask, which SDPA's fast kernels do not take).
 3. **The chunked engine** (`masked.masked_attention`, SDPA per chunk of queries over the keys the
    pattern allows): everything else. It is the path on the CPU for patterns SDPA cannot express
-   without a dense mask, the path of static caches (whose positions exist on the device only), and the
-   exact fallback on CUDA for calls the kernels cannot take (the reason is warned once).
+   without a dense mask, the path of static-cache calls the pattern does not cover (whose positions
+   exist on the device only), and the exact fallback on CUDA for calls the kernels cannot take (the
+   reason is warned once).
 
 The rule reads only what is known before the call: shapes, dtypes, the device, options, and the host
 facts of `AttentionContext`. It never reads tensor values, so the whole path traces under
@@ -93,17 +95,19 @@ def choose(
     docstring). Raises `FusedPathError` when ``backend="triton"`` cannot be honoured."""
     if backend == "reference" or key.shape[-2] == 0:
         return "chunked", None
+    remembered = _remembered_route(query, key, context, backend, pattern)
+    if remembered is not None:
+        return remembered, None
     sdpa_exact = (
         not isinstance(pattern, str)
-        and not context.static
         and context.query_documents is None
         and covers_call(pattern, context, query.shape[-2], key.shape[-2])
     )
     wants_kernels = backend == "triton" or fused_path.kernels_preferred(query.device)
     if backend == "auto" and sdpa_exact and not (wants_kernels and fused_path.decodes_with_padding(query, context)):
-        return "sdpa", None
+        return _remember(query, key, context, backend, pattern, "sdpa"), None
     if not wants_kernels:
-        return "chunked", None
+        return _remember(query, key, context, backend, pattern, "chunked"), None
     plan = fused_path.plan(query, key, value, context, pattern)
     if not isinstance(plan, str):
         return "triton", plan
@@ -116,6 +120,34 @@ def choose(
         return "sdpa", None
     _warn_once(variant_name, plan)
     return "chunked", None
+
+
+def _route_key(query: torch.Tensor, key: torch.Tensor, backend: Backend, pattern: KernelMask | str) -> tuple:
+    """What the rule's decisions before any kernel planning read, besides the context."""
+    return (pattern, backend, query.shape, key.shape[-2], query.requires_grad and torch.is_grad_enabled())
+
+
+def _remembered_route(
+    query: torch.Tensor, key: torch.Tensor, context: AttentionContext, backend: Backend, pattern: KernelMask | str
+) -> Route | None:
+    """The route an earlier layer of this forward took for the same call (`AttentionContext.routes`)."""
+    if tracing():
+        return None
+    return context.routes.get(_route_key(query, key, backend, pattern))
+
+
+def _remember(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    context: AttentionContext,
+    backend: Backend,
+    pattern: KernelMask | str,
+    route: Route,
+) -> Route:
+    """Keep a route decided from shapes, flags and the context alone for the forward's other layers."""
+    if not tracing():
+        context.routes[_route_key(query, key, backend, pattern)] = route
+    return route
 
 
 def covers_call(pattern: KernelMask, context: AttentionContext, q_len: int, k_len: int) -> bool:
@@ -146,19 +178,22 @@ def sdpa_attention(
     """Exact attention of a call whose pattern covers it (`covers_call`), on torch's SDPA.
 
     The mask SDPA gets is only what the call needs: none (``is_causal`` when queries and keys are
-    aligned, nothing for one query), a bottom-right causal band for a few queries against a cache, the
-    key padding, a caller's 4-D mask. Rows left without any key return zeros. GQA as transformers' SDPA
-    path does it: SDPA's own grouping without a mask, one decoding query folded into its key/value head,
-    repeated keys otherwise.
+    aligned, nothing for one query), causality by position for a few queries against a cache and for a
+    static cache's calls (whose slots ahead of the newest token are unwritten; positions live on the
+    device, so this is the one mask that works for every step, as transformers' own static path does),
+    the key padding, a caller's 4-D mask. Rows that padding or a caller's mask leave without any key
+    return zeros. GQA as transformers' SDPA path does it: SDPA's own grouping without a mask, one
+    decoding query folded into its key/value head, repeated keys otherwise.
     """
     q_len, k_len = query.shape[-2], key.shape[-2]
     mask = None
     is_causal = False
-    if context.causal and q_len > 1:
-        if q_len == k_len and context.trimmed_prefix is None:
+    if context.causal and (q_len > 1 or context.static):
+        if q_len == k_len and context.trimmed_prefix is None and not context.static:
             is_causal = True
         else:
             mask = (context.key_positions[None, :] <= context.query_positions[:, None])[None, None]
+    may_leave_rows_empty = False
     for extra in (
         None if context.key_padding is None else context.key_padding[:, None, None, :],
         context.dense_mask,
@@ -168,8 +203,9 @@ def sdpa_attention(
         if is_causal:
             mask, is_causal = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril()[None, None], False
         mask = extra if mask is None else mask & extra
+        may_leave_rows_empty = True  # causality alone never does: each query sees its own key
     output = _sdpa_grouped(query, key, value, mask, is_causal, context.scaling, context.dropout)
-    if mask is not None:
+    if may_leave_rows_empty:
         output = output.masked_fill(~mask.any(-1, keepdim=True), 0.0)
     return output
 

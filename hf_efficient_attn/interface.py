@@ -19,12 +19,15 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
 from .compat import query_offset_tensor
-from .context import build_context, drop_future_keys, tracing
+from .context import tracing
+from .context_memo import ContextMemo
 from .layout import make_layout
 from .variants.base import AttentionVariant
 
 IMPLEMENTATION_NAME = "hf_efficient_attn"
 VARIANT_ATTRIBUTE = "efficient_attn"
+_CONTEXTS = ContextMemo()
+"""The contexts of the current forward's calls (`context_memo`): derived in its first layer, shared by the rest."""
 
 
 def efficient_attention_forward(
@@ -44,7 +47,7 @@ def efficient_attention_forward(
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     query, key, value = _autocast_inputs(query, key, value)
-    context = build_context(
+    context = _CONTEXTS.get(
         query=query,
         key=key,
         attention_mask=attention_mask,
@@ -55,7 +58,9 @@ def efficient_attention_forward(
         position_ids=kwargs.get("position_ids"),
         native_window=kwargs.get("sliding_window"),
     )
-    key, value, context = drop_future_keys(key, value, context)
+    keys_seen = context.key_positions.shape[0]
+    if keys_seen < key.shape[-2]:
+        key, value = key[..., :keys_seen, :], value[..., :keys_seen, :]
     output = variant(query, key, value, context)
     return output.transpose(1, 2).contiguous(), None
 
@@ -71,6 +76,8 @@ def _autocast_inputs(
     dtype; doing the same keeps the patched model's numerics alike and lets the half-precision kernels
     run instead of float32 ones.
     """
+    if torch.float32 not in (query.dtype, key.dtype, value.dtype):
+        return query, key, value  # nothing to cast (checked first: this runs in every layer)
     device_type = query.device.type
     if not torch.is_autocast_enabled(device_type):
         return query, key, value

@@ -53,7 +53,9 @@ def call(variant, query, key, value, *, causal=True, tokens=None, padding=None, 
         )
     context = build_context(query=query, key=key, attention_mask=mask, causal=causal, scaling=SCALE, dropout=0.0,
                             cache_window=variant.cache_window(), position_ids=None, native_window=None)
-    key, value, context = drop_future_keys(key, value, context)
+    context = drop_future_keys(context, key.shape[-2])
+    keys_seen = context.key_positions.shape[0]
+    key, value = key[..., :keys_seen, :], value[..., :keys_seen, :]
     route, _ = dispatch.choose(query, key, value, context, variant.options.backend, variant.kernel_mask(context)
                                if hasattr(variant, "kernel_mask") else dispatch.KernelMask())
     return route, variant(query, key, value, context), context
@@ -76,7 +78,13 @@ CASES = {
     "decode-growing-cache": (lambda: FlashAttention(FlashOptions(), layer()), 1, 20, {}, "sdpa"),
     "prompt-in-fresh-static-cache": (lambda: FlashAttention(FlashOptions(), layer()), 6, 16, {"tokens": 16, "queries_first": True},
                                      "sdpa"),
-    "static-decode": (lambda: FlashAttention(FlashOptions(), layer()), 1, 16, {"static_start": 9}, "chunked"),
+    "static-decode": (lambda: FlashAttention(FlashOptions(), layer()), 1, 16, {"static_start": 9}, "sdpa"),
+    "static-chunk": (lambda: FlashAttention(FlashOptions(), layer()), 3, 16, {"static_start": 9}, "sdpa"),
+    "static-decode-padded": (lambda: FlashAttention(FlashOptions(), layer()), 1, 16,
+                             {"static_start": 9, "padding": torch.tensor([[True] * 16, [False] * 3 + [True] * 13])},
+                             "sdpa"),
+    "static-decode-over-bounded-layer": (lambda: sliding(5, sinks=2), 1, 7, {"static_start": 20}, "sdpa"),
+    "static-window-narrower": (lambda: sliding(5), 1, 16, {"static_start": 9}, "chunked"),
     "blocks-cover": (lambda: BlockSparseAttention(SparseOptions(block_size=8, local_blocks=2), layer()), 12, 12, {},
                      "sdpa"),
     "blocks-sparse": (lambda: BlockSparseAttention(SparseOptions(block_size=4, local_blocks=1, global_blocks=0),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -53,7 +54,7 @@ def test_chunked_causal_equals_naive_with_gapped_key_positions(chunk_size):
     generator = torch.Generator().manual_seed(3)
     key_positions = torch.cat([torch.arange(3), torch.arange(20, 40)])
     ctx = context(15, 23, causal=True, key_positions=key_positions)
-    ctx = type(ctx)(**{**ctx.__dict__, "query_positions": torch.arange(25, 40)})
+    ctx = dataclasses.replace(ctx, query_positions=torch.arange(25, 40))
     query_features = torch.rand(2, 4, 15, 6, generator=generator, dtype=torch.float64)
     key_features = torch.rand(2, 2, 23, 6, generator=generator, dtype=torch.float64)
     value = torch.randn(2, 2, 23, 5, generator=generator, dtype=torch.float64)
@@ -145,7 +146,7 @@ def test_refuses_packed_documents():
     query, key, value = qkv(q_len=8)
     ctx = context(8, 8, causal=True)
     documents = torch.zeros(2, 8, dtype=torch.long)
-    ctx = type(ctx)(**{**ctx.__dict__, "query_documents": documents, "key_documents": documents})
+    ctx = dataclasses.replace(ctx, query_documents=documents, key_documents=documents)
     with pytest.raises(VariantError, match="packed-document"):
         PerformerAttention(PerformerOptions(num_features=8), layer(dim=8))(query, key, value, ctx)
 
