@@ -12,7 +12,7 @@ import pytest
 import torch
 from spec import dense_attention, sliding_mask
 
-from hf_efficient_attn import dispatch
+from hf_efficient_attn import dispatch, fused_path
 from hf_efficient_attn.context import build_context, drop_future_keys
 from hf_efficient_attn.layout import make_layout
 from hf_efficient_attn.variants import (
@@ -56,9 +56,20 @@ def call(variant, query, key, value, *, causal=True, tokens=None, padding=None, 
     context = drop_future_keys(context, key.shape[-2])
     keys_seen = context.key_positions.shape[0]
     key, value = key[..., :keys_seen, :], value[..., :keys_seen, :]
-    route, _ = dispatch.choose(query, key, value, context, variant.options.backend, variant.kernel_mask(context)
-                               if hasattr(variant, "kernel_mask") else dispatch.KernelMask())
-    return route, variant(query, key, value, context), context
+    routes = []
+    choose = dispatch.choose
+
+    def noted(*args, **kwargs):
+        result = choose(*args, **kwargs)
+        routes.append(result[0])
+        return result
+
+    dispatch.choose = noted
+    try:
+        output = variant(query, key, value, context)
+    finally:
+        dispatch.choose = choose
+    return routes[-1], output, context
 
 
 def sliding(window: int, sinks: int = 0, role: Role = Role.CAUSAL) -> SlidingWindowAttention:
@@ -145,3 +156,51 @@ def test_every_route_gives_the_same_result():
                                                                              padding=padding)[1]
     assert outputs.keys() == {"sdpa", "chunked"}
     torch.testing.assert_close(outputs["sdpa"], outputs["chunked"], rtol=0, atol=1e-12)
+
+
+def test_short_dense_bidirectional_patterns_take_one_masked_sdpa_call_where_kernels_run(monkeypatch):
+    """Where the kernels run (CUDA), a short bidirectional call whose pattern keeps most pairs goes to SDPA
+    under the pattern's mask, which is exact; a sparse pattern, a causal call or training keeps the rule's
+    other routes."""
+    monkeypatch.setattr(fused_path, "kernels_preferred", lambda device: True)
+    query, key, value = qkv(48, 48)
+    wide = sliding(30, role=Role.BIDIRECTIONAL)
+    route, output, context = call(wide, query, key, value, causal=False)
+    assert route == "masked-sdpa"
+    torch.testing.assert_close(output, definition(wide, query, key, value, context), rtol=0, atol=1e-12)
+    wide_sparse = BlockSparseAttention(SparseOptions(block_size=8, local_blocks=2, global_blocks=1), layer(Role.BIDIRECTIONAL))
+    route, output, context = call(wide_sparse, query, key, value, causal=False)
+    assert route == "masked-sdpa"
+    torch.testing.assert_close(output, definition(wide_sparse, query, key, value, context), rtol=0, atol=1e-12)
+    narrow = sliding(4, role=Role.BIDIRECTIONAL)
+    context = build_context(query=query, key=key, attention_mask=None, causal=False, scaling=SCALE, dropout=0.0,
+                            cache_window=None, position_ids=None, native_window=None)
+    assert not dispatch.masked_sdpa_faster(query, key, context, narrow.kernel_mask(context))
+    assert dispatch.masked_sdpa_faster(query, key, context, wide.kernel_mask(context))
+    with torch.enable_grad():
+        assert not dispatch.masked_sdpa_faster(query.requires_grad_(), key, context, wide.kernel_mask(context))
+    causal_context = build_context(query=query, key=key, attention_mask=None, causal=True, scaling=SCALE, dropout=0.0,
+                                   cache_window=None, position_ids=None, native_window=None)
+    assert not dispatch.masked_sdpa_faster(query, key, causal_context, sliding(30).kernel_mask(causal_context))
+
+
+@pytest.mark.parametrize("n", [40, 64, 1500])
+def test_pattern_density_counts_the_pairs_a_pattern_keeps(n):
+    positions = torch.arange(n)
+    distance = positions[None, :] - positions[:, None]
+    for left, right in [(5, 5), (30, 30), (7, 2), (None, 3), (n + 9, n + 9)]:
+        kept = torch.ones(n, n, dtype=torch.bool)
+        if left is not None:
+            kept &= -distance < left
+        if right is not None:
+            kept &= distance < right
+        got = dispatch.pattern_density(dispatch.KernelMask(window=(left, right)), n)
+        assert got == pytest.approx(kept.double().mean().item(), abs=1e-12)
+    sparse = BlockSparseAttention(SparseOptions(block_size=8, local_blocks=1, global_blocks=1, random_blocks=1),
+                                  layer(Role.BIDIRECTIONAL))
+    context = build_context(query=torch.zeros(1, 4, n, 8), key=torch.zeros(1, 2, n, 8), attention_mask=None,
+                            causal=False, scaling=SCALE, dropout=0.0, cache_window=None, position_ids=None,
+                            native_window=None)
+    blocks = -(-n // 8)
+    pairs = sparse.allowed(context, torch.arange(blocks * 8), torch.arange(blocks * 8))
+    assert dispatch.pattern_density(sparse.kernel_mask(context), n) == pytest.approx(pairs.float().mean().item())

@@ -191,6 +191,20 @@ def _is_dense_bidirectional(name: str, blocks: int) -> bool:
     return _remembered(("dense", name, blocks), lambda: bool(_built(name, blocks, False)[:, :blocks, :blocks].all()))
 
 
+def _density(name: str, blocks: int) -> float:
+    return _remembered(("density", name, blocks),
+                       lambda: float(_built(name, blocks, False)[:, :blocks, :blocks].float().mean()))
+
+
+_density_at_trace_time = torch.compiler.assume_constant_result(_density)
+
+
+def density(name: str, blocks: int) -> float:
+    """Share of the block pairs of a bidirectional call over ``blocks`` blocks that the layout keeps
+    (averaged over heads; computed once per name and size)."""
+    return _density_at_trace_time(name, blocks)
+
+
 _dense_rows_at_trace_time = torch.compiler.assume_constant_result(_dense_rows)
 _is_dense_bidirectional_at_trace_time = torch.compiler.assume_constant_result(_is_dense_bidirectional)
 

@@ -122,6 +122,7 @@ class SlidingWindowAttention(AttentionVariant):
             pattern=lambda: self.kernel_mask(context),
             reference=lambda: masked_attention(query, key, value, context, rule=self, chunk_size=self._chunk()),
             variant_name=self.name,
+            one_mask=lambda: masked_attention(query, key, value, context, rule=self, chunk_size=query.shape[-2]),
         )
 
     def kernel_mask(self, context: AttentionContext) -> KernelMask | str:

@@ -171,6 +171,7 @@ class BlockSparseAttention(AttentionVariant):
             pattern=lambda: self.kernel_mask(context),
             reference=lambda: self._reference(query, key, value, context),
             variant_name=self.name,
+            one_mask=lambda: masked_attention(query, key, value, context, rule=self, chunk_size=query.shape[-2]),
         )
 
     def _exact(self) -> bool:
