@@ -441,7 +441,7 @@ def markdown(results: dict) -> str:
              f"{env['dtype']}; `{results['command']}`", ""]
     if results.get("runs"):
         lines += ["Merged from the runs: " + "; ".join(f"{n}: `{c}`" for n, c in enumerate(results["runs"], 1))
-                  + ". A superscript names the run of a cell.", ""]
+                  + ". Each row comes whole from one run, named by the superscripts.", ""]
     lines += [
              "Forward and prefill rows: ms (lower is better); decoding rows: tokens/s per sequence (higher is "
              "better); peak memory in GiB below each figure. † measured by the earlier run the table was merged "
@@ -469,23 +469,21 @@ def markdown(results: dict) -> str:
 
 
 def merge(paths: list[Path], command: str) -> dict:
-    """One table from several runs on the same device and versions: a later run's cell replaces an
-    earlier one's; each cell names its run."""
+    """One table from several runs on the same device and versions: each row whole from the latest run
+    that measured it, so that every comparison in a row is within one run; each cell names its run."""
     runs = [json.loads(path.read_text()) for path in paths]
     if any(run["env"] != runs[0]["env"] for run in runs):
         raise SystemExit("--merge: the runs were made on different devices or versions")
     order = [row.name for row in gpu_rows() + cpu_rows()]
-    cells: dict[str, dict] = {}
+    rows: dict[str, dict] = {}
     for number, run_ in enumerate(runs, start=1):
         for entry in run_["rows"]:
-            merged = cells.setdefault(entry["row"], {"row": entry["row"], "kind": entry["kind"], "cells": {}})
-            for column, cell in entry["cells"].items():
-                if cell.get("run") == "earlier":
-                    continue  # a cell this run kept from an earlier one, which is in the list itself
-                if value(cell) is not None or column not in merged["cells"]:
-                    merged["cells"][column] = {**cell, "run": number}
+            if not any(value(cell) is not None and cell.get("run") != "earlier" for cell in entry["cells"].values()):
+                continue  # measured nothing here (skipped, or cells kept from an earlier run)
+            rows[entry["row"]] = {"row": entry["row"], "kind": entry["kind"],
+                                  "cells": {column: {**cell, "run": number} for column, cell in entry["cells"].items()}}
     results = {"env": runs[0]["env"], "command": command, "runs": [run_["command"] for run_ in runs],
-               "rows": sorted(cells.values(), key=lambda entry: order.index(entry["row"]))}
+               "rows": sorted(rows.values(), key=lambda entry: order.index(entry["row"]))}
     results["targets"] = targets(results, "CPU" in results["env"]["device"])
     return results
 

@@ -1,0 +1,82 @@
+"""benchmarks/native.py: merged tables keep each row within one run, targets read the right ratios, and
+decoding rates come from the steps of one generation (a tiny Llama on the CPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from tiny_models import tiny_llama  # noqa: E402
+
+ENV = {"device": "GPU", "torch": "2", "transformers": "5", "triton": "3", "dtype": "bfloat16"}
+
+
+@pytest.fixture(scope="module")
+def native():
+    spec = importlib.util.spec_from_file_location("native_benchmark", ROOT / "benchmarks" / "native.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_run(path: Path, command: str, rows: list[dict]) -> Path:
+    path.write_text(json.dumps({"env": ENV, "command": command, "rows": rows}))
+    return path
+
+
+def test_a_row_comes_whole_from_the_latest_run_that_measured_it(native, tmp_path):
+    vit, prefill = "ViT-B/16 224 px, batch 64", "Llama-1B prefill 4k"
+    first = write_run(tmp_path / "1.json", "first", [
+        {"row": vit, "kind": "forward", "cells": {"sdpa": {"ms": 8.0}, "flex_attention": {"ms": 14.0},
+                                                  "flash": {"ms": 9.0}}},
+        {"row": prefill, "kind": "forward", "cells": {"sdpa": {"ms": 24.0}, "flash": {"ms": 23.0}}},
+    ])
+    second = write_run(tmp_path / "2.json", "second", [
+        {"row": vit, "kind": "forward", "cells": {"sdpa": {"ms": 6.0}, "flash": {"ms": 6.6}}},
+        {"row": prefill, "kind": "forward", "cells": {"sdpa": {"status": "skipped (time budget)"}}},
+    ])
+    merged = native.merge([first, second], "merge")
+    rows = {entry["row"]: entry["cells"] for entry in merged["rows"]}
+    assert rows[vit] == {"sdpa": {"ms": 6.0, "run": 2}, "flash": {"ms": 6.6, "run": 2}}  # no flex from run 1
+    assert rows[prefill]["flash"] == {"ms": 23.0, "run": 1}
+    assert "PASS ViT-B/16 224 px, batch 64: flash 1.10x sdpa's time" not in merged["targets"]
+    assert "MISS ViT-B/16 224 px, batch 64: flash 1.10x sdpa's time" in merged["targets"]
+    assert "PASS Llama-1B prefill 4k: flash 0.96x sdpa's time" in merged["targets"]
+
+
+def test_runs_of_different_devices_are_not_merged(native, tmp_path):
+    first = write_run(tmp_path / "1.json", "first", [])
+    other = tmp_path / "2.json"
+    other.write_text(json.dumps({"env": {**ENV, "device": "other"}, "command": "second", "rows": []}))
+    with pytest.raises(SystemExit, match="different devices"):
+        native.merge([first, other], "merge")
+
+
+def test_decoding_targets_compare_tokens_per_second(native):
+    row = "Llama-1B decode after 32k, batch 1, eager"
+    results = {"rows": [{"row": row, "kind": "decode", "cells": {
+        "sdpa": {"tokens_per_s": 50.0}, "hf-sliding": {"tokens_per_s": 40.0}, "sliding": {"tokens_per_s": 70.0}}}]}
+    lines = native.targets(results, cpu=False)
+    assert f"PASS {row}: sliding 0.71x sdpa's time" in lines
+    assert f"PASS {row}: sliding 1.40x sdpa's tokens/s" in lines
+    assert f"PASS {row}: sliding 70.0 vs transformers' own sliding window 40.0 tokens/s" in lines
+
+
+def test_the_decoding_rate_is_one_over_the_median_step(native):
+    model = tiny_llama()
+    ids = torch.randint(3, 97, (1, 12), generator=torch.Generator().manual_seed(0))
+    row = native.Row("decode", "llama", "decode", 1, 12)
+    with torch.no_grad():
+        rate, (warm, tokens), peak = native.decode_rate(model, {"input_ids": ids}, row, steps=6)
+        expected = model.generate(ids, max_new_tokens=7, min_new_tokens=7, do_sample=False, pad_token_id=0)
+    assert torch.equal(tokens, expected) and torch.equal(warm, expected)
+    assert rate > 0 and peak is None
