@@ -13,9 +13,10 @@ them to rounding, and a call goes to the fastest that computes it exactly:
 2. **Our Triton kernels** (CUDA) where they save work: windows narrower than the keys, sinks and
    globals, block layouts with skipped tiles, packed documents, and decoding with padding (split-key
    flash-decoding with a key mask, which SDPA's fast kernels do not take).
-3. **SDPA under the pattern's dense mask** (CUDA, inference) for short bidirectional calls whose pattern
-   keeps most pairs (`masked_sdpa_faster`: Whisper's encoder with a wide window or a nearly dense block
-   layout), where cuDNN computes the masked call faster than our kernels compute the pattern.
+3. **SDPA under the pattern's dense mask** for short bidirectional inference calls whose pattern keeps
+   most pairs (`masked_sdpa_faster`: Whisper's encoder with a wide window or a nearly dense block
+   layout), where one masked call is faster than our kernels (CUDA) or than the chunked engine (the
+   CPU, block layouts).
 4. **The chunked engine** (`masked.masked_attention`, SDPA per chunk of queries over the keys the
    pattern allows): everything else. It is the path on the CPU for patterns SDPA cannot express
    without a dense mask, the path of static-cache calls the pattern does not cover (whose positions
@@ -106,9 +107,9 @@ def choose(
     `FusedPathError` when ``backend="triton"`` cannot be honoured."""
     if backend == "reference" or key.shape[-2] == 0:
         return "chunked", None
-    remembered = _remembered_route(query, key, context, backend, pattern)
-    if remembered is not None:
-        return remembered, None
+    route_key = _route_key(query, key, backend, pattern, one_mask)
+    if route_key is not None and route_key in context.routes:
+        return context.routes[route_key], None
     sdpa_exact = (
         not isinstance(pattern, str)
         and context.query_documents is None
@@ -116,11 +117,11 @@ def choose(
     )
     wants_kernels = backend == "triton" or fused_path.kernels_preferred(query.device)
     if backend == "auto" and sdpa_exact and not (wants_kernels and fused_path.decodes_with_padding(query, context)):
-        return _remember(query, key, context, backend, pattern, "sdpa"), None
-    if not wants_kernels:
-        return _remember(query, key, context, backend, pattern, "chunked"), None
+        return _remember(context, route_key, "sdpa"), None
     if backend == "auto" and one_mask and not isinstance(pattern, str) and masked_sdpa_faster(query, key, context, pattern):
-        return "masked-sdpa", None
+        return _remember(context, route_key, "masked-sdpa"), None
+    if not wants_kernels:
+        return _remember(context, route_key, "chunked"), None
     plan = fused_path.plan(query, key, value, context, pattern)
     if not isinstance(plan, str):
         return "triton", plan
@@ -135,58 +136,58 @@ def choose(
     return "chunked", None
 
 
-def _route_key(query: torch.Tensor, key: torch.Tensor, backend: Backend, pattern: KernelMask | str) -> tuple:
-    """What the rule's decisions before any kernel planning read, besides the context."""
-    return (pattern, backend, query.shape, key.shape[-2], query.requires_grad and torch.is_grad_enabled())
-
-
-def _remembered_route(
-    query: torch.Tensor, key: torch.Tensor, context: AttentionContext, backend: Backend, pattern: KernelMask | str
-) -> Route | None:
-    """The route an earlier layer of this forward took for the same call (`AttentionContext.routes`)."""
+def _route_key(
+    query: torch.Tensor, key: torch.Tensor, backend: Backend, pattern: KernelMask | str, one_mask: bool
+) -> tuple | None:
+    """What the rule's decisions before any kernel planning read, besides the context: the key under which
+    a route is kept for the forward's other layers (`AttentionContext.routes`), None under tracing."""
     if tracing():
         return None
-    return context.routes.get(_route_key(query, key, backend, pattern))
+    return (pattern, backend, one_mask, query.shape, key.shape[-2], query.requires_grad and torch.is_grad_enabled())
 
 
-def _remember(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    context: AttentionContext,
-    backend: Backend,
-    pattern: KernelMask | str,
-    route: Route,
-) -> Route:
+def _remember(context: AttentionContext, route_key: tuple | None, route: Route) -> Route:
     """Keep a route decided from shapes, flags and the context alone for the forward's other layers."""
-    if not tracing():
-        context.routes[_route_key(query, key, backend, pattern)] = route
+    if route_key is not None:
+        context.routes[route_key] = route
     return route
 
 
 MASKED_SDPA_MAX_TOKENS = 2048
-MASKED_SDPA_MIN_DENSITY = 0.5
+MASKED_SDPA_MIN_DENSITY = {"kernels": 0.5, "chunked": 0.6}
+"""Least share of pairs kept for the masked SDPA call to win, against the kernels (CUDA) and against the
+chunked engine (the CPU, block layouts only)."""
 
 
 def masked_sdpa_faster(query: torch.Tensor, key: torch.Tensor, context: AttentionContext, pattern: KernelMask) -> bool:
-    """Whether one SDPA call under the pattern's dense mask beats the kernels on this call.
+    """Whether one SDPA call under the pattern's dense mask beats the route the call would take otherwise.
 
-    Measured on the H200 (bf16, head_dim 64, Whisper-large-v3's encoder: 4 x 20 heads x 1500 positions,
-    per call): dense SDPA 160 us; a window of 512 (57% of the pairs) 350 us on our kernel, 270 us on SDPA
-    with the mask; a window of 1024 (90%) 295 / 283 us; a block layout of 99% 539 / 327 us. A pattern
-    that keeps most pairs saves the kernel little work, and cuDNN runs the masked call faster than our
-    kernel runs the band. So: bidirectional inference calls of at most `MASKED_SDPA_MAX_TOKENS` tokens
-    whose pattern keeps at least `MASKED_SDPA_MIN_DENSITY` of the pairs (sinks and globals not counted,
-    which only errs toward the kernels). Longer or sparser calls keep the kernels, which skip work.
+    A pattern that keeps most pairs saves little work, and then one masked SDPA call is the faster exact
+    path. Measured per call at Whisper's 1500 positions, head_dim 64:
+
+    * H200, bf16, 4 x 20 heads, against our kernels: dense SDPA 160 us; a window of 512 (57% of the pairs)
+      350 us on the kernel, 270 us as the masked call; a window of 1024 (90%) 295 / 283 us; a block
+      layout of 99% 539 / 327 us. So on CUDA: windows and layouts from 50% of the pairs.
+    * CPU (2 cores), float32, 1 x 6 heads, against the chunked engine: dense 14-16 ms; block layouts of
+      24%, 45%, 55%, 65%, 76%, 99% 10 / 23, 17 / 23, 22 / 22, 24 / 23, 28 / 23, 29 / 22 ms (chunked /
+      masked), while windows of 57-98% stay faster chunked (24-26 ms against 28-32). So on the CPU: block
+      layouts from 60%.
+
+    Both only for bidirectional inference calls of at most `MASKED_SDPA_MAX_TOKENS` tokens (what was
+    measured); sinks and globals are not counted in the density, which errs toward the other route.
     """
     n = key.shape[-2]
-    return (
-        not context.causal
-        and query.shape[-2] == n <= MASKED_SDPA_MAX_TOKENS
-        and context.query_documents is None
-        and context.dense_mask is None
-        and not (query.requires_grad and torch.is_grad_enabled())
-        and pattern_density(pattern, n) >= MASKED_SDPA_MIN_DENSITY
-    )
+    if (
+        context.causal
+        or not query.shape[-2] == n <= MASKED_SDPA_MAX_TOKENS
+        or context.query_documents is not None
+        or context.dense_mask is not None
+        or (query.requires_grad and torch.is_grad_enabled())
+    ):
+        return False
+    if fused_path.kernels_preferred(query.device):
+        return pattern_density(pattern, n) >= MASKED_SDPA_MIN_DENSITY["kernels"]
+    return pattern.block_layout is not None and pattern_density(pattern, n) >= MASKED_SDPA_MIN_DENSITY["chunked"]
 
 
 def pattern_density(pattern: KernelMask, n: int) -> float:

@@ -204,3 +204,21 @@ def test_pattern_density_counts_the_pairs_a_pattern_keeps(n):
     blocks = -(-n // 8)
     pairs = sparse.allowed(context, torch.arange(blocks * 8), torch.arange(blocks * 8))
     assert dispatch.pattern_density(sparse.kernel_mask(context), n) == pytest.approx(pairs.float().mean().item())
+
+
+def test_on_the_cpu_dense_block_layouts_take_one_masked_call_and_windows_stay_chunked():
+    """Against the chunked engine (the CPU), one masked SDPA call wins for block layouts that keep most pairs
+    (a layout's chunks gather little), not for windows, whose chunks skip the keys outside the band."""
+    query, key, value = qkv(64, 64)
+    dense_layout = BlockSparseAttention(SparseOptions(block_size=8, local_blocks=3, global_blocks=1),
+                                        layer(Role.BIDIRECTIONAL))
+    route, output, context = call(dense_layout, query, key, value, causal=False)
+    assert dispatch.pattern_density(dense_layout.kernel_mask(context), 64) >= 0.6
+    assert route == "masked-sdpa"
+    torch.testing.assert_close(output, definition(dense_layout, query, key, value, context), rtol=0, atol=1e-12)
+    sparse_layout = BlockSparseAttention(SparseOptions(block_size=8, local_blocks=1, global_blocks=1),
+                                         layer(Role.BIDIRECTIONAL))
+    assert call(sparse_layout, query, key, value, causal=False)[0] == "chunked"
+    assert call(sliding(40, role=Role.BIDIRECTIONAL), query, key, value, causal=False)[0] == "chunked"
+    assert call(BlockSparseAttention(SparseOptions(block_size=8, local_blocks=3, global_blocks=1), layer()),
+                query, key, value)[0] == "chunked"  # causal
