@@ -481,7 +481,8 @@ def merge(paths: list[Path], command: str) -> dict:
             if not any(value(cell) is not None and cell.get("run") != "earlier" for cell in entry["cells"].values()):
                 continue  # measured nothing here (skipped, or cells kept from an earlier run)
             rows[entry["row"]] = {"row": entry["row"], "kind": entry["kind"],
-                                  "cells": {column: {**cell, "run": number} for column, cell in entry["cells"].items()}}
+                                  "cells": {column: {**cell, "run": number} for column, cell in entry["cells"].items()
+                                            if cell.get("run") != "earlier"}}  # kept cells are not this run's
     results = {"env": runs[0]["env"], "command": command, "runs": [run_["command"] for run_ in runs],
                "rows": sorted(rows.values(), key=lambda entry: order.index(entry["row"]))}
     results["targets"] = targets(results, "CPU" in results["env"]["device"])

@@ -104,9 +104,6 @@ class ContextMemo:
 
         return weakref.ref(tensor, drop)
 
-    def clear(self) -> None:
-        self._entries.clear()
-
     def __len__(self) -> int:
         return len(self._entries)
 

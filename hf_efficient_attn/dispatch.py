@@ -143,7 +143,7 @@ def _route_key(
     a route is kept for the forward's other layers (`AttentionContext.routes`), None under tracing."""
     if tracing():
         return None
-    return (pattern, backend, one_mask, query.shape, key.shape[-2], query.requires_grad and torch.is_grad_enabled())
+    return (pattern, backend, one_mask, query.shape, key.shape[-2], fused_path.needs_grad(query))
 
 
 def _remember(context: AttentionContext, route_key: tuple | None, route: Route) -> Route:
@@ -182,7 +182,7 @@ def masked_sdpa_faster(query: torch.Tensor, key: torch.Tensor, context: Attentio
         or not query.shape[-2] == n <= MASKED_SDPA_MAX_TOKENS
         or context.query_documents is not None
         or context.dense_mask is not None
-        or (query.requires_grad and torch.is_grad_enabled())
+        or fused_path.needs_grad(query)
     ):
         return False
     if fused_path.kernels_preferred(query.device):

@@ -79,7 +79,7 @@ def decodes_with_padding(query: torch.Tensor, context: AttentionContext) -> bool
         and context.key_padding is not None
         and context.dense_mask is None
         and query.shape[-2] <= DECODE_MAX_QUERIES
-        and not _needs_grad(query)
+        and not needs_grad(query)
     )
 
 
@@ -192,7 +192,7 @@ def _decodes_one_layout_row(query: torch.Tensor, context: AttentionContext, mask
     a key mask for the split-key decode kernel (no tile lists to build for a length that grows each step)."""
     from .variants import block_layout as layouts
 
-    if mask.block_layout is None or not context.causal or query.shape[-2] != 1 or _needs_grad(query):
+    if mask.block_layout is None or not context.causal or query.shape[-2] != 1 or needs_grad(query):
         return False
     if mask.window != (None, None) or mask.sink_tokens or mask.global_tokens:
         return False
@@ -211,7 +211,8 @@ def _layout_row_keys(key: torch.Tensor, context: AttentionContext, mask: KernelM
     return layout[0, context.query_offset // size].index_select(0, key_blocks)[None, :]
 
 
-def _needs_grad(query: torch.Tensor) -> bool:
+def needs_grad(query: torch.Tensor) -> bool:
+    """Whether autograd will record this call (training), which the forward-only paths cannot take."""
     return torch.is_grad_enabled() and query.requires_grad
 
 

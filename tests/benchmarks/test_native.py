@@ -44,6 +44,10 @@ def test_a_row_comes_whole_from_the_latest_run_that_measured_it(native, tmp_path
         {"row": vit, "kind": "forward", "cells": {"sdpa": {"ms": 6.0}, "flash": {"ms": 6.6}}},
         {"row": prefill, "kind": "forward", "cells": {"sdpa": {"status": "skipped (time budget)"}}},
     ])
+    kept = write_run(tmp_path / "3.json", "third", [
+        {"row": vit, "kind": "forward", "cells": {"sdpa": {"ms": 6.1}, "sliding": {"ms": 5.0, "run": "earlier"}}},
+    ])
+    assert "sliding" not in {e["row"]: e for e in native.merge([first, second, kept], "merge")["rows"]}[vit]["cells"]
     merged = native.merge([first, second], "merge")
     rows = {entry["row"]: entry["cells"] for entry in merged["rows"]}
     assert rows[vit] == {"sdpa": {"ms": 6.0, "run": 2}, "flash": {"ms": 6.6, "run": 2}}  # no flex from run 1
