@@ -9,7 +9,9 @@ them to rounding, and a call goes to the fastest that computes it exactly:
    covers every key the call has, a decoding step over a bounded cache that holds exactly the visible
    keys, a static cache's step (with causality by position as its mask). Padding and a caller's 4-D mask
    go with it as SDPA's boolean mask (what transformers' own SDPA path passes). These are the calls
-   where our kernels would only redo SDPA's work.
+   where our kernels would only redo SDPA's work. So is a decoding step under a block layout shared by
+   the heads (`gathers_visible_keys`): the chunked engine gathers the key blocks its row allows and runs
+   SDPA on them without a mask.
 2. **Our Triton kernels** (CUDA) where they save work: windows narrower than the keys, sinks and
    globals, block layouts with skipped tiles, packed documents, and decoding with padding (split-key
    flash-decoding with a key mask, which SDPA's fast kernels do not take).
@@ -118,6 +120,8 @@ def choose(
     wants_kernels = backend == "triton" or fused_path.kernels_preferred(query.device)
     if backend == "auto" and sdpa_exact and not (wants_kernels and fused_path.decodes_with_padding(query, context)):
         return _remember(context, route_key, "sdpa"), None
+    if backend == "auto" and gathers_visible_keys(query, context, pattern):
+        return _remember(context, route_key, "chunked"), None
     if backend == "auto" and one_mask and not isinstance(pattern, str) and masked_sdpa_faster(query, key, context, pattern):
         return _remember(context, route_key, "masked-sdpa"), None
     if not wants_kernels:
@@ -151,6 +155,22 @@ def _remember(context: AttentionContext, route_key: tuple | None, route: Route) 
     if route_key is not None:
         context.routes[route_key] = route
     return route
+
+
+def gathers_visible_keys(query: torch.Tensor, context: AttentionContext, pattern: KernelMask | str) -> bool:
+    """A decoding step under a block layout shared by the heads, without padding: the chunked engine
+    gathers exactly the key blocks the query's layout row allows and runs one SDPA call on them without a
+    mask (`masked.MaskRule.ranges_exact`), reading only those keys, where the decode kernel would read the
+    whole cache under a key mask derived in every layer."""
+    return (
+        not isinstance(pattern, str)
+        and context.key_padding is None
+        and not context.left_padded
+        and not context.static
+        and context.dense_mask is None
+        and context.query_documents is None
+        and fused_path.decodes_one_layout_row(query, context, pattern)
+    )
 
 
 MASKED_SDPA_MAX_TOKENS = 2048

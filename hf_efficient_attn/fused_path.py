@@ -119,7 +119,7 @@ def plan(
         return "packed documents with sink tokens, global tokens, block layouts or padding"
     if documents is None and _decodes(query, key, context, mask):
         return lambda: kernels.ops.decode_attention(query, key, value, scale=context.scaling, key_padding=key_padding)
-    if documents is None and _decodes_one_layout_row(query, context, mask):
+    if documents is None and decodes_one_layout_row(query, context, mask):
         def decode_layout_row() -> torch.Tensor:
             visible = _layout_row_keys(key, context, mask).expand(key.shape[0], -1)
             visible = visible if key_padding is None else visible & key_padding
@@ -187,7 +187,7 @@ def _with_native_window(mask: KernelMask, context: AttentionContext) -> KernelMa
     return KernelMask((left, right), 0, 0, mask.block_layout, mask.layout_block_size, mask.layout_blocks)
 
 
-def _decodes_one_layout_row(query: torch.Tensor, context: AttentionContext, mask: KernelMask) -> bool:
+def decodes_one_layout_row(query: torch.Tensor, context: AttentionContext, mask: KernelMask) -> bool:
     """One decoding query under a block layout shared by the heads: the keys it sees are one layout row,
     a key mask for the split-key decode kernel (no tile lists to build for a length that grows each step)."""
     from .variants import block_layout as layouts

@@ -43,6 +43,10 @@ class MaskRule(Protocol):
         """Position ranges that queries at positions ``first..last`` may see, in ascending order (None:
         all); a superset is fine."""
 
+    def ranges_exact(self, context: AttentionContext) -> bool:
+        """Whether, for one causal query, `candidate_ranges` names exactly the keys the pattern lets it see
+        (None: every earlier key): then its chunk needs no mask of the pattern or of causality."""
+
 
 def masked_attention(
     query: torch.Tensor,
@@ -101,7 +105,11 @@ def _attend_chunk(
         chunk_values = _gather(value, index_ranges, axis=-2)
         key_positions = _gather(context.key_positions, index_ranges)
         key_index = index_ranges
-    visible = _visible(context, rule, query_positions, key_positions, key_index, start, stop)
+    in_ranges = (  # one causal query whose gathered keys are exactly the ones it sees (no static slots ahead)
+        context.causal and not context.static and stop - start == 1 and rule is not None and rule.ranges_exact(context)
+    )
+    visible = _visible(context, None if in_ranges else rule, query_positions, key_positions, key_index, start, stop,
+                       causal=context.causal and not in_ranges)
     return _sdpa_chunk(query, chunk_keys, chunk_values, visible, context)
 
 
@@ -175,10 +183,12 @@ def _visible(
     key_index: list[tuple[int, int]] | None,
     start: int,
     stop: int,
+    causal: bool,
 ) -> torch.Tensor | None:
-    """Bool mask ``[b|1, heads|1, q, k]`` of pairs that may attend, or None when all may."""
+    """Bool mask ``[b|1, heads|1, q, k]`` of pairs that may attend, or None when all may; ``rule`` None and
+    ``causal`` False where the gathered keys already obey them."""
     masks: list[torch.Tensor] = []  # each [b|1, heads|1, q, k]
-    if context.causal:
+    if causal:
         masks.append((key_positions[None, :] <= query_positions[:, None])[None, None])
     if context.native_window is not None:
         distance = query_positions[:, None] - key_positions[None, :]

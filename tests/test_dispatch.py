@@ -110,9 +110,10 @@ def definition(variant, query, key, value, context) -> torch.Tensor:
     if context.causal:
         visible = (context.key_positions[None, :] <= context.query_positions[:, None])[None, None]
     if isinstance(variant, SlidingWindowAttention):
+        starts = None if context.sequence_start is None else context.sequence_start.tolist()
         visible = visible & sliding_mask(context.query_positions, context.key_positions,
                                          window=variant.options.window, causal=context.causal,
-                                         sinks=variant.options.sink_tokens)
+                                         sinks=variant.options.sink_tokens, starts=starts)
     elif isinstance(variant, BlockSparseAttention):
         visible = visible & variant.allowed(context, context.query_positions, context.key_positions)
     if context.key_padding is not None:
@@ -222,3 +223,66 @@ def test_on_the_cpu_dense_block_layouts_take_one_masked_call_and_windows_stay_ch
     assert call(sliding(40, role=Role.BIDIRECTIONAL), query, key, value, causal=False)[0] == "chunked"
     assert call(BlockSparseAttention(SparseOptions(block_size=8, local_blocks=3, global_blocks=1), layer()),
                 query, key, value)[0] == "chunked"  # causal
+
+
+def sdpa_masks(monkeypatch) -> list:
+    """Records, per SDPA call of the chunked engine, its mask and how many keys it got."""
+    from hf_efficient_attn import masked
+
+    seen = []
+    original = masked.F.scaled_dot_product_attention
+
+    def noted(query, key, value, attn_mask=None, **kwargs):
+        seen.append((attn_mask, key.shape[-2]))
+        return original(query, key, value, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(masked.F, "scaled_dot_product_attention", noted)
+    return seen
+
+
+def test_decoding_under_a_shared_block_layout_gathers_the_visible_keys_without_a_mask(monkeypatch):
+    """Where the kernels run, a decoding step under a block layout shared by the heads takes the chunked
+    engine, which gathers exactly the key blocks the query's layout row allows and needs no mask; with
+    padding, or a static cache, it does not."""
+    monkeypatch.setattr(fused_path, "kernels_preferred", lambda device: True)
+    variant = BlockSparseAttention(SparseOptions(block_size=4, local_blocks=2, global_blocks=1, random_blocks=1,
+                                                 seed=3), layer())
+    for tokens in (23, 24, 37):
+        query, key, value = qkv(1, tokens, seed=tokens)
+        seen = sdpa_masks(monkeypatch)
+        route, output, context = call(variant, query, key, value, tokens=tokens)
+        assert route == "chunked"
+        visible = variant.allowed(context, context.query_positions, context.key_positions)
+        assert seen == [(None, int(visible.sum()))]
+        torch.testing.assert_close(output, definition(variant, query, key, value, context), rtol=0, atol=1e-12)
+    padding = torch.ones(2, 37, dtype=torch.bool)
+    padding[1, :5] = False
+    padded = build_context(query=query, key=key, attention_mask=make_layout(tokens=37, padding=padding), causal=True,
+                           scaling=SCALE, dropout=0.0, cache_window=None, position_ids=None, native_window=None)
+    assert not dispatch.gathers_visible_keys(query, padded, variant.kernel_mask(padded))
+    static = build_context(query=query, key=key, attention_mask=make_layout(tokens=37, padding=None,
+                                                                            query_start=torch.tensor(30), query_length=1),
+                           causal=True, scaling=SCALE, dropout=0.0, cache_window=None, position_ids=None,
+                           native_window=None)
+    assert not dispatch.gathers_visible_keys(query, static, variant.kernel_mask(static))
+
+
+@pytest.mark.parametrize("left_padded", [False, True])
+def test_one_query_on_the_chunked_engine_needs_a_mask_only_where_its_keys_are_not_exactly_gathered(
+    monkeypatch, left_padded
+):
+    """A window with sinks over a cache that kept every key: the chunked engine gathers the sinks and the
+    window, exactly the keys one query sees, and masks nothing; left padding moves the sinks, so then the
+    gathered keys are a superset and are masked. Both equal the definition."""
+    variant = sliding(5, sinks=2)
+    query, key, value = qkv(1, 20)
+    padding = None
+    if left_padded:
+        padding = torch.ones(2, 20, dtype=torch.bool)
+        padding[1, :3] = False
+    seen = sdpa_masks(monkeypatch)
+    route, output, context = call(variant, query, key, value, tokens=20, padding=padding)
+    assert route == "chunked"
+    assert len(seen) == 1 and (seen[0][0] is not None) == left_padded
+    assert seen[0][1] == (2 + 3 + 5 if left_padded else 2 + 5)
+    torch.testing.assert_close(output, definition(variant, query, key, value, context), rtol=0, atol=1e-12)

@@ -182,6 +182,11 @@ class SlidingWindowAttention(AttentionVariant):
             return [(low, high + 1)]
         return [(0, low if latest_start is None else latest_start + leading), (low, high + 1)]
 
+    def ranges_exact(self, context: AttentionContext) -> bool:
+        """The 1-D candidates are the sinks or globals, the window, and every key for a global query: exact
+        when rows start at position 0 (with left padding they cover the latest row start's)."""
+        return self.options.neighbourhood == "1d" and not context.left_padded
+
     def _global_count(self) -> int:
         if self.options.neighbourhood == "2d":
             return max(self.options.global_tokens, self.layer.prefix_tokens)

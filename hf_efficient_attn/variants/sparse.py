@@ -31,7 +31,7 @@ from typing import Any, Literal
 import torch
 
 from .. import dispatch
-from ..context import AttentionContext
+from ..context import AttentionContext, tracing
 from ..fused_path import KernelMask
 from ..masked import PositionRanges, masked_attention
 from . import block_layout as layouts
@@ -239,6 +239,13 @@ class BlockSparseAttention(AttentionVariant):
         blocks = self._blocks(context)
         active = layouts.active_key_blocks(self.layout_name, blocks, context.causal, first // size, last // size)
         return None if active is None else [(low * size, high * size) for low, high in active]
+
+    def ranges_exact(self, context: AttentionContext) -> bool:
+        """Key blocks are whole in the candidates, so they are exact for a layout shared by the heads that
+        counts from position 0 (not under tracing, where a causal call's candidates are every key)."""
+        if context.left_padded or (context.causal and tracing()):
+            return False
+        return self._layout(context, torch.device("cpu")).shape[0] == 1
 
     def _layout(self, context: AttentionContext, device: torch.device) -> torch.Tensor:
         """The layout ``[1|heads, >= blocks, >= blocks]`` covering this call, on ``device``."""
