@@ -15,10 +15,9 @@ them to rounding, and a call goes to the fastest that computes it exactly:
 2. **Our Triton kernels** (CUDA) where they save work: windows narrower than the keys, sinks and
    globals, block layouts with skipped tiles, packed documents, and decoding with padding (split-key
    flash-decoding with a key mask, which SDPA's fast kernels do not take).
-3. **SDPA under the pattern's dense mask** for short bidirectional inference calls whose pattern keeps
-   most pairs (`masked_sdpa_faster`: Whisper's encoder with a wide window or a nearly dense block
-   layout), where one masked call is faster than our kernels (CUDA) or than the chunked engine (the
-   CPU, block layouts).
+3. **SDPA under the pattern's dense mask** where the kernels do not run, for short bidirectional
+   inference calls under a block layout that keeps most pairs (`masked_sdpa_faster`: Whisper's encoder
+   with a nearly dense layout), where one masked call is faster than the chunked engine.
 4. **The chunked engine** (`masked.masked_attention`, SDPA per chunk of queries over the keys the
    pattern allows): everything else. It is the path on the CPU for patterns SDPA cannot express
    without a dense mask, the path of static-cache calls the pattern does not cover (whose positions
@@ -174,56 +173,37 @@ def gathers_visible_keys(query: torch.Tensor, context: AttentionContext, pattern
 
 
 MASKED_SDPA_MAX_TOKENS = 2048
-MASKED_SDPA_MIN_DENSITY = {"kernels": 0.5, "chunked": 0.6}
-"""Least share of pairs kept for the masked SDPA call to win, against the kernels (CUDA) and against the
-chunked engine (the CPU, block layouts only)."""
+MASKED_SDPA_MIN_DENSITY = 0.6
+"""Least share of pairs a block layout keeps for one masked SDPA call to beat the chunked engine."""
 
 
 def masked_sdpa_faster(query: torch.Tensor, key: torch.Tensor, context: AttentionContext, pattern: KernelMask) -> bool:
-    """Whether one SDPA call under the pattern's dense mask beats the route the call would take otherwise.
+    """Whether one SDPA call under the pattern's dense mask beats the chunked engine (where the kernels do
+    not run).
 
-    A pattern that keeps most pairs saves little work, and then one masked SDPA call is the faster exact
-    path. Measured per call at Whisper's 1500 positions, head_dim 64:
+    A block layout that keeps most pairs saves the chunked engine little work, and its chunks' gathers
+    cost more than one masked call. Measured on the CPU (2 cores), float32, at Whisper's 1500 positions,
+    1 x 6 heads of 64: dense SDPA 14-16 ms; block layouts of 24%, 45%, 55%, 65%, 76%, 99% of the pairs
+    10 / 23, 17 / 23, 22 / 22, 24 / 23, 28 / 23, 29 / 22 ms (chunked / masked), while windows of 57-98%
+    stay faster chunked (24-26 ms against 28-32). So block layouts from 60%, for bidirectional inference
+    calls of at most `MASKED_SDPA_MAX_TOKENS` tokens (what was measured).
 
-    * H200, bf16, 4 x 20 heads, against our kernels: dense SDPA 160 us; a window of 512 (57% of the pairs)
-      350 us on the kernel, 270 us as the masked call; a window of 1024 (90%) 295 / 283 us; a block
-      layout of 99% 539 / 327 us. So on CUDA: windows and layouts from 50% of the pairs.
-    * CPU (2 cores), float32, 1 x 6 heads, against the chunked engine: dense 14-16 ms; block layouts of
-      24%, 45%, 55%, 65%, 76%, 99% 10 / 23, 17 / 23, 22 / 22, 24 / 23, 28 / 23, 29 / 22 ms (chunked /
-      masked), while windows of 57-98% stay faster chunked (24-26 ms against 28-32). So on the CPU: block
-      layouts from 60%.
-
-    Both only for bidirectional inference calls of at most `MASKED_SDPA_MAX_TOKENS` tokens (what was
-    measured); sinks and globals are not counted in the density, which errs toward the other route.
+    Not where the kernels run: on the H200 at the same length (bf16, 4 x 20 heads), our kernel takes 101,
+    138 and 207 us per call for a window of 512, a window of 1024 and a 99% block layout, against 340, 302
+    and 320 us for the masked call (and 132 us for dense SDPA without a mask).
     """
     n = key.shape[-2]
     if (
-        context.causal
+        fused_path.kernels_preferred(query.device)
+        or pattern.block_layout is None
+        or context.causal
         or not query.shape[-2] == n <= MASKED_SDPA_MAX_TOKENS
         or context.query_documents is not None
         or context.dense_mask is not None
         or fused_path.needs_grad(query)
     ):
         return False
-    if fused_path.kernels_preferred(query.device):
-        return pattern_density(pattern, n) >= MASKED_SDPA_MIN_DENSITY["kernels"]
-    return pattern.block_layout is not None and pattern_density(pattern, n) >= MASKED_SDPA_MIN_DENSITY["chunked"]
-
-
-def pattern_density(pattern: KernelMask, n: int) -> float:
-    """Share of the ``n x n`` query-key pairs of a bidirectional call that the window or block layout
-    keeps (host arithmetic; sinks and globals are not counted)."""
-    if pattern.block_layout is not None:
-        blocks = -(-n // pattern.layout_block_size)
-        return layouts.density(pattern.block_layout, blocks)
-
-    def beyond(reach: int | None) -> int:
-        """Pairs at a distance of ``reach`` or more on one side."""
-        far = 0 if reach is None else max(0, n - reach)
-        return far * (far + 1) // 2
-
-    left, right = pattern.window
-    return (n * n - beyond(left) - beyond(right)) / (n * n)
+    return layouts.density(pattern.block_layout, -(-n // pattern.layout_block_size)) >= MASKED_SDPA_MIN_DENSITY
 
 
 def covers_call(pattern: KernelMask, context: AttentionContext, q_len: int, k_len: int) -> bool:

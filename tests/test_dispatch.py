@@ -25,6 +25,7 @@ from hf_efficient_attn.variants import (
     SlidingWindowAttention,
     SparseOptions,
 )
+from hf_efficient_attn.variants import block_layout as layouts
 
 SCALE = 0.3
 
@@ -159,44 +160,22 @@ def test_every_route_gives_the_same_result():
     torch.testing.assert_close(outputs["sdpa"], outputs["chunked"], rtol=0, atol=1e-12)
 
 
-def test_short_dense_bidirectional_patterns_take_one_masked_sdpa_call_where_kernels_run(monkeypatch):
-    """Where the kernels run (CUDA), a short bidirectional call whose pattern keeps most pairs goes to SDPA
-    under the pattern's mask, which is exact; a sparse pattern, a causal call or training keeps the rule's
-    other routes."""
+def test_where_kernels_run_dense_patterns_stay_on_the_kernels(monkeypatch):
+    """Where the kernels run (CUDA), they beat one masked SDPA call for every pattern measured, so a short
+    bidirectional call under a wide window or a nearly dense block layout never takes the masked route."""
     monkeypatch.setattr(fused_path, "kernels_preferred", lambda device: True)
     query, key, value = qkv(48, 48)
-    wide = sliding(30, role=Role.BIDIRECTIONAL)
-    route, output, context = call(wide, query, key, value, causal=False)
-    assert route == "masked-sdpa"
-    torch.testing.assert_close(output, definition(wide, query, key, value, context), rtol=0, atol=1e-12)
-    wide_sparse = BlockSparseAttention(SparseOptions(block_size=8, local_blocks=2, global_blocks=1), layer(Role.BIDIRECTIONAL))
-    route, output, context = call(wide_sparse, query, key, value, causal=False)
-    assert route == "masked-sdpa"
-    torch.testing.assert_close(output, definition(wide_sparse, query, key, value, context), rtol=0, atol=1e-12)
-    narrow = sliding(4, role=Role.BIDIRECTIONAL)
     context = build_context(query=query, key=key, attention_mask=None, causal=False, scaling=SCALE, dropout=0.0,
                             cache_window=None, position_ids=None, native_window=None)
-    assert not dispatch.masked_sdpa_faster(query, key, context, narrow.kernel_mask(context))
-    assert dispatch.masked_sdpa_faster(query, key, context, wide.kernel_mask(context))
-    with torch.enable_grad():
-        assert not dispatch.masked_sdpa_faster(query.requires_grad_(), key, context, wide.kernel_mask(context))
-    causal_context = build_context(query=query, key=key, attention_mask=None, causal=True, scaling=SCALE, dropout=0.0,
-                                   cache_window=None, position_ids=None, native_window=None)
-    assert not dispatch.masked_sdpa_faster(query, key, causal_context, sliding(30).kernel_mask(causal_context))
+    wide = sliding(30, role=Role.BIDIRECTIONAL)
+    dense_layout = BlockSparseAttention(SparseOptions(block_size=8, local_blocks=3, global_blocks=1),
+                                        layer(Role.BIDIRECTIONAL))
+    for variant in (wide, dense_layout):
+        assert not dispatch.masked_sdpa_faster(query, key, context, variant.kernel_mask(context))
 
 
 @pytest.mark.parametrize("n", [40, 64, 1500])
-def test_pattern_density_counts_the_pairs_a_pattern_keeps(n):
-    positions = torch.arange(n)
-    distance = positions[None, :] - positions[:, None]
-    for left, right in [(5, 5), (30, 30), (7, 2), (None, 3), (n + 9, n + 9)]:
-        kept = torch.ones(n, n, dtype=torch.bool)
-        if left is not None:
-            kept &= -distance < left
-        if right is not None:
-            kept &= distance < right
-        got = dispatch.pattern_density(dispatch.KernelMask(window=(left, right)), n)
-        assert got == pytest.approx(kept.double().mean().item(), abs=1e-12)
+def test_layout_density_counts_the_pairs_a_layout_keeps(n):
     sparse = BlockSparseAttention(SparseOptions(block_size=8, local_blocks=1, global_blocks=1, random_blocks=1),
                                   layer(Role.BIDIRECTIONAL))
     context = build_context(query=torch.zeros(1, 4, n, 8), key=torch.zeros(1, 2, n, 8), attention_mask=None,
@@ -204,7 +183,8 @@ def test_pattern_density_counts_the_pairs_a_pattern_keeps(n):
                             native_window=None)
     blocks = -(-n // 8)
     pairs = sparse.allowed(context, torch.arange(blocks * 8), torch.arange(blocks * 8))
-    assert dispatch.pattern_density(sparse.kernel_mask(context), n) == pytest.approx(pairs.float().mean().item())
+    mask = sparse.kernel_mask(context)
+    assert layouts.density(mask.block_layout, blocks) == pytest.approx(pairs.float().mean().item())
 
 
 def test_on_the_cpu_dense_block_layouts_take_one_masked_call_and_windows_stay_chunked():
@@ -214,7 +194,7 @@ def test_on_the_cpu_dense_block_layouts_take_one_masked_call_and_windows_stay_ch
     dense_layout = BlockSparseAttention(SparseOptions(block_size=8, local_blocks=3, global_blocks=1),
                                         layer(Role.BIDIRECTIONAL))
     route, output, context = call(dense_layout, query, key, value, causal=False)
-    assert dispatch.pattern_density(dense_layout.kernel_mask(context), 64) >= 0.6
+    assert layouts.density(dense_layout.kernel_mask(context).block_layout, 8) >= dispatch.MASKED_SDPA_MIN_DENSITY
     assert route == "masked-sdpa"
     torch.testing.assert_close(output, definition(dense_layout, query, key, value, context), rtol=0, atol=1e-12)
     sparse_layout = BlockSparseAttention(SparseOptions(block_size=8, local_blocks=1, global_blocks=1),

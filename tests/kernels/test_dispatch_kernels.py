@@ -65,7 +65,11 @@ CASES = {
     "sparse layout": (lambda: BlockSparseAttention(SparseOptions(block_size=16, local_blocks=1, global_blocks=1),
                                                    LAYER), 64, 64, {}, "triton"),
     "decode under a layout": (lambda: BlockSparseAttention(SparseOptions(block_size=16, local_blocks=2, global_blocks=1,
-                                                                        random_blocks=1), LAYER), 1, 200, {}, "triton"),
+                                                                        random_blocks=1), LAYER), 1, 200, {}, "chunked"),
+    "decode under a layout with a padded key": (
+        lambda: BlockSparseAttention(SparseOptions(block_size=16, local_blocks=2, global_blocks=1, random_blocks=1),
+                                     LAYER), 1, 200, {"padding": torch.arange(200).expand(2, 200).ne(
+                                         torch.tensor([[-1], [7]])).to(DEVICE)}, "triton"),
     "dense layout": (lambda: BlockSparseAttention(SparseOptions(block_size=64), LAYER), 64, 64, {}, "sdpa"),
     "forced kernels": (lambda: FlashAttention(FlashOptions(backend="triton"), LAYER), 64, 64, {}, "triton"),
 }
