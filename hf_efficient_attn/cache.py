@@ -151,11 +151,19 @@ class StaticSinkWindowLayer(StaticLayer):
             return key_states, value_states
         keys = torch.cat([self.keys, key_states], dim=-2)
         values = torch.cat([self.values, value_states], dim=-2)
-        self._write(key_states, value_states)
+        self._write(key_states, value_states, keys, values)
         return keys, values
 
-    def _write(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        """Write new tokens in place: those still inside the prefix into their slots, all into the tail."""
+    def _write(
+        self,
+        key_states: torch.Tensor,
+        value_states: torch.Tensor,
+        joined_keys: torch.Tensor | None = None,
+        joined_values: torch.Tensor | None = None,
+    ) -> None:
+        """Write new tokens in place: those still inside the prefix into their slots, all into the tail.
+        ``joined_*`` (the buffers followed by the new tokens, as `update` returns them) end with the new
+        tail, which is then copied from them instead of joined again."""
         new = key_states.shape[-2]
         start = self.cumulative_length
         recent = self.window - 1
@@ -167,9 +175,12 @@ class StaticSinkWindowLayer(StaticLayer):
                 prefix = buffer[..., : self.prefix, :]
                 prefix.copy_(torch.where(fresh, states.index_select(-2, source), prefix))
         if recent:
-            for buffer, states in ((self.keys, key_states), (self.values, value_states)):
+            for buffer, states, joined in ((self.keys, key_states, joined_keys),
+                                           (self.values, value_states, joined_values)):
                 tail = buffer[..., self.prefix :, :]
-                tail.copy_(torch.cat([tail, states], dim=-2)[..., -recent:, :])
+                if joined is None:
+                    joined = torch.cat([tail, states], dim=-2)
+                tail.copy_(joined[..., -recent:, :])
         self.cumulative_length.add_(new)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
