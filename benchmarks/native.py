@@ -8,7 +8,8 @@ compiled (``cache_implementation="static"``, which transformers compiles itself)
 model with ``sliding_window``), and ours: ``flash``, ``sliding`` and ``sparse``. Random weights of the real
 shapes, bfloat16, one process. Forward times are medians of CUDA-event timings taken in interleaved
 rounds (every column a few calls per round), so that drifts of clocks and temperature fall on every
-column alike; decoding rates are the median time between two steps of one generation.
+column alike. A decoding rate is one over the median time between two steps of a generation; eager
+rows take the median of such rates over interleaved rounds too.
 
     python benchmarks/native.py --out benchmarks/results/native-h200          # a GPU
     python benchmarks/native.py --cpu --out benchmarks/results/native-cpu     # the CPU: SmolLM2-135M shapes
@@ -221,23 +222,34 @@ class StepClock(StoppingCriteria):
 
 
 def decode_rate(model: nn.Module, batch: dict, row: Row, steps: int) -> tuple[float, list[torch.Tensor], float | None]:
-    """Tokens per second (per sequence) of greedy decoding after the prompt: the median time between two
-    steps of a generation of ``steps + 1`` new tokens (so a slow step, or the prompt, does not count),
-    after a warm-up generation (which compiles the decoding step for static caches); the tokens of both
-    generations, and the peak memory of the timed one."""
-    settings = dict(do_sample=False, pad_token_id=0, max_new_tokens=steps + 1, min_new_tokens=steps + 1)
-    if row.compiled:
-        settings["cache_implementation"] = "static"
+    """Tokens per second (per sequence) of greedy decoding after the prompt (`step_rate`), after a warm-up
+    generation (which compiles the decoding step for static caches); the tokens of both generations, and
+    the peak memory of the timed one."""
+    settings = generation_settings(row, steps)
     device = batch["input_ids"].device
     warm = model.generate(**batch, **settings)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    clock = StepClock(device)
-    tokens = model.generate(**batch, **settings, stopping_criteria=StoppingCriteriaList([clock]))
+    rate, tokens = step_rate(model, batch, settings)
     peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
+    return rate, [warm.cpu(), tokens.cpu()], peak
+
+
+def generation_settings(row: Row, steps: int) -> dict[str, Any]:
+    settings = dict(do_sample=False, pad_token_id=0, max_new_tokens=steps + 1, min_new_tokens=steps + 1)
+    if row.compiled:
+        settings["cache_implementation"] = "static"
+    return settings
+
+
+def step_rate(model: nn.Module, batch: dict, settings: dict) -> tuple[float, torch.Tensor]:
+    """One over the median time between two steps of one generation of ``steps + 1`` new tokens (so a
+    slow step, or the prompt, does not count), and its tokens."""
+    clock = StepClock(batch["input_ids"].device)
+    tokens = model.generate(**batch, **settings, stopping_criteria=StoppingCriteriaList([clock]))
     intervals = [later - earlier for earlier, later in zip(clock.stamps, clock.stamps[1:], strict=False)]
-    return 1.0 / median(intervals), [warm.cpu(), tokens.cpu()], peak
+    return 1.0 / median(intervals), tokens
 
 
 def agreement(first: torch.Tensor, second: torch.Tensor) -> float:
@@ -265,7 +277,7 @@ def measure_decode(row: Row, column: str, model: nn.Module, device: torch.device
     batch = inputs(row, model, device, dtype)
     with Configured(model, row.family, column) as target, torch.no_grad():
         rate, (warm, tokens), peak = decode_rate(target, batch, row, steps)
-    cell = {"tokens_per_s": round(rate, 2), "peak_gib": peak and round(peak, 3),
+    cell = {"tokens_per_s": round(rate, 2), "tokens_per_s_each": [round(rate, 2)], "peak_gib": peak and round(peak, 3),
             "rerun_agreement": round(agreement(warm, tokens), 3)}
     if "tokens" in baseline and exact_here(column, row):
         cell["agreement_with_sdpa"] = round(agreement(tokens, baseline["tokens"]), 3)
@@ -338,6 +350,8 @@ def run(args: argparse.Namespace) -> dict:
             entry["cells"][column] = cell
         if row.kind == "forward":
             interleaved_rounds(row, entry["cells"], model, device, dtype, args.rounds)
+        if row.kind == "decode" and not row.compiled:
+            interleaved_decode_rounds(row, entry["cells"], model, device, dtype, args.rounds, args.decode_steps)
         for column, cell in entry["cells"].items():
             if "ms_each" in cell:
                 cell["ms"] = round(median(cell["ms_each"]), 3)
@@ -378,6 +392,28 @@ def interleaved_rounds(row: Row, cells: dict[str, dict], model: nn.Module, devic
                 cells[column]["ms_each"] += times["times"]
             else:
                 cells[column] = {**times, "peak_gib": cells[column].get("peak_gib")}
+
+
+def interleaved_decode_rounds(row: Row, cells: dict[str, dict], model: nn.Module, device: torch.device,
+                              dtype: torch.dtype, rounds: int, steps: int) -> None:
+    """Decode the row's columns in turns, one timed generation each per round after the first (which
+    `measure_decode` ran); a column's rate is the median of its rounds, as a slow host moment falls on one
+    round of one column. Eager rows only: switching columns would recompile a compiled step every round."""
+    measured = [column for column, cell in cells.items() if "tokens_per_s_each" in cell]
+    settings = generation_settings(row, steps)
+
+    def one_round(column: str) -> dict[str, float]:
+        batch = inputs(row, model, device, dtype)
+        with Configured(model, row.family, column) as target, torch.no_grad():
+            return {"rate": step_rate(target, batch, settings)[0]}
+
+    for _ in range(rounds - 1):
+        for column in measured:
+            result = attempt(device, one_round, column)
+            if "rate" in result:  # a round that failed (out of memory) leaves the others
+                cells[column]["tokens_per_s_each"].append(round(result["rate"], 2))
+    for column in measured:
+        cells[column]["tokens_per_s"] = median(cells[column]["tokens_per_s_each"])
 
 
 def earlier_cells(path: Path, env: dict) -> dict[tuple[str, str], dict]:
@@ -503,7 +539,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows", nargs="*", help="run only rows whose name contains one of these")
     parser.add_argument("--columns", nargs="*", choices=COLUMNS, help="run only these columns")
     parser.add_argument("--decode-steps", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=5, help="timing rounds of the forward rows (interleaved)")
+    parser.add_argument("--rounds", type=int, default=5, help="timing rounds of the forward rows and of the eager decoding rows (interleaved)")
     parser.add_argument("--time-budget", type=float, default=540.0, help="seconds; later cells are skipped")
     parser.add_argument("--merge", type=Path, nargs="+", help="measure nothing: merge these runs' native.json "
                         "(same device and versions, later runs win) into --out")

@@ -84,3 +84,39 @@ def test_the_decoding_rate_is_one_over_the_median_step(native):
         expected = model.generate(ids, max_new_tokens=7, min_new_tokens=7, do_sample=False, pad_token_id=0)
     assert torch.equal(tokens, expected) and torch.equal(warm, expected)
     assert rate > 0 and peak is None
+
+
+def test_eager_decoding_rows_take_the_median_of_interleaved_rounds(native, monkeypatch):
+    """Each measured column gets one more timed generation per round, in turns, and its rate is their
+    median; a round that fails leaves the column's other rounds."""
+    order = []
+    rates = iter([10.0, 30.0, 50.0, 20.0])
+
+    def fake_rate(model, batch, settings):
+        order.append(model)
+        return next(rates), None
+
+    class Switched:
+        def __init__(self, model, family, column):
+            self.column = column
+
+        def __enter__(self):
+            if self.column == "sparse" and len(order) >= 2:
+                raise torch.cuda.OutOfMemoryError("out of memory")
+            return self.column
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(native, "step_rate", fake_rate)
+    monkeypatch.setattr(native, "Configured", Switched)
+    monkeypatch.setattr(native, "inputs", lambda *args: {})
+    row = native.Row("decode", "llama", "decode", 1, 12)
+    cells = {"sdpa": {"tokens_per_s": 40.0, "tokens_per_s_each": [40.0]},
+             "sparse": {"tokens_per_s": 5.0, "tokens_per_s_each": [5.0]},
+             "flex_attention": {"status": "not run"}}
+    native.interleaved_decode_rounds(row, cells, None, torch.device("cpu"), torch.float32, rounds=3, steps=4)
+    assert order == ["sdpa", "sparse", "sdpa"]
+    assert cells["sdpa"]["tokens_per_s_each"] == [40.0, 10.0, 50.0] and cells["sdpa"]["tokens_per_s"] == 40.0
+    assert cells["sparse"]["tokens_per_s_each"] == [5.0, 30.0] and cells["sparse"]["tokens_per_s"] == 30.0
+    assert cells["flex_attention"] == {"status": "not run"}
