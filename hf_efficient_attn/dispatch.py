@@ -286,7 +286,7 @@ def _sdpa_grouped(
         return F.scaled_dot_product_attention(
             query, key, value, dropout_p=dropout, scale=scale, is_causal=is_causal, enable_gqa=True
         )
-    if q_len == 1 and mask.shape[1] == 1 and not tracing():
+    if q_len == 1 and mask.shape[1] == 1:
         # one query: its group's heads become the queries of their key/value head
         folded = query.reshape(batch, q_heads // groups, groups, head_dim)
         output = F.scaled_dot_product_attention(folded, key, value, attn_mask=mask, dropout_p=dropout, scale=scale)
