@@ -160,9 +160,11 @@ def gathers_visible_keys(query: torch.Tensor, context: AttentionContext, pattern
     """A decoding step under a block layout shared by the heads, without padding: the chunked engine
     gathers exactly the key blocks the query's layout row allows and runs one SDPA call on them without a
     mask (`masked.MaskRule.ranges_exact`), reading only those keys, where the decode kernel would read the
-    whole cache under a key mask derived in every layer."""
+    whole cache under a key mask derived in every layer. Not under tracing, where a causal layout's
+    candidates are every key (`block_layout.active_key_blocks`), so the engine would mask them all."""
     return (
-        not isinstance(pattern, str)
+        not tracing()
+        and not isinstance(pattern, str)
         and context.key_padding is None
         and not context.left_padded
         and not context.static

@@ -245,6 +245,9 @@ def test_decoding_under_a_shared_block_layout_gathers_the_visible_keys_without_a
                            causal=True, scaling=SCALE, dropout=0.0, cache_window=None, position_ids=None,
                            native_window=None)
     assert not dispatch.gathers_visible_keys(query, static, variant.kernel_mask(static))
+    assert dispatch.gathers_visible_keys(query, context, variant.kernel_mask(context))
+    monkeypatch.setattr(dispatch, "tracing", lambda: True)  # a causal layout's candidates are every key then
+    assert not dispatch.gathers_visible_keys(query, context, variant.kernel_mask(context))
 
 
 @pytest.mark.parametrize("left_padded", [False, True])
