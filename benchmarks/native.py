@@ -237,6 +237,7 @@ def decode_rate(model: nn.Module, batch: dict, row: Row, steps: int) -> tuple[fl
 
 
 def generation_settings(row: Row, steps: int) -> dict[str, Any]:
+    """Greedy decoding of exactly ``steps + 1`` new tokens; compiled rows with a static cache."""
     settings = dict(do_sample=False, pad_token_id=0, max_new_tokens=steps + 1, min_new_tokens=steps + 1)
     if row.compiled:
         settings["cache_implementation"] = "static"

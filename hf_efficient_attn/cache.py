@@ -145,25 +145,19 @@ class StaticSinkWindowLayer(StaticLayer):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        if not self.written:
-            self.written = True
-            self._write(key_states, value_states)
-            return key_states, value_states
         keys = torch.cat([self.keys, key_states], dim=-2)
         values = torch.cat([self.values, value_states], dim=-2)
         self._write(key_states, value_states, keys, values)
+        if not self.written:
+            self.written = True
+            return key_states, value_states
         return keys, values
 
     def _write(
-        self,
-        key_states: torch.Tensor,
-        value_states: torch.Tensor,
-        joined_keys: torch.Tensor | None = None,
-        joined_values: torch.Tensor | None = None,
+        self, key_states: torch.Tensor, value_states: torch.Tensor, joined_keys: torch.Tensor, joined_values: torch.Tensor
     ) -> None:
         """Write new tokens in place: those still inside the prefix into their slots, all into the tail.
-        ``joined_*`` (the buffers followed by the new tokens, as `update` returns them) end with the new
-        tail, which is then copied from them instead of joined again."""
+        ``joined_*`` are the buffers followed by the new tokens; they end with the new tail."""
         new = key_states.shape[-2]
         start = self.cumulative_length
         recent = self.window - 1
@@ -175,12 +169,8 @@ class StaticSinkWindowLayer(StaticLayer):
                 prefix = buffer[..., : self.prefix, :]
                 prefix.copy_(torch.where(fresh, states.index_select(-2, source), prefix))
         if recent:
-            for buffer, states, joined in ((self.keys, key_states, joined_keys),
-                                           (self.values, value_states, joined_values)):
-                tail = buffer[..., self.prefix :, :]
-                if joined is None:
-                    joined = torch.cat([tail, states], dim=-2)
-                tail.copy_(joined[..., -recent:, :])
+            for buffer, joined in ((self.keys, joined_keys), (self.values, joined_values)):
+                buffer[..., self.prefix :, :].copy_(joined[..., -recent:, :])
         self.cumulative_length.add_(new)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
