@@ -49,8 +49,8 @@ class AttentionContext:
             the gap (host int); None when no key is missing.
         max_sequence_start: host bound on `sequence_start` (0 when None), or None when not known on the
             host (under ``torch.compile``).
-        routes: the backends `dispatch` chose for this context's calls, kept for the other layers of the
-            forward that share it (eager mode only).
+        routes: the decisions `dispatch` made for this context's calls (the route, and for the kernels
+            the planned launch), kept for the other layers of the forward that share it (eager mode only).
     """
 
     query_positions: torch.Tensor

@@ -87,7 +87,7 @@ def attention(
     if route == "sdpa":
         return sdpa_attention(query, key, value, context)
     if route == "triton":
-        return run()
+        return run(query, key, value)
     if route == "masked-sdpa":
         return one_mask()
     return reference()
@@ -102,15 +102,21 @@ def choose(
     pattern: KernelMask | str,
     variant_name: str = "variant",
     one_mask: bool = False,
-) -> tuple[Route, Callable[[], torch.Tensor] | None]:
-    """The rule: which route runs this call, and for ``"triton"`` the launch to run (see the module
+) -> tuple[Route, fused_path.Launch | None]:
+    """The rule: which route runs this call, and for ``"triton"`` the planned launch (see the module
     docstring); ``one_mask`` says whether the variant offers the masked-SDPA route. Raises
-    `FusedPathError` when ``backend="triton"`` cannot be honoured."""
+    `FusedPathError` when ``backend="triton"`` cannot be honoured.
+
+    In eager mode the decision, the planned launch included, is kept in the context for the forward's
+    other layers (`AttentionContext.routes`), keyed by everything it reads besides the context, so that
+    the rest of a forward's layers skip the rule and the planning."""
     if backend == "reference" or key.shape[-2] == 0:
         return "chunked", None
-    route_key = _route_key(query, key, backend, pattern, one_mask)
-    if route_key is not None and route_key in context.routes:
-        return context.routes[route_key], None
+    route_key = _route_key(query, key, value, backend, pattern, one_mask)
+    if route_key is not None:
+        kept = context.routes.get(route_key)
+        if kept is not None:
+            return kept
     sdpa_exact = (
         not isinstance(pattern, str)
         and context.query_documents is None
@@ -118,42 +124,63 @@ def choose(
     )
     wants_kernels = backend == "triton" or fused_path.kernels_preferred(query.device)
     if backend == "auto" and sdpa_exact and not (wants_kernels and fused_path.decodes_with_padding(query, context)):
-        return _remember(context, route_key, "sdpa"), None
+        return _remember(context, route_key, "sdpa")
     if backend == "auto" and gathers_visible_keys(query, context, pattern):
-        return _remember(context, route_key, "chunked"), None
+        return _remember(context, route_key, "chunked")
     if backend == "auto" and one_mask and not isinstance(pattern, str) and masked_sdpa_faster(query, key, context, pattern):
-        return _remember(context, route_key, "masked-sdpa"), None
+        return _remember(context, route_key, "masked-sdpa")
     if not wants_kernels:
-        return _remember(context, route_key, "chunked"), None
+        return _remember(context, route_key, "chunked")
     plan = fused_path.plan(query, key, value, context, pattern)
     if not isinstance(plan, str):
-        return "triton", plan
+        return _remember(context, route_key, "triton", plan)
     if backend == "triton":
         raise FusedPathError(
             f"Variant '{variant_name}' with backend='triton' cannot run this call on the fused kernels: {plan}. "
             "Use backend='auto' (falls back to an exact path) or backend='reference'."
         )
     if sdpa_exact:  # a padded decoding step the decode kernel cannot take
-        return "sdpa", None
+        return _remember(context, route_key, "sdpa")
     _warn_once(variant_name, plan)
-    return "chunked", None
+    return _remember(context, route_key, "chunked")
 
 
 def _route_key(
-    query: torch.Tensor, key: torch.Tensor, backend: Backend, pattern: KernelMask | str, one_mask: bool
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    backend: Backend,
+    pattern: KernelMask | str,
+    one_mask: bool,
 ) -> tuple | None:
-    """What the rule's decisions before any kernel planning read, besides the context: the key under which
-    a route is kept for the forward's other layers (`AttentionContext.routes`), None under tracing."""
+    """What the rule and the planning read besides the context (shapes, dtypes, the device, whether
+    autograd records the call): the key under which a decision is kept for the forward's other layers
+    (`AttentionContext.routes`); None under tracing, where nothing is kept."""
     if tracing():
         return None
-    return (pattern, backend, one_mask, query.shape, key.shape[-2], fused_path.needs_grad(query))
+    return (
+        pattern,
+        backend,
+        one_mask,
+        query.shape,
+        key.shape,
+        value.shape,
+        query.dtype,
+        key.dtype,
+        value.dtype,
+        query.device,
+        torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad),
+    )
 
 
-def _remember(context: AttentionContext, route_key: tuple | None, route: Route) -> Route:
-    """Keep a route decided from shapes, flags and the context alone for the forward's other layers."""
+def _remember(
+    context: AttentionContext, route_key: tuple | None, route: Route, launch: fused_path.Launch | None = None
+) -> tuple[Route, fused_path.Launch | None]:
+    """Keep a decision for the forward's other layers (nothing under tracing, where the key is None)."""
+    decision = (route, launch)
     if route_key is not None:
-        context.routes[route_key] = route
-    return route
+        context.routes[route_key] = decision
+    return decision
 
 
 def gathers_visible_keys(query: torch.Tensor, context: AttentionContext, pattern: KernelMask | str) -> bool:

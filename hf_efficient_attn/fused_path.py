@@ -7,7 +7,8 @@ key; a variant states its pattern in those terms as a `KernelMask`, and `plan` c
 facts (key positions, padding, packed documents, a caller's mask, dropout, dtype, head size, device)
 let the kernels reproduce the chunked engine. If they do it returns the launch of the decode kernel (a
 few queries against a long cache, no gradient needed) or of the dense kernels (the packed-documents
-kernels when rows hold several documents); otherwise the reason they cannot. `dispatch` decides whether
+kernels when rows hold several documents), as a function of the query, key and value, so that the
+other layers of a forward reuse it (`dispatch`); otherwise the reason they cannot. `dispatch` decides whether
 the kernels are wanted at all. Under ``torch.compile`` whether rows hold several documents cannot be read
 before the call; the kernels' op reads it (see `kernels.ops`).
 
@@ -83,14 +84,19 @@ def decodes_with_padding(query: torch.Tensor, context: AttentionContext) -> bool
     )
 
 
+Launch = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""The planned launch of a call: attention of its query, key and value (or of any with the same shapes,
+dtypes and device, under the same context: the other layers of one forward)."""
+
+
 def plan(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
     context: AttentionContext,
     mask: KernelMask | str,
-) -> Callable[[], torch.Tensor] | str:
-    """A zero-argument function running the right kernel, or why no kernel computes this call exactly."""
+) -> Launch | str:
+    """The launch of the kernel that computes this call exactly, or why no kernel does."""
     from . import kernels
 
     if isinstance(mask, str):
@@ -104,10 +110,10 @@ def plan(
         return "a 4-D attention mask was given by the caller"
     if context.static:
         return "a static cache, whose positions exist on the device only"
-    aligned = _align_keys(key, value, context, mask)
+    aligned = _align_keys(key, context, mask)
     if isinstance(aligned, str):
         return aligned
-    key, value, key_padding, mask = aligned
+    key_padding, mask = aligned
     mask = _with_native_window(mask, context)
     if isinstance(mask, str):
         return mask
@@ -117,20 +123,15 @@ def plan(
     eager_packed = documents is not None and not tracing()  # eager: the rows are packed (see `context`)
     if eager_packed and (mask.counts_from_row_start() or key_padding is not None):
         return "packed documents with sink tokens, global tokens, block layouts or padding"
+    scale = context.scaling
     if documents is None and _decodes(query, key, context, mask):
-        return lambda: kernels.ops.decode_attention(query, key, value, scale=context.scaling, key_padding=key_padding)
+        return lambda q, k, v: kernels.ops.decode_attention(q, k, v, scale=scale, key_padding=key_padding)
     if documents is None and decodes_one_layout_row(query, context, mask):
-        def decode_layout_row() -> torch.Tensor:
-            visible = _layout_row_keys(key, context, mask).expand(key.shape[0], -1)
-            visible = visible if key_padding is None else visible & key_padding
-            return kernels.ops.decode_attention(query, key, value, scale=context.scaling, key_padding=visible)
-
-        return decode_layout_row
-    return lambda: kernels.ops.fused_attention(
-        query,
-        key,
-        value,
-        scale=context.scaling,
+        visible = _layout_row_keys(key, context, mask).expand(key.shape[0], -1)
+        visible = visible if key_padding is None else visible & key_padding
+        return lambda q, k, v: kernels.ops.decode_attention(q, k, v, scale=scale, key_padding=visible)
+    return kernels.ops.DenseLaunch(
+        scale=scale,
         causal=context.causal,
         window=mask.window,
         sink_tokens=mask.sink_tokens,
@@ -144,9 +145,9 @@ def plan(
 
 
 def _align_keys(
-    key: torch.Tensor, value: torch.Tensor, context: AttentionContext, mask: KernelMask
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, KernelMask] | str:
-    """Keys, values, key padding and pattern in the kernels' index space, or why they cannot be put there.
+    key: torch.Tensor, context: AttentionContext, mask: KernelMask
+) -> tuple[torch.Tensor | None, KernelMask] | str:
+    """Key padding and pattern in the kernels' index space, or why they cannot be put there.
 
     Bidirectional calls already are. In causal calls the last query faces the last key (`build_context`
     drops the slots of a static cache past the newest token). A bounded cache's contiguous tail is aligned
@@ -155,7 +156,7 @@ def _align_keys(
     """
     padding = context.key_padding
     if not context.causal:
-        return key, value, padding, mask
+        return padding, mask
     if context.trimmed_prefix is not None:
         prefix = context.trimmed_prefix
         if mask.block_layout is not None or mask.global_tokens:
@@ -169,8 +170,8 @@ def _align_keys(
             )
             sink = (slots >= prefix) | ((slots - start >= 0) & (slots - start < mask.sink_tokens))
             padding = sink if padding is None else padding & sink
-        return key, value, padding, KernelMask(window=mask.window, sink_tokens=prefix)
-    return key, value, padding, mask
+        return padding, KernelMask(window=mask.window, sink_tokens=prefix)
+    return padding, mask
 
 
 def _with_native_window(mask: KernelMask, context: AttentionContext) -> KernelMask | str:
@@ -226,4 +227,4 @@ def _decodes(query: torch.Tensor, key: torch.Tensor, context: AttentionContext, 
     return left is None or key.shape[-2] - 1 - mask.sink_tokens < left
 
 
-__all__ = ["DECODE_MAX_QUERIES", "FusedPathError", "FusedPathFallbackWarning", "KernelMask", "plan"]
+__all__ = ["DECODE_MAX_QUERIES", "FusedPathError", "FusedPathFallbackWarning", "KernelMask", "Launch", "plan"]

@@ -17,6 +17,7 @@ import triton.language as tl
 
 from .checks import KernelInputError, _common_reason
 from .flash import power_of_2_at_least
+from .relaunch import Relauncher
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 _UPCAST_DOTS = tl.constexpr(INTERPRET)
@@ -87,6 +88,9 @@ def _decode_split(Q, K, V, OP, LP, KPAD,
     tl.store(LP + b * slb + h * slh + i * sln + pid_s, lse, mask=rows_ok)
 
 
+_DECODE = Relauncher(_decode_split)
+
+
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
@@ -130,15 +134,16 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale
         o_part.fill_(float("nan"))
         lse_part.fill_(float("nan"))
     kp = key_padding.to(torch.int8).contiguous() if key_padding is not None else o_part
-    _decode_split[(splits, b * hkv)](
-        q, k, v, o_part, lse_part, kp,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), *o_part.stride()[:4], *lse_part.stride()[:3],
-        kp.stride(0) if key_padding is not None else 0,
-        hkv, group, nq, nk, chunk, float(scale) * 1.4426950408889634,
-        HEAD_DIM=d, BLOCK_D=max(16, power_of_2_at_least(d)), BLOCK_R=block_r, BLOCK_N=block_n,
-        HAS_KPAD=key_padding is not None, IEEE=q.dtype == torch.float32,
-        num_warps=4, num_stages=1 if INTERPRET else 3,
+    _DECODE(
+        (splits, b * hkv),
+        (q, k, v, o_part, lse_part, kp,
+         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+         v.stride(0), v.stride(1), v.stride(2), *o_part.stride()[:4], *lse_part.stride()[:3],
+         kp.stride(0) if key_padding is not None else 0,
+         hkv, group, nq, nk, chunk, float(scale) * 1.4426950408889634),
+        dict(HEAD_DIM=d, BLOCK_D=max(16, power_of_2_at_least(d)), BLOCK_R=block_r, BLOCK_N=block_n,
+             HAS_KPAD=key_padding is not None, IEEE=q.dtype == torch.float32,
+             num_warps=4, num_stages=1 if INTERPRET else 3),
     )
     if splits == 1:  # already normalised, and 0 for rows that see no key
         return o_part[..., 0, :].to(q.dtype)

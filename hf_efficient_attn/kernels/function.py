@@ -13,7 +13,7 @@ TILE_LISTS: TensorMemo[tuple[torch.Tensor, TileLists]] = TensorMemo()
 """Per block-layout tensor and mask: the int8 layout the kernels read and its tile lists."""
 
 
-def _dense(x: torch.Tensor) -> torch.Tensor:
+def dense_inputs(x: torch.Tensor) -> torch.Tensor:
     """x itself when its memory is dense and non-overlapping with a unit last stride, else a copy."""
     if x.is_contiguous():
         return x
@@ -98,7 +98,7 @@ def dense_launch(
     nk = k.shape[2]
     if b == 0 or nq == 0 or nk == 0:
         return None
-    q, k, v = _dense(q), _dense(k), _dense(v)
+    q, k, v = dense_inputs(q), dense_inputs(k), dense_inputs(v)
     kp = key_padding.to(torch.int8).contiguous() if key_padding is not None else None
     mask = flash.MaskArgs(causal=causal, window=tuple(window), sink_tokens=sink_tokens,
                           global_tokens=global_tokens, key_padding=kp, layout_block_size=layout_block_size)
@@ -149,7 +149,7 @@ def varlen_launch(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_
                  window=tuple(window), sink_tokens=sink_tokens, global_tokens=global_tokens)
     if q.shape[0] == 0 or k.shape[0] == 0 or cu_seqlens_q.numel() < 2 or max_seqlen_q == 0:
         return None
-    q, k, v = _dense(q), _dense(k), _dense(v)
+    q, k, v = dense_inputs(q), dense_inputs(k), dense_inputs(v)
     mask = flash.MaskArgs(causal=causal, window=tuple(window), sink_tokens=sink_tokens,
                           global_tokens=global_tokens, cu_q=cu_seqlens_q.to(torch.int32).contiguous(),
                           cu_k=cu_seqlens_k.to(torch.int32).contiguous())

@@ -25,7 +25,7 @@ from ..variants import block_layout as layouts
 from . import flash
 from .checks import KernelInputError
 from .decode import decode_attention as _decode_kernel
-from .function import _attend, dense_launch, fused_attention_varlen, varlen_launch
+from .function import _attend, dense_inputs, dense_launch, fused_attention_varlen, varlen_launch
 
 NO_BOUND = -1
 """A window side without a bound, in the ops' int arguments."""
@@ -236,6 +236,39 @@ def fused_attention(
         return torch.zeros_like(q)
     q, k, v, mask = prepared
     return _attend(q, k, v, float(scale), mask, False, q.shape[2], k.shape[2])
+
+
+class DenseLaunch:
+    """`fused_attention` with every argument but q, k, v fixed, for the layers of one forward.
+
+    The layers of a forward make calls of the same shapes under the same mask, so in eager mode the first
+    call's checks and its mask in kernel form (the int8 key padding, the layout's tile lists) serve the
+    later calls of the same shapes, which then cost only the launch. Packed documents (whose offsets
+    depend on the ids) and traced calls go through `fused_attention` each time.
+    """
+
+    def __init__(self, **arguments) -> None:
+        self.arguments = arguments
+        self._prepared: tuple[tuple, flash.MaskArgs | None] | None = None
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        arguments = self.arguments
+        if tracing() or arguments["documents"] is not None:
+            return fused_attention(q, k, v, **arguments)
+        shapes = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device)
+        if self._prepared is None or self._prepared[0] != shapes:
+            layout = arguments["layout"] or ""
+            prepared = dense_launch(
+                q, k, v, scale=arguments["scale"], causal=arguments["causal"], window=arguments["window"],
+                sink_tokens=arguments["sink_tokens"], global_tokens=arguments["global_tokens"],
+                block_layout=_resolve_layout(layout, arguments["layout_blocks"], arguments["causal"], q.device),
+                layout_block_size=arguments["layout_block_size"], key_padding=arguments["key_padding"])
+            self._prepared = (shapes, None if prepared is None else prepared[3])
+        mask = self._prepared[1]
+        if mask is None:
+            return torch.zeros_like(q)
+        q, k, v = dense_inputs(q), dense_inputs(k), dense_inputs(v)
+        return _attend(q, k, v, float(arguments["scale"]), mask, False, q.shape[2], k.shape[2])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -4,8 +4,9 @@ Triton's ``Autotuner.run`` rebuilds a dictionary of every argument on each call,
 against the list of all names: host work quadratic in the argument count. Our kernels take about sixty
 arguments, and at short lengths that bookkeeping costs more than the GPU work of the kernel.
 `TunedKernel` asks the autotuner only the first time it meets a key, remembers the configuration it
-chose, and launches later calls with that key straight through the JIT function with the chosen
-block sizes, warps and stages: the same compiled kernel the autotuner would have launched.
+chose, and launches later calls with that key with the chosen block sizes, warps and stages through
+`relaunch.Relauncher`, which skips Triton's own binding of the arguments for a call it has seen: the
+same compiled kernel the autotuner would have launched.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import inspect
 from collections.abc import Callable, Sequence
 
 import triton
+
+from .relaunch import Relauncher
 
 UNTUNED_WORK = 1024 * 1024
 """Calls whose bucketed query × key lengths are at most this run one fixed configuration, untuned: their
@@ -43,7 +46,8 @@ class TunedKernel:
         if "cache_results" in inspect.signature(triton.autotune).parameters:
             options["cache_results"] = True
         self.tuner = triton.autotune(configs=configs, key=list(key), **options)(kernel)
-        self._chosen: dict[tuple, dict] = {}
+        self._relaunch = Relauncher(self.tuner.fn)
+        self._chosen: dict[tuple, tuple[dict, tuple]] = {}
 
     def launch(self, grid: tuple | Callable[[dict], tuple], args: tuple, meta: dict, dtype) -> None:
         """Run the kernel over ``grid`` with positional ``args`` and keyword ``meta``, which must hold every
@@ -53,6 +57,8 @@ class TunedKernel:
         chosen = self._chosen.get(key)
         if chosen is None:
             self.tuner[grid](*args, **meta)
-            self._chosen[key] = self.tuner.best_config.all_kwargs()
+            config = self.tuner.best_config.all_kwargs()
+            self._chosen[key] = ({**meta, **config}, (*key, *config.items()))
         else:
-            self.tuner.fn[grid](*args, **meta, **chosen)
+            kwargs, kwargs_key = chosen
+            self._relaunch(grid, args, kwargs, kwargs_key)

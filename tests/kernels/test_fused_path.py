@@ -57,16 +57,22 @@ def assert_close_outputs(first, second, tolerance=TOLERANCE):
 
 @pytest.fixture
 def kernel_calls(monkeypatch):
-    """Counts calls of each kernel entry point, so a test can prove which path ran."""
+    """Counts calls of each kernel entry point, so a test can prove which path ran (the dense kernels:
+    the launches a plan makes, `ops.DenseLaunch`)."""
     calls = {"fused_attention": 0, "fused_attention_varlen": 0, "decode_attention": 0}
-    for name in calls:
-        original = getattr(kernel_module.ops, name)  # fused_attention_varlen: as the ops module calls it
+    entry_points = {
+        "fused_attention": (kernel_module.ops.DenseLaunch, "__call__"),
+        "fused_attention_varlen": (kernel_module.ops, "fused_attention_varlen"),  # as the ops module calls it
+        "decode_attention": (kernel_module.ops, "decode_attention"),
+    }
+    for name, (owner, attribute) in entry_points.items():
+        original = getattr(owner, attribute)
 
         def counting(*args, _original=original, _name=name, **kwargs):
             calls[_name] += 1
             return _original(*args, **kwargs)
 
-        monkeypatch.setattr(kernel_module.ops, name, counting)
+        monkeypatch.setattr(owner, attribute, counting)
     return calls
 
 
@@ -77,6 +83,39 @@ def test_flash_matches_unpatched_model_on_logits_and_gradients(kernel_calls):
     patched = patch_model(copy.deepcopy(model), "flash", backend="triton")
     assert_close_outputs(logits_and_grads(patched, input_ids=ids), expected)
     assert kernel_calls["fused_attention"] == KERNEL_SHAPE["num_hidden_layers"]
+
+
+def test_a_forward_plans_its_launch_once_and_checks_its_inputs_once(monkeypatch):
+    counts = {"plan": 0, "dense_launch": 0}
+    for owner, name in ((fused_path, "plan"), (kernel_module.ops, "dense_launch")):
+        original = getattr(owner, name)
+
+        def counting(*args, _original=original, _name=name, **kwargs):
+            counts[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, counting)
+    model = kernel_llama(num_hidden_layers=3)
+    ids = token_ids(model, batch=2, length=40)
+    patched = patch_model(copy.deepcopy(model), "sliding", window=8, backend="triton")
+    reference = patch_model(copy.deepcopy(model), "sliding", window=8, backend="reference")
+    with torch.no_grad():
+        for length in (40, 40, 24):  # a new forward plans again, a new length checks again
+            got = patched(input_ids=ids[:, :length]).logits
+            torch.testing.assert_close(got, reference(input_ids=ids[:, :length]).logits, atol=TOLERANCE, rtol=0)
+    assert counts == {"plan": 3, "dense_launch": 3}
+
+
+def test_a_kept_launch_checks_again_for_other_shapes():
+    launch = kernel_module.ops.DenseLaunch(
+        scale=0.25, causal=True, window=(4, None), sink_tokens=0, global_tokens=0, layout=None, layout_blocks=0,
+        layout_block_size=64, key_padding=None, documents=None,
+    )
+    q, k, v = (torch.randn(1, 2, 20, 32, device=DEVICE) for _ in range(3))
+    expected = kernel_module.fused_attention(q, k, v, scale=0.25, causal=True, window=(4, None))
+    torch.testing.assert_close(launch(q, k, v), expected)
+    with pytest.raises(kernel_module.KernelInputError, match="head_dim=16"):
+        launch(q[..., :16], k[..., :16], v[..., :16])
 
 
 def test_flash_matches_unpatched_with_right_padding():

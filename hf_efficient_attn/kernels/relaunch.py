@@ -1,0 +1,113 @@
+"""Relaunching a compiled Triton kernel without Triton's per-call binding of its arguments.
+
+Each ``kernel[grid](*args, **meta)`` call runs Triton's JIT entry: it binds the arguments (about fifty for
+our attention kernels) to the signature, specialises each one (type, divisibility by 16, equality to 1,
+pointer alignment), turns that and the compile options into a cache key, looks the compiled kernel up,
+checks the globals it read and builds the launch metadata, before the launcher runs. In eager mode on the
+H200's host that is about a third of the host time of one of our attention calls.
+
+`Relauncher` pays it once per distinct call. It keeps the compiled kernel Triton returned under a key
+holding everything that specialisation reads and more: each scalar argument's exact value, each tensor's
+dtype and 16-byte alignment, the keyword arguments (constexprs and compile options), the device and
+Triton's debug flag. A later call with the same key goes straight to the compiled kernel's launcher,
+with the argument list Triton itself passes it (every parameter in signature order, constexprs included).
+
+The call goes through Triton unchanged where that shortcut is not known to hold: the interpreter (which
+compiles nothing), a Triton release whose launch path was not checked against this one (before 3.6),
+launch hooks installed (profilers such as Proton read the launch metadata), or a parameter left to its
+default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import triton
+
+from .checks import interpreting
+
+CHECKED_SINCE = (3, 6)
+"""The first Triton release whose launch path this module was checked against (3.6 and 3.9 read)."""
+
+Grid = tuple[int, ...] | Callable[[dict], tuple[int, ...]]
+
+
+def _release(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def available() -> bool:
+    """Whether relaunching is used in this process (a compiling Triton, 3.6 or later)."""
+    return not interpreting() and _release(triton.__version__) >= CHECKED_SINCE
+
+
+def _hooks_active() -> bool:
+    """Whether launch hooks are installed (then every launch goes through Triton, which feeds them)."""
+    runtime = triton.knobs.runtime
+    for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook):
+        if hook is not None and getattr(hook, "calls", True):
+            return True
+    return False
+
+
+def _current_device() -> int:
+    from triton.runtime import driver
+
+    return driver.active.get_current_device()
+
+
+def _current_stream(device: int) -> int:
+    from triton.runtime import driver
+
+    return driver.active.get_current_stream(device)
+
+
+class Relauncher:
+    """Launches of one ``@triton.jit`` function, relaunching compiled kernels where the key was seen."""
+
+    def __init__(self, fn: Any, max_entries: int = 256) -> None:
+        self.fn = fn
+        self.max_entries = max_entries
+        self._compiled: dict[tuple, tuple[Any, tuple]] = {}
+
+    def __call__(self, grid: Grid, args: tuple, kwargs: dict, kwargs_key: tuple | None = None) -> None:
+        """Run ``fn[grid](*args, **kwargs)``. ``kwargs_key``, when given, must be a hashable form of
+        ``kwargs`` (callers that already hold one save building it)."""
+        if not available() or _hooks_active():
+            self.fn[grid](*args, **kwargs)
+            return
+        device = _current_device()
+        key = (
+            device,
+            triton.knobs.runtime.debug,
+            tuple(kwargs.items()) if kwargs_key is None else kwargs_key,
+            *[(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else a for a in args],
+        )
+        entry = self._compiled.get(key)
+        if entry is None:
+            kernel = self.fn.run(*args, grid=grid, warmup=False, **kwargs)
+            self._remember(key, kernel, args, kwargs)
+            return
+        kernel, constants = entry
+        size = grid(kwargs) if callable(grid) else grid
+        stream = _current_stream(device)
+        kernel.run(size[0], size[1] if len(size) > 1 else 1, size[2] if len(size) > 2 else 1, stream,
+                   kernel.function, kernel.packed_metadata, None, None, None, *args, *constants)
+
+    def _remember(self, key: tuple, kernel: Any, args: tuple, kwargs: dict) -> None:
+        """Keep the kernel Triton launched with the parameters that follow ``args`` (all given by name)."""
+        names = [param.name for param in self.fn.params]
+        rest = names[len(args):]
+        if kernel is None or any(name not in kwargs for name in rest):
+            return
+        if not all(hasattr(kernel, attr) for attr in ("run", "function", "packed_metadata")):
+            return
+        if len(self._compiled) >= self.max_entries:
+            self._compiled.pop(next(iter(self._compiled)))
+        self._compiled[key] = (kernel, tuple(kwargs[name] for name in rest))
+
+    def __len__(self) -> int:
+        return len(self._compiled)

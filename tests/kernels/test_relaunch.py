@@ -1,0 +1,152 @@
+"""Relaunching compiled kernels: a call goes straight to the compiled kernel only when everything Triton's
+specialisation reads is what it was when Triton compiled and launched that kernel; on the GPU the
+relaunched kernels compute what the first launch did."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from kernel_reference import DEVICE, reference, rel_err, tolerance
+
+from hf_efficient_attn.kernels import decode_attention, fused_attention, relaunch
+from hf_efficient_attn.kernels.relaunch import Relauncher
+
+
+class FakeCompiled:
+    def __init__(self, launches: list):
+        self.launches = launches
+        self.function = "function"
+        self.packed_metadata = "metadata"
+
+    def run(self, *launch_args):
+        self.launches.append(launch_args)
+
+
+class FakeJit:
+    """A stand-in for a JIT function of ``(X, n, scale, BLOCK: constexpr)``."""
+
+    def __init__(self):
+        self.params = [types.SimpleNamespace(name=n) for n in ("X", "n", "scale", "BLOCK")]
+        self.compiled_runs: list = []
+        self.relaunches: list = []
+        self.plain: list = []
+
+    def run(self, *args, grid, warmup, **kwargs):
+        self.compiled_runs.append((args, grid, kwargs))
+        return FakeCompiled(self.relaunches)
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.plain.append((grid, args, kwargs))
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    monkeypatch.setattr(relaunch, "available", lambda: True)
+    monkeypatch.setattr(relaunch, "_hooks_active", lambda: False)
+    monkeypatch.setattr(relaunch, "_current_device", lambda: 0)
+    monkeypatch.setattr(relaunch, "_current_stream", lambda device: 7)
+
+
+def test_a_seen_call_goes_to_the_compiled_kernel_with_every_parameter_in_order(fake_gpu):
+    fn = FakeJit()
+    launch = Relauncher(fn)
+    x = torch.zeros(64)
+    grid = lambda meta: (4 // meta["BLOCK"] * 8, 3)  # noqa: E731
+    launch(grid, (x, 64, 0.5), {"BLOCK": 2, "num_warps": 4})
+    assert len(fn.compiled_runs) == 1 and fn.relaunches == []
+    y = torch.ones(64)
+    launch(grid, (y, 64, 0.5), {"BLOCK": 2, "num_warps": 4})
+    assert len(fn.compiled_runs) == 1
+    (launched,) = fn.relaunches
+    assert launched[:7] == (16, 3, 1, 7, "function", "metadata", None)
+    assert launched[7:9] == (None, None)
+    assert launched[9] is y and launched[10:] == (64, 0.5, 2)
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        lambda x: ((x, 65, 0.5), {"BLOCK": 2}),  # a scalar's value (divisibility, equality to 1, type)
+        lambda x: ((x, 64, 0.25), {"BLOCK": 2}),
+        lambda x: ((x.double(), 64, 0.5), {"BLOCK": 2}),  # a tensor's dtype
+        lambda x: ((x[1:], 64, 0.5), {"BLOCK": 2}),  # a tensor's alignment
+        lambda x: ((x, 64, 0.5), {"BLOCK": 4}),  # a constexpr
+        lambda x: ((x, 64, 0.5), {"BLOCK": 2, "num_warps": 8}),  # a compile option
+    ],
+)
+def test_anything_triton_specialises_on_sends_the_call_through_triton_again(fake_gpu, changed):
+    fn = FakeJit()
+    launch = Relauncher(fn)
+    x = torch.zeros(64)
+    launch((1,), (x, 64, 0.5), {"BLOCK": 2})
+    args, kwargs = changed(x)
+    launch((1,), args, kwargs)
+    assert len(fn.compiled_runs) == 2 and fn.relaunches == []
+    launch((1,), args, kwargs)
+    assert len(fn.relaunches) == 1
+
+
+def test_a_change_of_tritons_debug_flag_sends_the_call_through_triton(fake_gpu, monkeypatch):
+    fn = FakeJit()
+    launch = Relauncher(fn)
+    x = torch.zeros(64)
+    launch((1,), (x, 64, 0.5), {"BLOCK": 2})
+    monkeypatch.setattr(relaunch.triton.knobs.runtime, "debug", not relaunch.triton.knobs.runtime.debug)
+    launch((1,), (x, 64, 0.5), {"BLOCK": 2})
+    assert len(fn.compiled_runs) == 2 and fn.relaunches == []
+
+
+def test_a_parameter_left_to_its_default_is_never_relaunched(fake_gpu):
+    fn = FakeJit()
+    launch = Relauncher(fn)
+    x = torch.zeros(64)
+    for _ in range(2):
+        launch((1,), (x, 64, 0.5), {})
+    assert len(fn.compiled_runs) == 2 and fn.relaunches == []
+
+
+def test_with_launch_hooks_or_without_compiled_kernels_every_call_goes_through_triton(monkeypatch):
+    fn = FakeJit()
+    launch = Relauncher(fn)
+    x = torch.zeros(64)
+    monkeypatch.setattr(relaunch, "available", lambda: True)
+    monkeypatch.setattr(relaunch, "_hooks_active", lambda: True)
+    launch((1,), (x, 64, 0.5), {"BLOCK": 2})
+    monkeypatch.setattr(relaunch, "_hooks_active", lambda: False)
+    monkeypatch.setattr(relaunch, "available", lambda: False)
+    launch((1,), (x, 64, 0.5), {"BLOCK": 2})
+    assert len(fn.plain) == 2 and fn.compiled_runs == [] and len(launch) == 0
+
+
+def test_hooks_count_as_installed_only_when_they_hold_a_call(monkeypatch):
+    runtime = relaunch.triton.knobs.runtime
+    empty = type("Chain", (), {"calls": []})()
+    monkeypatch.setattr(runtime, "launch_enter_hook", empty, raising=False)
+    monkeypatch.setattr(runtime, "launch_exit_hook", None, raising=False)
+    assert not relaunch._hooks_active()
+    monkeypatch.setattr(runtime, "launch_exit_hook", lambda metadata: None, raising=False)
+    assert relaunch._hooks_active()
+
+
+def test_only_releases_checked_against_this_launch_path_relaunch():
+    assert relaunch._release("3.6.0") == (3, 6) and relaunch._release("3.10.0rc1") == (3, 10)
+    assert relaunch._release("3.5.1") < relaunch.CHECKED_SINCE <= relaunch._release("3.9.0")
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="relaunching needs compiled kernels (CUDA)")
+def test_relaunched_kernels_match_the_reference_for_new_inputs_and_unaligned_views():
+    torch.manual_seed(0)
+    mask = {"causal": True, "window": (64, None)}
+    k, v = (torch.randn(2, 2, 200, 64, device=DEVICE, dtype=torch.bfloat16) for _ in range(2))
+    storage = torch.randn(2 * 4 * 200 * 64 + 1, device=DEVICE, dtype=torch.bfloat16)
+    inputs = [torch.randn(2, 4, 200, 64, device=DEVICE, dtype=torch.bfloat16) for _ in range(3)]
+    inputs.append(storage[1:].view(2, 4, 200, 64))  # not 16-byte aligned: compiled for separately
+    # the first call compiles and launches through Triton, the next two relaunch
+    for q in inputs + inputs[-1:]:
+        out = fused_attention(q, k, v, scale=0.125, **mask)
+        decoded = decode_attention(q[:, :, -3:], k, v, scale=0.125)
+        assert rel_err(out, reference(q, k, v, scale=0.125, **mask)) < tolerance(torch.bfloat16)
+        expected = reference(q[:, :, -3:], k, v, scale=0.125, causal=True)
+        assert rel_err(decoded, expected) < tolerance(torch.bfloat16)
