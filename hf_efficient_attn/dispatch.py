@@ -11,7 +11,10 @@ them to rounding, and a call goes to the fastest that computes it exactly:
    go with it as SDPA's boolean mask (what transformers' own SDPA path passes). These are the calls
    where our kernels would only redo SDPA's work. So is a decoding step under a block layout shared by
    the heads (`gathers_visible_keys`): the chunked engine gathers the key blocks its row allows and runs
-   SDPA on them without a mask.
+   SDPA on them without a mask. Where a decoding query would need SDPA under a mask (a static cache's
+   step, by position), it runs on our split-key decode kernel under that mask instead on CUDA, as it does
+   in the chunked engine (`fused_path.decode_under_key_mask`): SDPA's masked kernels are made for many
+   queries.
 2. **Our Triton kernels** (CUDA) where they save work: windows narrower than the keys, sinks and
    globals, block layouts with skipped tiles, packed documents, and decoding with padding (split-key
    flash-decoding with a key mask, which SDPA's fast kernels do not take).
@@ -67,7 +70,7 @@ def attention(
     *,
     backend: Backend,
     pattern: Callable[[], KernelMask | str],
-    reference: Callable[[], torch.Tensor],
+    reference: Callable[[bool], torch.Tensor],
     variant_name: str,
     one_mask: Callable[[], torch.Tensor] | None = None,
 ) -> torch.Tensor:
@@ -78,19 +81,21 @@ def attention(
         backend: ``"auto"``, ``"triton"`` or ``"reference"`` (see the module docstring).
         pattern: gives the variant's pattern in the kernels' terms (`KernelMask`), or the reason it has
             none (a 2-D neighbourhood).
-        reference: computes the same result on the chunked engine.
+        reference: computes the same result on the chunked engine; its argument says whether a chunk of
+            one query under a mask may run on the decode kernel (`masked.masked_attention`).
         variant_name: named in warnings and errors.
         one_mask: computes the same result as one SDPA call under the pattern's dense mask (the chunked
             engine with a single chunk), for variants whose pattern has a kernel; None for the others.
     """
     route, run = choose(query, key, value, context, backend, pattern(), variant_name, one_mask is not None)
+    decode_kernel = backend != "reference" and (backend == "triton" or fused_path.kernels_preferred(query.device))
     if route == "sdpa":
-        return sdpa_attention(query, key, value, context)
+        return sdpa_attention(query, key, value, context, decode_kernel=decode_kernel)
     if route == "triton":
         return run(query, key, value)
     if route == "masked-sdpa":
         return one_mask()
-    return reference()
+    return reference(decode_kernel)
 
 
 def choose(
@@ -141,6 +146,8 @@ def choose(
         )
     if sdpa_exact:  # a padded decoding step the decode kernel cannot take
         return _remember(context, route_key, "sdpa")
+    if context.static and query.shape[-2] == 1 and not fused_path.needs_grad(query):
+        return _remember(context, route_key, "chunked")  # a static step: the engine runs the decode kernel
     _warn_once(variant_name, plan)
     return _remember(context, route_key, "chunked")
 
@@ -258,7 +265,11 @@ def covers_call(pattern: KernelMask, context: AttentionContext, q_len: int, k_le
 
 
 def sdpa_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    context: AttentionContext,
+    decode_kernel: bool = False,
 ) -> torch.Tensor:
     """Exact attention of a call whose pattern covers it (`covers_call`), on torch's SDPA.
 
@@ -268,7 +279,9 @@ def sdpa_attention(
     device, so this is the one mask that works for every step, as transformers' own static path does),
     the key padding, a caller's 4-D mask. Rows that padding or a caller's mask leave without any key
     return zeros. GQA as transformers' SDPA path does it: SDPA's own grouping without a mask, one
-    decoding query folded into its key/value head, repeated keys otherwise.
+    decoding query folded into its key/value head, repeated keys otherwise. With ``decode_kernel``, one
+    decoding query under a mask (a static cache's step) runs on the split-key decode kernel instead
+    (`fused_path.decode_under_key_mask`), which SDPA's masked kernels are far slower than on CUDA.
     """
     q_len, k_len = query.shape[-2], key.shape[-2]
     mask = None
@@ -289,6 +302,10 @@ def sdpa_attention(
             mask, is_causal = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril()[None, None], False
         mask = extra if mask is None else mask & extra
         may_leave_rows_empty = True  # causality alone never does: each query sees its own key
+    if decode_kernel and mask is not None:
+        output = fused_path.decode_under_key_mask(query, key, value, mask, context)
+        if output is not None:
+            return output
     output = _sdpa_grouped(query, key, value, mask, is_causal, context.scaling, context.dropout)
     if may_leave_rows_empty:
         output = output.masked_fill(~mask.any(-1, keepdim=True), 0.0)

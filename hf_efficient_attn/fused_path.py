@@ -212,6 +212,29 @@ def _layout_row_keys(key: torch.Tensor, context: AttentionContext, mask: KernelM
     return layout[0, context.query_offset // size].index_select(0, key_blocks)[None, :]
 
 
+def decode_under_key_mask(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, visible: torch.Tensor, context: AttentionContext
+) -> torch.Tensor | None:
+    """One decoding query under a mask shared by its heads (``visible``, bool ``[batch|1, 1, 1, k_len]``) on
+    the split-key decode kernel, with the mask as its key mask; None where the kernel does not apply.
+
+    SDPA under a mask picks kernels made for many queries: on the H200 (cuDNN, torch 2.11) a compiled
+    static-cache step of Llama-1B shapes at 4k keys took 80-126 us per layer under our position or layout
+    mask, against 11 us for transformers' own call. The decode kernel splits the keys over the GPU and
+    reads each key and value once per group of query heads. The mask is computed on the device, so this
+    holds for static caches under CUDA graphs."""
+    from . import kernels
+
+    if query.shape[-2] != 1 or visible.shape[1] != 1 or visible.shape[2] != 1 or context.dropout > 0:
+        return None
+    if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad):
+        return None
+    if kernels.supports(query, key, value, scale=context.scaling) is not None:
+        return None
+    key_mask = visible[:, 0, 0, :].expand(query.shape[0], key.shape[-2])
+    return kernels.ops.decode_attention(query, key, value, scale=context.scaling, key_padding=key_mask)
+
+
 def needs_grad(query: torch.Tensor) -> bool:
     """Whether autograd will record this call (training), which the forward-only paths cannot take."""
     return torch.is_grad_enabled() and query.requires_grad

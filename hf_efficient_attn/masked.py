@@ -22,6 +22,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from . import fused_path
 from .context import AttentionContext
 
 CHUNK_ELEMENTS = 1 << 24
@@ -55,6 +56,7 @@ def masked_attention(
     context: AttentionContext,
     rule: MaskRule | None = None,
     chunk_size: int | None = None,
+    decode_kernel: bool = False,
 ) -> torch.Tensor:
     """Softmax attention restricted by causality, padding, documents, a caller's mask and ``rule``.
 
@@ -65,6 +67,9 @@ def masked_attention(
         rule: the variant's pattern, or None for plain (causal or bidirectional) attention.
         chunk_size: queries per chunk; by default sized to keep each chunk's mask near
             `CHUNK_ELEMENTS` elements.
+        decode_kernel: let a chunk of one query under a mask shared by the heads run on the split-key
+            decode kernel with that mask over its keys (`fused_path.decode_under_key_mask`), where SDPA
+            under a mask is slow (CUDA); the result is the same to rounding.
 
     Returns:
         ``[batch, q_heads, q_len, head_dim]`` in the query's dtype.
@@ -76,7 +81,9 @@ def masked_attention(
         chunk_size = max(16, min(q_len, CHUNK_ELEMENTS // per_query))
     chunk_size = max(1, min(chunk_size, max(q_len, 1)))
     outputs = [
-        _attend_chunk(query[..., start : min(start + chunk_size, q_len), :], key, value, context, rule, start)
+        _attend_chunk(
+            query[..., start : min(start + chunk_size, q_len), :], key, value, context, rule, start, decode_kernel
+        )
         for start in range(0, q_len, chunk_size)
     ]
     if not outputs:
@@ -91,6 +98,7 @@ def _attend_chunk(
     context: AttentionContext,
     rule: MaskRule | None,
     start: int,
+    decode_kernel: bool = False,
 ) -> torch.Tensor:
     """Attention of the queries ``start:start + len`` over their candidate keys."""
     stop = start + query.shape[-2]
@@ -110,6 +118,10 @@ def _attend_chunk(
     )
     visible = _visible(context, None if in_ranges else rule, query_positions, key_positions, key_index, start, stop,
                        causal=context.causal and not in_ranges)
+    if decode_kernel and visible is not None:
+        output = fused_path.decode_under_key_mask(query, chunk_keys, chunk_values, visible, context)
+        if output is not None:
+            return output
     return _sdpa_chunk(query, chunk_keys, chunk_values, visible, context)
 
 

@@ -54,6 +54,6 @@ class FlashAttention(AttentionVariant):
             context,
             backend=self.options.backend,
             pattern=KernelMask,
-            reference=lambda: masked_attention(query, key, value, context),
+            reference=lambda decode_kernel: masked_attention(query, key, value, context, decode_kernel=decode_kernel),
             variant_name=self.name,
         )

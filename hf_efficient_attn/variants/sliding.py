@@ -120,7 +120,9 @@ class SlidingWindowAttention(AttentionVariant):
             context,
             backend=self.options.backend,
             pattern=lambda: self.kernel_mask(context),
-            reference=lambda: masked_attention(query, key, value, context, rule=self, chunk_size=self._chunk()),
+            reference=lambda decode_kernel: masked_attention(
+                query, key, value, context, rule=self, chunk_size=self._chunk(), decode_kernel=decode_kernel
+            ),
             variant_name=self.name,
             one_mask=lambda: masked_attention(query, key, value, context, rule=self, chunk_size=query.shape[-2]),
         )

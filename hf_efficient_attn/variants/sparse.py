@@ -169,7 +169,7 @@ class BlockSparseAttention(AttentionVariant):
             context,
             backend=self.options.backend,
             pattern=lambda: self.kernel_mask(context),
-            reference=lambda: self._reference(query, key, value, context),
+            reference=lambda decode_kernel: self._reference(query, key, value, context, decode_kernel),
             variant_name=self.name,
             one_mask=lambda: masked_attention(query, key, value, context, rule=self, chunk_size=query.shape[-2]),
         )
@@ -207,16 +207,21 @@ class BlockSparseAttention(AttentionVariant):
         return blocks
 
     def _reference(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        context: AttentionContext,
+        decode_kernel: bool = False,
     ) -> torch.Tensor:
         if self._exact():
-            return masked_attention(query, key, value, context)
+            return masked_attention(query, key, value, context, decode_kernel=decode_kernel)
         if self.options.pattern == "shifted":
             chunk = max(16, self.options.group_size // 2)
         else:
             size = self.options.block_size
             chunk = size * max(1, QUERIES_PER_CHUNK // size)
-        return masked_attention(query, key, value, context, rule=self, chunk_size=chunk)
+        return masked_attention(query, key, value, context, rule=self, chunk_size=chunk, decode_kernel=decode_kernel)
 
     # The mask rule (see `masked.MaskRule`).
 

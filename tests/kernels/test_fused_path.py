@@ -315,3 +315,49 @@ def test_unknown_backend_is_refused(variant):
     model = kernel_llama()
     with pytest.raises(VariantError, match="`backend` must be one of"):
         patch_model(model, variant, backend="cuda")
+
+
+@pytest.mark.parametrize(
+    "variant, options",
+    [("flash", {}), ("sliding", dict(window=6)), ("sliding", dict(window=6, sink_tokens=2)),
+     ("sparse", dict(block_size=4, local_blocks=1, global_blocks=1))],
+)
+def test_static_cache_steps_run_on_the_decode_kernel_under_their_mask(variant, options, kernel_calls, monkeypatch):
+    """A static cache's decoding step needs a mask by position (and the pattern's): where the kernels are
+    preferred (CUDA; here forced in the interpreter) it runs on the split-key decode kernel under that
+    mask, with the tokens and scores of the chunked engine."""
+    model = kernel_llama()
+    prompt = token_ids(model, batch=2, length=10)
+    settings = dict(max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True,
+                    cache_implementation="static")
+    reference = patch_model(copy.deepcopy(model), variant, backend="reference", **options)
+    expected = reference.generate(prompt, **settings)
+    assert kernel_calls["decode_attention"] == 0
+    monkeypatch.setattr(fused_path, "kernels_preferred", lambda device: True)
+    fused = patch_model(copy.deepcopy(model), variant, **options)
+    got = fused.generate(prompt, **settings)
+    assert torch.equal(got.sequences, expected.sequences)
+    for step_got, step_expected in zip(got.scores, expected.scores, strict=True):
+        torch.testing.assert_close(step_got, step_expected, atol=1e-4, rtol=0)
+    assert kernel_calls["decode_attention"] >= KERNEL_SHAPE["num_hidden_layers"] * 5
+
+
+@pytest.mark.parametrize(
+    "variant, options", [("sliding", dict(window=6, sink_tokens=2)), ("sparse", dict(block_size=4, local_blocks=1))]
+)
+def test_compiled_static_steps_on_the_decode_kernel_equal_the_chunked_engine(variant, options, monkeypatch):
+    from transformers import CompileConfig
+
+    model = kernel_llama()
+    prompt = token_ids(model, batch=2, length=10)
+    settings = dict(max_new_tokens=6, do_sample=False, cache_implementation="static")
+    expected = patch_model(copy.deepcopy(model), variant, backend="reference", **options).generate(prompt, **settings)
+    monkeypatch.setattr(fused_path, "kernels_preferred", lambda device: True)
+    fused = patch_model(copy.deepcopy(model), variant, **options)
+    config = CompileConfig(fullgraph=True)
+    config._compile_all_devices = True
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    got = fused.generate(prompt, **settings, compile_config=config)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1, "the decoding step was not compiled"
+    assert torch.equal(got, expected)
