@@ -279,7 +279,7 @@ def sdpa_attention(
     device, so this is the one mask that works for every step, as transformers' own static path does),
     the key padding, a caller's 4-D mask. Rows that padding or a caller's mask leave without any key
     return zeros. GQA as transformers' SDPA path does it: SDPA's own grouping without a mask, one
-    decoding query folded into its key/value head, repeated keys otherwise. With ``decode_kernel``, one
+    decoding query folded into its key/value head on the CPU, repeated keys otherwise. With ``decode_kernel``, one
     decoding query under a mask (a static cache's step) runs on the split-key decode kernel instead
     (`fused_path.decode_under_key_mask`), which SDPA's masked kernels are far slower than on CUDA.
     """
@@ -332,8 +332,9 @@ def _sdpa_grouped(
         return F.scaled_dot_product_attention(
             query, key, value, dropout_p=dropout, scale=scale, is_causal=is_causal, enable_gqa=True
         )
-    if q_len == 1 and mask.shape[1] == 1:
-        # one query: its group's heads become the queries of their key/value head
+    if q_len == 1 and mask.shape[1] == 1 and not query.is_cuda:
+        # one query: its group's heads become the queries of their key/value head (not on CUDA, where
+        # SDPA under a mask then picks a kernel made for many queries: `masked.fold_one_masked_query`)
         folded = query.reshape(batch, q_heads // groups, groups, head_dim)
         output = F.scaled_dot_product_attention(folded, key, value, attn_mask=mask, dropout_p=dropout, scale=scale)
         return output.reshape(batch, q_heads, 1, head_dim)

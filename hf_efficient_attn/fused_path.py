@@ -212,19 +212,28 @@ def _layout_row_keys(key: torch.Tensor, context: AttentionContext, mask: KernelM
     return layout[0, context.query_offset // size].index_select(0, key_blocks)[None, :]
 
 
+DECODE_UNDER_MASK_MIN_KEYS = 16384
+"""Fewest keys for which one masked decoding query runs on the decode kernel (`decode_under_key_mask`):
+between the 4k where it lost to SDPA and the 32k where it won, where SDPA's time per head, linear in
+the keys (11 us at 4k), reaches the kernel's (about 50 us at 4k, mostly the fixed combine)."""
+
+
 def decode_under_key_mask(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, visible: torch.Tensor, context: AttentionContext
 ) -> torch.Tensor | None:
     """One decoding query under a mask shared by its heads (``visible``, bool ``[batch|1, 1, 1, k_len]``) on
     the split-key decode kernel, with the mask as its key mask; None where the kernel does not apply.
 
-    SDPA under a mask picks kernels made for many queries: on the H200 (cuDNN, torch 2.11) a compiled
-    static-cache step of Llama-1B shapes at 4k keys took 80-126 us per layer under our position or layout
-    mask, against 11 us for transformers' own call. The decode kernel splits the keys over the GPU and
-    reads each key and value once per group of query heads. The mask is computed on the device, so this
-    holds for static caches under CUDA graphs."""
+    The kernel splits the keys over the GPU and reads each key and value once per group of query heads,
+    where SDPA runs one program per head over every key; its partial results cost a fixed few kernels
+    to combine. On the H200 (Llama-1B shapes, compiled static-cache decoding, batch 1) that made decoding
+    1.21x slower than transformers' SDPA call at 4k keys and 0.72x its time at 32k, so calls with fewer
+    than `DECODE_UNDER_MASK_MIN_KEYS` keys keep SDPA. The mask is computed on the device, so this holds
+    for static caches under CUDA graphs."""
     from . import kernels
 
+    if key.shape[-2] < DECODE_UNDER_MASK_MIN_KEYS:
+        return None
     if query.shape[-2] != 1 or visible.shape[1] != 1 or visible.shape[2] != 1 or context.dropout > 0:
         return None
     if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad):

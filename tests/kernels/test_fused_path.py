@@ -334,6 +334,7 @@ def test_static_cache_steps_run_on_the_decode_kernel_under_their_mask(variant, o
     expected = reference.generate(prompt, **settings)
     assert kernel_calls["decode_attention"] == 0
     monkeypatch.setattr(fused_path, "kernels_preferred", lambda device: True)
+    monkeypatch.setattr(fused_path, "DECODE_UNDER_MASK_MIN_KEYS", 0)  # a tiny cache stands for a long one
     fused = patch_model(copy.deepcopy(model), variant, **options)
     got = fused.generate(prompt, **settings)
     assert torch.equal(got.sequences, expected.sequences)
@@ -353,6 +354,7 @@ def test_compiled_static_steps_on_the_decode_kernel_equal_the_chunked_engine(var
     settings = dict(max_new_tokens=6, do_sample=False, cache_implementation="static")
     expected = patch_model(copy.deepcopy(model), variant, backend="reference", **options).generate(prompt, **settings)
     monkeypatch.setattr(fused_path, "kernels_preferred", lambda device: True)
+    monkeypatch.setattr(fused_path, "DECODE_UNDER_MASK_MIN_KEYS", 0)
     fused = patch_model(copy.deepcopy(model), variant, **options)
     config = CompileConfig(fullgraph=True)
     config._compile_all_devices = True
@@ -361,3 +363,12 @@ def test_compiled_static_steps_on_the_decode_kernel_equal_the_chunked_engine(var
     got = fused.generate(prompt, **settings, compile_config=config)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1, "the decoding step was not compiled"
     assert torch.equal(got, expected)
+
+
+def test_masked_decoding_over_fewer_keys_than_the_threshold_keeps_sdpa(kernel_calls, monkeypatch):
+    monkeypatch.setattr(fused_path, "kernels_preferred", lambda device: True)
+    model = kernel_llama()
+    prompt = token_ids(model, batch=1, length=10)
+    fused = patch_model(copy.deepcopy(model), "flash")
+    fused.generate(prompt, max_new_tokens=3, do_sample=False, cache_implementation="static")
+    assert kernel_calls["decode_attention"] == 0
