@@ -169,8 +169,9 @@ def inputs(row: Row, model: nn.Module, device: torch.device, dtype: torch.dtype)
     if row.family == "whisper":
         mels = model.config.num_mel_bins
         return {"input_features": torch.randn(row.batch, mels, 2 * row.tokens, generator=generator).to(device, dtype)}
-    ids = torch.randint(0, model.config.vocab_size, (row.batch, row.tokens), generator=generator)
-    return {"input_ids": ids.to(device)}
+    # token 0 is the generation settings' pad token: a prompt holding it would be read as padded
+    ids = torch.randint(1, model.config.vocab_size, (row.batch, row.tokens), generator=generator).to(device)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}  # as a tokenizer gives them
 
 
 def forward(model: nn.Module, family: str, batch: dict) -> torch.Tensor:

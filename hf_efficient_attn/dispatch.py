@@ -10,8 +10,8 @@ them to rounding, and a call goes to the fastest that computes it exactly:
    keys, a static cache's step (with causality by position as its mask). Padding and a caller's 4-D mask
    go with it as SDPA's boolean mask (what transformers' own SDPA path passes). These are the calls
    where our kernels would only redo SDPA's work. So is a decoding step under a block layout shared by
-   the heads (`gathers_visible_keys`): the chunked engine gathers the key blocks its row allows and runs
-   SDPA on them without a mask. Where a decoding query would need SDPA under a mask (a static cache's
+   the heads (`gathers_visible_keys`, route ``"gather"``): SDPA without a mask over the key blocks its
+   layout row allows, gathered by one index made once per forward. Where a decoding query would need SDPA under a mask (a static cache's
    step, by position), it runs on our split-key decode kernel under that mask instead on CUDA, as it does
    in the chunked engine (`fused_path.decode_under_key_mask`): SDPA's masked kernels are made for many
    queries.
@@ -53,7 +53,7 @@ from .variants.base import VariantError
 
 Backend = Literal["auto", "triton", "reference"]
 BACKENDS: tuple[str, ...] = ("auto", "triton", "reference")
-Route = Literal["sdpa", "triton", "masked-sdpa", "chunked"]
+Route = Literal["sdpa", "gather", "triton", "masked-sdpa", "chunked"]
 
 
 def check_backend(backend: object) -> None:
@@ -91,7 +91,7 @@ def attention(
     decode_kernel = backend != "reference" and (backend == "triton" or fused_path.kernels_preferred(query.device))
     if route == "sdpa":
         return sdpa_attention(query, key, value, context, decode_kernel=decode_kernel)
-    if route == "triton":
+    if route in ("gather", "triton"):
         return run(query, key, value)
     if route == "masked-sdpa":
         return one_mask()
@@ -109,7 +109,8 @@ def choose(
     one_mask: bool = False,
 ) -> tuple[Route, fused_path.Launch | None]:
     """The rule: which route runs this call, and for ``"triton"`` the planned launch (see the module
-    docstring); ``one_mask`` says whether the variant offers the masked-SDPA route. Raises
+    docstring), for ``"gather"`` and ``"triton"`` the planned launch; ``one_mask`` says whether the variant
+    offers the masked-SDPA route. Raises
     `FusedPathError` when ``backend="triton"`` cannot be honoured.
 
     In eager mode the decision, the planned launch included, is kept in the context for the forward's
@@ -130,8 +131,8 @@ def choose(
     wants_kernels = backend == "triton" or fused_path.kernels_preferred(query.device)
     if backend == "auto" and sdpa_exact and not (wants_kernels and fused_path.decodes_with_padding(query, context)):
         return _remember(context, route_key, "sdpa")
-    if backend == "auto" and gathers_visible_keys(query, context, pattern):
-        return _remember(context, route_key, "chunked")
+    if backend == "auto" and gathers_visible_keys(query, key, context, pattern):
+        return _remember(context, route_key, "gather", plan_key_gather(query, key, context, pattern))
     if backend == "auto" and one_mask and not isinstance(pattern, str) and masked_sdpa_faster(query, key, context, pattern):
         return _remember(context, route_key, "masked-sdpa")
     if not wants_kernels:
@@ -190,22 +191,49 @@ def _remember(
     return decision
 
 
-def gathers_visible_keys(query: torch.Tensor, context: AttentionContext, pattern: KernelMask | str) -> bool:
-    """A decoding step under a block layout shared by the heads, without padding: the chunked engine
-    gathers exactly the key blocks the query's layout row allows and runs one SDPA call on them without a
-    mask (`masked.MaskRule.ranges_exact`), reading only those keys, where the decode kernel would read the
-    whole cache under a key mask derived in every layer. Not under tracing, where a causal layout's
-    candidates are every key (`block_layout.active_key_blocks`), so the engine would mask them all."""
+def gathers_visible_keys(
+    query: torch.Tensor, key: torch.Tensor, context: AttentionContext, pattern: KernelMask | str
+) -> bool:
+    """A decoding step under a block layout shared by the heads, over keys that are positions ``0..n-1``
+    with nothing else masking them (no padding, no bounded cache, no static slots, no caller's mask, no
+    native window short of the keys): SDPA over exactly the key blocks the query's layout row allows, with
+    no mask (`plan_key_gather`), reads only those keys, where the decode kernel would read the whole cache
+    under a key mask derived in every layer. Eager mode only: under tracing the length may be symbolic
+    and a host plan of key blocks cannot be kept (`block_layout.active_key_blocks`)."""
     return (
         not tracing()
         and not isinstance(pattern, str)
         and context.key_padding is None
         and not context.left_padded
         and not context.static
+        and context.trimmed_prefix is None
         and context.dense_mask is None
         and context.query_documents is None
+        and context.query_offset == key.shape[-2] - 1
+        and (context.native_window is None or context.native_window >= key.shape[-2])
         and fused_path.decodes_one_layout_row(query, context, pattern)
     )
+
+
+def plan_key_gather(
+    query: torch.Tensor, key: torch.Tensor, context: AttentionContext, pattern: KernelMask
+) -> fused_path.Launch:
+    """The launch of a decoding step that `gathers_visible_keys`: the key blocks of the query's layout row
+    (host facts of the layout, computed once per name and size) as one index on the device, made once per
+    forward and kept with the route, and SDPA over the keys it selects, without a mask. A layer then costs
+    two gathers and one SDPA call; one contiguous run of blocks needs no gather at all."""
+    size = pattern.layout_block_size
+    row = context.query_offset // size
+    k_len = key.shape[-2]
+    active = layouts.active_key_blocks(pattern.block_layout, pattern.layout_blocks, True, row, row)
+    ranges = [(low * size, min(high * size, k_len)) for low, high in active if low * size < k_len]
+    scale, dropout = context.scaling, context.dropout
+    if len(ranges) == 1:
+        low, high = ranges[0]
+        return lambda q, k, v: _sdpa_grouped(q, k[..., low:high, :], v[..., low:high, :], None, False, scale, dropout)
+    index = torch.cat([torch.arange(low, high, device=key.device) for low, high in ranges])
+    return lambda q, k, v: _sdpa_grouped(q, k.index_select(-2, index), v.index_select(-2, index), None, False, scale,
+                                         dropout)
 
 
 MASKED_SDPA_MAX_TOKENS = 2048

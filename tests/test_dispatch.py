@@ -220,18 +220,19 @@ def sdpa_masks(monkeypatch) -> list:
     return seen
 
 
-def test_decoding_under_a_shared_block_layout_gathers_the_visible_keys_without_a_mask(monkeypatch):
-    """Where the kernels run, a decoding step under a block layout shared by the heads takes the chunked
-    engine, which gathers exactly the key blocks the query's layout row allows and needs no mask; with
-    padding, or a static cache, it does not."""
+@pytest.mark.parametrize("options", [dict(local_blocks=2, global_blocks=1, random_blocks=1, seed=3),
+                                     dict(local_blocks=3)], ids=["scattered-blocks", "one-run-of-blocks"])
+def test_decoding_under_a_shared_block_layout_gathers_the_visible_keys_without_a_mask(monkeypatch, options):
+    """Where the kernels run, a decoding step under a block layout shared by the heads takes the gather
+    route: one SDPA call without a mask over exactly the key blocks the query's layout row allows; with
+    padding, a static cache or a caller's mask, or under tracing, it does not."""
     monkeypatch.setattr(fused_path, "kernels_preferred", lambda device: True)
-    variant = BlockSparseAttention(SparseOptions(block_size=4, local_blocks=2, global_blocks=1, random_blocks=1,
-                                                 seed=3), layer())
+    variant = BlockSparseAttention(SparseOptions(block_size=4, **options), layer())
     for tokens in (23, 24, 37):
         query, key, value = qkv(1, tokens, seed=tokens)
         seen = sdpa_masks(monkeypatch)
         route, output, context = call(variant, query, key, value, tokens=tokens)
-        assert route == "chunked"
+        assert route == "gather"
         visible = variant.allowed(context, context.query_positions, context.key_positions)
         assert seen == [(None, int(visible.sum()))]
         torch.testing.assert_close(output, definition(variant, query, key, value, context), rtol=0, atol=1e-12)
@@ -239,15 +240,22 @@ def test_decoding_under_a_shared_block_layout_gathers_the_visible_keys_without_a
     padding[1, :5] = False
     padded = build_context(query=query, key=key, attention_mask=make_layout(tokens=37, padding=padding), causal=True,
                            scaling=SCALE, dropout=0.0, cache_window=None, position_ids=None, native_window=None)
-    assert not dispatch.gathers_visible_keys(query, padded, variant.kernel_mask(padded))
+    assert not dispatch.gathers_visible_keys(query, key, padded, variant.kernel_mask(padded))
     static = build_context(query=query, key=key, attention_mask=make_layout(tokens=37, padding=None,
                                                                             query_start=torch.tensor(30), query_length=1),
                            causal=True, scaling=SCALE, dropout=0.0, cache_window=None, position_ids=None,
                            native_window=None)
-    assert not dispatch.gathers_visible_keys(query, static, variant.kernel_mask(static))
-    assert dispatch.gathers_visible_keys(query, context, variant.kernel_mask(context))
+    assert not dispatch.gathers_visible_keys(query, key, static, variant.kernel_mask(static))
+    caller_mask = torch.ones(2, 1, 1, 37, dtype=torch.bool)
+    masked = build_context(query=query, key=key, attention_mask=caller_mask, causal=True, scaling=SCALE, dropout=0.0,
+                           cache_window=None, position_ids=None, native_window=None)
+    assert not dispatch.gathers_visible_keys(query, key, masked, variant.kernel_mask(masked))
+    short_window = build_context(query=query, key=key, attention_mask=None, causal=True, scaling=SCALE, dropout=0.0,
+                                 cache_window=None, position_ids=None, native_window=16)
+    assert not dispatch.gathers_visible_keys(query, key, short_window, variant.kernel_mask(short_window))
+    assert dispatch.gathers_visible_keys(query, key, context, variant.kernel_mask(context))
     monkeypatch.setattr(dispatch, "tracing", lambda: True)  # a causal layout's candidates are every key then
-    assert not dispatch.gathers_visible_keys(query, context, variant.kernel_mask(context))
+    assert not dispatch.gathers_visible_keys(query, key, context, variant.kernel_mask(context))
 
 
 @pytest.mark.parametrize("left_padded", [False, True])

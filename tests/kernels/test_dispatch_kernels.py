@@ -65,7 +65,7 @@ CASES = {
     "sparse layout": (lambda: BlockSparseAttention(SparseOptions(block_size=16, local_blocks=1, global_blocks=1),
                                                    LAYER), 64, 64, {}, "triton"),
     "decode under a layout": (lambda: BlockSparseAttention(SparseOptions(block_size=16, local_blocks=2, global_blocks=1,
-                                                                        random_blocks=1), LAYER), 1, 200, {}, "chunked"),
+                                                                        random_blocks=1), LAYER), 1, 200, {}, "gather"),
     "decode under a layout with a padded key": (
         lambda: BlockSparseAttention(SparseOptions(block_size=16, local_blocks=2, global_blocks=1, random_blocks=1),
                                      LAYER), 1, 200, {"padding": torch.arange(200).expand(2, 200).ne(
