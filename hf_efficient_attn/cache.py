@@ -6,11 +6,12 @@ stops growing once it holds ``prefix + W - 1`` tokens, whatever the generated le
 
 * `SinkWindowCacheLayer` replaces transformers' growing `DynamicLayer`;
 * `StaticSinkWindowLayer` replaces a `StaticLayer` (``cache_implementation="static"``): fixed-size
-  buffers written in place, so compiled decoding replays under CUDA graphs.
+  buffers written in place (the window as a ring), so compiled decoding replays under CUDA graphs.
 
 Both keep a prefix of ``sink_tokens`` plus the leading padding of the batch (so every left-padded row
 keeps its own first real tokens) and return, for each step, the prefix, the last ``W - 1`` earlier tokens
-and the new ones: `context.build_context` reads the positions back from those shapes.
+and the new ones (the static layer's decoding step: its prefix and its ring): `context.build_context`
+reads the positions back from those shapes.
 
 Transformers builds the cache (in `generate()` or the model itself) before any of our code runs,
 knowing nothing of our variants. A forward pre-hook on each patched attention module replaces that
@@ -116,13 +117,17 @@ class SinkWindowCacheLayer(DynamicLayer):
 
 
 class StaticSinkWindowLayer(StaticLayer):
-    """A static cache layer holding ``prefix`` leading slots and a right-aligned tail of ``window - 1``.
+    """A static cache layer holding ``prefix`` leading slots and a ring of ``window`` slots.
 
     The buffers never change size or address (CUDA graphs replay the decoding step); the number of tokens
-    seen is a tensor, as in transformers' `StaticLayer`. The first update (the prompt) returns the prompt
-    itself; later ones return ``prefix + window - 1 + new`` keys: the prefix as written so far, the tail of
-    the last ``window - 1`` tokens (slots before the start of the stream hold zeros, the attention hides
-    them), then the new tokens.
+    seen is a tensor, as in transformers' `StaticLayer`. Token ``t`` lives in ring slot ``t % window``, so
+    a decoding step writes its one token in place and attends over the buffers themselves: the ring then
+    holds exactly the window that token sees (slots not yet written, or holding a token of the prefix, are
+    hidden by the attention), and nothing is moved. Attention does not depend on the order of the keys,
+    only on their positions, which `context` derives from the tokens seen.
+
+    The first update (the prompt) returns the prompt itself. A later update of several tokens returns the
+    prefix, the last ``window - 1`` earlier tokens in order, then the new tokens.
     """
 
     is_sliding = True
@@ -136,7 +141,7 @@ class StaticSinkWindowLayer(StaticLayer):
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         held = self.max_cache_len
-        self.max_cache_len = self.prefix + self.window - 1
+        self.max_cache_len = self.prefix + self.window
         super().lazy_initialization(key_states, value_states)
         self.max_cache_len = held
 
@@ -145,32 +150,47 @@ class StaticSinkWindowLayer(StaticLayer):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        keys = torch.cat([self.keys, key_states], dim=-2)
-        values = torch.cat([self.values, value_states], dim=-2)
-        self._write(key_states, value_states, keys, values)
+        new = key_states.shape[-2]
         if not self.written:
             self.written = True
+            self._write(key_states, value_states)
             return key_states, value_states
+        if new == 1:
+            self._write(key_states, value_states)
+            return self.keys, self.values
+        earlier = self._earlier_in_order()
+        keys = torch.cat([self.keys[..., : self.prefix, :], self.keys.index_select(-2, earlier), key_states], dim=-2)
+        values = torch.cat(
+            [self.values[..., : self.prefix, :], self.values.index_select(-2, earlier), value_states], dim=-2
+        )
+        self._write(key_states, value_states)
         return keys, values
 
-    def _write(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, joined_keys: torch.Tensor, joined_values: torch.Tensor
-    ) -> None:
-        """Write new tokens in place: those still inside the prefix into their slots, all into the tail.
-        ``joined_*`` are the buffers followed by the new tokens; they end with the new tail."""
+    def _earlier_in_order(self) -> torch.Tensor:
+        """Ring slots of the last ``window - 1`` tokens before the update, oldest first (slots of tokens
+        before the stream began hold zeros or older tokens: their positions say so, the attention hides them)."""
+        device = self.keys.device
+        earlier = self.cumulative_length - (self.window - 1) + torch.arange(self.window - 1, device=device)
+        return self.prefix + earlier.remainder(self.window)
+
+    def _write(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Write new tokens in place: those still inside the prefix into their slots, the last ``window``
+        of them into their ring slots."""
         new = key_states.shape[-2]
         start = self.cumulative_length
-        recent = self.window - 1
+        device = key_states.device
         if self.prefix:
-            slots = torch.arange(self.prefix, device=key_states.device)
+            slots = torch.arange(self.prefix, device=device)
             source = (slots - start).clamp(0, new - 1)
             fresh = ((slots >= start) & (slots < start + new))[:, None]
             for buffer, states in ((self.keys, key_states), (self.values, value_states)):
                 prefix = buffer[..., : self.prefix, :]
                 prefix.copy_(torch.where(fresh, states.index_select(-2, source), prefix))
-        if recent:
-            for buffer, joined in ((self.keys, joined_keys), (self.values, joined_values)):
-                buffer[..., self.prefix :, :].copy_(joined[..., -recent:, :])
+        kept = min(new, self.window)
+        offsets = torch.arange(new - kept, new, device=device)
+        slots = self.prefix + (start + offsets).remainder(self.window)
+        for buffer, states in ((self.keys, key_states), (self.values, value_states)):
+            buffer.index_copy_(-2, slots, states[..., new - kept :, :])
         self.cumulative_length.add_(new)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
@@ -213,7 +233,7 @@ def install_bounded_cache(module: nn.Module, args: tuple, kwargs: dict) -> None:
         return  # it holds tokens already: keep it (exact, only not bounded)
     prefix = variant.options.sink_tokens + _leading_padding(kwargs.get("attention_mask"), variant.options.sink_tokens)
     if isinstance(current, StaticLayer):
-        if prefix + window - 1 < current.max_cache_len:
+        if prefix + window < current.max_cache_len:
             cache.layers[index] = StaticSinkWindowLayer(current.max_cache_len, window, prefix)
         return
     bounded = SinkWindowCacheLayer(window, prefix)

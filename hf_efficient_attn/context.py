@@ -31,8 +31,9 @@ class AttentionContext:
 
     Attributes:
         query_positions: long ``[q_len]``, absolute position of each query token.
-        key_positions: long ``[k_len]``, absolute position of each key (ascending; a bounded cache's
-            keys are its kept prefix, then a contiguous tail ending at the newest token).
+        key_positions: long ``[k_len]``, absolute position of each key (ascending, except in a static
+            bounded layer's ring (`cache.StaticSinkWindowLayer`); a growing bounded cache's keys are its
+            kept prefix, then a contiguous tail ending at the newest token).
         key_padding: bool ``[batch|1, k_len]``, True for keys that may be seen at all (real tokens,
             written cache slots), or None when every key may.
         sequence_start: long ``[batch]``, position of each row's first real token, or None when no row
@@ -280,10 +281,13 @@ def _static_positions(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Query and key positions of a static-cache call, and which keys may be seen, all on the device.
 
-    Three cases, told apart by shapes: transformers' `StaticLayer` returns all its slots (slot ``j`` holds
+    Four cases, told apart by shapes: transformers' `StaticLayer` returns all its slots (slot ``j`` holds
     position ``j``; causality hides the slots not yet written); a fresh bounded layer returns the prompt
-    itself; a written bounded layer (`StaticSinkWindowLayer`) returns its prefix slots, then its
-    right-aligned tail of ``window - 1`` slots, then the new tokens, some slots not yet written.
+    itself; a written bounded layer (`StaticSinkWindowLayer`) returns, for one new token, its prefix slots
+    and its ring of ``window`` slots (ring slot ``j`` holds the latest token ``t <= query`` with
+    ``t % window == j``) and, for several, its prefix slots, the ``window - 1`` tokens before them in
+    order, then the new tokens. Slots not yet written, and ring slots whose token lies in the prefix, are
+    not seen.
     """
     start = layout.query_start.to(device)
     query_positions = start + torch.arange(q_len, device=device)
@@ -302,14 +306,20 @@ def _static_positions(
         )
     else:
         prefix = kept_prefix(k_len, q_len, cache_window)
-        tail = cache_window - 1
         prefix_positions = torch.arange(prefix, device=device)
-        tail_positions = start - tail + torch.arange(tail, device=device)
-        key_positions = torch.cat([prefix_positions, tail_positions, query_positions])
-        # prefix slots are written once the stream passes them; tail slots hold real tokens past the prefix
-        valid = torch.cat(
-            [prefix_positions < start, tail_positions >= prefix, torch.ones(q_len, dtype=torch.bool, device=device)]
-        )[None, :]
+        if q_len == 1:  # the ring, the new token written into it (and into its prefix slot, if it has one)
+            slots = torch.arange(cache_window, device=device)
+            ring_positions = start - (start - slots).remainder(cache_window)
+            key_positions = torch.cat([prefix_positions, ring_positions])
+            valid = torch.cat([prefix_positions <= start, ring_positions >= prefix])[None, :]
+        else:
+            tail = cache_window - 1
+            tail_positions = start - tail + torch.arange(tail, device=device)
+            key_positions = torch.cat([prefix_positions, tail_positions, query_positions])
+            # prefix slots are written once the stream passes them; tail slots hold real tokens past the prefix
+            valid = torch.cat(
+                [prefix_positions < start, tail_positions >= prefix, torch.ones(q_len, dtype=torch.bool, device=device)]
+            )[None, :]
     if real is not None:
         real = real.index_select(1, key_positions.clamp(0, real.shape[-1] - 1))
         valid = real if valid is None else valid & real

@@ -69,7 +69,7 @@ def test_static_sliding_layer_has_a_fixed_size(sinks):
     layers = out.past_key_values.layers
     assert all(isinstance(layer, StaticSinkWindowLayer) for layer in layers)
     prefix = sinks + leading_pad if sinks else 0
-    assert {layer.keys.shape[-2] for layer in layers} == {prefix + window - 1}
+    assert {layer.keys.shape[-2] for layer in layers} == {prefix + window}
     assert int(layers[0].get_seq_length()) == out.sequences.shape[-1] - 1
 
 
@@ -143,3 +143,34 @@ def test_rollback_beyond_the_last_step_says_what_to_do():
     assert torch.equal(keys, torch.cat([states[..., :1, :], states[..., -1:, :], new[..., :1, :], new[..., :1, :]], -2))
     with pytest.raises(RuntimeError, match="can roll back only"):
         layer.crop(-2)
+
+
+@pytest.mark.parametrize("prompt", [1, 7])
+@pytest.mark.parametrize("sinks", [0, 2])
+def test_static_sliding_layer_returns_exactly_the_keys_each_query_sees(sinks, prompt):
+    """Driven as generation drives it (a prompt, single steps, a step of several tokens, single steps
+    again): the keys a query may see, by the positions the context derives for the layer's slots, are the
+    sinks and the window before it, each once, holding that token's key."""
+    from hf_efficient_attn.context import build_context
+    from hf_efficient_attn.layout import make_layout
+
+    window, total = 4, 40
+    tokens = torch.arange(total, dtype=torch.float64).reshape(1, 1, total, 1).expand(1, 1, total, 2)  # key = position
+    layer = StaticSinkWindowLayer(max_cache_len=total, window=window, prefix=sinks)
+    seen = 0
+    for step in [prompt, 1, 1, 1, 1, 1, 3, 1, 1, 5, 1, 1, 6, 1]:
+        new = tokens[..., seen : seen + step, :]
+        keys, _ = layer.update(new, new)
+        query = torch.zeros(1, 1, step, 2, dtype=torch.float64)
+        layout = make_layout(tokens=total, padding=None, query_start=torch.tensor(seen), query_length=step)
+        context = build_context(query=query, key=keys, attention_mask=layout, causal=True, scaling=1.0, dropout=0.0,
+                                cache_window=window, position_ids=None, native_window=None)
+        valid = torch.ones(keys.shape[-2], dtype=torch.bool) if context.key_padding is None else context.key_padding[0]
+        for position in context.query_positions.tolist():
+            sees = valid & (context.key_positions <= position) & (
+                (position - context.key_positions < window) | (context.key_positions < sinks))
+            expected = sorted(set(range(max(0, position - window + 1), position + 1)) | set(range(min(sinks, position + 1))))
+            assert sorted(context.key_positions[sees].tolist()) == expected, (step, position)
+            assert torch.equal(keys[0, 0, sees, 0], context.key_positions[sees].double())  # each slot holds its token
+        seen += step
+    assert layer.keys.shape[-2] == sinks + window
