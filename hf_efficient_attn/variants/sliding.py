@@ -141,8 +141,12 @@ class SlidingWindowAttention(AttentionVariant):
         )
 
     def _chunk(self) -> int:
-        """Queries per chunk of the chunked engine: about a window, so each gathers about two windows of keys."""
-        return max(64, min(self.options.window, 1024))
+        """Queries per chunk of the chunked engine: a quarter of the window (at least 64), so a chunk's
+        candidate keys (the chunk and its reach) are mostly keys its queries see. Measured on the CPU (2
+        cores, float32): a bidirectional window of 512 over 1500 positions, 6 heads of 64, took 24 ms in
+        chunks of 128 against 34 ms in chunks of 512 (dense SDPA 25 ms); causal windows of 256 and 1024
+        over 2048 positions 24 / 51 ms against 28 / 78 ms in chunks of a window."""
+        return max(64, min(self.options.window // 4, 1024))
 
     # The mask rule (see `masked.MaskRule`).
 
