@@ -222,19 +222,23 @@ class StepClock(StoppingCriteria):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-def decode_rate(model: nn.Module, batch: dict, row: Row, steps: int) -> tuple[float, list[torch.Tensor], float | None]:
-    """Tokens per second (per sequence) of greedy decoding after the prompt (`step_rate`), after a warm-up
-    generation (which compiles the decoding step for static caches); the tokens of both generations, and
-    the peak memory of the timed one."""
+def decode_rate(model: nn.Module, batch: dict, row: Row, steps: int,
+                repeats: int = 1) -> tuple[list[float], list[torch.Tensor], float | None]:
+    """Tokens per second (per sequence) of greedy decoding after the prompt (`step_rate`) in each of
+    ``repeats`` timed generations, after a warm-up generation (which compiles the decoding step for static
+    caches); the tokens of the warm-up and the last timed generation, and the peak memory of the timed ones."""
     settings = generation_settings(row, steps)
     device = batch["input_ids"].device
     warm = model.generate(**batch, **settings)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    rate, tokens = step_rate(model, batch, settings)
+    rates = []
+    for _ in range(repeats):
+        rate, tokens = step_rate(model, batch, settings)
+        rates.append(rate)
     peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
-    return rate, [warm.cpu(), tokens.cpu()], peak
+    return rates, [warm.cpu(), tokens.cpu()], peak
 
 
 def generation_settings(row: Row, steps: int) -> dict[str, Any]:
@@ -275,11 +279,14 @@ def exact_here(column: str, row: Row) -> bool:
 
 
 def measure_decode(row: Row, column: str, model: nn.Module, device: torch.device, dtype: torch.dtype,
-                   baseline: dict, steps: int) -> dict[str, Any]:
+                   baseline: dict, steps: int, repeats: int = 1) -> dict[str, Any]:
+    """One column of a decoding row; compiled rows time ``repeats`` generations in a row (switching columns
+    would recompile the step), eager rows one (`interleaved_decode_rounds` adds the others)."""
     batch = inputs(row, model, device, dtype)
     with Configured(model, row.family, column) as target, torch.no_grad():
-        rate, (warm, tokens), peak = decode_rate(target, batch, row, steps)
-    cell = {"tokens_per_s": round(rate, 2), "tokens_per_s_each": [round(rate, 2)], "peak_gib": peak and round(peak, 3),
+        rates, (warm, tokens), peak = decode_rate(target, batch, row, steps, repeats)
+    rates = [round(rate, 2) for rate in rates]
+    cell = {"tokens_per_s": median(rates), "tokens_per_s_each": rates, "peak_gib": peak and round(peak, 3),
             "rerun_agreement": round(agreement(warm, tokens), 3)}
     if "tokens" in baseline and exact_here(column, row):
         cell["agreement_with_sdpa"] = round(agreement(tokens, baseline["tokens"]), 3)
@@ -346,7 +353,9 @@ def run(args: argparse.Namespace) -> dict:
                 entry["cells"][column] = {"status": "skipped (time budget)"}
                 continue
             if row.kind == "decode":
-                cell = attempt(device, measure_decode, row, column, model, device, dtype, baseline, args.decode_steps)
+                repeats = max(1, args.rounds) if row.compiled else 1
+                cell = attempt(device, measure_decode, row, column, model, device, dtype, baseline, args.decode_steps,
+                               repeats)
             else:
                 cell = attempt(device, check_forward, row, column, model, device, dtype, baseline)
             entry["cells"][column] = cell
@@ -541,7 +550,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows", nargs="*", help="run only rows whose name contains one of these")
     parser.add_argument("--columns", nargs="*", choices=COLUMNS, help="run only these columns")
     parser.add_argument("--decode-steps", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=5, help="timing rounds of the forward rows and of the eager decoding rows (interleaved)")
+    parser.add_argument("--rounds", type=int, default=5, help="timing rounds: interleaved for the forward and eager decoding rows, timed generations in a row per column for the compiled ones")
     parser.add_argument("--time-budget", type=float, default=540.0, help="seconds; later cells are skipped")
     parser.add_argument("--merge", type=Path, nargs="+", help="measure nothing: merge these runs' native.json "
                         "(same device and versions, later runs win) into --out")
