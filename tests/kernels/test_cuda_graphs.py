@@ -50,10 +50,21 @@ def test_static_cache_generation_under_cuda_graphs(name):
         assert torch.equal(compiled, generate(base, cache_implementation="static"))
 
 
-@pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_forward_compiled_with_reduce_overhead(name):
-    model = patch_model(tiny_llama(**SHAPE).cuda(), name, **VARIANTS[name])
-    eager = generate(model, cache_implementation="static", disable_compile=True)
+def reduce_overhead_generation(model) -> torch.Tensor:
     torch._dynamo.reset()
     model.forward = torch.compile(model.forward, mode="reduce-overhead")
-    assert torch.equal(generate(model, cache_implementation="static", disable_compile=True), eager)
+    return generate(model, cache_implementation="static", disable_compile=True)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_forward_compiled_with_reduce_overhead(name):
+    """Where the unpatched model runs this workflow, the patched one gives its eager tokens. With torch 2.11
+    and transformers 5.17 the unpatched model itself fails it (cudagraph trees: "accessing tensor output
+    of CUDAGraphs that has been overwritten by a subsequent run"), which the skip reports."""
+    try:
+        reduce_overhead_generation(tiny_llama(**SHAPE).cuda())
+    except RuntimeError as error:
+        pytest.skip(f"the unpatched model fails this workflow on this torch/transformers: {str(error)[:160]}")
+    model = patch_model(tiny_llama(**SHAPE).cuda(), name, **VARIANTS[name])
+    eager = generate(model, cache_implementation="static", disable_compile=True)
+    assert torch.equal(reduce_overhead_generation(model), eager)
