@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from . import fused_path
-from .context import AttentionContext, tracing
+from .context import AttentionContext, positions, tracing
 from .fused_path import FusedPathError, FusedPathFallbackWarning, KernelMask
 from .variants import block_layout as layouts
 from .variants.base import VariantError
@@ -231,7 +231,7 @@ def plan_key_gather(
     if len(ranges) == 1:
         low, high = ranges[0]
         return lambda q, k, v: _sdpa_grouped(q, k[..., low:high, :], v[..., low:high, :], None, False, scale, dropout)
-    index = torch.cat([torch.arange(low, high, device=key.device) for low, high in ranges])
+    index = torch.cat([positions(low, high, key.device) for low, high in ranges])
     return lambda q, k, v: _sdpa_grouped(q, k.index_select(-2, index), v.index_select(-2, index), None, False, scale,
                                          dropout)
 
