@@ -86,9 +86,9 @@ def test_the_decoding_rate_is_one_over_the_median_step(native):
     assert len(rates) == 2 and min(rates) > 0 and peak is None
 
 
-def test_eager_decoding_rows_take_the_median_of_interleaved_rounds(native, monkeypatch):
-    """Each measured column gets one more timed generation per round, in turns, and its rate is their
-    median; a round that fails leaves the column's other rounds."""
+def test_eager_decoding_rows_take_the_best_of_interleaved_rounds(native, monkeypatch):
+    """Each measured column gets one more timed generation per round, in turns, and its rate is the
+    best of them; a round that fails leaves the column's other rounds."""
     order = []
     rates = iter([10.0, 30.0, 50.0, 20.0])
 
@@ -117,6 +117,15 @@ def test_eager_decoding_rows_take_the_median_of_interleaved_rounds(native, monke
              "flex_attention": {"status": "not run"}}
     native.interleaved_decode_rounds(row, cells, None, torch.device("cpu"), torch.float32, rounds=3, steps=4)
     assert order == ["sdpa", "sparse", "sdpa"]
-    assert cells["sdpa"]["tokens_per_s_each"] == [40.0, 10.0, 50.0] and cells["sdpa"]["tokens_per_s"] == 40.0
+    assert cells["sdpa"]["tokens_per_s_each"] == [40.0, 10.0, 50.0] and cells["sdpa"]["tokens_per_s"] == 50.0
     assert cells["sparse"]["tokens_per_s_each"] == [5.0, 30.0] and cells["sparse"]["tokens_per_s"] == 30.0
     assert cells["flex_attention"] == {"status": "not run"}
+
+
+def test_a_forward_cell_is_its_fastest_round(native):
+    cell = {"ms_each": [12.1234, 17.5, 12.0611, 14.0], "peak_gib": 2.4}
+    native.fastest(cell)
+    assert cell == {"ms_each": [12.123, 17.5, 12.061, 14.0], "ms": 12.061, "peak_gib": 2.4}
+    failed = {"status": "out of memory"}
+    native.fastest(failed)
+    assert failed == {"status": "out of memory"}
