@@ -291,7 +291,13 @@ def exact_here(column: str, row: Row) -> bool:
 def measure_decode(row: Row, column: str, model: nn.Module, device: torch.device, dtype: torch.dtype,
                    baseline: dict, steps: int, repeats: int = 1) -> dict[str, Any]:
     """One column of a decoding row; compiled rows time ``repeats`` generations in a row (switching columns
-    would recompile the step), eager rows one (`interleaved_decode_rounds` adds the others)."""
+    would recompile the step), eager rows one (`interleaved_decode_rounds` adds the others).
+
+    A compiled cell starts from empty compile caches: transformers compiles the same forward frame for
+    every column and row, and once that frame has been compiled ``torch._dynamo.config.recompile_limit``
+    times (8) dynamo runs it eagerly from then on, so the later cells would time eager decoding."""
+    if row.compiled:
+        torch._dynamo.reset()
     batch = inputs(row, model, device, dtype)
     with Configured(model, row.family, column) as target, torch.no_grad():
         rates, (warm, tokens), peak = decode_rate(target, batch, row, steps, repeats)
@@ -535,9 +541,11 @@ def merge(paths: list[Path], command: str) -> dict:
         for entry in run_["rows"]:
             if not any(value(cell) is not None and cell.get("run") != "earlier" for cell in entry["cells"].values()):
                 continue  # measured nothing here (skipped, or cells kept from an earlier run)
-            rows[entry["row"]] = {"row": entry["row"], "kind": entry["kind"],
-                                  "cells": {column: {**cell, "run": number} for column, cell in entry["cells"].items()
-                                            if cell.get("run") != "earlier"}}  # kept cells are not this run's
+            cells = {column: {**cell, "run": number} for column, cell in entry["cells"].items()
+                     if cell.get("run") != "earlier"}  # kept cells are not this run's
+            for cell in cells.values():
+                fastest(cell)  # runs saved before cells were their fastest round took the median
+            rows[entry["row"]] = {"row": entry["row"], "kind": entry["kind"], "cells": cells}
     results = {"env": runs[0]["env"], "command": command, "runs": [run_["command"] for run_ in runs],
                "rows": sorted(rows.values(), key=lambda entry: order.index(entry["row"]))}
     results["targets"] = targets(results, "CPU" in results["env"]["device"])

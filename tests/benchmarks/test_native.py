@@ -129,3 +129,16 @@ def test_a_forward_cell_is_its_fastest_round(native):
     failed = {"status": "out of memory"}
     native.fastest(failed)
     assert failed == {"status": "out of memory"}
+
+
+def test_every_compiled_cell_starts_from_empty_compile_caches(native, monkeypatch):
+    """Dynamo stops compiling a frame after `recompile_limit` versions; each compiled cell resets it."""
+    resets = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(True))
+    monkeypatch.setattr(native, "decode_rate", lambda *args: ([5.0], [torch.zeros(1), torch.zeros(1)], None))
+    monkeypatch.setattr(native, "inputs", lambda *args: {})
+    model = tiny_llama()
+    for compiled in (False, True, True):
+        row = native.Row("decode", "llama", "decode", 1, 12, compiled)
+        native.measure_decode(row, "sdpa", model, torch.device("cpu"), torch.float32, {}, steps=2)
+    assert len(resets) == 2
