@@ -4,8 +4,8 @@ The library talks to transformers through its public seams (the attention and ma
 `Cache` and cache-layer classes). Two details of those seams moved between the releases we support
 (`SUPPORTED`), and this module is where they are read, with a test on both ends of the range:
 
-* the keyword under which an attention module receives the KV cache: ``past_key_values`` up to 5.23,
-  ``cache`` from 5.24 on (the old name is deprecated there);
+* the keyword under which an attention module, and a model's forward, receive the KV cache:
+  ``past_key_values`` up to 5.23, ``cache`` from 5.24 on (the old name is deprecated there);
 * the query offset a mask function receives: an int for growing caches, a tensor (shape ``[]`` or
   ``[1]``) for static caches, whose length must not be read on the host while CUDA graphs replay it;
 * ``AutoImageProcessor``, which before 5.24 cannot be used at all without torchvision, while the image
@@ -16,6 +16,7 @@ The library talks to transformers through its public seams (the attention and ma
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -55,6 +56,12 @@ def cache_argument(kwargs: dict[str, Any]) -> object | None:
         if cache is not None:
             return cache
     return None
+
+
+def model_cache_keyword(model: torch.nn.Module) -> str:
+    """The keyword ``model``'s forward takes its KV cache under (`CACHE_KEYWORDS`)."""
+    parameters = inspect.signature(model.forward).parameters
+    return next((name for name in CACHE_KEYWORDS if name in parameters), CACHE_KEYWORDS[-1])
 
 
 def query_offset_tensor(q_offset: int | torch.Tensor) -> torch.Tensor | None:
