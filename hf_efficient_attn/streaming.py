@@ -82,14 +82,13 @@ def streaming_cache(model: nn.Module) -> DynamicCache:
             for all layers) and the model has a Llama-style rotary embedding.
     """
     layers = _decoder_attention(model)
-    variants = [getattr(module, VARIANT_ATTRIBUTE, None) for module in layers]
-    windows = {None if v is None or v.name != "sliding" else (v.cache_window(), v.options.sink_tokens) for v in variants}
-    if None in windows or len(windows) != 1:
+    bounded = bounded_everywhere(model)
+    if bounded is None:
         raise VariantError(
             "Positions inside the cache need every decoder layer patched with causal 'sliding' (one window and "
             "sink count for all): patch_model(model, 'sliding', window=..., sink_tokens=...) without `layers=`."
         )
-    ((window, sinks),) = windows
+    window, sinks = bounded
     rotary = getattr(model.base_model, "rotary_emb", None)
     frequencies = getattr(rotary, "inv_freq", None)
     if not isinstance(frequencies, torch.Tensor):
@@ -100,6 +99,19 @@ def streaming_cache(model: nn.Module) -> DynamicCache:
     cache = DynamicCache(config=model.config)
     cache.layers[:] = [CachePositionedLayer(window, sinks, frequencies) for _ in layers]
     return cache
+
+
+def bounded_everywhere(model: nn.Module) -> tuple[int, int] | None:
+    """``(window, sink_tokens)`` when every decoder layer of ``model`` runs causal `sliding` with the same
+    window and sinks (so one position per token holds for every layer), else None."""
+    try:
+        layers = _decoder_attention(model)
+    except VariantError:
+        return None
+    variants = [getattr(module, VARIANT_ATTRIBUTE, None) for module in layers]
+    windows = {None if v is None or v.cache_window() is None else (v.cache_window(), v.options.sink_tokens)
+               for v in variants}
+    return next(iter(windows)) if len(windows) == 1 and None not in windows else None
 
 
 def stream_position_ids(cache: DynamicCache, length: int, device: torch.device) -> torch.Tensor:

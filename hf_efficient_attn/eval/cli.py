@@ -41,8 +41,16 @@ def add_eval_command(commands: argparse._SubParsersAction) -> None:
                          help="variant options, e.g. sink_tokens=4 sparse.block_size=64 targets=encoder")
     command.add_argument("--max-samples", type=int, help="evaluate only the first N samples (documents, clips, images)")
     command.add_argument("--split", default="test", help="split of a DatasetDict folder or Hub dataset (default test)")
-    command.add_argument("--mode", choices=["strided", "document"], default="strided",
-                         help="text: strided windows over the joined text, or each document in one forward")
+    command.add_argument("--mode", choices=["strided", "document", "streaming"], default="strided",
+                         help="text: strided windows over the joined text, each document in one forward, or the "
+                         "joined text streamed chunk by chunk through the KV cache")
+    command.add_argument("--chunk-size", type=int, default=256, help="text, streaming: tokens per forward (default 256)")
+    command.add_argument("--positions", choices=["cache", "text"], default="cache",
+                         help="text, streaming: rotary positions of variants with a bounded cache in every layer: "
+                         "index in the cache (StreamingLLM, default) or in the text")
+    command.add_argument("--max-tokens", type=int, help="text, streaming: score only the first N tokens of the stream")
+    command.add_argument("--stretch", type=int, default=4096,
+                         help="text, streaming: tokens per stretch of the perplexity against position (default 4096)")
     command.add_argument("--max-length", type=int, help="text: tokens per window or document (default min(1024, model context))")
     command.add_argument("--stride", type=int, help="text, strided: tokens between window starts (default max-length // 2)")
     command.add_argument("--batch-size", type=int, default=8, help="speech and vision: samples per batch (default 8)")
@@ -137,12 +145,16 @@ def run_eval_command(args: argparse.Namespace) -> int:
             max_length=args.max_length,
             stride=args.stride,
             mode=args.mode,
+            chunk_size=args.chunk_size,
+            positions=args.positions,
+            max_tokens=args.max_tokens,
+            stretch=args.stretch,
             batch_size=args.batch_size,
             normalize=not args.no_normalize,
             generate_kwargs=generate_kwargs,
             progress=not args.no_progress,
         )
-        if args.max_length is not None:  # before the model and data load, which can take minutes
+        if args.max_length is not None and args.mode != "streaming":  # before the model and data load (minutes)
             check_lengths(args.max_length, args.stride)
         configs = variant_configs(args.variant, args.window, args.variant_options)
         if args.model is None and args.task == "auto":

@@ -8,13 +8,16 @@ its trained positions it degrades); a model patched with causal `sliding` keeps 
 
 ``positions`` says where rotary positions come from: ``"text"``, the token's index in the stream (what
 `generate()` does), or ``"cache"``, the token's index in the bounded cache (StreamingLLM,
-`streaming.streaming_cache`), which keeps positions within what the model was trained on.
+`streaming.streaming_cache`), which keeps positions within what the model was trained on. The
+comparison runner (`plan_streaming`, `run_streaming`) streams the unpatched model and variants without a
+bounded cache with text positions, and models bounded in every layer with the positions asked for.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -25,8 +28,9 @@ from tqdm.auto import tqdm
 from transformers.cache_utils import DynamicCache
 
 from ..compat import model_cache_keyword
-from ..streaming import stream_position_ids, streaming_cache
+from ..streaming import bounded_everywhere, stream_position_ids, streaming_cache
 from .errors import EvalInputError
+from .results import Score
 
 Positions = Literal["text", "cache"]
 POSITIONS: tuple[str, ...] = ("text", "cache")
@@ -129,4 +133,63 @@ def streaming_perplexity(
         seconds=seconds,
         held_tokens=held,
         peak_bytes=torch.cuda.max_memory_allocated(device) if cuda else None,
+    )
+
+
+@dataclass(frozen=True)
+class StreamingPlan:
+    """A tokenized stream and how to score it (`run_streaming`).
+
+    Attributes:
+        stream: the documents joined with blank lines, as 1-D token ids (cut at ``max_tokens``).
+        chunk_size: tokens per forward.
+        positions: what models bounded in every layer use (``"text"`` or ``"cache"``).
+        stretch: scored tokens per stretch in the report's perplexity against position.
+    """
+
+    stream: torch.Tensor
+    chunk_size: int
+    positions: Positions
+    stretch: int
+
+
+def plan_streaming(
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    chunk_size: int = 256,
+    positions: Positions = "cache",
+    max_tokens: int | None = None,
+    stretch: int = 4096,
+) -> StreamingPlan:
+    """Check the settings and tokenize ``texts`` into one stream for `run_streaming`."""
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 2):
+        raise EvalInputError(f"max_tokens must be an integer of at least 2, got {max_tokens!r}.")
+    if not isinstance(stretch, int) or stretch < 1:
+        raise EvalInputError(f"stretch must be a positive integer, got {stretch!r}.")
+    stream = torch.tensor(tokenizer("\n\n".join(texts))["input_ids"], dtype=torch.long)[:max_tokens]
+    check_stream(stream.numel(), chunk_size, positions)
+    return StreamingPlan(stream, chunk_size, positions, stretch)
+
+
+def run_streaming(model: nn.Module, plan: StreamingPlan, progress: bool = True) -> Score:
+    """Score ``model`` on a `StreamingPlan`: perplexity, with the stretches, cache size and speed as details."""
+    positions = plan.positions if bounded_everywhere(model) is not None else "text"
+    result = streaming_perplexity(model, plan.stream, plan.chunk_size, positions, progress)
+    return Score(
+        metric="perplexity",
+        value=result.perplexity,
+        higher_is_better=False,
+        details={
+            "mode": "streaming",
+            "positions": positions,
+            "chunk_size": plan.chunk_size,
+            "tokens": result.tokens,
+            "mean_nll": float(result.token_nll.double().mean()),
+            "stretch": plan.stretch,
+            "stretch_perplexities": result.stretch_perplexities(plan.stretch),
+            "held_tokens_max": max(result.held_tokens),
+            "held_tokens_last": result.held_tokens[-1],
+            "tokens_per_second": result.tokens_per_second,
+        },
     )

@@ -33,7 +33,12 @@ class EvalSettings:
         max_length: text: tokens per window (strided) or per document; default the smaller of 1024 and
             the model's ``max_position_embeddings``.
         stride: text, strided mode: tokens between window starts; default ``max_length // 2``.
-        mode: text: ``"strided"`` or ``"document"`` (see `perplexity`).
+        mode: text: ``"strided"`` or ``"document"`` (see `perplexity`), or ``"streaming"`` (see `streaming`).
+        chunk_size: text, streaming: tokens per forward.
+        positions: text, streaming: rotary positions of models bounded in every layer, ``"cache"`` or
+            ``"text"``.
+        max_tokens: text, streaming: score only the first tokens of the stream.
+        stretch: text, streaming: scored tokens per stretch of the perplexity against position.
         batch_size: speech and vision: samples per forward or ``generate()`` call.
         normalize: speech: compare lower-cased transcripts without punctuation.
         generate_kwargs: speech: extra ``generate()`` arguments (``language``, ``max_new_tokens``, ...).
@@ -43,6 +48,10 @@ class EvalSettings:
     max_length: int | None = None
     stride: int | None = None
     mode: str = "strided"
+    chunk_size: int = 256
+    positions: str = "cache"
+    max_tokens: int | None = None
+    stretch: int = 4096
     batch_size: int = 8
     normalize: bool = True
     generate_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -75,6 +84,8 @@ def _text(loaded: EvalModel, dataset, settings: EvalSettings) -> TaskEvaluation:
     from .perplexity import plan_perplexity, run_perplexity
 
     limit = getattr(loaded.model.config, "max_position_embeddings", None) or DEFAULT_MAX_LENGTH
+    if settings.mode == "streaming":
+        return _text_stream(loaded, dataset, settings, limit)
     max_length = settings.max_length or min(DEFAULT_MAX_LENGTH, limit)
     if max_length > limit:
         raise EvalInputError(f"max_length={max_length} exceeds the model's max_position_embeddings={limit}; use at most {limit}.")
@@ -87,6 +98,23 @@ def _text(loaded: EvalModel, dataset, settings: EvalSettings) -> TaskEvaluation:
                 model(input_ids=torch.zeros(1, length, dtype=torch.long, device=device), use_cache=False, logits_to_keep=1)
 
     return TaskEvaluation(lambda model: run_perplexity(model, plan, settings.progress), warm_up)
+
+
+def _text_stream(loaded: EvalModel, dataset, settings: EvalSettings, limit: int) -> TaskEvaluation:
+    """Streaming perplexity: the stream may run far past the model's context; a chunk may not."""
+    from .streaming import plan_streaming, run_streaming
+
+    if settings.chunk_size > limit:
+        raise EvalInputError(f"chunk_size={settings.chunk_size} exceeds the model's max_position_embeddings={limit}.")
+    plan = plan_streaming(loaded.tokenizer, list(dataset["text"]), chunk_size=settings.chunk_size,
+                          positions=settings.positions, max_tokens=settings.max_tokens, stretch=settings.stretch)
+
+    def warm_up(model: nn.Module) -> None:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            model(input_ids=plan.stream[None, : plan.chunk_size].to(device), use_cache=False, logits_to_keep=1)
+
+    return TaskEvaluation(lambda model: run_streaming(model, plan, settings.progress), warm_up)
 
 
 def _speech(loaded: EvalModel, dataset, settings: EvalSettings) -> TaskEvaluation:

@@ -39,6 +39,25 @@ def test_language_model_on_a_text_file(llama_dir, text_file, tmp_path, mode):
     assert all(row["seconds"] > 0 for label, row in rows.items() if label != "_report")
 
 
+def test_streaming_mode_writes_its_stretches_and_position_plot(llama_dir, text_file, tmp_path):
+    rows = run_eval(
+        tmp_path, "--model", llama_dir, "--data", text_file, "--mode", "streaming", "--chunk-size", 8,
+        "--max-tokens", 90, "--stretch", 30, "--variant", "sliding", "--window", "8,128",
+        "--variant-options", "sink_tokens=2",
+    )
+    assert (tmp_path / "perplexity-by-position.png").read_bytes().startswith(PNG_SIGNATURE)
+    baseline, narrow, wide = rows["baseline"], rows["sliding(sink_tokens=2, window=8)"], rows["sliding(sink_tokens=2, window=128)"]
+    assert baseline["details"]["positions"] == "text" and narrow["details"]["positions"] == "cache"
+    assert baseline["details"]["tokens"] == narrow["details"]["tokens"] == 89  # every token but the first, once
+    assert len(narrow["details"]["stretch_perplexities"]) == 3
+    assert narrow["details"]["held_tokens_max"] == 2 + 7 + 8  # sinks, window - 1, one chunk: bounded
+    assert baseline["details"]["held_tokens_max"] == 90  # the unpatched cache grows
+    assert wide["value"] == pytest.approx(baseline["value"], rel=1e-5)  # the window covers the stream
+    assert narrow["value"] != pytest.approx(baseline["value"], rel=1e-5)
+    table = (tmp_path / "comparison.md").read_text()
+    assert "Perplexity per stretch of 30 scored tokens" in table and "| 0-30 | 30-60 | 60-90 |" in table
+
+
 def test_whisper_on_an_audio_folder(whisper_dir, audio_folder, tmp_path):
     rows = run_eval(
         tmp_path, "--model", whisper_dir, "--data", audio_folder, "--batch-size", 2, "--max-new-tokens", 6,
