@@ -14,6 +14,10 @@ would round them again at every step (in bfloat16 a key that stays a thousand st
 each is rotated once from its stored form. Which keys a query sees is unchanged: the attention masks by
 position in the text (`context`), so sinks and the window are the same keys as without this layer.
 
+A chunk of several tokens takes the positions after the window, so its later queries see the sinks a
+few positions farther away than a stream read token by token would place them (at most the chunk size,
+well under the window); within the window, distances are those of the text.
+
 `streaming_cache` builds such a cache for a model patched with causal `sliding` in every layer.
 """
 
