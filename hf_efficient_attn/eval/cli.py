@@ -154,7 +154,10 @@ def run_eval_command(args: argparse.Namespace) -> int:
             generate_kwargs=generate_kwargs,
             progress=not args.no_progress,
         )
-        if args.max_length is not None and args.mode != "streaming":  # before the model and data load (minutes)
+        if args.mode == "streaming" and (args.max_length is not None or args.stride is not None):
+            raise EvalInputError("--max-length and --stride set strided and document windows; --mode streaming reads "
+                                 "the whole stream: give --chunk-size (tokens per forward) and --max-tokens instead.")
+        if args.max_length is not None:  # before the model and data load, which can take minutes
             check_lengths(args.max_length, args.stride)
         configs = variant_configs(args.variant, args.window, args.variant_options)
         if args.model is None and args.task == "auto":

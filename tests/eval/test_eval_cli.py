@@ -102,6 +102,12 @@ def test_bad_stride_is_refused_before_the_model_loads(text_file, tmp_path, capsy
     assert "stride must be an integer in [1, max_length - 1] = [1, 63]" in message
 
 
+def test_window_flags_are_refused_in_streaming_mode(text_file, tmp_path, capsys):
+    error = eval_error(capsys, "--model", tmp_path / "absent", "--data", text_file, "--mode", "streaming",
+                       "--max-length", 64)
+    assert "--chunk-size" in error and "--max-tokens" in error
+
+
 def test_empty_dataset(whisper_dir, tmp_path, capsys):
     empty = write_wav_folder(tmp_path / "empty", 16000, [])
     assert "no samples" in eval_error(capsys, "--model", whisper_dir, "--data", empty, "--out", tmp_path)
