@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
+import os
 import sys
 import time
 from pathlib import Path
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def environment(device: torch.device, dtype: str) -> dict[str, str]:
     import transformers
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or 'unknown'})"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
     return {"device": name, "torch": torch.__version__, "transformers": transformers.__version__, "dtype": dtype}
 
 
