@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -39,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hf_efficient_attn import patch_model, unpatch_model  # noqa: E402
 from hf_efficient_attn.eval.perplexity import scoring_windows  # noqa: E402
-from hf_efficient_attn.eval.streaming import streaming_perplexity  # noqa: E402
+from hf_efficient_attn.eval.streaming import StreamingResult, streaming_perplexity  # noqa: E402
 
 TARGET_SINKS = 4
 TARGET_RATIO = 1.10
@@ -59,16 +58,12 @@ def recomputed_token_nll(model: torch.nn.Module, ids: torch.Tensor, window: int,
     return torch.cat(pieces).cpu()
 
 
-def stretches(token_nll: torch.Tensor, stretch: int) -> list[float]:
-    return [math.exp(float(part.double().mean())) for part in token_nll.split(stretch)]
-
-
-def row(name: str, token_nll: torch.Tensor, seconds: float, held: int | None, peak: int | None, stretch: int,
-        positions: str) -> dict[str, Any]:
+def row(name: str, result: StreamingResult, stretch: int, positions: str) -> dict[str, Any]:
+    peak = result.peak_bytes
     return {
-        "row": name, "positions": positions, "tokens": token_nll.numel(),
-        "perplexity": math.exp(float(token_nll.double().mean())), "stretches": stretches(token_nll, stretch),
-        "tokens_per_s": token_nll.numel() / seconds, "held_tokens": held,
+        "row": name, "positions": positions, "tokens": result.tokens, "perplexity": result.perplexity,
+        "stretches": result.stretch_perplexities(stretch), "tokens_per_s": result.tokens_per_second,
+        "held_tokens": max(result.held_tokens) if result.held_tokens else None,
         "peak_gib": None if peak is None else round(peak / 2**30, 3),
     }
 
@@ -94,8 +89,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def stream(name: str, tokens: torch.Tensor, positions: str) -> None:
         result = streaming_perplexity(model, tokens, args.chunk_size, positions, progress)
-        peak = result.peak_bytes
-        rows.append(row(name, result.token_nll, result.seconds, max(result.held_tokens), peak, args.stretch, positions))
+        rows.append(row(name, result, args.stretch, positions))
         print(json.dumps(rows[-1]), flush=True)
 
     stream("unpatched", ids[: args.baseline_tokens], "text")
@@ -108,8 +102,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             unpatch_model(model)
     start = time.perf_counter()
     nll = recomputed_token_nll(model, ids.to(device), args.windows[0], progress)
-    rows.append(row(f"recomputation {args.windows[0]}", nll, time.perf_counter() - start, None, None, args.stretch,
-                    "text"))
+    recomputed = StreamingResult(token_nll=nll, chunk_size=args.windows[0], seconds=time.perf_counter() - start)
+    rows.append(row(f"recomputation {args.windows[0]}", recomputed, args.stretch, "text"))
     print(json.dumps(rows[-1]), flush=True)
     return {"env": environment(device, args.dtype), "command": "python benchmarks/streaming.py " + " ".join(sys.argv[1:]),
             "stretch": args.stretch, "rows": rows, "targets": targets(rows, args.windows[0])}

@@ -59,8 +59,12 @@ class StreamingResult:
         return self.token_nll.numel()
 
     @property
+    def mean_nll(self) -> float:
+        return float(self.token_nll.double().mean())
+
+    @property
     def perplexity(self) -> float:
-        return math.exp(float(self.token_nll.double().mean()))
+        return math.exp(self.mean_nll)
 
     @property
     def tokens_per_second(self) -> float:
@@ -185,7 +189,7 @@ def run_streaming(model: nn.Module, plan: StreamingPlan, progress: bool = True) 
             "positions": positions,
             "chunk_size": plan.chunk_size,
             "tokens": result.tokens,
-            "mean_nll": float(result.token_nll.double().mean()),
+            "mean_nll": result.mean_nll,
             "stretch": plan.stretch,
             "stretch_perplexities": result.stretch_perplexities(plan.stretch),
             "held_tokens_max": max(result.held_tokens),
