@@ -53,6 +53,8 @@ def add_eval_command(commands: argparse._SubParsersAction) -> None:
                          help="text, streaming: tokens per stretch of the perplexity against position (default 4096)")
     command.add_argument("--max-length", type=int, help="text: tokens per window or document (default min(1024, model context))")
     command.add_argument("--stride", type=int, help="text, strided: tokens between window starts (default max-length // 2)")
+    command.add_argument("--min-tokens", type=int, help="text, document: score only documents of at least N tokens "
+                         "(with N = --max-length, every document fills the context: the long-document measure)")
     command.add_argument("--batch-size", type=int, default=8, help="speech and vision: samples per batch (default 8)")
     command.add_argument("--max-new-tokens", type=int, help="speech: most tokens generated per transcript")
     command.add_argument("--language", help="speech: language of the audio for Whisper, e.g. en (default: detected)")
@@ -144,6 +146,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         settings = EvalSettings(
             max_length=args.max_length,
             stride=args.stride,
+            min_tokens=args.min_tokens,
             mode=args.mode,
             chunk_size=args.chunk_size,
             positions=args.positions,
@@ -157,6 +160,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
         if args.mode == "streaming" and (args.max_length is not None or args.stride is not None):
             raise EvalInputError("--max-length and --stride set strided and document windows; --mode streaming reads "
                                  "the whole stream: give --chunk-size (tokens per forward) and --max-tokens instead.")
+        if args.min_tokens is not None and args.mode != "document":
+            raise EvalInputError("--min-tokens selects documents by length: use it with --mode document.")
         if args.max_length is not None:  # before the model and data load, which can take minutes
             check_lengths(args.max_length, args.stride)
         configs = variant_configs(args.variant, args.window, args.variant_options)

@@ -147,6 +147,8 @@ class PerplexityPlan:
     sequences: list[torch.Tensor]
     max_length: int
     stride: int | None = None
+    skipped_documents: int = 0
+    """Document mode: documents left out for being shorter than the plan's ``min_tokens``."""
 
     def forward_lengths(self) -> list[int]:
         """The distinct input lengths the evaluation feeds the model.
@@ -161,18 +163,38 @@ class PerplexityPlan:
 
 
 def plan_perplexity(
-    tokenizer, texts: Sequence[str], *, mode: str = "strided", max_length: int = 1024, stride: int | None = None
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    mode: str = "strided",
+    max_length: int = 1024,
+    stride: int | None = None,
+    min_tokens: int | None = None,
 ) -> PerplexityPlan:
     """Check the settings and tokenize ``texts`` for `run_perplexity`.
 
     Strided mode joins the texts with blank lines into one stream, as the transformers guide does;
-    ``stride`` defaults to ``max_length // 2``. Document mode keeps each text on its own.
+    ``stride`` defaults to ``max_length // 2``. Document mode keeps each text on its own; with
+    ``min_tokens`` only documents of at least that many tokens (the long-document measure: with
+    ``min_tokens = max_length`` every scored document fills the whole context).
     """
     if mode not in MODES:
         raise EvalInputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}.")
+    if min_tokens is not None and mode != "document":
+        raise EvalInputError(f"min_tokens selects documents by length and needs mode='document', got mode={mode!r}.")
     if mode == "document":
         check_lengths(max_length)
-        return PerplexityPlan(mode, [torch.tensor(ids, dtype=torch.long) for ids in tokenizer(list(texts))["input_ids"]], max_length)
+        documents = [torch.tensor(ids, dtype=torch.long) for ids in tokenizer(list(texts))["input_ids"]]
+        if min_tokens is None:
+            return PerplexityPlan(mode, documents, max_length)
+        if min_tokens < 2:
+            raise EvalInputError(f"min_tokens must be at least 2 (a document scores from its second token), got {min_tokens}.")
+        long_enough = [ids for ids in documents if ids.numel() >= min_tokens]
+        if not long_enough:
+            longest = max((ids.numel() for ids in documents), default=0)
+            raise EvalInputError(f"None of the {len(documents)} document(s) has {min_tokens} or more tokens (the "
+                                 f"longest has {longest}); lower min_tokens.")
+        return PerplexityPlan(mode, long_enough, max_length, skipped_documents=len(documents) - len(long_enough))
     stride = max_length // 2 if stride is None else stride
     check_lengths(max_length, stride)
     return PerplexityPlan(mode, [torch.tensor(tokenizer("\n\n".join(texts))["input_ids"], dtype=torch.long)], max_length, stride)
@@ -185,7 +207,8 @@ def run_perplexity(model: nn.Module, plan: PerplexityPlan, progress: bool = True
         settings = {"mode": plan.mode, "max_length": plan.max_length, "stride": plan.stride}
     else:
         result = document_perplexity(model, plan.sequences, plan.max_length, progress)
-        settings = {"mode": plan.mode, "max_length": plan.max_length, "truncated_documents": result.truncated_documents}
+        settings = {"mode": plan.mode, "max_length": plan.max_length, "documents": len(plan.sequences),
+                    "truncated_documents": result.truncated_documents, "skipped_documents": plan.skipped_documents}
     return Score(
         metric="perplexity",
         value=result.perplexity,

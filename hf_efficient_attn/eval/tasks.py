@@ -33,6 +33,7 @@ class EvalSettings:
         max_length: text: tokens per window (strided) or per document; default the smaller of 1024 and
             the model's ``max_position_embeddings``.
         stride: text, strided mode: tokens between window starts; default ``max_length // 2``.
+        min_tokens: text, document mode: score only documents of at least this many tokens.
         mode: text: ``"strided"`` or ``"document"`` (see `perplexity`), or ``"streaming"`` (see `streaming`).
         chunk_size: text, streaming: tokens per forward.
         positions: text, streaming: rotary positions of models bounded in every layer, ``"cache"`` or
@@ -47,6 +48,7 @@ class EvalSettings:
 
     max_length: int | None = None
     stride: int | None = None
+    min_tokens: int | None = None
     mode: str = "strided"
     chunk_size: int = 256
     positions: str = "cache"
@@ -89,7 +91,8 @@ def _text(loaded: EvalModel, dataset, settings: EvalSettings) -> TaskEvaluation:
     max_length = settings.max_length or min(DEFAULT_MAX_LENGTH, limit)
     if max_length > limit:
         raise EvalInputError(f"max_length={max_length} exceeds the model's max_position_embeddings={limit}; use at most {limit}.")
-    plan = plan_perplexity(loaded.tokenizer, list(dataset["text"]), mode=settings.mode, max_length=max_length, stride=settings.stride)
+    plan = plan_perplexity(loaded.tokenizer, list(dataset["text"]), mode=settings.mode, max_length=max_length, stride=settings.stride,
+                           min_tokens=settings.min_tokens)
 
     def warm_up(model: nn.Module) -> None:
         device = next(model.parameters()).device

@@ -7,7 +7,7 @@ import json
 import sys
 
 import pytest
-from eval_fixtures import write_wav_folder
+from eval_fixtures import TEXT, write_wav_folder
 
 from hf_efficient_attn.cli import main
 from hf_efficient_attn.eval.cli import variant_configs
@@ -37,6 +37,19 @@ def test_language_model_on_a_text_file(llama_dir, text_file, tmp_path, mode):
     assert rows["sliding(window=8)"]["value"] != pytest.approx(baseline, rel=1e-6)
     assert rows["sliding(window=8)"]["delta"] == pytest.approx(rows["sliding(window=8)"]["value"] - baseline)
     assert all(row["seconds"] > 0 for label, row in rows.items() if label != "_report")
+
+
+def test_document_mode_with_min_tokens_scores_only_long_documents(llama_dir, tmp_path):
+    folder = tmp_path / "documents"
+    folder.mkdir()
+    for name, length in (("short", 20), ("exact", 48), ("long", 300), ("middle", 47)):
+        (folder / f"{name}.txt").write_text(TEXT[:length])
+    rows = run_eval(tmp_path / "long", "--model", llama_dir, "--data", folder, "--mode", "document",
+                    "--max-length", 48, "--min-tokens", 48, "--variant", "full")
+    details = rows["baseline"]["details"]
+    assert (details["documents"], details["skipped_documents"], details["truncated_documents"]) == (2, 2, 1)
+    assert details["tokens"] == 2 * 47  # both fill the context and score from their second token
+    assert rows["full"]["value"] == pytest.approx(rows["baseline"]["value"], rel=1e-6)
 
 
 def test_streaming_mode_writes_its_stretches_and_position_plot(llama_dir, text_file, tmp_path):
@@ -106,6 +119,11 @@ def test_window_flags_are_refused_in_streaming_mode(text_file, tmp_path, capsys)
     error = eval_error(capsys, "--model", tmp_path / "absent", "--data", text_file, "--mode", "streaming",
                        "--max-length", 64)
     assert "--chunk-size" in error and "--max-tokens" in error
+
+
+def test_min_tokens_is_refused_outside_document_mode(text_file, tmp_path, capsys):
+    error = eval_error(capsys, "--model", tmp_path / "absent", "--data", text_file, "--min-tokens", 64)
+    assert "--mode document" in error
 
 
 def test_empty_dataset(whisper_dir, tmp_path, capsys):

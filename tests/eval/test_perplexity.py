@@ -13,6 +13,7 @@ from hf_efficient_attn.eval.errors import EvalInputError
 from hf_efficient_attn.eval.perplexity import (
     document_perplexity,
     plan_perplexity,
+    run_perplexity,
     scoring_windows,
     strided_perplexity,
     text_perplexity,
@@ -100,6 +101,27 @@ def test_plans_list_the_input_lengths_to_warm_up():
     assert plan_perplexity(tokenizer, ["a" * 45], max_length=16).forward_lengths() == [13, 16]
     documents = plan_perplexity(tokenizer, ["a" * 5, "b", "c" * 30, "d" * 5], mode="document", max_length=16)
     assert documents.forward_lengths() == [5, 16]
+
+
+def test_min_tokens_scores_only_the_long_documents(model):
+    tokenizer = char_tokenizer()
+    texts = ["a" * 5, "b" * 12, "c" * 30, "d" * 16]
+    plan = plan_perplexity(tokenizer, texts, mode="document", max_length=16, min_tokens=16)
+    assert [ids.numel() for ids in plan.sequences] == [30, 16] and plan.skipped_documents == 2
+    score = run_perplexity(model, plan, progress=False)
+    expected = document_perplexity(model, [torch.tensor(tokenizer(text)["input_ids"]) for text in texts[2:]], 16,
+                                   progress=False)
+    assert score.value == pytest.approx(expected.perplexity, rel=1e-6)
+    assert score.details["tokens"] == 2 * 15  # each kept document cut to the context, scored from its 2nd token
+    assert (score.details["documents"], score.details["skipped_documents"], score.details["truncated_documents"]) == (2, 2, 1)
+
+
+@pytest.mark.parametrize(("mode", "min_tokens", "match"), [("document", 31, "longest has 30"),
+                                                           ("document", 1, "at least 2"),
+                                                           ("strided", 16, "mode='document'")])
+def test_min_tokens_refusals_say_what_to_change(mode, min_tokens, match):
+    with pytest.raises(EvalInputError, match=match):
+        plan_perplexity(char_tokenizer(), ["a" * 5, "c" * 30], mode=mode, max_length=16, min_tokens=min_tokens)
 
 
 @pytest.mark.parametrize(("max_length", "stride", "match"), [(1, None, "max_length"), (8, 8, "stride"), (8, 0, "stride")])
