@@ -4,15 +4,20 @@
 fine-tunes it with `train` (scoring it every ``eval_every`` steps and at the end: **fine-tuned**) and,
 if asked, fine-tunes the unpatched model with the same recipe, data, steps and teacher (the **control**:
 fine-tuning on in-domain data moves the baseline too, and the honest comparison shows by how much).
-The result is a `RecoveryReport`; ``save`` writes ``recovery.json``, ``recovery.md`` (one table row
-per model) and ``recovery.png`` (the metric over training steps, the baseline and the control's end
-point as horizontal lines).
+``evaluate_as`` lists more attention configurations (`evaluate_as`; ``"unpatched"`` is the model's own
+attention) under which the original weights and the fine-tuned ones are scored too, as LongLoRA trains
+with shifted groups and scores with full attention. The result is a `RecoveryReport`; ``save`` writes
+``recovery.json``, ``recovery.md`` (one table row per model, and one per configuration scored as) and
+``recovery.png`` (the metric over training steps, the baseline and the control's end point as
+horizontal lines, the fine-tuned scores under the other configurations as points at the last step).
 
 The share of the gap closed is ``(zero_shot - fine_tuned) / (zero_shot - baseline)``: 1 when the
 fine-tuned model is back at the baseline, 0 when it is no better than zero-shot, above 1 when it beats
 the baseline, negative when it got worse. The ratio reads the same for metrics where lower is better
 (perplexity, WER) and higher is better (accuracy); when the patched model is not worse than the
-baseline there is no gap, and it is None.
+baseline there is no gap, and it is None. Under another configuration, the gap is that configuration's:
+from its own zero-shot (the original weights under it) to its fine-tuned score, so scoring as
+``"unpatched"`` has no gap (its zero-shot is the baseline) and reads against the baseline and control.
 
 Under ``accelerate launch`` every process loads the model, evaluates and trains (evaluation is
 deterministic, so all get the same numbers; FSDP needs all processes in every forward), and only the
@@ -23,12 +28,21 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig
+from .evaluate_as import (
+    UNPATCHED,
+    AttentionConfig,
+    AttentionScore,
+    attention_configs,
+    attention_label,
+    score_as,
+    switch_attention,
+)
 
 NAMES = {"json": "recovery.json", "markdown": "recovery.md", "plot": "recovery.png"}
 
@@ -46,8 +60,9 @@ class RecoveryReport:
     """One recovery run: the model versions' scores, the training curve, and where and how it ran.
 
     ``history`` holds `TrainResult.history` rows (``step``, ``loss``, ``metric``, ``learning_rate``);
-    ``control`` and ``control_history`` are None when no control run was made; ``augmented`` says
-    whether training images were moved at random (`augment`).
+    ``control`` and ``control_history`` are None when no control run was made; ``evaluated_as`` holds
+    the scores under the ``evaluate_as`` configurations, in their order; ``augmented`` says whether
+    training images were moved at random (`augment`).
     """
 
     model: str
@@ -64,6 +79,7 @@ class RecoveryReport:
     control: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     control_history: list[dict[str, Any]] | None = None
+    evaluated_as: list[AttentionScore] = field(default_factory=list)
     transfer_losses: list[float] = field(default_factory=list)
     augmented: bool = False
     train_seconds: float = 0.0
@@ -84,16 +100,34 @@ class RecoveryReport:
             return None
         return gap_closed(self.control, self.zero_shot, self.fine_tuned, self.lower_is_better)
 
+    def gap_closed_as(self, score: AttentionScore) -> float | None:
+        """Share of the gap closed under another configuration: from its zero-shot to the baseline."""
+        return gap_closed(self.baseline, score.zero_shot, score.fine_tuned, self.lower_is_better)
+
+    def gap_closed_as_vs_control(self, score: AttentionScore) -> float | None:
+        """The same share with the control as the target; None without a control."""
+        if self.control is None:
+            return None
+        return gap_closed(self.control, score.zero_shot, score.fine_tuned, self.lower_is_better)
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "gap_closed": self.gap_closed, "gap_closed_vs_control": self.gap_closed_vs_control}
+        """Every field, with the derived gap shares, also on each ``evaluated_as`` entry."""
+        data = asdict(self)
+        data["evaluated_as"] = [{**asdict(score), "gap_closed": self.gap_closed_as(score),
+                                 "gap_closed_vs_control": self.gap_closed_as_vs_control(score)} for score in self.evaluated_as]
+        return {**data, "gap_closed": self.gap_closed, "gap_closed_vs_control": self.gap_closed_vs_control}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RecoveryReport:
         """A report from `to_dict`'s output (the derived gap fields are recomputed)."""
-        return cls(**{key: value for key, value in data.items() if not key.startswith("gap_closed")})
+        values = {key: value for key, value in data.items() if not key.startswith("gap_closed")}
+        values["evaluated_as"] = [AttentionScore(**{key: value for key, value in row.items() if not key.startswith("gap_closed")})
+                                  for row in data.get("evaluated_as", [])]
+        return cls(**values)
 
     def markdown(self) -> str:
-        """A heading, the run's context, and a one-row table (rows of several models stack into one table)."""
+        """A heading, the run's context, and the table: the model's row, then one per configuration scored as
+        (rows of several models stack into one table)."""
         direction = "lower is better" if self.lower_is_better else "higher is better"
         options = ", ".join(f"{key}={value}" for key, value in self.variant_options.items())
         lines = [f"## Recovery of {Path(self.model).name}: {self.variant} ({options or 'defaults'}), {recipe_label(self)}, "
@@ -101,18 +135,25 @@ class RecoveryReport:
         lines += [f"- metric: {self.metric} ({direction})", f"- device: {self.device}, {self.processes} process(es)",
                   f"- training time: {self.train_seconds:.0f} s (periodic evaluations included)",
                   "- versions: " + ", ".join(f"{name} {version}" for name, version in self.versions.items()), ""]
-        lines += [markdown_header(), markdown_row(self)]
+        lines += [markdown_header(), *markdown_rows(self)]
         return "\n".join(lines) + "\n"
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
         """Write ``recovery.json``, ``recovery.md`` and ``recovery.png`` into ``out_dir``; return their paths."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {kind: out / name for kind, name in NAMES.items()}
-        paths["json"].write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
-        paths["markdown"].write_text(self.markdown())
+        paths = write_report(out_dir, NAMES, self.to_dict(), self.markdown())
         plot_recovery(self, paths["plot"])
         return paths
+
+
+def write_report(out_dir: str | Path, names: dict[str, str], data: dict[str, Any], markdown: str) -> dict[str, Path]:
+    """``data`` as JSON and ``markdown`` into ``out_dir`` under ``names["json"]`` and ``names["markdown"]``;
+    the paths of every name (others, such as the plot, are the caller's to write)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {kind: out / name for kind, name in names.items()}
+    paths["json"].write_text(json.dumps(data, indent=2, default=str) + "\n")
+    paths["markdown"].write_text(markdown)
+    return paths
 
 
 TABLE_COLUMNS = ("model", "variant", "recipe", "steps", "metric", "baseline", "patched zero-shot", "patched + fine-tuned",
@@ -126,16 +167,28 @@ def markdown_header() -> str:
 
 def markdown_row(report: RecoveryReport) -> str:
     """One model's row of the recovery table."""
+    return _row(report, attention_label(report.variant, report.variant_options), report.zero_shot, report.fine_tuned,
+                report.gap_closed, report.gap_closed_vs_control)
 
-    def share(value: float | None, missing: str) -> str:
-        return missing if value is None else f"{value:.1%}"
 
-    options = ", ".join(f"{key}={value}" for key, value in report.variant_options.items())
-    no_gap = "n/a (zero-shot not worse)"
-    cells = [Path(report.model).name, f"{report.variant} ({options})" if options else report.variant, recipe_label(report),
-             str(report.steps), report.metric, f"{report.baseline:.4g}", f"{report.zero_shot:.4g}", f"{report.fine_tuned:.4g}",
-             share(report.gap_closed, no_gap), "-" if report.control is None else f"{report.control:.4g}",
-             "-" if report.control is None else share(report.gap_closed_vs_control, no_gap)]
+def markdown_rows(report: RecoveryReport) -> list[str]:
+    """The model's row, then one per configuration it was scored as: ``"sparse (...) → scored as unpatched"``."""
+    trained = attention_label(report.variant, report.variant_options)
+    return [markdown_row(report)] + [
+        _row(report, f"{trained} → scored as {score.label}", score.zero_shot, score.fine_tuned,
+             report.gap_closed_as(score), report.gap_closed_as_vs_control(score))
+        for score in report.evaluated_as
+    ]
+
+
+def _row(report: RecoveryReport, attention: str, zero_shot: float, fine_tuned: float, gap: float | None,
+         gap_vs_control: float | None) -> str:
+    def share(value: float | None) -> str:
+        return "n/a (zero-shot not worse)" if value is None else f"{value:.1%}"
+
+    cells = [Path(report.model).name, attention, recipe_label(report), str(report.steps), report.metric,
+             f"{report.baseline:.4g}", f"{zero_shot:.4g}", f"{fine_tuned:.4g}", share(gap),
+             "-" if report.control is None else f"{report.control:.4g}", "-" if report.control is None else share(gap_vs_control)]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -161,6 +214,8 @@ def plot_recovery(report: RecoveryReport, path: Path) -> None:
         if points:
             axes.plot(*zip(*points, strict=True), style, markersize=4, label=label)
     axes.scatter([0], [report.zero_shot], marker="x", color="red", zorder=3, label="patched, zero-shot")
+    for score in report.evaluated_as:
+        axes.scatter([report.steps], [score.fine_tuned], marker="D", zorder=3, label=f"fine-tuned, scored as {score.label}")
     axes.axhline(report.baseline, color="black", linestyle="--", label="baseline (unpatched)")
     if report.control is not None:
         axes.axhline(report.control, color="grey", linestyle=":", label="control, end of training")
@@ -222,6 +277,8 @@ def run_recovery(
     augment: bool = False,
     eval_options: dict[str, Any] | None = None,
     control: bool = False,
+    evaluate_as: Sequence[tuple[str, dict[str, Any]] | str] = (),
+    baseline: float | None = None,
     out_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> RecoveryReport:
@@ -235,25 +292,30 @@ def run_recovery(
         train_data, eval_data: data sources (see `data`); None: the task's default assets.
         seq_len, augment, eval_options: see `task_setup`.
         control: also fine-tune the unpatched model.
+        evaluate_as: more attention configurations to score the original and the fine-tuned weights
+            with: ``(variant, options)`` pairs, or ``"unpatched"`` (the model's own attention), e.g.
+            ``["unpatched", ("sliding", {"window": 1024, "sink_tokens": 4})]``. Checked before the model
+            is loaded (`evaluate_as.attention_configs`); each is patched onto the original weights once
+            before training, so what does not fit the model also fails before training starts.
+        baseline: the unpatched model's score when it is already known (`seeds.run_seeds` scores it
+            once: same weights, same data); None scores it.
         out_dir: where the main process saves the report; None saves nothing.
         log: receives progress lines on the main process.
     """
     import torch
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
 
-    from ..api import patch_model
     from ..eval.models import load_eval_model
     from .loop import train
 
-    # The first state built is shared by the whole process; like an Accelerator, it must honour
-    # ACCELERATE_USE_CPU, or several CPU ranks under torchrun would each run alone.
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    configs = attention_configs(evaluate_as)
+    state = process_state()
     say = log if state.is_main_process else (lambda line: None)
     checkpoints = config.output_dir or (str(Path(out_dir) / "checkpoints") if out_dir is not None else None)
-    # Scores before training under the autocast that training's evaluations run under, so all compare alike.
+    # Scores outside training under the autocast that training's evaluations run under, so all compare alike.
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
-    autocast = torch.autocast(state.device.type, dtype=half, enabled=half is not None)
+
+    def autocast():
+        return torch.autocast(state.device.type, dtype=half, enabled=half is not None)
 
     def load():
         return load_eval_model(model, device=state.device, dtype=torch.float32)
@@ -269,24 +331,32 @@ def run_recovery(
 
     loaded = load()
     setup = task_setup(loaded, train_data, eval_data, seq_len=seq_len, augment=augment, eval_options=eval_options)
+    unpatched, trained_as = AttentionConfig(UNPATCHED), AttentionConfig(variant, dict(variant_options))
     say(f"{len(setup.train_data)} training samples; scoring {setup.metric.name} of the unpatched model")
-    with autocast:
-        baseline = setup.metric(loaded.model)
-        torch.manual_seed(config.seed)  # variants with random state get the same on every process
-        patch_model(loaded.model, variant, **variant_options)
+    with autocast():
+        baseline = setup.metric(loaded.model) if baseline is None else baseline
+        zero_shots = score_as(loaded.model, configs, setup.metric, current=unpatched, seed=config.seed, current_score=baseline)
+        # The seed makes variants with random state the same on every process.
+        switch_attention(loaded.model, trained_as, config.seed)
         zero_shot = setup.metric(loaded.model)
     say(f"{setup.metric.name}: baseline {baseline:.4g}, patched zero-shot {zero_shot:.4g}; fine-tuning ({config.recipe}, {config.steps} steps)")
     result, seconds = fine_tune(loaded.model, setup, checkpoints)
     fine_tuned = _final_metric(result.history, setup.metric, result.model)
+    with autocast():
+        fine_tuned_as = score_as(result.model, configs, setup.metric, current=trained_as, seed=config.seed)
     report = RecoveryReport(
         model=str(model), task=loaded.task, variant=variant, variant_options=dict(variant_options), recipe=config.recipe,
         steps=config.steps, metric=setup.metric.name, lower_is_better=setup.metric.lower_is_better, baseline=baseline,
         zero_shot=zero_shot, fine_tuned=fine_tuned, history=result.history, transfer_losses=list(result.transfer_losses),
+        evaluated_as=[AttentionScore(attention.variant, attention.options, before, after)
+                      for attention, before, after in zip(configs, zero_shots, fine_tuned_as, strict=True)],
         augmented=augment,
         train_seconds=seconds, device=_device_name(state.device), processes=state.num_processes,
         config=asdict(config), versions=_versions(),
     )
     say(f"{setup.metric.name} fine-tuned: {fine_tuned:.4g}")
+    for score in report.evaluated_as:
+        say(f"{setup.metric.name} scored as {score.label}: zero-shot {score.zero_shot:.4g}, fine-tuned {score.fine_tuned:.4g}")
     del loaded, result
     if control:
         say("control: fine-tuning the unpatched model with the same recipe and steps")
@@ -299,6 +369,18 @@ def run_recovery(
         say(f"report: {', '.join(str(path) for path in paths.values())}")
     say(report.markdown())
     return report
+
+
+def process_state():
+    """The process's `accelerate.PartialState` (device, rank, number of processes).
+
+    The first state built is shared by the whole process; like an Accelerator, it must honour
+    ACCELERATE_USE_CPU, or several CPU ranks under torchrun would each run alone.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def _final_metric(history: list[dict[str, Any]], metric, model) -> float:

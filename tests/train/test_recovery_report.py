@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from hf_efficient_attn.train.evaluate_as import AttentionScore
 from hf_efficient_attn.train.recovery import RecoveryReport, gap_closed, markdown_row
 
 
@@ -69,3 +70,35 @@ def test_recipe_cell_names_distillation_and_augmentation():
     row = markdown_row(report(recipe="full", config={"distill_weight": 0.5}, augmented=True))
     assert "| sliding (window=256) | full + distill 0.5, augmented | 20 |" in row
     assert "| lora | 20 |" in markdown_row(report(config={"distill_weight": 0.0}))
+
+
+def scored_as() -> list[AttentionScore]:
+    return [AttentionScore("unpatched", {}, zero_shot=20.0, fine_tuned=19.5),
+            AttentionScore("sliding", {"window": 64, "sink_tokens": 4}, zero_shot=40.0, fine_tuned=24.0)]
+
+
+def test_scores_under_other_attention_in_json_and_markdown(tmp_path):
+    """Each configuration's gap runs from its own zero-shot: (40 - 24) / (40 - 20) to the baseline, (40 - 24) /
+    (40 - 19) to the control; the unpatched model's zero-shot is the baseline, so it has no gap to the baseline."""
+    paths = report(evaluated_as=scored_as()).save(tmp_path)
+    saved = json.loads(paths["json"].read_text())
+    unpatched, sliding = saved["evaluated_as"]
+    assert (sliding["gap_closed"], sliding["gap_closed_vs_control"]) == pytest.approx((0.8, 16 / 21))
+    assert unpatched["gap_closed"] is None and unpatched["gap_closed_vs_control"] == pytest.approx(0.5)
+    assert RecoveryReport.from_dict(saved) == report(evaluated_as=scored_as())
+    table = paths["markdown"].read_text().splitlines()
+    rows = [line for line in table if line.startswith("| smollm2-135m")]
+    assert rows[1:] == [
+        "| smollm2-135m | sliding (window=256) → scored as unpatched | lora | 20 | perplexity | 20 | 20 | 19.5 | "
+        "n/a (zero-shot not worse) | 19 | 50.0% |",
+        "| smollm2-135m | sliding (window=256) → scored as sliding (window=64, sink_tokens=4) | lora | 20 | perplexity | 20 | "
+        "40 | 24 | 80.0% | 19 | 76.2% |",
+    ]
+
+
+def test_report_without_scores_under_other_attention_loads():
+    """A recovery.json written before ``evaluated_as`` existed loads with none."""
+    saved = report().to_dict()
+    del saved["evaluated_as"]
+    assert RecoveryReport.from_dict(saved).evaluated_as == []
+
