@@ -8,6 +8,7 @@ import pytest
 
 from hf_efficient_attn.train.evaluate_as import AttentionScore
 from hf_efficient_attn.train.recovery import RecoveryReport, gap_closed, markdown_row
+from hf_efficient_attn.train.seeds import SeedsReport, spread
 
 
 @pytest.mark.parametrize(
@@ -102,3 +103,25 @@ def test_report_without_scores_under_other_attention_loads():
     del saved["evaluated_as"]
     assert RecoveryReport.from_dict(saved).evaluated_as == []
 
+
+def test_spread_leaves_out_missing_values():
+    value = spread([0.5, None, 0.7, 0.9])
+    assert (value.mean, value.std, value.min, value.max, value.count) == pytest.approx((0.7, 0.2, 0.5, 0.9, 3))
+    assert spread([None, None]) is None and spread([3.0]).std is None
+
+
+def test_seeds_report_round_trip_and_missing_gaps(tmp_path):
+    """Seeds whose zero-shot was not worse have no gap share; the table counts the seeds that have one."""
+    reports = [report(zero_shot=30.0, fine_tuned=22.0, evaluated_as=scored_as()), report(zero_shot=19.0, fine_tuned=18.0)]
+    reports[1].evaluated_as = [AttentionScore("unpatched", {}, 20.0, 19.0), AttentionScore("sliding", {"window": 64, "sink_tokens": 4}, 30.0, 25.0)]
+    seeds = SeedsReport([0, 1], reports)
+    paths = seeds.save(tmp_path)
+    saved = json.loads(paths["json"].read_text())
+    trained = saved["summary"]["sliding (window=256)"]
+    assert trained["gap_closed"]["values"] == [pytest.approx(0.8), None] and trained["gap_closed"]["count"] == 1
+    assert saved["summary"]["scored as unpatched"]["gap_closed"] is None
+    assert saved["summary"]["scored as sliding (window=64, sink_tokens=4)"]["gap_closed"]["mean"] == pytest.approx((0.8 + 0.5) / 2)
+    assert SeedsReport.from_dict(saved) == seeds
+    table = paths["markdown"].read_text()
+    assert "| sliding (window=256) | gap closed | 80.0% | n/a | 80.0% | 80.0% | 1 | 80.0% | n/a |" in table
+    assert "| scored as unpatched | gap closed | n/a | n/a | n/a | n/a | 0 | n/a | n/a |" in table
