@@ -6,11 +6,19 @@ Variant options are read as ``hf-efficient-attn eval`` reads them (`eval.cli.var
 ``--variant-option KEY=VALUE``, values parsed as JSON where they parse, unknown options refused. A
 script's default options and ``--window`` apply only to variants that have that option, so
 ``--variant lowrank`` works without clearing the sliding window's defaults.
+
+``--evaluate-as VARIANT[,KEY=VALUE...]`` (repeatable; ``unpatched`` for the model's own attention)
+scores the original and the fine-tuned weights under more attention configurations; values are read
+the same way, and the script's default options (not ``--window``) apply where the variant has them.
+``--seeds 0 1 2`` runs the recovery once per seed (`seeds.run_seeds`) instead of once with ``--seed``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from .config import RECIPES, TrainConfig
@@ -50,20 +58,29 @@ def recovery_parser(description: str, *, model: str, variant: str, window: int |
     parser.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (default 0: at the end)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
     parser.add_argument("--control", action="store_true", help="also fine-tune the unpatched model (the honest comparison)")
-    parser.add_argument("--seed", type=int, default=0, help="(default 0)")
+    parser.add_argument("--evaluate-as", action="append", default=[], metavar="VARIANT[,KEY=VALUE...]",
+                        help="also score the original and the fine-tuned weights with this attention, repeatable: 'unpatched' "
+                             "(the model's own attention) or a variant and its options, e.g. sliding,window=1024,sink_tokens=4")
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0, help="(default 0)")
+    seeds.add_argument("--seeds", type=int, nargs="+", metavar="N",
+                       help="run once per seed, e.g. --seeds 0 1 2: each seed's report in <output-dir>/seed-N, the mean, "
+                            "standard deviation and range of every score in <output-dir>/recovery-seeds.json and .md")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
 
 def run_from_args(args: argparse.Namespace, *, seq_len: int | None = None, augment: bool = False,
                   eval_options: dict[str, Any] | None = None):
-    """Run `run_recovery` as ``args`` (from `recovery_parser`) describe; return its `RecoveryReport`.
+    """Run `run_recovery` as ``args`` (from `recovery_parser`) describe; return its `RecoveryReport`
+    (with ``--seeds``: `seeds.run_seeds`, and its `SeedsReport`).
 
     ``seq_len`` and ``augment`` are the task's training-data options (see `recovery.task_setup`);
     ``eval_options`` its metric options beyond ``--max-eval-samples`` (see `evaluators`).
     """
     from ..eval.cli import variant_configs
     from .recovery import run_recovery
+    from .seeds import run_seeds
 
     accepted = _accepted_options(args.variant)
     given = {pair.partition("=")[0] for pair in args.variant_option}
@@ -78,23 +95,64 @@ def run_from_args(args: argparse.Namespace, *, seq_len: int | None = None, augme
         transfer_steps=args.transfer_steps, eval_every=args.eval_every, save_every=args.save_every, resume=args.resume,
         seed=args.seed, progress=not args.no_progress,
     )
-    return run_recovery(
-        _model_source(args.model), patch.variant, patch.options, config, train_data=args.train_data, eval_data=args.eval_data,
-        seq_len=seq_len, augment=augment, eval_options={"max_samples": args.max_eval_samples, **(eval_options or {})},
-        control=args.control, out_dir=args.output_dir,
+    recovery = dict(
+        train_data=args.train_data, eval_data=args.eval_data, seq_len=seq_len, augment=augment,
+        eval_options={"max_samples": args.max_eval_samples, **(eval_options or {})}, control=args.control,
+        evaluate_as=evaluate_as_entries(args.evaluate_as, args.default_options), out_dir=args.output_dir,
     )
+    if args.seeds:
+        return run_seeds(_model_source(args.model), patch.variant, patch.options, config, args.seeds, **recovery)
+    return run_recovery(_model_source(args.model), patch.variant, patch.options, config, **recovery)
+
+
+def evaluate_as_entries(texts: Sequence[str], default_options: Sequence[str] = ()) -> list[tuple[str, dict[str, Any]]]:
+    """``--evaluate-as`` values as `run_recovery`'s ``evaluate_as``: ``"sliding,window=1024,sink_tokens=4"``
+    becomes ``("sliding", {"window": 1024, "sink_tokens": 4})``, with ``default_options`` (``KEY=VALUE``)
+    added where the variant has them and the value does not give them. A comma starts an option only
+    before ``KEY=``, so ``layers=[0,1]`` stays one value; values are JSON where they parse, else text.
+    """
+    from ..variants import VARIANTS
+    from .config import TrainError
+
+    example = "e.g. --evaluate-as unpatched or --evaluate-as sliding,window=1024,sink_tokens=4"
+    entries = []
+    for text in texts:
+        name, *pairs = (part.strip() for part in re.split(r",(?=\s*[A-Za-z_]\w*=)", text))
+        if "," in name:
+            raise TrainError(f"--evaluate-as {text!r}: {name.partition(',')[2]!r} is not KEY=VALUE; options follow the "
+                             f"variant as ,KEY=VALUE, {example}.")
+        if not name or "=" in name:
+            raise TrainError(f"--evaluate-as {text!r} must start with a variant name or 'unpatched', {example}.")
+        options: dict[str, Any] = {}
+        for pair in pairs:
+            key, _, value = pair.partition("=")
+            if key in options:
+                raise TrainError(f"--evaluate-as {text!r} gives {key!r} twice; give each option once.")
+            options[key] = _option_value(value)
+        if name in VARIANTS:
+            accepted = _accepted_options(name)
+            for pair in default_options:
+                key, _, value = pair.partition("=")
+                if key in accepted:
+                    options.setdefault(key, _option_value(value))
+        entries.append((name, options))
+    return entries
+
+
+def _option_value(text: str) -> Any:
+    """A ``KEY=VALUE`` value: JSON where it parses (numbers, lists, true/false), the text otherwise."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def _accepted_options(variant: str) -> set[str]:
     """The `patch_model` keywords ``variant`` takes (empty for an unknown variant, which `variant_configs` refuses)."""
-    from dataclasses import fields
-
-    from ..eval.cli import PATCH_ARGUMENTS
     from ..variants import VARIANTS
+    from .evaluate_as import option_names
 
-    if variant not in VARIANTS:
-        return set()
-    return {field.name for field in fields(VARIANTS[variant].options_class)} | set(PATCH_ARGUMENTS)
+    return option_names(variant) if variant in VARIANTS else set()
 
 
 def _model_source(model: str) -> str:
