@@ -1,4 +1,4 @@
-"""Patch a causal LM, fine-tune it briefly, and see how much of its perplexity comes back.
+r"""Patch a causal LM, fine-tune it briefly, and see how much of its perplexity comes back.
 
     accelerate launch examples/recover_causal_lm.py --variant sliding --window 256 --steps 200 --eval-every 25
     accelerate launch --use_fsdp examples/recover_causal_lm.py --mixed-precision bf16 --control
@@ -10,7 +10,7 @@
 Defaults: the SmolLM2-135M asset, trained on chunks of seven eighths of the text-en documents and
 scored by strided perplexity on the held-out eighth (hf_efficient_attn.train.data.text_split). The
 report (recovery.json, recovery.md, recovery.png) and checkpoints go to --output-dir (with --seeds,
-one folder per seed and recovery-seeds.json/.md over them). The fourth line trains as LongLoRA does,
+one folder per seed and recovery-seeds.json/.md over them). The fourth command trains as LongLoRA does,
 with shifted groups at 8192 tokens, and scores the result with the model's own attention and with a
 sliding window.
 """
