@@ -11,10 +11,11 @@ them to rounding, and a call goes to the fastest that computes it exactly:
    go with it as SDPA's boolean mask (what transformers' own SDPA path passes). These are the calls
    where our kernels would only redo SDPA's work. So is a decoding step under a block layout shared by
    the heads (`gathers_visible_keys`, route ``"gather"``): SDPA without a mask over the key blocks its
-   layout row allows, gathered by one index made once per forward. Where a decoding query would need SDPA under a mask (a static cache's
-   step, by position), it runs on our split-key decode kernel under that mask instead on CUDA, as it does
-   in the chunked engine (`fused_path.decode_under_key_mask`): SDPA's masked kernels are made for many
-   queries.
+   layout row allows, gathered by one index made once per forward. A call under a mask with grouped-query
+   heads passes the key/value heads as they are where SDPA has a fused kernel for it (`sdpa_support`:
+   cuDNN on Hopper, 4-18x faster than transformers' repeated keys); where it has none, a decoding query
+   under a mask (a static cache's step, by position) runs on our split-key decode kernel on CUDA, as it
+   does in the chunked engine (`fused_path.decode_under_key_mask`), and other calls repeat the keys.
 2. **Our Triton kernels** (CUDA) where they save work: windows narrower than the keys, sinks and
    globals, block layouts with skipped tiles, packed documents, and decoding with padding (split-key
    flash-decoding with a key mask, which SDPA's fast kernels do not take).
@@ -45,7 +46,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from . import fused_path
+from . import fused_path, sdpa_support
 from .context import AttentionContext, positions, tracing
 from .fused_path import FusedPathError, FusedPathFallbackWarning, KernelMask
 from .variants import block_layout as layouts
@@ -306,10 +307,11 @@ def sdpa_attention(
     static cache's calls (whose slots ahead of the newest token are unwritten; positions live on the
     device, so this is the one mask that works for every step, as transformers' own static path does),
     the key padding, a caller's 4-D mask. Rows that padding or a caller's mask leave without any key
-    return zeros. GQA as transformers' SDPA path does it: SDPA's own grouping without a mask, one
-    decoding query folded into its key/value head on the CPU, repeated keys otherwise. With ``decode_kernel``, one
-    decoding query under a mask (a static cache's step) runs on the split-key decode kernel instead
-    (`fused_path.decode_under_key_mask`), which SDPA's masked kernels are far slower than on CUDA.
+    return zeros. GQA: SDPA's own grouping without a mask, and under a mask where SDPA has a fused
+    kernel for that (`sdpa_support.fuses_masked_call`); otherwise one decoding query folded into its
+    key/value head on the CPU, repeated keys on CUDA. With ``decode_kernel``, one decoding query under a
+    mask that no fused SDPA kernel takes (a static cache's step) runs on the split-key decode kernel
+    instead (`fused_path.decode_under_key_mask`), which SDPA's remaining masked kernels are far slower than.
     """
     q_len, k_len = query.shape[-2], key.shape[-2]
     mask = None
@@ -330,7 +332,7 @@ def sdpa_attention(
             mask, is_causal = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril()[None, None], False
         mask = extra if mask is None else mask & extra
         may_leave_rows_empty = True  # causality alone never does: each query sees its own key
-    if decode_kernel and mask is not None:
+    if decode_kernel and mask is not None and not sdpa_support.fuses_masked_call(query, key, mask, context.dropout):
         output = fused_path.decode_under_key_mask(query, key, value, mask, context)
         if output is not None:
             return output
@@ -356,9 +358,9 @@ def _sdpa_grouped(
         return F.scaled_dot_product_attention(
             query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale, is_causal=is_causal
         )
-    if mask is None:
+    if mask is None or sdpa_support.fuses_masked_call(query, key, mask, dropout):
         return F.scaled_dot_product_attention(
-            query, key, value, dropout_p=dropout, scale=scale, is_causal=is_causal, enable_gqa=True
+            query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale, is_causal=is_causal, enable_gqa=True
         )
     if q_len == 1 and mask.shape[1] == 1 and not query.is_cuda:
         # one query: its group's heads become the queries of their key/value head (not on CUDA, where

@@ -228,8 +228,9 @@ def decode_under_key_mask(
     where SDPA runs one program per head over every key; its partial results cost a fixed few kernels
     to combine. On the H200 (Llama-1B shapes, compiled static-cache decoding, batch 1) that made decoding
     1.21x slower than transformers' SDPA call at 4k keys and 0.72x its time at 32k, so calls with fewer
-    than `DECODE_UNDER_MASK_MIN_KEYS` keys keep SDPA. The mask is computed on the device, so this holds
-    for static caches under CUDA graphs."""
+    than `DECODE_UNDER_MASK_MIN_KEYS` keys keep SDPA. Callers take this path only where SDPA has no fused
+    kernel for the masked call with the key/value heads as they are (`sdpa_support`), which beats both.
+    The mask is computed on the device, so this holds for static caches under CUDA graphs."""
     from . import kernels
 
     if key.shape[-2] < DECODE_UNDER_MASK_MIN_KEYS:

@@ -22,7 +22,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from . import fused_path
+from . import fused_path, sdpa_support
 from .context import AttentionContext
 
 CHUNK_ELEMENTS = 1 << 24
@@ -118,7 +118,8 @@ def _attend_chunk(
     )
     visible = _visible(context, None if in_ranges else rule, query_positions, key_positions, key_index, start, stop,
                        causal=context.causal and not in_ranges)
-    if decode_kernel and visible is not None:
+    if decode_kernel and visible is not None and not sdpa_support.fuses_masked_call(query, chunk_keys, visible,
+                                                                                   context.dropout):
         output = fused_path.decode_under_key_mask(query, chunk_keys, chunk_values, visible, context)
         if output is not None:
             return output
@@ -243,6 +244,10 @@ def _sdpa_chunk(
     batch, q_heads, q_len, head_dim = query.shape
     kv_heads = key.shape[1]
     groups = q_heads // kv_heads
+    if groups > 1 and visible is not None and sdpa_support.fuses_masked_call(query, key, visible, context.dropout):
+        output = F.scaled_dot_product_attention(query, key, value, attn_mask=visible, dropout_p=context.dropout,
+                                                scale=context.scaling, enable_gqa=True)
+        return output.masked_fill(~visible.any(-1, keepdim=True), 0.0)
     if groups > 1 and visible is not None and not fold_one_masked_query(query):
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
         kv_heads, groups = q_heads, 1
@@ -257,7 +262,8 @@ def _sdpa_chunk(
 
 
 def fold_one_masked_query(query: torch.Tensor) -> bool:
-    """Whether a query chunk under a mask folds its heads into their key/value head's query axis.
+    """Whether a query chunk under a mask folds its heads into their key/value head's query axis, where
+    SDPA has no fused kernel for the grouped heads under the mask (`sdpa_support`).
 
     Always, except one decoding query on CUDA: folded, its group becomes a few queries under a mask, for
     which SDPA (cuDNN, torch 2.11 on the H200) picks a kernel made for many queries, 80-126 us per layer

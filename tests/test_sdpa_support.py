@@ -1,0 +1,87 @@
+"""Masked grouped-query calls go to SDPA with the key/value heads as they are where SDPA fuses them.
+
+The probe itself needs CUDA (`sdpa_support.fuses_masked_call` is False on the CPU); here it is forced
+on, and static-cache generation (whose every step is a masked call) must still give the unpatched
+model's tokens, through SDPA calls with ``enable_gqa`` under a mask and without the decode kernel.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_models import tiny_llama
+
+from hf_efficient_attn import dispatch, fused_path, masked, patch_model, sdpa_support
+
+
+def test_on_the_cpu_no_masked_call_counts_as_fused():
+    query, key = torch.randn(1, 4, 1, 8), torch.randn(1, 2, 16, 8)
+    assert not sdpa_support.fuses_masked_call(query, key, torch.ones(1, 1, 1, 16, dtype=torch.bool))
+
+
+@pytest.fixture
+def sdpa_calls(monkeypatch):
+    """Every SDPA call's (key/value heads < query heads, under a mask, enable_gqa) from our paths."""
+    calls = []
+    original = F.scaled_dot_product_attention
+
+    def spy(query, key, value, *args, **kwargs):
+        mask = kwargs.get("attn_mask", args[0] if args else None)
+        calls.append((key.shape[1] < query.shape[1], mask is not None, bool(kwargs.get("enable_gqa", False))))
+        return original(query, key, value, *args, **kwargs)
+
+    for module in (dispatch, masked):
+        monkeypatch.setattr(module.F, "scaled_dot_product_attention", spy)
+    return calls
+
+
+@pytest.mark.parametrize(("variant", "options"), [("flash", {}), ("sliding", {"window": 5, "sink_tokens": 2}),
+                                                  ("sparse", {"block_size": 4, "local_blocks": 2})])
+def test_forced_fused_masked_gqa_keeps_static_generation_exact(variant, options, sdpa_calls, monkeypatch):
+    model = tiny_llama()
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    ids = torch.randint(3, 97, (2, 9), generator=torch.Generator().manual_seed(0))
+    settings = dict(max_new_tokens=8, do_sample=False, pad_token_id=0, cache_implementation="static")
+    reference = patch_model(copy.deepcopy(model), variant, backend="reference", **options)
+    expected = reference.generate(ids, **settings) if variant != "flash" else model.generate(ids, **settings)
+    decode_kernel_calls = []
+    monkeypatch.setattr(sdpa_support, "fuses_masked_call", lambda *args: True)
+    monkeypatch.setattr(fused_path, "kernels_preferred", lambda device: True)  # the CUDA rule, in the CPU run
+    monkeypatch.setattr(fused_path, "DECODE_UNDER_MASK_MIN_KEYS", 0)
+    monkeypatch.setattr(fused_path, "decode_under_key_mask", lambda *args: decode_kernel_calls.append(1))
+    monkeypatch.setattr(fused_path, "plan", lambda *args: "forced chunked in this test")
+    sdpa_calls.clear()
+    patched = patch_model(copy.deepcopy(model), variant, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fused_path.FusedPathFallbackWarning)  # the forced chunked route says why
+        got = patched.generate(ids, **settings)
+    assert torch.equal(got, expected)
+    assert not decode_kernel_calls
+    grouped_masked = [call for call in sdpa_calls if call[0] and call[1]]
+    assert grouped_masked and all(enable_gqa for _, _, enable_gqa in grouped_masked)
+
+
+
+def test_the_probe_is_a_constant_of_a_fullgraph_trace(monkeypatch):
+    """Under torch.compile the probe runs once while tracing and its answer is baked into the graph."""
+    answers = []
+
+    def probe(*args):
+        answers.append(args)
+        return True
+
+    monkeypatch.setattr(sdpa_support, "_probe_cached", probe)
+
+    def step(x):
+        fused = sdpa_support._probe(0, torch.bfloat16, (4, 1, 8, 2, 16, 1, 1, 16), torch.bool, False)
+        return x * 2 if fused else x * 3
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="eager")
+    assert torch.equal(compiled(torch.ones(3)), torch.full((3,), 2.0))
+    assert torch.equal(compiled(torch.ones(3)), torch.full((3,), 2.0))
+    assert len(answers) == 1
