@@ -12,13 +12,19 @@ long stream (default: the ``text-en`` asset, every document joined) chunk by chu
   degrades, which is the point of the comparison;
 * ``sliding`` at each ``--windows`` with each ``--sinks`` count, keys placed inside the cache
   (StreamingLLM), and once with positions in the text (``--text-positions-sinks``);
-* ``recomputation``: the unpatched model's strided perplexity over the same tokens, in windows of the
-  first ``--windows`` value every quarter window (each token given 3/4 to all of a window of context,
-  recomputed): StreamingLLM's "sliding window with re-computation" baseline.
+* ``recomputation`` at each ``--windows`` value: the unpatched model's strided perplexity over the same
+  tokens, in windows of that many tokens every quarter window (each token given 3/4 to all of a window
+  of context, recomputed): StreamingLLM's "sliding window with re-computation" baseline.
 
 The table gives perplexity over the whole stream and per ``--stretch`` tokens, the cache held (tokens),
-tokens/s and the device's peak memory; the target line compares every stretch of ``sliding`` with 4
-sinks against the recomputation (within 10%). Writes streaming.json, streaming.md and streaming.png.
+tokens/s (and the slowest stretch's share of the fastest's: flat is 1.00) and the device's peak memory; a
+second table gives every row over the first ``--baseline-tokens`` tokens per ``--early-stretch``, where
+the unpatched model runs past its trained positions. The target lines compare every stretch of
+``sliding`` with 4 sinks against the recomputation at the same window (within 10%).
+
+Each row is saved to streaming.json as soon as it is measured; ``--resume`` keeps the rows an earlier
+run with the same settings, device and versions saved in ``--out`` and measures only the rest, so a run
+longer than one sitting finishes in several. Writes streaming.json, streaming.md and streaming.png.
 """
 
 from __future__ import annotations
@@ -58,14 +64,48 @@ def recomputed_token_nll(model: torch.nn.Module, ids: torch.Tensor, window: int,
     return torch.cat(pieces).cpu()
 
 
-def row(name: str, result: StreamingResult, stretch: int, positions: str) -> dict[str, Any]:
+def row(name: str, result: StreamingResult, args: argparse.Namespace, positions: str) -> dict[str, Any]:
     peak = result.peak_bytes
+    early = StreamingResult(token_nll=result.token_nll[: args.baseline_tokens - 1], chunk_size=result.chunk_size,
+                            seconds=result.seconds)
     return {
         "row": name, "positions": positions, "tokens": result.tokens, "perplexity": result.perplexity,
-        "stretches": result.stretch_perplexities(stretch), "tokens_per_s": result.tokens_per_second,
+        "stretches": result.stretch_perplexities(args.stretch), "tokens_per_s": result.tokens_per_second,
+        "stretch_tokens_per_s": result.stretch_tokens_per_second(args.stretch),
+        "early_stretches": early.stretch_perplexities(args.early_stretch),
         "held_tokens": max(result.held_tokens) if result.held_tokens else None,
         "peak_gib": None if peak is None else round(peak / 2**30, 3),
     }
+
+
+def planned_rows(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """Every (row, positions) the run measures, in order."""
+    rows = [("unpatched", "text")]
+    for window in args.windows:
+        for sinks in args.sinks:
+            rows.append((f"sliding {window}, {sinks} sinks", "cache"))
+            if window == args.windows[0] and sinks == args.text_positions_sinks:
+                rows.append((f"sliding {window}, {sinks} sinks", "text"))
+    return rows + [(f"recomputation {window}", "text") for window in args.windows]
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What makes two runs' rows comparable (besides the device and versions)."""
+    return {"model": str(args.model), "data": str(args.data), "tokens": args.tokens,
+            "baseline_tokens": args.baseline_tokens, "chunk_size": args.chunk_size, "stretch": args.stretch,
+            "early_stretch": args.early_stretch}
+
+
+def kept_rows(args: argparse.Namespace, env: dict[str, str]) -> dict[tuple[str, str], dict[str, Any]]:
+    """With ``--resume``: the rows an earlier run saved in ``--out`` with the same settings and env."""
+    path = args.out / "streaming.json"
+    if not args.resume or not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    if earlier.get("env") != env or earlier.get("settings") != settings(args):
+        print(f"--resume: {path} was measured with other settings or versions; measuring every row", flush=True)
+        return {}
+    return {(entry["row"], entry["positions"]): entry for entry in earlier["rows"]}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -73,40 +113,51 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype)
-    model_dir, data_dir = args.model, args.data
-    if model_dir is None or data_dir is None:
+    if args.model is None or args.data is None:
         from hf_efficient_attn.assets import asset_path
 
-        model_dir = model_dir or asset_path("smollm2-135m")
-        data_dir = data_dir or asset_path("text-en")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-    texts = [path.read_text() for path in sorted(Path(data_dir).glob("*.txt"))]
+        args.model = args.model or asset_path("smollm2-135m")
+        args.data = args.data or asset_path("text-en")
+    env = environment(device, args.dtype)
+    kept = kept_rows(args, env)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(device).eval()
+    texts = [path.read_text() for path in sorted(Path(args.data).glob("*.txt"))]
     ids = torch.tensor(tokenizer("\n\n".join(texts))["input_ids"][: args.tokens])
     progress = not args.no_progress
-    print(f"{ids.numel()} tokens of {data_dir}; {model_dir} on {device} in {args.dtype}", flush=True)
-    rows: list[dict[str, Any]] = []
+    print(f"{ids.numel()} tokens of {args.data}; {args.model} on {device} in {args.dtype}; "
+          f"{len(kept)} rows kept from an earlier run", flush=True)
+    results = {"env": env, "settings": settings(args), "stretch": args.stretch,
+               "command": "python benchmarks/streaming.py " + " ".join(sys.argv[1:]), "rows": [], "targets": []}
 
-    def stream(name: str, tokens: torch.Tensor, positions: str) -> None:
-        result = streaming_perplexity(model, tokens, args.chunk_size, positions, progress)
-        rows.append(row(name, result, args.stretch, positions))
-        print(json.dumps(rows[-1]), flush=True)
+    results["kept_rows"] = len([name for name in planned_rows(args) if name in kept])
 
-    stream("unpatched", ids[: args.baseline_tokens], "text")
-    for window in args.windows:
-        for sinks in args.sinks:
+    def record(entry: dict[str, Any]) -> None:
+        results["rows"].append(entry)
+        results["targets"] = targets(results["rows"], args.windows)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "streaming.json").write_text(json.dumps(results, indent=1))
+        print(json.dumps(entry), flush=True)
+
+    for name, positions in planned_rows(args):
+        if (name, positions) in kept:
+            record(kept[(name, positions)])
+        elif name == "unpatched":
+            result = streaming_perplexity(model, ids[: args.baseline_tokens], args.chunk_size, positions, progress)
+            record(row(name, result, args, positions))
+        elif name.startswith("sliding"):
+            window, sinks = (int(part.split()[0]) for part in name.removeprefix("sliding ").split(", "))
             patch_model(model, "sliding", window=window, sink_tokens=sinks)
-            stream(f"sliding {window}, {sinks} sinks", ids, "cache")
-            if window == args.windows[0] and sinks == args.text_positions_sinks:
-                stream(f"sliding {window}, {sinks} sinks", ids, "text")
+            result = streaming_perplexity(model, ids, args.chunk_size, positions, progress)
             unpatch_model(model)
-    start = time.perf_counter()
-    nll = recomputed_token_nll(model, ids.to(device), args.windows[0], progress)
-    recomputed = StreamingResult(token_nll=nll, chunk_size=args.windows[0], seconds=time.perf_counter() - start)
-    rows.append(row(f"recomputation {args.windows[0]}", recomputed, args.stretch, "text"))
-    print(json.dumps(rows[-1]), flush=True)
-    return {"env": environment(device, args.dtype), "command": "python benchmarks/streaming.py " + " ".join(sys.argv[1:]),
-            "stretch": args.stretch, "rows": rows, "targets": targets(rows, args.windows[0])}
+            record(row(name, result, args, positions))
+        else:
+            window = int(name.split()[1])
+            start = time.perf_counter()
+            nll = recomputed_token_nll(model, ids.to(device), window, progress)
+            recomputed = StreamingResult(token_nll=nll, chunk_size=window, seconds=time.perf_counter() - start)
+            record(row(name, recomputed, args, positions))
+    return results
 
 
 def environment(device: torch.device, dtype: str) -> dict[str, str]:
@@ -116,37 +167,68 @@ def environment(device: torch.device, dtype: str) -> dict[str, str]:
     return {"device": name, "torch": torch.__version__, "transformers": transformers.__version__, "dtype": dtype}
 
 
-def targets(rows: list[dict[str, Any]], window: int) -> list[str]:
-    """Every stretch of ``sliding`` with 4 sinks (cache positions) within 10% of the recomputation's."""
+def targets(rows: list[dict[str, Any]], windows: list[int]) -> list[str]:
+    """Every stretch of ``sliding`` with 4 sinks (cache positions) within 10% of the recomputation's at
+    the same window."""
     by_name = {(entry["row"], entry["positions"]): entry for entry in rows}
-    reference = by_name.get((f"recomputation {window}", "text"))
     lines = []
-    for (name, positions), entry in by_name.items():
-        if positions != "cache" or not name.endswith(f", {TARGET_SINKS} sinks") or reference is None:
+    for window in windows:
+        ours = by_name.get((f"sliding {window}, {TARGET_SINKS} sinks", "cache"))
+        reference = by_name.get((f"recomputation {window}", "text"))
+        if ours is None or reference is None:
             continue
-        ratios = [ours / theirs for ours, theirs in zip(entry["stretches"], reference["stretches"], strict=False)]
-        worst = max(ratios)
+        worst = max(a / b for a, b in zip(ours["stretches"], reference["stretches"], strict=False))
         verdict = "PASS" if worst <= TARGET_RATIO else "MISS"
-        lines.append(f"{verdict} {name}: every stretch within {worst:.3f}x the recomputation's perplexity "
-                     f"(target <= {TARGET_RATIO:.2f}x)")
+        lines.append(f"{verdict} sliding {window}, {TARGET_SINKS} sinks: every stretch within {worst:.3f}x the "
+                     f"recomputation's perplexity at window {window} (target <= {TARGET_RATIO:.2f}x)")
     return lines
+
+
+def tokens_label(count: int) -> str:
+    """A token count for a column header: 8192 -> 8k, 100000 -> 100k, else the number."""
+    for unit in (1024, 1000):
+        if count and count % unit == 0:
+            return f"{count // unit}k"
+    return str(count)
+
+
+def spread(rates: list[float]) -> str:
+    """The slowest stretch's tokens/s as a share of the fastest's (the last, partial stretch left out)."""
+    whole = rates[:-1] if len(rates) > 2 else rates
+    return f"{min(whole) / max(whole):.2f}" if whole else ""
 
 
 def markdown(results: dict[str, Any]) -> str:
     env = results["env"]
     stretch = results["stretch"]
-    count = max(len(entry["stretches"]) for entry in results["rows"])
-    header = ["row", "positions", "tokens", "perplexity", "cache held", "tokens/s", "peak GiB"]
-    header += [f"{k * stretch // 1024}k-{(k + 1) * stretch // 1024}k" for k in range(count)]
+    rows = results["rows"]
+    count = max(len(entry["stretches"]) for entry in rows)
+    header = ["row", "positions", "tokens", "perplexity", "cache held", "tokens/s", "slowest/fastest stretch",
+              "peak GiB"]
+    header += [f"{tokens_label(k * stretch)}-{tokens_label((k + 1) * stretch)}" for k in range(count)]
     lines = [f"{env['device']}, torch {env['torch']}, transformers {env['transformers']}, {env['dtype']}; "
-             f"`{results['command']}`", "", "Perplexity (lower is better) over the stream and per stretch of "
+             f"`{results['command']}`" + (f" ({results['kept_rows']} rows kept from an earlier run with the same "
+                                           "settings, `--resume`)" if results.get("kept_rows") else ""),
+             "", "Perplexity (lower is better) over the stream and per stretch of "
              f"{stretch} tokens.", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for entry in results["rows"]:
+    for entry in rows:
         cells = [entry["row"], entry["positions"], str(entry["tokens"]), f"{entry['perplexity']:.2f}",
                  "" if entry["held_tokens"] is None else str(entry["held_tokens"]), f"{entry['tokens_per_s']:.0f}",
+                 spread(entry.get("stretch_tokens_per_s", [])),
                  "" if entry["peak_gib"] is None else f"{entry['peak_gib']:.2f}"]
         cells += [f"{value:.2f}" for value in entry["stretches"]] + [""] * (count - len(entry["stretches"]))
         lines.append("| " + " | ".join(cells) + " |")
+    early = results["settings"]["early_stretch"]
+    first = results["settings"]["baseline_tokens"]
+    early_count = max(len(entry["early_stretches"]) for entry in rows)
+    lines += ["", f"The first {first} tokens, per stretch of {early} (the model was trained to 8192 positions):", "",
+              "| row | positions | " + " | ".join(f"{tokens_label(k * early)}-{tokens_label((k + 1) * early)}"
+                                                 for k in range(early_count)) + " |",
+              "|---|---|" + "---:|" * early_count]
+    for entry in rows:
+        cells = [f"{value:.2f}" for value in entry["early_stretches"]]
+        lines.append(f"| {entry['row']} | {entry['positions']} | " + " | ".join(cells + [""] * (early_count - len(cells)))
+                     + " |")
     lines += ["", "Targets:", ""] + [f"- {line}" for line in results["targets"]]
     return "\n".join(lines) + "\n"
 
@@ -187,6 +269,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--text-positions-sinks", type=int, default=4)
     parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--stretch", type=int, default=8192)
+    parser.add_argument("--early-stretch", type=int, default=4096,
+                        help="tokens per stretch of the table over the first --baseline-tokens (default 4096)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows an earlier run with the same settings saved in --out")
     parser.add_argument("--device")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--no-progress", action="store_true")
@@ -197,8 +283,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     torch.manual_seed(0)
     results = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "streaming.json").write_text(json.dumps(results, indent=1))
     text = markdown(results)
     (args.out / "streaming.md").write_text(text)
     plot(results, args.out / "streaming.png")

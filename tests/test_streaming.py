@@ -9,7 +9,7 @@ from tiny_models import tiny_llama, tiny_qwen2
 
 from hf_efficient_attn import patch_model
 from hf_efficient_attn.eval.errors import EvalInputError
-from hf_efficient_attn.eval.streaming import streaming_perplexity
+from hf_efficient_attn.eval.streaming import StreamingResult, streaming_perplexity
 from hf_efficient_attn.streaming import CachePositionedLayer, rotate, streaming_cache
 from hf_efficient_attn.variants.base import VariantError
 
@@ -139,3 +139,12 @@ def test_a_cache_positioned_layer_stores_keys_unrotated():
     keys, _ = layer.update(rotate(new, torch.tensor([3]), frequencies), torch.randn(1, 1, 1, 8))
     kept = torch.cat([raw[..., :1, :], raw[..., 4:6, :], new], dim=-2)  # the sink, the last two, the new one
     torch.testing.assert_close(keys, rotate(kept, torch.arange(4), frequencies), atol=1e-6, rtol=1e-5)
+
+
+def test_tokens_per_second_by_stretch_counts_each_chunk_in_the_stretch_of_its_last_position():
+    # 10 chunks of 4 over a stream of 38 tokens (37 scored); chunk k ends at second k + 1 (the last one,
+    # 2 tokens, at 12): stretches of 12 positions hold chunks 0-2, 3-5, 6-8 and 9.
+    result = StreamingResult(token_nll=torch.zeros(37), chunk_size=4, seconds=12.0,
+                             chunk_ends=[1, 2, 3, 4, 5, 6, 7, 8, 9, 12])
+    assert result.stretch_tokens_per_second(12) == pytest.approx([12 / 3, 12 / 3, 12 / 3, 2 / 3])
+    assert StreamingResult(token_nll=torch.zeros(5), chunk_size=4, seconds=1.0).stretch_tokens_per_second(4) == []

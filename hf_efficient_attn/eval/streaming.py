@@ -46,6 +46,8 @@ class StreamingResult:
         seconds: wall time of the forwards.
         held_tokens: tokens the cache of layer 0 held after each chunk (flat for a bounded cache).
         peak_bytes: the device's peak allocated memory during the stream (CUDA), else None.
+        chunk_ends: seconds from the start to the end of each chunk's forward (the host's clock: on
+            CUDA it runs ahead of the device by the launch queue, a few chunks at most).
     """
 
     token_nll: torch.Tensor
@@ -53,6 +55,7 @@ class StreamingResult:
     seconds: float
     held_tokens: list[int] = field(default_factory=list)
     peak_bytes: int | None = None
+    chunk_ends: list[float] = field(default_factory=list)
 
     @property
     def tokens(self) -> int:
@@ -73,6 +76,20 @@ class StreamingResult:
     def stretch_perplexities(self, stretch: int) -> list[float]:
         """Perplexity over consecutive stretches of ``stretch`` scored tokens (the last may be shorter)."""
         return [math.exp(float(part.double().mean())) for part in self.token_nll.split(stretch)]
+
+    def stretch_tokens_per_second(self, stretch: int) -> list[float]:
+        """Stream tokens per second over each stretch of ``stretch`` positions, from `chunk_ends`: a chunk
+        counts towards the stretch of its last position (empty without chunk times)."""
+        totals: dict[int, list[float]] = {}
+        previous = 0.0
+        for index, end_time in enumerate(self.chunk_ends):
+            begin = index * self.chunk_size
+            end = min(begin + self.chunk_size, self.tokens + 1)
+            group = totals.setdefault((end - 1) // stretch, [0.0, 0.0])
+            group[0] += end - begin
+            group[1] += end_time - previous
+            previous = end_time
+        return [count / seconds if seconds > 0 else float("nan") for count, seconds in totals.values()]
 
 
 def check_stream(num_tokens: int, chunk_size: int, positions: str) -> None:
@@ -106,6 +123,7 @@ def streaming_perplexity(
     keyword = model_cache_keyword(model)
     pieces: list[torch.Tensor] = []
     held: list[int] = []
+    chunk_ends: list[float] = []
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
@@ -128,6 +146,7 @@ def streaming_perplexity(
                 pieces.append(F.cross_entropy(logits[:-1].float(), chunk[1:], reduction="none"))
             pending = logits[-1]
             held.append(int(cache.layers[0].keys.shape[-2]) if cache.layers[0].is_initialized else 0)
+            chunk_ends.append(time.perf_counter() - begin_time)
     if cuda:
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - begin_time
@@ -137,6 +156,7 @@ def streaming_perplexity(
         seconds=seconds,
         held_tokens=held,
         peak_bytes=torch.cuda.max_memory_allocated(device) if cuda else None,
+        chunk_ends=chunk_ends,
     )
 
 
