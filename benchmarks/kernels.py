@@ -2,6 +2,8 @@
 
     python benchmarks/kernels.py --out results/        # writes kernels.json and kernels.md there
 
+Implementations: ours (Triton), ours-cudnn (our cuDNN-frontend backend, where the ``cudnn`` extra is
+installed), torch SDPA's cuDNN / FlashAttention-2 / memory-efficient backends, FlexAttention.
 Patterns: causal full, causal sliding window 1024 and 4096 (window=(W, None)); N = 1k, 4k, 16k, 64k;
 head_dim 64 and 128; bf16; 16 heads; batch = 16k tokens / N (at least 1). Plus block-sparse at ~10%
 density (64x64 blocks) against our exact kernel at 16k.
@@ -59,6 +61,21 @@ def ours_fn(window):
     def f(q, k, v):
         return fused_attention(q, k, v, scale=q.shape[-1] ** -0.5, causal=True,
                                window=(window, None) if window else (None, None))
+
+    return f
+
+
+def cudnn_frontend_fn(window):
+    """Our cuDNN backend (`backends.cudnn_sdpa`, the ``cudnn`` extra) on the same pattern; None where it
+    is not installed or usable here."""
+    from hf_efficient_attn.backends import cudnn_sdpa
+
+    if not cudnn_sdpa.available():
+        return None
+
+    def f(q, k, v):
+        return cudnn_sdpa.attention(q, k, v, scale=q.shape[-1] ** -0.5, causal=True, window_left=window,
+                                    window_right=None)
 
     return f
 
@@ -352,7 +369,7 @@ def run_rows(results, args, dims, ns, patterns, deadline, start, out_dir):
                 w = PATTERNS[pat]
                 flops = 4.0 * b * HEADS * visible_pairs(n, w) * d
                 print(f"[{pat} N={n} B={b} D={d}] {time.time() - start:.0f}s", flush=True)
-                peers = {"ours": ours_fn(w)}
+                peers = {"ours": ours_fn(w), "ours-cudnn": cudnn_frontend_fn(w)}
                 for be in ("cudnn", "flash2", "efficient"):
                     peers[f"sdpa-{be}"] = sdpa_fn(be, w, n)
                 if not args.no_flex:

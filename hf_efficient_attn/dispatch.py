@@ -34,7 +34,11 @@ facts of `AttentionContext`. It never reads tensor values, so the whole path tra
 
 ``backend=`` (per variant) bends it: ``"auto"`` is the rule above; ``"triton"`` forces the kernels
 (including where SDPA would be exact) or raises `FusedPathError` saying why not (also on the CPU under
-``TRITON_INTERPRET=1``); ``"reference"`` always takes the chunked engine.
+``TRITON_INTERPRET=1``); ``"cudnn"`` forces cuDNN's fused attention through nvidia-cudnn-frontend
+(`backends.cudnn_sdpa`, the ``cudnn`` extra) for the calls it computes exactly (causal or
+bidirectional, windows as diagonal bands, grouped-query heads, forward and backward; no sinks, globals,
+block layouts, padding, packed documents, static caches or trimmed caches) or raises `FusedPathError`
+saying why not; ``"reference"`` always takes the chunked engine.
 """
 
 from __future__ import annotations
@@ -52,9 +56,9 @@ from .fused_path import FusedPathError, FusedPathFallbackWarning, KernelMask
 from .variants import block_layout as layouts
 from .variants.base import VariantError
 
-Backend = Literal["auto", "triton", "reference"]
-BACKENDS: tuple[str, ...] = ("auto", "triton", "reference")
-Route = Literal["sdpa", "gather", "triton", "masked-sdpa", "chunked"]
+Backend = Literal["auto", "triton", "cudnn", "reference"]
+BACKENDS: tuple[str, ...] = ("auto", "triton", "cudnn", "reference")
+Route = Literal["sdpa", "gather", "triton", "cudnn", "masked-sdpa", "chunked"]
 
 
 def check_backend(backend: object) -> None:
@@ -92,7 +96,7 @@ def attention(
     decode_kernel = backend != "reference" and (backend == "triton" or fused_path.kernels_preferred(query.device))
     if route == "sdpa":
         return sdpa_attention(query, key, value, context, decode_kernel=decode_kernel)
-    if route in ("gather", "triton"):
+    if route in ("gather", "triton", "cudnn"):
         return run(query, key, value)
     if route == "masked-sdpa":
         return one_mask()
@@ -124,6 +128,8 @@ def choose(
         kept = context.routes.get(route_key)
         if kept is not None:
             return kept
+    if backend == "cudnn":
+        return _remember(context, route_key, "cudnn", plan_cudnn(query, key, value, context, pattern, variant_name))
     sdpa_exact = (
         not isinstance(pattern, str)
         and context.query_documents is None
@@ -190,6 +196,64 @@ def _remember(
     if route_key is not None:
         context.routes[route_key] = decision
     return decision
+
+
+def cudnn_refusal(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext, pattern: KernelMask | str
+) -> str | None:
+    """None when cuDNN's fused attention (`backends.cudnn_sdpa`) computes this call exactly, else why not."""
+    from .backends import cudnn_sdpa
+
+    if isinstance(pattern, str):
+        return pattern
+    unavailable = cudnn_sdpa.unavailable_reason()
+    if unavailable is not None:
+        return unavailable
+    k_len = key.shape[-2]
+    refusals = (
+        (context.static, "a static cache's slots (positions known on the device only)"),
+        (context.key_padding is not None, "the call has a padding mask (cuDNN takes right padding as lengths, "
+         "which a mask's shape does not promise)"),
+        (context.dense_mask is not None, "the caller passed a 4-D attention mask"),
+        (context.query_documents is not None, "the batch packs several documents per row"),
+        (context.trimmed_prefix is not None, "a bounded cache dropped keys between its sinks and its window"),
+        (context.native_window is not None and context.native_window < k_len, "the model's own sliding window "
+         "is narrower than the keys"),
+        (context.dropout > 0, "attention dropout"),
+    )
+    for refused, reason in refusals:
+        if refused:
+            return reason
+    left, right = pattern.window
+    return cudnn_sdpa.supports(
+        query, key, value, causal=context.causal, window_left=left, window_right=right, key_lengths=None,
+        needs_grad=fused_path.needs_grad(query), sink_tokens=pattern.sink_tokens,
+        global_tokens=pattern.global_tokens, block_layout=None if pattern.layout_is_dense else pattern.block_layout,
+    )
+
+
+def plan_cudnn(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    context: AttentionContext,
+    pattern: KernelMask | str,
+    variant_name: str,
+) -> fused_path.Launch:
+    """The launch of a call that ``backend="cudnn"`` forces onto cuDNN, or `FusedPathError` saying why it
+    cannot run there."""
+    from .backends import cudnn_sdpa
+
+    reason = cudnn_refusal(query, key, value, context, pattern)
+    if reason is not None:
+        raise FusedPathError(
+            f"Variant '{variant_name}' with backend='cudnn' cannot run this call on cuDNN: {reason}. Use "
+            "backend='auto' (an exact path for every call) or backend='triton'."
+        )
+    left, right = pattern.window
+    causal, scale = context.causal, context.scaling
+    return lambda q, k, v: cudnn_sdpa.attention(q, k, v, scale=scale, causal=causal, window_left=left,
+                                                window_right=right)
 
 
 def gathers_visible_keys(

@@ -27,7 +27,8 @@ class FlashOptions(VariantOptions):
 
     Attributes:
         backend: ``"auto"`` (the fastest exact backend per call, see `dispatch`), ``"triton"`` (the fused
-            kernels or an error) or ``"reference"`` (the chunked engine). Default ``"auto"``.
+            kernels or an error), ``"cudnn"`` (cuDNN's fused attention, the ``cudnn`` extra, or an error) or
+            ``"reference"`` (the chunked engine). Default ``"auto"``.
     """
 
     backend: dispatch.Backend = "auto"

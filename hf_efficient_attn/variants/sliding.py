@@ -51,8 +51,9 @@ class SlidingOptions(VariantOptions):
             Default 0.
         neighbourhood: ``"1d"`` (along the sequence) or ``"2d"`` (over a vision model's patch grid).
         backend: ``"auto"`` (the fastest exact backend per call, see `dispatch`), ``"triton"`` (the fused
-            kernels or an error; the 2-D neighbourhood has none) or ``"reference"`` (the chunked engine).
-            Default ``"auto"``.
+            kernels or an error; the 2-D neighbourhood has none), ``"cudnn"`` (cuDNN's fused attention, the
+            ``cudnn`` extra, for windows without sinks or globals, or an error) or ``"reference"`` (the
+            chunked engine). Default ``"auto"``.
     """
 
     window: int = 1024

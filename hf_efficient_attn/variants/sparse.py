@@ -69,7 +69,8 @@ class SparseOptions(VariantOptions):
             above. Default None.
         group_size: tokens per group for ``pattern="shifted"``; even. Default 1024.
         backend: ``"auto"`` (the fastest exact backend per call, see `dispatch`), ``"triton"`` (the fused
-            kernels or an error) or ``"reference"`` (the chunked engine). Default ``"auto"``.
+            kernels or an error), ``"cudnn"`` (cuDNN's fused attention, the ``cudnn`` extra, for calls whose
+            layout keeps every block pair; else an error) or ``"reference"`` (the chunked engine). Default ``"auto"``.
     """
 
     pattern: Literal["block", "shifted"] = "block"

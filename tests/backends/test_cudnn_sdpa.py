@@ -10,6 +10,7 @@ import types
 
 import pytest
 import torch
+from band_spec import our_mask
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from hf_efficient_attn.backends import cudnn_sdpa
@@ -150,23 +151,6 @@ def test_attention_raises_the_reason():
 
 
 # ---------------------------------------------------------------------------------------------- the mapping
-
-
-def our_mask(q_len, k_len, causal, left, right, key_lengths) -> torch.Tensor:
-    """float64 ``[batch, q_len, k_len]``, 0 where our window (`fused_path.KernelMask`, the kernels' `_visible`)
-    lets query i see key j and -inf elsewhere."""
-    i = torch.arange(q_len, dtype=torch.float64)[:, None]
-    j = torch.arange(k_len, dtype=torch.float64)[None, :]
-    p = i + (k_len - q_len if causal else 0)
-    seen = torch.ones(q_len, k_len, dtype=torch.bool)
-    if causal:
-        seen &= j <= p
-    if left is not None:
-        seen &= p - j < left
-    if right is not None:
-        seen &= j - p < right
-    seen = seen[None] & (j[None] < key_lengths.to(torch.float64)[:, None, None])
-    return torch.zeros(seen.shape, dtype=torch.float64).masked_fill(~seen, -INF)
 
 
 def cudnn_mask(band: Band, q_len, k_len, seq_len_kv, padded) -> torch.Tensor:
