@@ -3,7 +3,8 @@
     python benchmarks/kernels.py --out results/        # writes kernels.json and kernels.md there
 
 Implementations: ours (Triton), ours-cudnn (our cuDNN-frontend backend, where the ``cudnn`` extra is
-installed), torch SDPA's cuDNN / FlashAttention-2 / memory-efficient backends, FlexAttention.
+installed), torch SDPA's cuDNN / FlashAttention-2 / memory-efficient backends, FlexAttention,
+FlashAttention-4 (the ``fa4`` package, CuTe DSL, where installed).
 Patterns: causal full, causal sliding window 1024 and 4096 (window=(W, None)); N = 1k, 4k, 16k, 64k;
 head_dim 64 and 128; bf16; 16 heads; batch = 16k tokens / N (at least 1). Plus block-sparse at ~10%
 density (64x64 blocks) against our exact kernel at 16k.
@@ -76,6 +77,23 @@ def cudnn_frontend_fn(window):
     def f(q, k, v):
         return cudnn_sdpa.attention(q, k, v, scale=q.shape[-1] ** -0.5, causal=True, window_left=window,
                                     window_right=None)
+
+    return f
+
+
+def fa4_fn(window):
+    """FlashAttention-4 (CuTe DSL, the ``fa4`` package) on the same pattern, its inputs as [B, N, H, D]
+    views of ours (no copy: it needs only the head dimension contiguous); None where it is not installed.
+    Its window counts the keys before the query: ours of W keys is (W - 1, 0)."""
+    try:
+        from flash_attn.cute import flash_attn_func
+    except Exception:  # noqa: BLE001 - not installed, or the CuTe DSL cannot load here
+        return None
+
+    def f(q, k, v):
+        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=q.shape[-1] ** -0.5,
+                              causal=True, window_size=(window - 1, 0) if window else (None, None))
+        return (out[0] if isinstance(out, tuple) else out).transpose(1, 2)
 
     return f
 
@@ -369,7 +387,7 @@ def run_rows(results, args, dims, ns, patterns, deadline, start, out_dir):
                 w = PATTERNS[pat]
                 flops = 4.0 * b * HEADS * visible_pairs(n, w) * d
                 print(f"[{pat} N={n} B={b} D={d}] {time.time() - start:.0f}s", flush=True)
-                peers = {"ours": ours_fn(w), "ours-cudnn": cudnn_frontend_fn(w)}
+                peers = {"ours": ours_fn(w), "ours-cudnn": cudnn_frontend_fn(w), "fa4": fa4_fn(w)}
                 for be in ("cudnn", "flash2", "efficient"):
                     peers[f"sdpa-{be}"] = sdpa_fn(be, w, n)
                 if not args.no_flex:
