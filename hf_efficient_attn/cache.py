@@ -138,6 +138,8 @@ class StaticSinkWindowLayer(StaticLayer):
         self.window = window
         self.prefix = prefix
         self.written = False
+        self.prefix_filled = prefix == 0
+        self.tokens_before_filled = 0
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         held = self.max_cache_len
@@ -175,17 +177,24 @@ class StaticSinkWindowLayer(StaticLayer):
 
     def _write(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         """Write new tokens in place: those still inside the prefix into their slots, the last ``window``
-        of them into their ring slots."""
+        of them into their ring slots.
+
+        Whether the prefix still has empty slots is a host fact (`prefix_filled`, from the token counts of
+        the updates, which are shapes), so once the prompt has filled it a decoding step writes its ring
+        slot alone instead of rewriting every prefix slot with itself. The count stops once the prefix is
+        full, so a compiled step guards on the flag, which changes once, and not on a growing number."""
         new = key_states.shape[-2]
         start = self.cumulative_length
         device = key_states.device
-        if self.prefix:
+        if not self.prefix_filled:
             slots = torch.arange(self.prefix, device=device)
             source = (slots - start).clamp(0, new - 1)
             fresh = ((slots >= start) & (slots < start + new))[:, None]
             for buffer, states in ((self.keys, key_states), (self.values, value_states)):
                 prefix = buffer[..., : self.prefix, :]
                 prefix.copy_(torch.where(fresh, states.index_select(-2, source), prefix))
+            self.tokens_before_filled += new
+            self.prefix_filled = self.tokens_before_filled >= self.prefix
         kept = min(new, self.window)
         offsets = torch.arange(new - kept, new, device=device)
         slots = self.prefix + (start + offsets).remainder(self.window)
@@ -210,6 +219,8 @@ class StaticSinkWindowLayer(StaticLayer):
     def reset(self) -> None:
         super().reset()
         self.written = False
+        self.prefix_filled = self.prefix == 0
+        self.tokens_before_filled = 0
 
 
 def _self_attention_cache(cache: object) -> Cache | None:

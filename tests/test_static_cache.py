@@ -174,3 +174,21 @@ def test_static_sliding_layer_returns_exactly_the_keys_each_query_sees(sinks, pr
             assert torch.equal(keys[0, 0, sees, 0], context.key_positions[sees].double())  # each slot holds its token
         seen += step
     assert layer.keys.shape[-2] == sinks + window
+
+
+def test_once_the_prompt_fills_the_sinks_steps_write_only_their_ring_slot(monkeypatch):
+    """The prefix is written while it has empty slots (a host fact from the updates' lengths) and then
+    left alone; a reset empties it again."""
+    layer = StaticSinkWindowLayer(max_cache_len=40, window=4, prefix=3)
+    states = torch.randn(1, 1, 2, 2)
+    layer.update(states, states)  # a 2-token prompt: one sink slot still empty
+    assert not layer.prefix_filled
+    layer.update(states[..., :1, :], states[..., :1, :])
+    assert layer.prefix_filled and torch.equal(layer.keys[0, 0, 2], states[0, 0, 0])
+    prefix_writes = []
+    original_where = torch.where
+    monkeypatch.setattr(torch, "where", lambda *args: prefix_writes.append(1) or original_where(*args))
+    layer.update(states[..., :1, :], states[..., :1, :])
+    assert not prefix_writes
+    layer.reset()
+    assert not layer.prefix_filled and layer.tokens_before_filled == 0
