@@ -340,13 +340,21 @@ def covers_call(pattern: KernelMask, context: AttentionContext, q_len: int, k_le
     allow: then the call is plain exact attention.
 
     Counted in the kernels' index space (`fused_path`): with queries aligned to the last keys, the
-    farthest pair a causal call has is the last query and the first key the sinks do not cover.
+    farthest pair a causal call has is the last query and the first key the sinks (or a bounded cache's
+    kept prefix) do not cover. A left-padded row's sinks start after its padding, closer to the queries,
+    so the sinks' bound holds for it too and needs no host fact about the padding: under
+    ``torch.compile``, where whether a row is left-padded stays on the device, a static cache's decoding
+    step over its sinks and window is still plain attention. A kept prefix is sized by the batch's
+    longest padding, so a row padded less holds tokens past its sinks there: it counts only without
+    left padding.
     """
     if pattern.block_layout is not None and not pattern.layout_is_dense:
         return False
     sinks = 0
-    if context.causal and not context.left_padded:
-        sinks = context.trimmed_prefix if context.trimmed_prefix is not None else pattern.sink_tokens
+    if context.causal and context.trimmed_prefix is None:
+        sinks = pattern.sink_tokens
+    elif context.causal and not context.left_padded:
+        sinks = context.trimmed_prefix
     reach = (k_len - sinks) if context.causal else max(q_len, k_len)
     native = context.native_window
     if native is not None and native < (k_len if context.causal else max(q_len, k_len)):
