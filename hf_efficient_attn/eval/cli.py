@@ -66,7 +66,8 @@ def add_eval_command(commands: argparse._SubParsersAction) -> None:
     command.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _option_value(text: str) -> Any:
+def option_value(text: str) -> Any:
+    """A ``KEY=VALUE`` value: JSON where it parses (numbers, lists, true/false), the text otherwise."""
     try:
         return json.loads(text)
     except json.JSONDecodeError:
@@ -98,7 +99,7 @@ def variant_configs(variants: list[str], windows: str | None, option_pairs: list
         if not targets or (scope and key not in accepted[scope]):
             raise EvalInputError(f"--variant-options {pair!r}: no chosen variant has an option {key!r}; see each variant's options class.")
         for name in targets:
-            options[name][key] = _option_value(value)
+            options[name][key] = option_value(value)
     sizes = _windows(windows)
     windowed = [name for name in names if "window" in accepted[name]]
     if sizes and not windowed:

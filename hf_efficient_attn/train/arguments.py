@@ -16,7 +16,6 @@ the same way, and the script's default options (not ``--window``) apply where th
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -111,6 +110,7 @@ def evaluate_as_entries(texts: Sequence[str], default_options: Sequence[str] = (
     added where the variant has them and the value does not give them. A comma starts an option only
     before ``KEY=``, so ``layers=[0,1]`` stays one value; values are JSON where they parse, else text.
     """
+    from ..eval.cli import option_value
     from ..variants import VARIANTS
     from .config import TrainError
 
@@ -128,23 +128,15 @@ def evaluate_as_entries(texts: Sequence[str], default_options: Sequence[str] = (
             key, _, value = pair.partition("=")
             if key in options:
                 raise TrainError(f"--evaluate-as {text!r} gives {key!r} twice; give each option once.")
-            options[key] = _option_value(value)
+            options[key] = option_value(value)
         if name in VARIANTS:
             accepted = _accepted_options(name)
             for pair in default_options:
                 key, _, value = pair.partition("=")
                 if key in accepted:
-                    options.setdefault(key, _option_value(value))
+                    options.setdefault(key, option_value(value))
         entries.append((name, options))
     return entries
-
-
-def _option_value(text: str) -> Any:
-    """A ``KEY=VALUE`` value: JSON where it parses (numbers, lists, true/false), the text otherwise."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def _accepted_options(variant: str) -> set[str]:
