@@ -404,11 +404,12 @@ def sdpa_attention(
             mask, is_causal = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril()[None, None], False
         mask = extra if mask is None else mask & extra
         may_leave_rows_empty = True  # causality alone never does: each query sees its own key
-    if decode_kernel and mask is not None and not sdpa_support.fuses_masked_call(query, key, mask, context.dropout):
+    fused = mask is not None and sdpa_support.fuses_masked_call(query, key, mask, context.dropout)
+    if decode_kernel and mask is not None and not fused:
         output = fused_path.decode_under_key_mask(query, key, value, mask, context)
         if output is not None:
             return output
-    output = _sdpa_grouped(query, key, value, mask, is_causal, context.scaling, context.dropout)
+    output = _sdpa_grouped(query, key, value, mask, is_causal, context.scaling, context.dropout, fused)
     if may_leave_rows_empty:
         output = output.masked_fill(~mask.any(-1, keepdim=True), 0.0)
     return output
@@ -422,15 +423,17 @@ def _sdpa_grouped(
     is_causal: bool,
     scale: float,
     dropout: float,
+    fused_under_mask: bool = False,
 ) -> torch.Tensor:
-    """SDPA with GQA handled without copying keys where SDPA allows it."""
+    """SDPA with GQA handled without copying keys where SDPA allows it: without a mask, and under one
+    where ``fused_under_mask`` (`sdpa_support.fuses_masked_call`, asked once by the caller)."""
     batch, q_heads, q_len, head_dim = query.shape
     groups = q_heads // key.shape[1]
     if groups == 1:
         return F.scaled_dot_product_attention(
             query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale, is_causal=is_causal
         )
-    if mask is None or sdpa_support.fuses_masked_call(query, key, mask, dropout):
+    if mask is None or fused_under_mask:
         return F.scaled_dot_product_attention(
             query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale, is_causal=is_causal, enable_gqa=True
         )

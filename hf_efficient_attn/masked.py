@@ -118,12 +118,12 @@ def _attend_chunk(
     )
     visible = _visible(context, None if in_ranges else rule, query_positions, key_positions, key_index, start, stop,
                        causal=context.causal and not in_ranges)
-    if decode_kernel and visible is not None and not sdpa_support.fuses_masked_call(query, chunk_keys, visible,
-                                                                                   context.dropout):
+    fused = visible is not None and sdpa_support.fuses_masked_call(query, chunk_keys, visible, context.dropout)
+    if decode_kernel and visible is not None and not fused:
         output = fused_path.decode_under_key_mask(query, chunk_keys, chunk_values, visible, context)
         if output is not None:
             return output
-    return _sdpa_chunk(query, chunk_keys, chunk_values, visible, context)
+    return _sdpa_chunk(query, chunk_keys, chunk_values, visible, context, fused)
 
 
 def _no_keys(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -238,13 +238,16 @@ def _sdpa_chunk(
     value: torch.Tensor,
     visible: torch.Tensor | None,
     context: AttentionContext,
+    fused_under_mask: bool = False,
 ) -> torch.Tensor:
-    """One SDPA call for a chunk: the query heads of each key/value head folded into its query axis
-    (`fold_one_masked_query` says where one query under a mask repeats the keys instead)."""
+    """One SDPA call for a chunk: the key/value heads as they are where SDPA fuses the masked grouped call
+    (``fused_under_mask``, `sdpa_support.fuses_masked_call`, asked once by the caller), else the query
+    heads of each key/value head folded into its query axis (`fold_one_masked_query` says where one
+    query under a mask repeats the keys instead)."""
     batch, q_heads, q_len, head_dim = query.shape
     kv_heads = key.shape[1]
     groups = q_heads // kv_heads
-    if groups > 1 and visible is not None and sdpa_support.fuses_masked_call(query, key, visible, context.dropout):
+    if groups > 1 and visible is not None and fused_under_mask:
         output = F.scaled_dot_product_attention(query, key, value, attn_mask=visible, dropout_p=context.dropout,
                                                 scale=context.scaling, enable_gqa=True)
         return output.masked_fill(~visible.any(-1, keepdim=True), 0.0)
