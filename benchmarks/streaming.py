@@ -35,7 +35,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -78,15 +78,29 @@ def row(name: str, result: StreamingResult, args: argparse.Namespace, positions:
     }
 
 
-def planned_rows(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """Every (row, positions) the run measures, in order."""
-    rows = [("unpatched", "text")]
+class PlannedRow(NamedTuple):
+    """A row to measure: its name and positions, the sliding window (None for the unpatched model) and
+    sinks (None for the recomputation, which has a window but no sinks)."""
+
+    name: str
+    positions: str
+    window: int | None = None
+    sinks: int | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.name, self.positions
+
+
+def planned_rows(args: argparse.Namespace) -> list[PlannedRow]:
+    """Every row the run measures, in order."""
+    rows = [PlannedRow("unpatched", "text")]
     for window in args.windows:
         for sinks in args.sinks:
-            rows.append((f"sliding {window}, {sinks} sinks", "cache"))
+            rows.append(PlannedRow(f"sliding {window}, {sinks} sinks", "cache", window, sinks))
             if window == args.windows[0] and sinks == args.text_positions_sinks:
-                rows.append((f"sliding {window}, {sinks} sinks", "text"))
-    return rows + [(f"recomputation {window}", "text") for window in args.windows]
+                rows.append(PlannedRow(f"sliding {window}, {sinks} sinks", "text", window, sinks))
+    return rows + [PlannedRow(f"recomputation {window}", "text", window) for window in args.windows]
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -130,7 +144,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results = {"env": env, "settings": settings(args), "stretch": args.stretch,
                "command": "python benchmarks/streaming.py " + " ".join(sys.argv[1:]), "rows": [], "targets": []}
 
-    results["kept_rows"] = len([name for name in planned_rows(args) if name in kept])
+    plan = planned_rows(args)
+    results["kept_rows"] = sum(planned.key in kept for planned in plan)
 
     def record(entry: dict[str, Any]) -> None:
         results["rows"].append(entry)
@@ -139,23 +154,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         (args.out / "streaming.json").write_text(json.dumps(results, indent=1))
         print(json.dumps(entry), flush=True)
 
-    for name, positions in planned_rows(args):
-        if (name, positions) in kept:
-            record(kept[(name, positions)])
-        elif name == "unpatched":
+    for planned in plan:
+        name, positions = planned.key
+        if planned.key in kept:
+            record(kept[planned.key])
+        elif planned.window is None:
             result = streaming_perplexity(model, ids[: args.baseline_tokens], args.chunk_size, positions, progress)
             record(row(name, result, args, positions))
-        elif name.startswith("sliding"):
-            window, sinks = (int(part.split()[0]) for part in name.removeprefix("sliding ").split(", "))
-            patch_model(model, "sliding", window=window, sink_tokens=sinks)
+        elif planned.sinks is not None:
+            patch_model(model, "sliding", window=planned.window, sink_tokens=planned.sinks)
             result = streaming_perplexity(model, ids, args.chunk_size, positions, progress)
             unpatch_model(model)
             record(row(name, result, args, positions))
         else:
-            window = int(name.split()[1])
             start = time.perf_counter()
-            nll = recomputed_token_nll(model, ids.to(device), window, progress)
-            recomputed = StreamingResult(token_nll=nll, chunk_size=window, seconds=time.perf_counter() - start)
+            nll = recomputed_token_nll(model, ids.to(device), planned.window, progress)
+            recomputed = StreamingResult(token_nll=nll, chunk_size=planned.window, seconds=time.perf_counter() - start)
             record(row(name, recomputed, args, positions))
     return results
 
