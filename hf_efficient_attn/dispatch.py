@@ -85,7 +85,7 @@ def attention(
         query, key, value, context: as a variant's forward receives them.
         backend: ``"auto"``, ``"triton"`` or ``"reference"`` (see the module docstring).
         pattern: gives the variant's pattern in the kernels' terms (`KernelMask`), or the reason it has
-            none (a 2-D neighbourhood).
+            none.
         reference: computes the same result on the chunked engine; its argument says whether a chunk of
             one query under a mask may run on the decode kernel (`masked.masked_attention`).
         variant_name: named in warnings and errors.
@@ -206,6 +206,8 @@ def cudnn_refusal(
 
     if isinstance(pattern, str):
         return pattern
+    if pattern.neighbourhood is not None:
+        return "a 2-D neighbourhood, which cuDNN's diagonal bands do not express"
     unavailable = cudnn_sdpa.unavailable_reason()
     if unavailable is not None:
         return unavailable
@@ -348,7 +350,7 @@ def covers_call(pattern: KernelMask, context: AttentionContext, q_len: int, k_le
     longest padding, so a row padded less holds tokens past its sinks there: it counts only without
     left padding.
     """
-    if pattern.block_layout is not None and not pattern.layout_is_dense:
+    if pattern.block_layout is not None and not pattern.layout_is_dense or pattern.neighbourhood is not None:
         return False
     sinks = 0
     if context.causal and context.trimmed_prefix is None:

@@ -40,6 +40,27 @@ class FusedPathFallbackWarning(UserWarning):
 
 
 @dataclass(frozen=True)
+class GridNeighbourhood:
+    """A 2-D neighbourhood over a vision model's patch grid (`kernels.neighbourhood_attention`).
+
+    Attributes:
+        rows, columns: the patch grid; its cells follow ``prefix_tokens`` leading tokens in raster order.
+        prefix_tokens: tokens before the grid (ViT's CLS).
+        reach: grid cells see the cells at most this many rows and columns away.
+    """
+
+    rows: int
+    columns: int
+    prefix_tokens: int
+    reach: int
+
+    @property
+    def tokens(self) -> int:
+        """The sequence length the grid takes: the prefix and every cell."""
+        return self.prefix_tokens + self.rows * self.columns
+
+
+@dataclass(frozen=True)
 class KernelMask:
     """A variant's pattern in the kernels' terms (see `kernels.fused_attention`).
 
@@ -52,6 +73,9 @@ class KernelMask:
         layout_block_size: tokens per layout block.
         layout_blocks: blocks the layout must cover for this call.
         layout_is_dense: whether the layout allows every block pair of this call (host fact).
+        neighbourhood: a 2-D neighbourhood over a patch grid instead of a window (bidirectional calls);
+            its leading ``max(sink_tokens, global_tokens)`` keys are seen by every query and its first
+            ``global_tokens`` queries see every key.
     """
 
     window: tuple[int | None, int | None] = (None, None)
@@ -61,6 +85,7 @@ class KernelMask:
     layout_block_size: int = 64
     layout_blocks: int = 0
     layout_is_dense: bool = False
+    neighbourhood: GridNeighbourhood | None = None
 
     def counts_from_row_start(self) -> bool:
         """Whether the pattern is anchored at the first token (sinks, globals, blocks)."""
@@ -110,6 +135,8 @@ def plan(
         return "a 4-D attention mask was given by the caller"
     if context.static:
         return "a static cache, whose positions exist on the device only"
+    if mask.neighbourhood is not None:
+        return _plan_neighbourhood(query, key, context, mask)
     aligned = _align_keys(key, context, mask)
     if isinstance(aligned, str):
         return aligned
@@ -141,6 +168,26 @@ def plan(
         layout_block_size=mask.layout_block_size,
         key_padding=key_padding,
         documents=documents,
+    )
+
+
+def _plan_neighbourhood(query: torch.Tensor, key: torch.Tensor, context: AttentionContext, mask: KernelMask) -> Launch | str:
+    """The 2-D neighbourhood kernel's launch for a call over the whole grid, or why it cannot take it."""
+    from . import kernels
+
+    grid = mask.neighbourhood
+    if context.causal or context.key_padding is not None or context.query_documents is not None:
+        return "the 2-D neighbourhood kernel takes bidirectional calls without padding or packed documents"
+    if context.native_window is not None:
+        return "the model's own sliding window together with a 2-D neighbourhood"
+    if not query.shape[-2] == key.shape[-2] == grid.tokens:
+        return f"the 2-D neighbourhood kernel takes the whole grid ({grid.tokens} tokens), not {key.shape[-2]}"
+    leading = max(mask.sink_tokens, mask.global_tokens, grid.prefix_tokens)
+    global_queries = max(mask.global_tokens, grid.prefix_tokens)
+    scale = context.scaling
+    return lambda q, k, v: kernels.ops.neighbourhood_attention(
+        q, k, v, scale=scale, grid=(grid.rows, grid.columns), reach=grid.reach, prefix_tokens=grid.prefix_tokens,
+        leading_keys=leading, global_queries=global_queries,
     )
 
 
@@ -260,4 +307,6 @@ def _decodes(query: torch.Tensor, key: torch.Tensor, context: AttentionContext, 
     return left is None or key.shape[-2] - 1 - mask.sink_tokens < left
 
 
-__all__ = ["DECODE_MAX_QUERIES", "FusedPathError", "FusedPathFallbackWarning", "KernelMask", "Launch", "plan"]
+__all__ = [
+    "DECODE_MAX_QUERIES", "FusedPathError", "FusedPathFallbackWarning", "GridNeighbourhood", "KernelMask", "Launch", "plan",
+]

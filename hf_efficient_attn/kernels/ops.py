@@ -1,6 +1,6 @@
 """The kernels as custom ops: single operations to ``torch.compile`` and CUDA graphs.
 
-Two ops under the ``hf_efficient_attn`` namespace, each with a fake (shape-only) implementation so the
+Ops under the ``hf_efficient_attn`` namespace, each with a fake (shape-only) implementation so the
 compiler can trace through it:
 
 * ``attention`` / ``attention_backward`` (with autograd): the dense kernels (causal, windows, sinks,
@@ -9,11 +9,13 @@ compiler can trace through it:
   in a row, the op runs the packed (variable-length) kernels instead. That check reads the host, inside
   the op, where the compiler does not look: it is how a compiled training step handles position ids that
   may restart (packed sequences), which nothing before the call can tell;
+* ``neighbourhood`` / ``neighbourhood_backward`` (with autograd): the 2-D neighbourhood kernels over a patch
+  grid (`neighbourhood`), returning the output and the log-sum-exp, and the three gradients;
 * ``decode``: the split-key decode kernel (forward only).
 
-The Python entry points below (`fused_attention`, `decode_attention`) take the variants' terms. In eager
-mode they call the kernels directly, which spends less host time per call than the custom-op dispatcher;
-under ``torch.compile`` they call the ops.
+The Python entry points below (`fused_attention`, `neighbourhood_attention`, `decode_attention`) take the
+variants' terms. In eager mode they call the kernels directly, which spends less host time per call than the
+custom-op dispatcher; under ``torch.compile`` they call the ops.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ import torch
 
 from ..context import tracing
 from ..variants import block_layout as layouts
-from . import flash
+from . import flash, neighbourhood
 from .checks import KernelInputError
 from .decode import decode_attention as _decode_kernel
 from .function import _attend, dense_inputs, dense_launch, fused_attention_varlen, varlen_launch
+from .neighbourhood_function import attend as _attend_neighbourhood
+from .neighbourhood_function import neighbourhood_launch
 
 NO_BOUND = -1
 """A window side without a bound, in the ops' int arguments."""
@@ -269,6 +273,118 @@ class DenseLaunch:
             return torch.zeros_like(q)
         q, k, v = dense_inputs(q), dense_inputs(k), dense_inputs(v)
         return _attend(q, k, v, float(arguments["scale"]), mask, False, q.shape[2], k.shape[2])
+
+
+# --------------------------------------------------------------------------------------------------
+# 2-D neighbourhood
+# --------------------------------------------------------------------------------------------------
+
+
+def _neighbourhood_prepared(q, k, v, scale, rows, cols, reach, prefix_tokens, leading_keys, global_queries):
+    return neighbourhood_launch(q.contiguous(), k.contiguous(), v.contiguous(), scale=scale, grid=(rows, cols),
+                                reach=reach, prefix_tokens=prefix_tokens, leading_keys=leading_keys,
+                                global_queries=global_queries)
+
+
+@torch.library.custom_op("hf_efficient_attn::neighbourhood", mutates_args=())
+def _neighbourhood_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    rows: int,
+    cols: int,
+    reach: int,
+    prefix_tokens: int,
+    leading_keys: int,
+    global_queries: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    prepared = _neighbourhood_prepared(q, k, v, scale, rows, cols, reach, prefix_tokens, leading_keys,
+                                       global_queries)
+    if prepared is None:
+        return torch.zeros_like(q), torch.full(q.shape[:3], float("inf"), dtype=torch.float32, device=q.device)
+    q, k, v, mask = prepared
+    return neighbourhood.neighbourhood_forward(q, k, v, scale, mask)
+
+
+@_neighbourhood_op.register_fake
+def _(q, k, v, scale, rows, cols, reach, prefix_tokens, leading_keys, global_queries):
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("hf_efficient_attn::neighbourhood_backward", mutates_args=())
+def _neighbourhood_backward_op(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    scale: float,
+    rows: int,
+    cols: int,
+    reach: int,
+    prefix_tokens: int,
+    leading_keys: int,
+    global_queries: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    prepared = _neighbourhood_prepared(q, k, v, scale, rows, cols, reach, prefix_tokens, leading_keys,
+                                       global_queries)
+    if prepared is None:
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    q, k, v, mask = prepared
+    return neighbourhood.neighbourhood_backward(grad_out.contiguous(), q, k, v, out.contiguous(), lse, scale, mask)
+
+
+@_neighbourhood_backward_op.register_fake
+def _(grad_out, q, k, v, out, lse, scale, rows, cols, reach, prefix_tokens, leading_keys, global_queries):
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            torch.empty_like(k, memory_format=torch.contiguous_format),
+            torch.empty_like(v, memory_format=torch.contiguous_format))
+
+
+def _neighbourhood_setup(ctx, inputs, output) -> None:
+    q, k, v, *params = inputs
+    ctx.save_for_backward(q, k, v, output[0], output[1])
+    ctx.params = params
+
+
+def _neighbourhood_grad(ctx, grad_out, grad_lse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = _neighbourhood_backward_op(grad_out, q, k, v, out, lse, *ctx.params)
+    return (dq, dk, dv) + (None,) * 7
+
+
+torch.library.register_autograd("hf_efficient_attn::neighbourhood", _neighbourhood_grad,
+                                setup_context=_neighbourhood_setup)
+
+
+def neighbourhood_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    grid: tuple[int, int],
+    reach: int,
+    prefix_tokens: int = 0,
+    leading_keys: int | None = None,
+    global_queries: int | None = None,
+) -> torch.Tensor:
+    """`neighbourhood_function.neighbourhood_attention`: the kernels directly in eager mode, the
+    ``neighbourhood`` op under ``torch.compile``."""
+    leading_keys = prefix_tokens if leading_keys is None else leading_keys
+    global_queries = prefix_tokens if global_queries is None else global_queries
+    if tracing():
+        out, _ = _neighbourhood_op(q, k, v, float(scale), int(grid[0]), int(grid[1]), int(reach), int(prefix_tokens),
+                                   int(leading_keys), int(global_queries))
+        return out
+    prepared = neighbourhood_launch(q, k, v, scale=scale, grid=grid, reach=reach, prefix_tokens=prefix_tokens,
+                                    leading_keys=leading_keys, global_queries=global_queries)
+    if prepared is None:
+        return torch.zeros_like(q)
+    q, k, v, mask = prepared
+    return _attend_neighbourhood(q, k, v, scale, mask)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ Pattern, over absolute positions ``q`` (query) and ``k`` (key):
 
 With ``window`` at least the sequence length the pattern is full attention and results are exact:
 such calls go to torch's SDPA (see `dispatch`). Narrower windows run on the fused Triton kernels on CUDA
-(band tiles only, see `fused_path`) and on the chunked engine elsewhere. In generation the KV cache of a
+(band tiles only, see `fused_path`; the 2-D neighbourhood on its own kernel, which visits only the
+grid tiles within reach, `kernels.neighbourhood`) and on the chunked engine elsewhere. In generation the KV cache of a
 windowed causal layer keeps only the sinks and the last ``window - 1`` tokens (`cache`), so memory stops
 growing with length.
 """
@@ -26,7 +27,7 @@ import torch
 
 from .. import dispatch
 from ..context import AttentionContext
-from ..fused_path import KernelMask
+from ..fused_path import GridNeighbourhood, KernelMask
 from ..masked import PositionRanges, masked_attention
 from .base import (
     AttentionVariant,
@@ -51,7 +52,7 @@ class SlidingOptions(VariantOptions):
             Default 0.
         neighbourhood: ``"1d"`` (along the sequence) or ``"2d"`` (over a vision model's patch grid).
         backend: ``"auto"`` (the fastest exact backend per call, see `dispatch`), ``"triton"`` (the fused
-            kernels or an error; the 2-D neighbourhood has none), ``"cudnn"`` (cuDNN's fused attention, the
+            kernels or an error), ``"cudnn"`` (cuDNN's fused attention, the
             ``cudnn`` extra, for windows without sinks or globals, or an error) or ``"reference"`` (the
             chunked engine). Default ``"auto"``.
     """
@@ -129,12 +130,16 @@ class SlidingWindowAttention(AttentionVariant):
         )
 
     def kernel_mask(self, context: AttentionContext) -> KernelMask | str:
-        """The pattern in the fused kernels' terms; the 2-D neighbourhood has one only when it covers the grid."""
+        """The pattern in the fused kernels' terms: a window, or a neighbourhood on the patch grid (full
+        attention where it covers the grid)."""
         window = self.options.window
         if self.options.neighbourhood == "2d":
             if window >= max(self.layer.grid):
                 return KernelMask()
-            return "the 2-D neighbourhood has no fused kernel"
+            rows, columns = self.layer.grid
+            grid = GridNeighbourhood(rows, columns, self.layer.prefix_tokens, reach=window - 1)
+            return KernelMask(sink_tokens=self.options.sink_tokens, global_tokens=self._global_count(),
+                              neighbourhood=grid)
         return KernelMask(
             window=(window, None if context.causal else window),
             sink_tokens=self.options.sink_tokens,

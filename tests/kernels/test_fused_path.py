@@ -20,6 +20,7 @@ import hf_efficient_attn.dispatch as dispatch
 import hf_efficient_attn.fused_path as fused_path
 from hf_efficient_attn import FusedPathError, FusedPathFallbackWarning, VariantError, patch_model
 from hf_efficient_attn import kernels as kernel_module
+from hf_efficient_attn.context import build_context
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
@@ -263,11 +264,39 @@ def test_forced_kernel_refuses_a_non_positive_softmax_scale():
         patched(input_ids=token_ids(model, batch=1, length=8))
 
 
-def test_forced_kernel_refuses_two_dimensional_neighbourhood():
+@pytest.mark.parametrize("global_tokens", [0, 3])
+def test_two_dimensional_neighbourhood_runs_on_its_kernel_like_the_reference(monkeypatch, global_tokens):
+    """ViT's 6 x 6 grid with CLS, a reach of one cell (and CLS plus two grid cells global): the neighbourhood
+    kernel, once per layer, gives the chunked engine's logits and gradients."""
+    calls = []
+    original = kernel_module.ops.neighbourhood_attention
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(kernel_module.ops, "neighbourhood_attention", counting)
     model = tiny_vit(hidden_size=64, num_attention_heads=2).to(DEVICE)
-    patched = patch_model(model, "sliding", window=2, neighbourhood="2d", backend="triton")
-    with pytest.raises(FusedPathError, match="2-D neighbourhood"):
-        patched(pixel_values=vit_pixels(model).to(DEVICE))
+    pixels = vit_pixels(model).to(DEVICE)
+    options = dict(window=2, neighbourhood="2d", global_tokens=global_tokens)
+    expected = logits_and_grads(patch_model(copy.deepcopy(model), "sliding", **options, backend="reference"),
+                                pixel_values=pixels)
+    got = logits_and_grads(patch_model(copy.deepcopy(model), "sliding", **options, backend="triton"),
+                           pixel_values=pixels)
+    assert_close_outputs(got, expected)
+    assert len(calls) == model.config.num_hidden_layers
+    assert calls[0]["grid"] == (6, 6) and calls[0]["reach"] == 1 and calls[0]["prefix_tokens"] == 1
+    assert calls[0]["global_queries"] == max(1, global_tokens) == calls[0]["leading_keys"]
+
+
+def test_forced_kernel_refuses_a_neighbourhood_over_part_of_the_grid():
+    """A sequence shorter than the grid (the chunked engine takes it by position) is not the kernel's."""
+    pattern = fused_path.KernelMask(global_tokens=1, neighbourhood=fused_path.GridNeighbourhood(6, 6, 1, reach=1))
+    query = torch.randn(1, 2, 20, 32, device=DEVICE)
+    context = build_context(query=query, key=query, attention_mask=None, causal=False, scaling=0.2, dropout=0.0,
+                            cache_window=None, position_ids=None, native_window=None)
+    with pytest.raises(FusedPathError, match=r"whole grid \(37 tokens\), not 20"):
+        dispatch.choose(query, query, query, context, "triton", pattern, "sliding")
 
 
 def test_auto_falls_back_with_one_warning_and_exact_results(monkeypatch):
