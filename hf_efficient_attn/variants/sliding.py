@@ -92,6 +92,8 @@ class SlidingWindowAttention(AttentionVariant):
             cell = (torch.arange(layer.prefix_tokens + layer.grid[0] * columns) - layer.prefix_tokens).clamp(min=0)
             cells = torch.stack([cell // columns, cell % columns], dim=-1)
         self.register_buffer("grid_cells", cells, persistent=False)
+        # the pattern depends on the options and the layer only: made once, not in every call
+        self._kernel_masks = {causal: self._make_kernel_mask(causal) for causal in (True, False)}
 
     @classmethod
     def check_layer(cls, options: SlidingOptions, layer: LayerInfo) -> None:
@@ -132,6 +134,9 @@ class SlidingWindowAttention(AttentionVariant):
     def kernel_mask(self, context: AttentionContext) -> KernelMask | str:
         """The pattern in the fused kernels' terms: a window, or a neighbourhood on the patch grid (full
         attention where it covers the grid)."""
+        return self._kernel_masks[context.causal]
+
+    def _make_kernel_mask(self, causal: bool) -> KernelMask | str:
         window = self.options.window
         if self.options.neighbourhood == "2d":
             if window >= max(self.layer.grid):
@@ -141,7 +146,7 @@ class SlidingWindowAttention(AttentionVariant):
             return KernelMask(sink_tokens=self.options.sink_tokens, global_tokens=self._global_count(),
                               neighbourhood=grid)
         return KernelMask(
-            window=(window, None if context.causal else window),
+            window=(window, None if causal else window),
             sink_tokens=self.options.sink_tokens,
             global_tokens=self._global_count(),
         )
