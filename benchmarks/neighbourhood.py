@@ -39,7 +39,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.kernels import _flex_compiled, bench  # noqa: E402
+from benchmarks.kernel_speed import _flex_compiled, bench  # noqa: E402
 
 
 class Pattern:

@@ -1,6 +1,6 @@
 """Merging a benchmark run's entries with an earlier run's, so that several partial runs build one table.
 
-One GPU call is limited to minutes, so a full table (`kernels.py`, `end_to_end.py`, each with `--merge`)
+One GPU call is limited to minutes, so a full table (`kernel_speed.py`, `end_to_end.py`, each with `--merge`)
 is measured in parts. An entry is one measurement, named by a few fields (pattern, length, config...);
 the merge keeps this run's entries, except where the earlier run's entry for the same measurement tells
 more (it measured what this run skipped), and adds the earlier entries this run did not have. Entries

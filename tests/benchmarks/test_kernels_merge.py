@@ -1,4 +1,4 @@
-"""benchmarks/kernels.py --merge: earlier measurements fill what this run did not measure."""
+"""benchmarks/kernel_speed.py --merge: earlier measurements fill what this run did not measure."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_kernels_module():
-    spec = importlib.util.spec_from_file_location("kernels_benchmark", ROOT / "benchmarks" / "kernels.py")
+    spec = importlib.util.spec_from_file_location("kernels_benchmark", ROOT / "benchmarks" / "kernel_speed.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

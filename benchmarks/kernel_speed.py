@@ -1,6 +1,6 @@
 """Benchmark the fused Triton attention against torch SDPA backends and FlexAttention.
 
-    python benchmarks/kernels.py --out results/        # writes kernels.json and kernels.md there
+    python benchmarks/kernel_speed.py --out results/        # writes kernels.json and kernels.md there
 
 Implementations: ours (Triton), ours-cudnn (our cuDNN-frontend backend, where the ``cudnn`` extra is
 installed), torch SDPA's cuDNN / FlashAttention-2 / memory-efficient backends, FlexAttention,
