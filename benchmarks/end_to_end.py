@@ -25,7 +25,8 @@ Configurations (rows):
   flash, sliding, sparse, lowrank, nystrom, performer, linear: patch_model(model, variant, **options) with
                    the options of `variant_options` (sliding: --window on Llama, --encoder-window on the
                    encoders, 1-D; lowrank and nystrom run on the encoders only). sliding-2d (ViT, the 2-D
-                   neighbourhood, no fused kernel) runs only when named in --variants.
+                   neighbourhood on its own kernel) runs only when named in --variants (the saved tables
+                   predate that kernel; benchmarks/neighbourhood.py times it per call).
 
 Measured per configuration and length:
   prefill   one forward under no_grad. Llama: the base model (model.model), without the LM head, whose
