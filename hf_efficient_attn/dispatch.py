@@ -350,7 +350,7 @@ def covers_call(pattern: KernelMask, context: AttentionContext, q_len: int, k_le
     longest padding, so a row padded less holds tokens past its sinks there: it counts only without
     left padding.
     """
-    if pattern.block_layout is not None and not pattern.layout_is_dense or pattern.neighbourhood is not None:
+    if (pattern.block_layout is not None and not pattern.layout_is_dense) or pattern.neighbourhood is not None:
         return False
     sinks = 0
     if context.causal and context.trimmed_prefix is None:

@@ -39,7 +39,9 @@ def device_reason(*tensors: torch.Tensor) -> str | None:
             "(or TRITON_INTERPRET=1 set before triton is imported, for slow CPU debugging)")
 
 
-def _common_reason(q, k, v, dense: bool) -> str | None:
+def _common_reason(q, k, v, dense: bool, max_head_dim: int | None = None) -> str | None:
+    """Why the kernels cannot take these tensors, or None. Head dims: `SUPPORTED_HEAD_DIMS`, or any from
+    1 to ``max_head_dim`` where given (kernels that pad the head dim with masked lanes)."""
     missing = triton_missing()
     if missing:
         return missing
@@ -55,7 +57,9 @@ def _common_reason(q, k, v, dense: bool) -> str | None:
     if k.dtype != q.dtype or v.dtype != q.dtype:
         return f"q, k, v must share a dtype, got q={q.dtype}, k={k.dtype}, v={v.dtype}; cast k and v to q.dtype"
     d = q.shape[-1]
-    if d not in SUPPORTED_HEAD_DIMS:
+    if max_head_dim is not None and not 0 < d <= max_head_dim:
+        return f"head_dim={d} is not supported; these kernels take 1 to {max_head_dim}"
+    if max_head_dim is None and d not in SUPPORTED_HEAD_DIMS:
         return (f"head_dim={d} is not supported (supported: {SUPPORTED_HEAD_DIMS}); "
                 "use the reference attention path for this model")
     if k.shape[-1] != d or v.shape[-1] != d:

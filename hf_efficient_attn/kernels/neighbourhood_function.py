@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import neighbourhood
-from .checks import SUPPORTED_DTYPES, KernelInputError, device_reason, scale_reason, triton_missing
+from .checks import KernelInputError, _common_reason, scale_reason
 from .function import dense_inputs
 from .neighbourhood import GridMask
 
@@ -14,34 +14,12 @@ MAX_HEAD_DIM = 256
 
 
 def _tensor_reason(q, k, v) -> str | None:
-    missing = triton_missing()
-    if missing:
-        return missing
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            return f"{name} must be a torch.Tensor, got {type(t).__name__}"
-        if t.dim() != 4:
-            return f"{name} must be 4-D [batch, heads, tokens, head_dim], got shape {tuple(t.shape)}"
-    if q.dtype not in SUPPORTED_DTYPES:
-        return f"q.dtype={q.dtype} is not supported; cast to float16, bfloat16 or float32"
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        return f"q, k, v must share a dtype, got q={q.dtype}, k={k.dtype}, v={v.dtype}; cast k and v to q.dtype"
-    d = q.shape[-1]
-    if not 0 < d <= MAX_HEAD_DIM:
-        return f"head_dim={d} is not supported; the neighbourhood kernels take 1 to {MAX_HEAD_DIM}"
-    if k.shape[-1] != d or v.shape[-1] != d:
-        return f"head dims differ: q {d}, k {k.shape[-1]}, v {v.shape[-1]}; the kernels need equal head dims"
-    if k.shape[1] != v.shape[1]:
-        return f"k has {k.shape[1]} heads but v has {v.shape[1]}; they must match"
-    if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
-        return (f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]}) for GQA/MQA; "
-                "pass k, v with a head count that divides q's")
-    if k.shape[0] != q.shape[0] or v.shape[0] != q.shape[0]:
-        return f"batch sizes differ: q {q.shape[0]}, k {k.shape[0]}, v {v.shape[0]}"
-    if k.shape[2] != q.shape[2] or v.shape[2] != q.shape[2]:
+    """The dense kernels' input checks (head dims up to `MAX_HEAD_DIM`), and self-attention over one grid."""
+    reason = _common_reason(q, k, v, dense=True, max_head_dim=MAX_HEAD_DIM)
+    if reason is None and not q.shape[2] == k.shape[2] == v.shape[2]:
         return (f"q, k, v must hold the same tokens (self-attention over the grid), got {q.shape[2]}, "
                 f"{k.shape[2]}, {v.shape[2]}")
-    return device_reason(q, k, v)
+    return reason
 
 
 def _count(name: str, value, minimum: int = 0) -> int:

@@ -28,7 +28,7 @@ from . import flash, neighbourhood
 from .checks import KernelInputError
 from .decode import decode_attention as _decode_kernel
 from .function import _attend, dense_inputs, dense_launch, fused_attention_varlen, varlen_launch
-from .neighbourhood_function import attend as _attend_neighbourhood
+from .neighbourhood_function import neighbourhood_attention as _neighbourhood_eager
 from .neighbourhood_function import neighbourhood_launch
 
 NO_BOUND = -1
@@ -138,10 +138,15 @@ def _attention_op(
     return _heads_first(out, batch).contiguous(), lse.reshape(heads, batch, length).transpose(0, 1).contiguous()
 
 
+def _output_and_lse_like(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fake output of a forward op: the attention output like ``q`` and its float32 log-sum-exp."""
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
 @_attention_op.register_fake
 def _(q, k, v, key_padding, documents, scale, causal, window_left, window_right, sink_tokens, global_tokens, layout,
       layout_blocks, layout_block_size):
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[:3], dtype=torch.float32)
+    return _output_and_lse_like(q)
 
 
 @torch.library.custom_op("hf_efficient_attn::attention_backward", mutates_args=())
@@ -309,7 +314,7 @@ def _neighbourhood_op(
 
 @_neighbourhood_op.register_fake
 def _(q, k, v, scale, rows, cols, reach, prefix_tokens, leading_keys, global_queries):
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[:3], dtype=torch.float32)
+    return _output_and_lse_like(q)
 
 
 @torch.library.custom_op("hf_efficient_attn::neighbourhood_backward", mutates_args=())
@@ -373,18 +378,14 @@ def neighbourhood_attention(
 ) -> torch.Tensor:
     """`neighbourhood_function.neighbourhood_attention`: the kernels directly in eager mode, the
     ``neighbourhood`` op under ``torch.compile``."""
+    if not tracing():
+        return _neighbourhood_eager(q, k, v, scale=scale, grid=grid, reach=reach, prefix_tokens=prefix_tokens,
+                                    leading_keys=leading_keys, global_queries=global_queries)
     leading_keys = prefix_tokens if leading_keys is None else leading_keys
     global_queries = prefix_tokens if global_queries is None else global_queries
-    if tracing():
-        out, _ = _neighbourhood_op(q, k, v, float(scale), int(grid[0]), int(grid[1]), int(reach), int(prefix_tokens),
-                                   int(leading_keys), int(global_queries))
-        return out
-    prepared = neighbourhood_launch(q, k, v, scale=scale, grid=grid, reach=reach, prefix_tokens=prefix_tokens,
-                                    leading_keys=leading_keys, global_queries=global_queries)
-    if prepared is None:
-        return torch.zeros_like(q)
-    q, k, v, mask = prepared
-    return _attend_neighbourhood(q, k, v, scale, mask)
+    out, _ = _neighbourhood_op(q, k, v, float(scale), int(grid[0]), int(grid[1]), int(reach), int(prefix_tokens),
+                               int(leading_keys), int(global_queries))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
