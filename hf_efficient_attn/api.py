@@ -228,12 +228,14 @@ def _choose_layers(
 def _build_variant(
     variant_class: type[AttentionVariant], options: VariantOptions, site: AttentionSite
 ) -> AttentionVariant:
-    """The variant module of one site, cast like a weight of the attention module it joins.
+    """The variant module of one site, cast like a weight of the attention module it joins and in its
+    mode (training or evaluation: LongLoRA's shifted groups apply in training only).
 
     It goes through the same ``.to()`` as ``model.to(...)``: parameters take the model's float dtype,
     buffers the variant keeps in float32 (`AttentionVariant.float32_buffers`) stay float32.
     """
     module = variant_class(options, site.layer)
+    module.train(site.module.training)
     reference = next(site.module.parameters(), None)
     if reference is not None:
         module.to(device=reference.device, dtype=reference.dtype if reference.is_floating_point() else None)

@@ -86,6 +86,20 @@ def tracing() -> bool:
     return torch.compiler.is_compiling()
 
 
+def tensor_signature(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> tuple:
+    """What a call's planning reads of its tensors: shapes, dtypes, the device, whether autograd records it."""
+    return (
+        query.shape,
+        key.shape,
+        value.shape,
+        query.dtype,
+        key.dtype,
+        value.dtype,
+        query.device,
+        torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad),
+    )
+
+
 _RANGES: dict[torch.device, torch.Tensor] = {}
 
 

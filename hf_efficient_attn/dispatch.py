@@ -43,6 +43,7 @@ saying why not; ``"reference"`` always takes the chunked engine.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from typing import Literal
@@ -51,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from . import fused_path, sdpa_support
-from .context import AttentionContext, positions, tracing
+from .context import AttentionContext, positions, tensor_signature, tracing
 from .fused_path import FusedPathError, FusedPathFallbackWarning, KernelMask
 from .variants import block_layout as layouts
 from .variants.base import VariantError
@@ -67,40 +68,47 @@ def check_backend(backend: object) -> None:
         raise VariantError(f"`backend` must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}.")
 
 
-def attention(
+def plan_call(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
     context: AttentionContext,
     *,
     backend: Backend,
-    pattern: Callable[[], KernelMask | str],
-    reference: Callable[[bool], torch.Tensor],
+    pattern: KernelMask | str,
+    reference: Callable[..., torch.Tensor],
     variant_name: str,
-    one_mask: Callable[[], torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """The call's attention output ``[batch, q_heads, q_len, head_dim]`` from the backend the rule picks.
+    one_mask: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The call's attention, ``(query, key, value) -> [batch, q_heads, q_len, head_dim]``, on the backend
+    the rule picks for it. It reads nothing of the tensors but their shapes, so a forward's later layers
+    with the same shapes and context run it on their own tensors (`replay`).
 
     Args:
         query, key, value, context: as a variant's forward receives them.
-        backend: ``"auto"``, ``"triton"`` or ``"reference"`` (see the module docstring).
-        pattern: gives the variant's pattern in the kernels' terms (`KernelMask`), or the reason it has
-            none.
-        reference: computes the same result on the chunked engine; its argument says whether a chunk of
-            one query under a mask may run on the decode kernel (`masked.masked_attention`).
+        backend: ``"auto"``, ``"triton"``, ``"cudnn"`` or ``"reference"`` (see the module docstring).
+        pattern: the variant's pattern in the kernels' terms (`KernelMask`), or the reason it has none.
+        reference: ``(query, key, value, decode_kernel=...)`` on the chunked engine; ``decode_kernel``
+            says whether a chunk of one query under a mask may run on the decode kernel
+            (`masked.masked_attention`).
         variant_name: named in warnings and errors.
-        one_mask: computes the same result as one SDPA call under the pattern's dense mask (the chunked
+        one_mask: ``(query, key, value)`` as one SDPA call under the pattern's dense mask (the chunked
             engine with a single chunk), for variants whose pattern has a kernel; None for the others.
     """
-    route, run = choose(query, key, value, context, backend, pattern(), variant_name, one_mask is not None)
-    decode_kernel = backend != "reference" and (backend == "triton" or fused_path.kernels_preferred(query.device))
+    route, run = choose(query, key, value, context, backend, pattern, variant_name, one_mask is not None)
+    decode_kernel = _decode_kernel(backend, query.device)
     if route == "sdpa":
-        return sdpa_attention(query, key, value, context, decode_kernel=decode_kernel)
+        return functools.partial(sdpa_attention, context=context, decode_kernel=decode_kernel)
     if route in ("gather", "triton", "cudnn"):
-        return run(query, key, value)
+        return run
     if route == "masked-sdpa":
-        return one_mask()
-    return reference(decode_kernel)
+        return one_mask
+    return functools.partial(reference, decode_kernel=decode_kernel)
+
+
+def _decode_kernel(backend: Backend, device: torch.device) -> bool:
+    """Whether one decoding query under a mask may run on the split-key decode kernel."""
+    return backend != "reference" and (backend == "triton" or fused_path.kernels_preferred(device))
 
 
 def choose(
@@ -173,19 +181,7 @@ def _route_key(
     (`AttentionContext.routes`); None under tracing, where nothing is kept."""
     if tracing():
         return None
-    return (
-        pattern,
-        backend,
-        one_mask,
-        query.shape,
-        key.shape,
-        value.shape,
-        query.dtype,
-        key.dtype,
-        value.dtype,
-        query.device,
-        torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad),
-    )
+    return (pattern, backend, one_mask, *tensor_signature(query, key, value))
 
 
 def _remember(

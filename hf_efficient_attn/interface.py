@@ -19,15 +19,18 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
 from .compat import query_offset_tensor
-from .context import tracing
+from .context import tensor_signature, tracing
 from .context_memo import ContextMemo
-from .layout import make_layout
+from .layout import is_layout, make_layout
+from .replay import ReplayMemo
 from .variants.base import AttentionVariant
 
 IMPLEMENTATION_NAME = "hf_efficient_attn"
 VARIANT_ATTRIBUTE = "efficient_attn"
 _CONTEXTS = ContextMemo()
 """The contexts of the current forward's calls (`context_memo`): derived in its first layer, shared by the rest."""
+_PLANS = ReplayMemo()
+"""The planned calls of the current forward (`replay`): made in its first layer, run by the rest."""
 
 
 def efficient_attention_forward(
@@ -47,22 +50,67 @@ def efficient_attention_forward(
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     query, key, value = _autocast_inputs(query, key, value)
+    causal = bool(getattr(module, "is_causal", False))
+    dropout = dropout if module.training else 0.0
+    position_ids, native_window = kwargs.get("position_ids"), kwargs.get("sliding_window")
+    replay_key = _replay_key(variant, query, key, value, causal, scaling, dropout, position_ids, native_window)
+    if replay_key is not None:
+        kept = _PLANS.get(attention_mask, replay_key)
+        if kept is not None:  # a later layer of this forward: the call the first one planned
+            keys_seen, plan = kept
+            if keys_seen < key.shape[-2]:
+                key, value = key[..., :keys_seen, :], value[..., :keys_seen, :]
+            return plan(query, key, value).transpose(1, 2).contiguous(), None
     context = _CONTEXTS.get(
         query=query,
         key=key,
         attention_mask=attention_mask,
-        causal=bool(getattr(module, "is_causal", False)),
+        causal=causal,
         scaling=scaling,
-        dropout=dropout if module.training else 0.0,
+        dropout=dropout,
         cache_window=variant.cache_window(),
-        position_ids=kwargs.get("position_ids"),
-        native_window=kwargs.get("sliding_window"),
+        position_ids=position_ids,
+        native_window=native_window,
     )
     keys_seen = context.key_positions.shape[0]
     if keys_seen < key.shape[-2]:
         key, value = key[..., :keys_seen, :], value[..., :keys_seen, :]
-    output = variant(query, key, value, context)
+    plan = None if replay_key is None else variant.plan(query, key, value, context)
+    if plan is None:
+        output = variant(query, key, value, context)
+    else:
+        if is_layout(attention_mask):  # a caller's own mask may change in place: never a key
+            _PLANS.put(attention_mask, replay_key, keys_seen, plan)
+        output = plan(query, key, value)
     return output.transpose(1, 2).contiguous(), None
+
+
+def _replay_key(
+    variant: AttentionVariant,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    causal: bool,
+    scaling: float,
+    dropout: float,
+    position_ids: torch.Tensor | None,
+    native_window: int | None,
+) -> tuple | None:
+    """Everything a call's plan depends on besides the layout (`replay`); None where plans are not shared:
+    under tracing, for variants without plans, and where hooks on the variant module must see its calls."""
+    if variant.plan_group is None or variant._forward_hooks or variant._forward_pre_hooks or tracing():
+        return None
+    return (
+        variant.plan_group,
+        variant.training,
+        causal,
+        scaling,
+        dropout,
+        native_window,
+        None if position_ids is None else id(position_ids),  # alive for the whole forward: no reuse
+        torch.is_inference_mode_enabled(),
+        *tensor_signature(query, key, value),
+    )
 
 
 def _autocast_inputs(

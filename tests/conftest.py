@@ -66,3 +66,20 @@ def llama_inputs(llama):
 @pytest.fixture
 def vit_inputs(vit):
     return {"pixel_values": vit_pixels(vit)}
+
+
+@pytest.fixture
+def chosen_routes(monkeypatch):
+    """The routes `dispatch.choose` returns, in call order (one per call that plans)."""
+    from hf_efficient_attn import dispatch
+
+    routes = []
+    choose = dispatch.choose
+
+    def recorded(*args, **kwargs):
+        decision = choose(*args, **kwargs)
+        routes.append(decision[0])
+        return decision
+
+    monkeypatch.setattr(dispatch, "choose", recorded)
+    return routes

@@ -194,23 +194,13 @@ def test_once_the_prompt_fills_the_sinks_steps_write_only_their_ring_slot(monkey
     assert not layer.prefix_filled and layer.tokens_before_filled == 0
 
 
-def test_a_compiled_static_step_over_sinks_and_window_is_plain_attention(monkeypatch):
+def test_a_compiled_static_step_over_sinks_and_window_is_plain_attention(chosen_routes):
     """Under torch.compile whether a row is left-padded stays on the device; a step whose slots are the
     sinks and the window is still routed as plain attention (SDPA), as in eager mode, and exact."""
-    from hf_efficient_attn import dispatch
-
     model = patch_model(tiny_llama(), "sliding", window=5, sink_tokens=2)
     ids = torch.randint(3, 97, (1, 9), generator=torch.Generator().manual_seed(3))
     expected = generate(model, ids, torch.ones_like(ids), use_cache=False, max_new_tokens=6)
-    routes = []
-    choose = dispatch.choose
-
-    def recorded(*args, **kwargs):
-        decision = choose(*args, **kwargs)
-        routes.append(decision[0])
-        return decision
-
-    monkeypatch.setattr(dispatch, "choose", recorded)
+    chosen_routes.clear()
     config = CompileConfig(fullgraph=True, backend="eager")
     config._compile_all_devices = True
     torch._dynamo.reset()
@@ -218,6 +208,7 @@ def test_a_compiled_static_step_over_sinks_and_window_is_plain_attention(monkeyp
                    max_new_tokens=6)
     assert torch.equal(got, expected)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
-    layers = model.config.num_hidden_layers
-    assert set(routes[:layers]) == {"chunked"}  # the prompt: 9 tokens, more than the sinks and window cover
-    assert len(routes) > layers and set(routes[layers:]) == {"sdpa"}  # the compiled steps
+    # the prompt (eager: its first layer plans the call, the others replay it) has 9 tokens, more than the
+    # sinks and the window cover; then the compiled steps, traced layer by layer
+    assert chosen_routes[0] == "chunked"
+    assert len(chosen_routes) > model.config.num_hidden_layers and set(chosen_routes[1:]) == {"sdpa"}

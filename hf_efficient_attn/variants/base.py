@@ -71,6 +71,10 @@ class VariantOptions:
         return dataclasses.asdict(self)
 
 
+_PLAN_GROUPS: dict[tuple, int] = {}
+"""Small ids for the signatures of variants that share plans (`AttentionVariant.share_plans`)."""
+
+
 class AttentionVariant(nn.Module):
     """One patched attention module's variant: its options, its state and its forward.
 
@@ -91,6 +95,21 @@ class AttentionVariant(nn.Module):
         super().__init__()
         self.options = options
         self.layer = layer
+        self.plan_group: int | None = None  # equal for variants whose calls plan alike (`share_plans`)
+
+    def share_plans(self, *facts: Any) -> None:
+        """Declare that `plan` depends on the options, the layer (apart from its index) and ``facts`` only,
+        so a forward's layers with equal ones share a call's plan (`replay`). Call from ``__init__``."""
+        signature = (type(self), repr(self.options), dataclasses.replace(self.layer, layer_index=0), *facts)
+        self.plan_group = _PLAN_GROUPS.setdefault(signature, len(_PLAN_GROUPS))
+
+    def plan(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext
+    ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
+        """The call as a function of ``(query, key, value)`` alone (which `forward` runs), so that the later
+        layers of a forward with the same `plan_group`, shapes and context run it without planning again
+        (`replay`); None for variants that compute in `forward` itself (the default)."""
+        return None
 
     @classmethod
     def check_layer(cls, options: VariantOptions, layer: LayerInfo) -> None:
@@ -111,8 +130,12 @@ class AttentionVariant(nn.Module):
     def forward(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext
     ) -> torch.Tensor:
-        """Attention output ``[batch, q_heads, q_len, head_dim]``."""
-        raise NotImplementedError
+        """Attention output ``[batch, q_heads, q_len, head_dim]``: the call's `plan`, for variants that
+        have one; the others override this."""
+        plan = self.plan(query, key, value, context)
+        if plan is None:
+            raise NotImplementedError(f"Variant '{self.name}' has neither a plan nor a forward of its own.")
+        return plan(query, key, value)
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> AttentionVariant:
         """`nn.Module._apply` (behind ``.to()``, ``.half()``...), leaving `float32_buffers` in float32."""

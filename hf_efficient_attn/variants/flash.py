@@ -10,6 +10,7 @@ run this variant too, so a partly patched model is never slower than the unpatch
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,7 @@ from .. import dispatch
 from ..context import AttentionContext
 from ..fused_path import KernelMask
 from ..masked import masked_attention
-from .base import AttentionVariant, VariantOptions, register_variant
+from .base import AttentionVariant, LayerInfo, VariantOptions, register_variant
 
 
 @dataclass(frozen=True)
@@ -45,16 +46,20 @@ class FlashAttention(AttentionVariant):
     options_class = FlashOptions
     options: FlashOptions
 
-    def forward(
+    def __init__(self, options: FlashOptions, layer: LayerInfo):
+        super().__init__(options, layer)
+        self.share_plans()
+
+    def plan(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext
-    ) -> torch.Tensor:
-        return dispatch.attention(
+    ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        return dispatch.plan_call(
             query,
             key,
             value,
             context,
             backend=self.options.backend,
-            pattern=KernelMask,
-            reference=lambda decode_kernel: masked_attention(query, key, value, context, decode_kernel=decode_kernel),
+            pattern=KernelMask(),
+            reference=lambda q, k, v, decode_kernel: masked_attention(q, k, v, context, decode_kernel=decode_kernel),
             variant_name=self.name,
         )

@@ -20,6 +20,7 @@ growing with length.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -94,6 +95,7 @@ class SlidingWindowAttention(AttentionVariant):
         self.register_buffer("grid_cells", cells, persistent=False)
         # the pattern depends on the options and the layer only: made once, not in every call
         self._kernel_masks = {causal: self._make_kernel_mask(causal) for causal in (True, False)}
+        self.share_plans()
 
     @classmethod
     def check_layer(cls, options: SlidingOptions, layer: LayerInfo) -> None:
@@ -112,23 +114,23 @@ class SlidingWindowAttention(AttentionVariant):
     def cache_window(self) -> int | None:
         return self.options.window if self.layer.role is Role.CAUSAL else None
 
-    def forward(
+    def plan(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext
-    ) -> torch.Tensor:
+    ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
         if self.options.neighbourhood == "2d":
             self._check_grid(query.shape[-2])
-        return dispatch.attention(
+        return dispatch.plan_call(
             query,
             key,
             value,
             context,
             backend=self.options.backend,
-            pattern=lambda: self.kernel_mask(context),
-            reference=lambda decode_kernel: masked_attention(
-                query, key, value, context, rule=self, chunk_size=self._chunk(), decode_kernel=decode_kernel
+            pattern=self.kernel_mask(context),
+            reference=lambda q, k, v, decode_kernel: masked_attention(
+                q, k, v, context, rule=self, chunk_size=self._chunk(), decode_kernel=decode_kernel
             ),
             variant_name=self.name,
-            one_mask=lambda: masked_attention(query, key, value, context, rule=self, chunk_size=query.shape[-2]),
+            one_mask=lambda q, k, v: masked_attention(q, k, v, context, rule=self, chunk_size=q.shape[-2]),
         )
 
     def kernel_mask(self, context: AttentionContext) -> KernelMask | str:

@@ -25,6 +25,7 @@ its own under a name (`block_layout.register_layout`) from which it is rebuilt f
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -148,6 +149,7 @@ class BlockSparseAttention(AttentionVariant):
     def __init__(self, options: SparseOptions, layer: LayerInfo):
         super().__init__(options, layer)
         self.layout_name = _register(options, layer)
+        self.share_plans(self.layout_name)
 
     @classmethod
     def check_layer(cls, options: SparseOptions, layer: LayerInfo) -> None:
@@ -160,19 +162,19 @@ class BlockSparseAttention(AttentionVariant):
                     f"{layer.num_heads}; pass one [query_blocks, key_blocks] layout per head."
                 )
 
-    def forward(
+    def plan(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext
-    ) -> torch.Tensor:
-        return dispatch.attention(
+    ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        return dispatch.plan_call(
             query,
             key,
             value,
             context,
             backend=self.options.backend,
-            pattern=lambda: self.kernel_mask(context),
-            reference=lambda decode_kernel: self._reference(query, key, value, context, decode_kernel),
+            pattern=self.kernel_mask(context),
+            reference=lambda q, k, v, decode_kernel: self._reference(q, k, v, context, decode_kernel),
             variant_name=self.name,
-            one_mask=lambda: masked_attention(query, key, value, context, rule=self, chunk_size=query.shape[-2]),
+            one_mask=lambda q, k, v: masked_attention(q, k, v, context, rule=self, chunk_size=q.shape[-2]),
         )
 
     def _exact(self) -> bool:

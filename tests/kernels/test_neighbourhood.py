@@ -164,7 +164,7 @@ def test_equals_the_sliding_variants_chunked_engine():
     n, heads = prefix + grid[0] * grid[1], 2
     layer = LayerInfo(Role.BIDIRECTIONAL, "test", 0, heads, heads, 32, grid=grid, prefix_tokens=prefix)
     variant = SlidingWindowAttention(SlidingOptions(window=window, sink_tokens=sinks, global_tokens=global_tokens,
-                                                    neighbourhood="2d", backend="reference"), layer)
+                                                    neighbourhood="2d", backend="reference"), layer).to(DEVICE)
     assert variant._chunk() < n
     gen = torch.Generator().manual_seed(2)
     q, k, v = (rand(1, heads, n, 32, generator=gen, requires_grad=False) for _ in range(3))

@@ -168,6 +168,20 @@ def test_shifted_runs_exact_attention_in_eval():
     assert (got - expected).abs().max() < 1e-10
 
 
+def test_a_model_patched_in_eval_mode_runs_shifted_groups_as_exact_attention():
+    """The variant takes its attention module's mode when it is attached: no `model.eval()` needed after."""
+    from tiny_models import tiny_llama
+
+    from hf_efficient_attn import patch_model
+
+    base = tiny_llama()
+    ids = torch.randint(3, 97, (1, 16), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = base(ids).logits
+        got = patch_model(tiny_llama(), "sparse", pattern="shifted", group_size=4)(ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_candidate_ranges_follow_the_layout():
     """A chunk of queries gathers only its active key blocks, never the whole sequence."""
     variant = BlockSparseAttention(SparseOptions(block_size=16, local_blocks=2, global_blocks=1), layer())
