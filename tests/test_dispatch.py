@@ -205,6 +205,56 @@ def test_on_the_cpu_dense_block_layouts_take_one_masked_call_and_windows_stay_ch
                 query, key, value)[0] == "chunked"  # causal
 
 
+def whole_rows_layout(local_blocks: int = 6) -> BlockSparseAttention:
+    """Bidirectional blocks of 8 with one global block: at 8 blocks, local_blocks=6 leaves every row whole
+    but rows 1 and 7 (each misses the farthest key block), so 6 of 8 rows are whole."""
+    return BlockSparseAttention(SparseOptions(block_size=8, local_blocks=local_blocks, global_blocks=1),
+                                layer(Role.BIDIRECTIONAL))
+
+
+@pytest.mark.parametrize("kernels", [False, True], ids=["cpu-rule", "kernel-rule"])
+@pytest.mark.parametrize("n", [64, 60])
+def test_a_nearly_dense_layout_runs_its_whole_rows_on_sdpa_without_a_mask(monkeypatch, kernels, n):
+    """A bidirectional inference call under a layout whose block rows are mostly whole: SDPA without a
+    mask for the runs of whole rows (over every key), the dense mask for the other rows only; the
+    definition's result, on the CPU and where the kernels run."""
+    monkeypatch.setattr(fused_path, "kernels_preferred", lambda device: kernels)
+    variant = whole_rows_layout()
+    query, key, value = qkv(n, n, seed=n)
+    seen = []
+    original = dispatch._sdpa_grouped
+
+    def noted(rows, key, value, mask, *args):
+        seen.append(rows.shape[-2])
+        return original(rows, key, value, mask, *args)
+
+    monkeypatch.setattr(dispatch, "_sdpa_grouped", noted)
+    route, output, context = call(variant, query, key, value, causal=False)
+    assert route == "whole-rows"
+    assert seen == [8, 40]  # block rows 0 and 2-6 without a mask; rows 1 and 7 under it
+    torch.testing.assert_close(output, definition(variant, query, key, value, context), rtol=0, atol=1e-12)
+
+
+def test_whole_rows_are_not_split_where_the_call_needs_more_than_the_layout():
+    """Too few whole rows, causal calls, padding and calls that record gradients keep their routes."""
+    query, key, value = qkv(64, 64)
+
+    def splits(variant, causal=False, padding=None, q=query):
+        mask = None if padding is None else make_layout(tokens=64, padding=padding)
+        context = build_context(query=q, key=key, attention_mask=mask, causal=causal, scaling=SCALE, dropout=0.0,
+                                cache_window=None, position_ids=None, native_window=None)
+        return dispatch.splits_whole_rows(q, key, context, variant.kernel_mask(context))
+
+    assert splits(whole_rows_layout())
+    assert not splits(whole_rows_layout(local_blocks=5))  # 2 of 8 rows whole
+    assert not splits(BlockSparseAttention(SparseOptions(block_size=8, local_blocks=6, global_blocks=1), layer()),
+                      causal=True)
+    padding = torch.ones(2, 64, dtype=torch.bool)
+    padding[1, 60:] = False
+    assert not splits(whole_rows_layout(), padding=padding)
+    assert not splits(whole_rows_layout(), q=query.clone().requires_grad_())
+
+
 def sdpa_masks(monkeypatch) -> list:
     """Records, per SDPA call of the chunked engine, its mask and how many keys it got."""
     from hf_efficient_attn import masked

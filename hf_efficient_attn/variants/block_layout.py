@@ -217,6 +217,27 @@ def is_dense(name: str, blocks: int, causal: bool) -> bool:
     return _is_dense_bidirectional_at_trace_time(name, blocks)
 
 
+def _row_runs(name: str, blocks: int) -> tuple[tuple[int, int, bool], ...]:
+    """Runs ``(first, stop, whole)`` of consecutive block rows of a bidirectional layout over ``blocks``
+    blocks, ``whole`` when every head's row in the run sees every key block."""
+
+    def compute() -> tuple[tuple[int, int, bool], ...]:
+        whole = _built(name, blocks, False)[:, :blocks, :blocks].all(-1).all(0).tolist()
+        runs: list[tuple[int, int, bool]] = []
+        for block, row_whole in enumerate(whole):
+            if runs and runs[-1][2] == row_whole:
+                runs[-1] = (runs[-1][0], block + 1, row_whole)
+            else:
+                runs.append((block, block + 1, row_whole))
+        return tuple(runs)
+
+    return _remembered(("row runs", name, blocks), compute)
+
+
+row_runs = torch.compiler.assume_constant_result(_row_runs)
+"""`_row_runs`, computed once per name and size (under ``torch.compile``, at trace time)."""
+
+
 def _active_key_blocks(name: str, blocks: int, causal: bool, first: int, last: int) -> tuple[tuple[int, int], ...]:
     """Ranges ``[lo, hi)`` of key blocks that any head of query blocks ``first..last`` may see."""
 

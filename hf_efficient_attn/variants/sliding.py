@@ -130,7 +130,7 @@ class SlidingWindowAttention(AttentionVariant):
                 q, k, v, context, rule=self, chunk_size=self._chunk(), decode_kernel=decode_kernel
             ),
             variant_name=self.name,
-            one_mask=lambda q, k, v: masked_attention(q, k, v, context, rule=self, chunk_size=q.shape[-2]),
+            one_mask=lambda q, k, v, context: masked_attention(q, k, v, context, rule=self, chunk_size=q.shape[-2]),
         )
 
     def kernel_mask(self, context: AttentionContext) -> KernelMask | str:

@@ -174,7 +174,7 @@ class BlockSparseAttention(AttentionVariant):
             pattern=self.kernel_mask(context),
             reference=lambda q, k, v, decode_kernel: self._reference(q, k, v, context, decode_kernel),
             variant_name=self.name,
-            one_mask=lambda q, k, v: masked_attention(q, k, v, context, rule=self, chunk_size=q.shape[-2]),
+            one_mask=lambda q, k, v, context: masked_attention(q, k, v, context, rule=self, chunk_size=q.shape[-2]),
         )
 
     def _exact(self) -> bool:
