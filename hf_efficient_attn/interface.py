@@ -191,6 +191,8 @@ def _exact_attention() -> AttentionVariant:
 
 
 def register() -> None:
-    """Register the attention function and mask policy with transformers (idempotent)."""
+    """Register the attention function and mask policy with transformers (idempotent), and build the exact
+    variant of unpatched modules now rather than in a first call that `torch.compile` may be tracing."""
     AttentionInterface.register(IMPLEMENTATION_NAME, efficient_attention_forward)
     AttentionMaskInterface.register(IMPLEMENTATION_NAME, efficient_attention_mask)
+    _exact_attention()

@@ -59,6 +59,16 @@ def test_llama_forward_has_no_graph_break(name, padded):
     assert graph_breaks(lambda: model(**inputs).logits) == 0
 
 
+def test_a_partly_patched_model_compiles_in_a_fresh_process(monkeypatch):
+    """Unpatched layers run the shared exact variant, built when the model is patched, not in the first
+    call (which `torch.compile` may be tracing: building a variant there broke the graph)."""
+    from hf_efficient_attn import interface
+
+    monkeypatch.setattr(interface, "_EXACT", [])  # as in a process that has run no attention call yet
+    model = patch_model(tiny_llama(), "sliding", window=4, layers=[0])
+    assert graph_breaks(lambda: model(**llama_inputs(padded=False)).logits) == 0
+
+
 @pytest.mark.parametrize("name", ["flash", "sliding", "sparse"])
 def test_whisper_forward_has_no_graph_break(name):
     whisper = tiny_whisper()
