@@ -30,9 +30,9 @@ class ReplayMemo:
         self._layout: weakref.ref | None = None
         self._plans: dict[Hashable, tuple[int, Plan]] = {}
 
-    def get(self, layout: torch.Tensor, key: Hashable) -> tuple[int, Plan] | None:
+    def get(self, layout: torch.Tensor | None, key: Hashable) -> tuple[int, Plan] | None:
         """The keys a kept plan attends over and the plan, or None when this forward has not made it."""
-        if self._layout is None or self._layout() is not layout:
+        if layout is None or self._layout is None or self._layout() is not layout:
             return None
         return self._plans.get(key)
 
