@@ -1,0 +1,275 @@
+"""Which kernel torch's SDPA runs at the sizes models are run at, against the ones it could run, and what a
+new shape costs on each: what decides whether ``backend="auto"`` may send calls to cuDNN.
+
+    python benchmarks/sdpa_backends.py --out benchmarks/results/sdpa-backends-h200   # on a GPU
+    python benchmarks/sdpa_backends.py --out /tmp/sdpa --tiny                         # CPU smoke check
+
+Section "shapes": attention calls of ViT-B/16 at 224 px (batch 64), Whisper-large-v3's encoder (1500
+frames, batch 4) and Llama-3.2-1B prefill (2k, 4k, 8k; 32 query heads over 8 key/value heads) plus a
+head_dim-128 prefill at 8k, bf16. Columns, forward and forward+backward (median ms of
+triton.testing.do_bench):
+
+  default      `F.scaled_dot_product_attention` as transformers calls it (the kernel torch picks is named);
+  sdpa-cudnn   the same under ``sdpa_kernel([CUDNN_ATTENTION])``;
+  sdpa-flash   the same under ``sdpa_kernel([FLASH_ATTENTION])`` (FlashAttention-2);
+  ours-cudnn   our cuDNN backend (`backends.cudnn_sdpa`, the ``cudnn`` extra) where installed;
+  ours         our Triton kernels (`kernels.fused_attention`).
+
+Section "new shapes": prompts of ``--lengths`` distinct lengths, causal at Llama-1B's heads, each length
+seen once: per column the median of (first call at a length - the same call once warm), which is what a
+request of a length not seen before pays (cuDNN builds a graph per shape, Triton specialises per
+compile-time bucket), and the median warm time. Writes sdpa_backends.json and sdpa_backends.md into
+--out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+COLUMNS = ("default", "sdpa-cudnn", "sdpa-flash", "ours-cudnn", "ours")
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    batch: int
+    heads: int
+    kv_heads: int
+    tokens: int
+    head_dim: int
+    causal: bool
+
+
+SHAPES = (
+    Shape("ViT-B/16 224 px, batch 64", 64, 12, 12, 197, 64, False),
+    Shape("Whisper-large-v3 encoder, batch 4", 4, 20, 20, 1500, 64, False),
+    Shape("Llama-1B prefill 2k", 1, 32, 8, 2048, 64, True),
+    Shape("Llama-1B prefill 4k", 1, 32, 8, 4096, 64, True),
+    Shape("Llama-1B prefill 8k", 1, 32, 8, 8192, 64, True),
+    Shape("prefill 8k, head_dim 128", 1, 32, 8, 8192, 128, True),
+)
+TINY_SHAPES = (Shape("tiny bidirectional", 2, 4, 4, 40, 16, False), Shape("tiny causal", 1, 4, 2, 48, 16, True))
+
+
+def column_fn(column: str, shape: Shape, device: torch.device):
+    """``(q, k, v) -> out`` for one column, or None where it cannot run here."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    grouped = shape.heads != shape.kv_heads
+    if column in ("default", "sdpa-cudnn", "sdpa-flash"):
+        if column != "default" and device.type != "cuda":
+            return None
+        chosen = {"sdpa-cudnn": [SDPBackend.CUDNN_ATTENTION], "sdpa-flash": [SDPBackend.FLASH_ATTENTION]}.get(column)
+
+        def sdpa(q, k, v):
+            if chosen is None:
+                return F.scaled_dot_product_attention(q, k, v, is_causal=shape.causal, enable_gqa=grouped)
+            with sdpa_kernel(chosen):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=shape.causal, enable_gqa=grouped)
+
+        return sdpa
+    if device.type != "cuda":
+        return None
+    if column == "ours-cudnn":
+        from hf_efficient_attn.backends import cudnn_sdpa
+
+        if not cudnn_sdpa.available():
+            return None
+        return lambda q, k, v: cudnn_sdpa.attention(q, k, v, scale=q.shape[-1] ** -0.5, causal=shape.causal)
+    from hf_efficient_attn.kernels import fused_attention
+
+    return lambda q, k, v: fused_attention(q, k, v, scale=q.shape[-1] ** -0.5, causal=shape.causal)
+
+
+def inputs(shape: Shape, device: torch.device, dtype: torch.dtype, tokens: int | None = None, grad: bool = False):
+    n = tokens or shape.tokens
+    generator = torch.Generator(device=device).manual_seed(n)
+    sizes = ((shape.batch, shape.heads, n, shape.head_dim), *[(shape.batch, shape.kv_heads, n, shape.head_dim)] * 2)
+    return [torch.randn(size, device=device, dtype=dtype, generator=generator).requires_grad_(grad) for size in sizes]
+
+
+def timed_ms(fn, device: torch.device, backward: bool, q, k, v, rep_ms: int) -> float:
+    """Median ms of a warm call (CUDA events on a GPU, the host clock on the CPU)."""
+    if device.type == "cuda":
+        from benchmarks.kernel_speed import bench
+
+        return bench(fn, q, k, v, backward=backward, rep_ms=rep_ms)
+    times = []
+    for _ in range(6):
+        start = time.perf_counter()
+        out = fn(q, k, v)
+        if backward:
+            out.sum().backward()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times[1:])
+
+
+def synchronised_ms(fn, device: torch.device, *args) -> float:
+    """Wall-clock ms of ``fn(*args)``, the GPU drained before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn(*args)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1e3
+
+
+def default_kernel(shape: Shape, device: torch.device, dtype: torch.dtype) -> str:
+    """The GPU kernel that takes the most time in one default SDPA call (what torch picked)."""
+    if device.type != "cuda":
+        return "n/a (CPU)"
+    from torch.profiler import ProfilerActivity, profile
+
+    q, k, v = inputs(shape, device, dtype)
+    fn = column_fn("default", shape, device)
+    fn(q, k, v)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn(q, k, v)
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    return max(events, key=lambda e: e.self_device_time_total).key[:80] if events else "none"
+
+
+def error_against_float32(fn, shape: Shape, device: torch.device, dtype: torch.dtype) -> float:
+    small = Shape(shape.name, 1, shape.heads, shape.kv_heads, min(shape.tokens, 256), shape.head_dim, shape.causal)
+    q, k, v = inputs(small, device, dtype)
+    groups = shape.heads // shape.kv_heads
+    expected = F.scaled_dot_product_attention(q.float(), k.float().repeat_interleave(groups, 1),
+                                              v.float().repeat_interleave(groups, 1), is_causal=shape.causal)
+    return float((fn(q, k, v).float() - expected).abs().max())
+
+
+def run_shapes(shapes, device, dtype, rep_ms, deadline) -> list[dict]:
+    rows = []
+    for shape in shapes:
+        row = {"row": shape.name, "shape": shape.__dict__, "default_kernel": default_kernel(shape, device, dtype)}
+        for column in COLUMNS:
+            fn = column_fn(column, shape, device)
+            if fn is None:
+                row[column] = "n/a"
+                continue
+            if time.time() > deadline:
+                row[column] = "skipped (time budget)"
+                continue
+            try:
+                cell = {"error": error_against_float32(fn, shape, device, dtype)}
+                for backward in (False, True):
+                    q, k, v = inputs(shape, device, dtype, grad=backward)
+                    cell["fwd_bwd_ms" if backward else "fwd_ms"] = timed_ms(fn, device, backward, q, k, v, rep_ms)
+                row[column] = cell
+            except Exception as exc:  # a backend that refuses this call: say so in the table
+                row[column] = f"error: {type(exc).__name__}: {str(exc)[:120]}"
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def run_new_shapes(shape: Shape, lengths: list[int], device, dtype, deadline) -> dict:
+    result = {"shape": shape.__dict__, "lengths": lengths}
+    with torch.no_grad():
+        for column in COLUMNS:
+            fn = column_fn(column, shape, device)
+            if fn is None:
+                result[column] = "n/a"
+                continue
+            excess, warm = [], []
+            try:
+                for n in lengths:
+                    if time.time() > deadline:
+                        break
+                    q, k, v = inputs(shape, device, dtype, tokens=n)
+                    first = synchronised_ms(fn, device, q, k, v)
+                    again = min(synchronised_ms(fn, device, q, k, v) for _ in range(3))
+                    excess.append(first - again)
+                    warm.append(again)
+            except Exception as exc:
+                result[column] = f"error: {type(exc).__name__}: {str(exc)[:120]}"
+                continue
+            result[column] = ({"lengths_timed": len(excess), "first_call_excess_ms": statistics.median(excess),
+                               "max_excess_ms": max(excess), "warm_ms": statistics.median(warm)}
+                              if excess else "skipped (time budget)")
+            print(column, json.dumps(result[column]), flush=True)
+    return result
+
+
+def fmt(cell, key: str) -> str:
+    return f"{cell[key]:.3f}" if isinstance(cell, dict) else str(cell)
+
+
+def write(results: dict, out_dir: Path) -> None:
+    (out_dir / "sdpa_backends.json").write_text(json.dumps(results, indent=1))
+    env = results["env"]
+    lines = [f"# SDPA backends at native sizes: {env['device']}", "",
+             f"torch {env['torch']}, CUDA {env['cuda']}, cuDNN {env['cudnn']}, {env['date']}, {env['dtype']}; "
+             f"`{env['command']}`. Median ms, forward (forward+backward); err: max abs error of the forward "
+             "against float32 math on the first 256 tokens.", "",
+             "| row | default kernel | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---:|" * len(COLUMNS)]
+    for row in results["shapes"]:
+        cells = [f"{fmt(row[c], 'fwd_ms')} ({fmt(row[c], 'fwd_bwd_ms')})" if isinstance(row[c], dict) else row[c]
+                 for c in COLUMNS]
+        lines.append(f"| {row['row']} | `{row['default_kernel']}` | " + " | ".join(cells) + " |")
+    errors = {f"{row['row']} / {c}": row[c]["error"] for row in results["shapes"] for c in COLUMNS
+              if isinstance(row[c], dict)}
+    lines += ["", "err: " + "; ".join(f"{name} {value:.1e}" for name, value in errors.items())]
+    new = results["new_shapes"]
+    lines += ["", f"New shapes: {len(new['lengths'])} distinct lengths "
+              f"{min(new['lengths'])}-{max(new['lengths'])}, causal, {new['shape']['heads']} heads over "
+              f"{new['shape']['kv_heads']}, head_dim {new['shape']['head_dim']}, forward, no grad. Median ms.", "",
+              "| column | first call minus warm (median) | (max) | warm call |", "|---|---:|---:|---:|"]
+    for column in COLUMNS:
+        cell = new[column]
+        lines.append(f"| {column} | {fmt(cell, 'first_call_excess_ms')} | {fmt(cell, 'max_excess_ms')} | "
+                     f"{fmt(cell, 'warm_ms')} |")
+    (out_dir / "sdpa_backends.md").write_text("\n".join(lines) + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder for sdpa_backends.json and sdpa_backends.md")
+    parser.add_argument("--lengths", type=int, default=24, help="distinct prompt lengths in the new-shapes section")
+    parser.add_argument("--rep-ms", type=int, default=100, help="do_bench's measuring time per cell")
+    parser.add_argument("--budget-s", type=float, default=480, help="stop timing new cells after this long")
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU (a smoke check)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    device = torch.device("cpu" if args.tiny else "cuda")
+    dtype = torch.float32 if args.tiny else torch.bfloat16
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.time() + args.budget_s
+    env = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.machine()})",
+           "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+           "date": time.strftime("%Y-%m-%d %H:%M:%S"), "dtype": str(dtype),
+           "command": " ".join(["python benchmarks/sdpa_backends.py", *(sys.argv[1:] if argv is None else argv)])}
+    print(env, flush=True)
+    shapes = TINY_SHAPES if args.tiny else SHAPES
+    results = {"env": env, "shapes": run_shapes(shapes, device, dtype, args.rep_ms, deadline)}
+    prompt = shapes[-1] if args.tiny else SHAPES[2]
+    top = 64 if args.tiny else 8192
+    step = max(1, (top - top // 8) // args.lengths)
+    lengths = [top // 8 + i * step + 1 for i in range(args.lengths)]  # odd, distinct: none seen before
+    results["new_shapes"] = run_new_shapes(prompt, lengths, device, dtype, deadline + 120)
+    write(results, out_dir)
+    print((out_dir / "sdpa_backends.md").read_text())
+    return results
+
+
+if __name__ == "__main__":
+    main()
