@@ -6,7 +6,8 @@ new shape costs on each: what decides whether ``backend="auto"`` may send calls 
 
 Section "shapes": attention calls of ViT-B/16 at 224 px (batch 64), Whisper-large-v3's encoder (1500
 frames, batch 4) and Llama-3.2-1B prefill (2k, 4k, 8k; 32 query heads over 8 key/value heads) plus a
-head_dim-128 prefill at 8k, bf16. Columns, forward and forward+backward (median ms of
+head_dim-128 prefill at 8k, bf16; and ViT's call under a 2-D window of 5 as SDPA's bool mask (does a fused
+SDPA backend take that mask at dense speed?). Columns, forward and forward+backward (median ms of
 triton.testing.do_bench):
 
   default      `F.scaled_dot_product_attention` as transformers calls it (the kernel torch picks is named);
@@ -51,17 +52,31 @@ class Shape:
     tokens: int
     head_dim: int
     causal: bool
+    grid_window: int = 0
+    """A 2-D window over ViT's 14x14 patch grid (CLS seeing and seen by all) as SDPA's bool mask; 0: none."""
+
+    def mask(self, device: torch.device) -> torch.Tensor | None:
+        if not self.grid_window:
+            return None
+        cell = (torch.arange(self.tokens, device=device) - 1).clamp(min=0)
+        rows, cols = cell // 14, cell % 14
+        near = ((rows[:, None] - rows[None, :]).abs() < self.grid_window) & (
+            (cols[:, None] - cols[None, :]).abs() < self.grid_window)
+        cls = torch.arange(self.tokens, device=device) == 0
+        return near | cls[:, None] | cls[None, :]
 
 
 SHAPES = (
     Shape("ViT-B/16 224 px, batch 64", 64, 12, 12, 197, 64, False),
+    Shape("ViT-B/16 224 px, 2-D window 5 as a mask", 64, 12, 12, 197, 64, False, grid_window=5),
     Shape("Whisper-large-v3 encoder, batch 4", 4, 20, 20, 1500, 64, False),
     Shape("Llama-1B prefill 2k", 1, 32, 8, 2048, 64, True),
     Shape("Llama-1B prefill 4k", 1, 32, 8, 4096, 64, True),
     Shape("Llama-1B prefill 8k", 1, 32, 8, 8192, 64, True),
     Shape("prefill 8k, head_dim 128", 1, 32, 8, 8192, 128, True),
 )
-TINY_SHAPES = (Shape("tiny bidirectional", 2, 4, 4, 40, 16, False), Shape("tiny causal", 1, 4, 2, 48, 16, True))
+TINY_SHAPES = (Shape("tiny bidirectional", 2, 4, 4, 40, 16, False), Shape("tiny 2-D window", 2, 4, 4, 197, 16, False, 3),
+               Shape("tiny causal", 1, 4, 2, 48, 16, True))
 
 
 def column_fn(column: str, shape: Shape, device: torch.device):
@@ -73,15 +88,18 @@ def column_fn(column: str, shape: Shape, device: torch.device):
         if column != "default" and device.type != "cuda":
             return None
         chosen = {"sdpa-cudnn": [SDPBackend.CUDNN_ATTENTION], "sdpa-flash": [SDPBackend.FLASH_ATTENTION]}.get(column)
+        mask = shape.mask(device)
 
         def sdpa(q, k, v):
             if chosen is None:
-                return F.scaled_dot_product_attention(q, k, v, is_causal=shape.causal, enable_gqa=grouped)
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=shape.causal,
+                                                      enable_gqa=grouped)
             with sdpa_kernel(chosen):
-                return F.scaled_dot_product_attention(q, k, v, is_causal=shape.causal, enable_gqa=grouped)
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=shape.causal,
+                                                      enable_gqa=grouped)
 
         return sdpa
-    if device.type != "cuda":
+    if device.type != "cuda" or shape.grid_window:  # ours on the 2-D window: benchmarks/neighbourhood.py
         return None
     if column == "ours-cudnn":
         from hf_efficient_attn.backends import cudnn_sdpa
@@ -145,11 +163,14 @@ def default_kernel(shape: Shape, device: torch.device, dtype: torch.dtype) -> st
 
 
 def error_against_float32(fn, shape: Shape, device: torch.device, dtype: torch.dtype) -> float:
-    small = Shape(shape.name, 1, shape.heads, shape.kv_heads, min(shape.tokens, 256), shape.head_dim, shape.causal)
+    small = Shape(shape.name, 1, shape.heads, shape.kv_heads, min(shape.tokens, 256), shape.head_dim, shape.causal,
+                  shape.grid_window)
     q, k, v = inputs(small, device, dtype)
     groups = shape.heads // shape.kv_heads
+    mask = small.mask(device)
     expected = F.scaled_dot_product_attention(q.float(), k.float().repeat_interleave(groups, 1),
-                                              v.float().repeat_interleave(groups, 1), is_causal=shape.causal)
+                                              v.float().repeat_interleave(groups, 1), is_causal=shape.causal,
+                                              attn_mask=None if mask is None else mask[: small.tokens, : small.tokens])
     return float((fn(q, k, v).float() - expected).abs().max())
 
 
