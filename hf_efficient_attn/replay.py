@@ -9,8 +9,8 @@ lookup.
 
 Plans are kept for one forward: for the layout tensor the mask policy made for it (by identity, while it
 lives; a caller's own mask is never a key, it may change in place), under a key of everything else the
-call reads. The first call of another forward, whose layout is a new tensor, starts afresh, and the plans
-go when their layout is freed. Under ``torch.compile`` nothing is kept: the compiler traces the path.
+call reads. Another forward has a new layout tensor and plans afresh, and plans go when their layout is
+freed. Under ``torch.compile`` nothing is kept: the compiler traces the path.
 """
 
 from __future__ import annotations
@@ -24,30 +24,42 @@ Plan = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class ReplayMemo:
-    """The plans of the current forward's calls, keyed by what they were planned from."""
+    """The plans of the current forward's calls, keyed by what they were planned from.
 
-    def __init__(self) -> None:
-        self._layout: weakref.ref | None = None
-        self._plans: dict[Hashable, tuple[int, Plan]] = {}
+    A forward may hand its layers more than one layout (models mixing full and sliding-window layers
+    build one per kind), so the plans of the last `max_layouts` layouts are kept, each until its layout
+    is freed.
+    """
+
+    def __init__(self, max_layouts: int = 4) -> None:
+        self.max_layouts = max_layouts
+        self._forwards: dict[int, tuple[weakref.ref, dict[Hashable, tuple[int, Plan]]]] = {}
 
     def get(self, layout: torch.Tensor | None, key: Hashable) -> tuple[int, Plan] | None:
         """The keys a kept plan attends over and the plan, or None when this forward has not made it."""
-        if layout is None or self._layout is None or self._layout() is not layout:
+        kept = None if layout is None else self._forwards.get(id(layout))
+        if kept is None or kept[0]() is not layout:
             return None
-        return self._plans.get(key)
+        return kept[1].get(key)
 
     def put(self, layout: torch.Tensor, key: Hashable, keys_seen: int, plan: Plan) -> None:
         """Keep a plan for the later layers of the forward that ``layout`` belongs to."""
-        if self._layout is None or self._layout() is not layout:
-            self._layout = weakref.ref(layout, self._forget)
-            self._plans = {}
-        self._plans[key] = (keys_seen, plan)
+        kept = self._forwards.get(id(layout))
+        if kept is None or kept[0]() is not layout:
+            while len(self._forwards) >= self.max_layouts:
+                del self._forwards[next(iter(self._forwards))]  # the oldest layout's plans
+            kept = self._forwards[id(layout)] = (weakref.ref(layout, self._forget(id(layout))), {})
+        kept[1][key] = (keys_seen, plan)
 
-    def _forget(self, ref: weakref.ref) -> None:
-        """Drop the plans (and the contexts they hold) once their forward's layout is freed."""
-        if self._layout is ref:
-            self._layout = None
-            self._plans = {}
+    def _forget(self, layout_id: int) -> Callable[[weakref.ref], None]:
+        """Drops a layout's plans (and the contexts they hold) once the layout is freed."""
+
+        def forget(ref: weakref.ref) -> None:
+            kept = self._forwards.get(layout_id)
+            if kept is not None and kept[0] is ref:
+                del self._forwards[layout_id]
+
+        return forget
 
     def __len__(self) -> int:
-        return len(self._plans)
+        return sum(len(plans) for _, plans in self._forwards.values())

@@ -12,7 +12,7 @@ import gc
 
 import pytest
 import torch
-from tiny_models import tiny_llama
+from tiny_models import tiny_llama, tiny_qwen2
 
 from hf_efficient_attn import interface, patch_model
 from hf_efficient_attn.layout import make_layout
@@ -94,6 +94,19 @@ def test_layers_left_unpatched_plan_apart_from_patched_ones(chosen_routes, monke
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
+def test_a_model_mixing_full_and_sliding_layers_keeps_a_plan_per_layout(chosen_routes):
+    """Qwen2 with alternating full and sliding-window layers hands its layers two layouts per forward:
+    one plan for each, and the unpatched model's logits."""
+    base = tiny_qwen2(num_hidden_layers=4, use_sliding_window=True, sliding_window=4, max_window_layers=0,
+                      layer_types=["full_attention", "sliding_attention"] * 2)
+    ids = torch.randint(3, 97, (1, 12), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = base(ids).logits
+        got = patch_model(copy.deepcopy(base), "flash")(ids).logits
+    assert chosen_routes == ["sdpa", "chunked"]  # full layers: plain causal; sliding layers: the model's window
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_calls_that_differ_in_what_a_plan_reads_get_their_own_plans():
     variant = patch_model(tiny_llama(), "flash").model.layers[0].self_attn.efficient_attn
     query, key = torch.randn(1, 4, 1, 8), torch.randn(1, 2, 6, 8)
@@ -149,16 +162,18 @@ def test_training_gradients_equal_planning_every_layer(monkeypatch):
         torch.testing.assert_close(got[name], grad, rtol=0, atol=0, msg=name)
 
 
-def test_the_memo_keeps_one_forward_and_forgets_it_with_its_layout():
-    memo = ReplayMemo()
-    first, second = make_layout(tokens=4, padding=None), make_layout(tokens=4, padding=None)
+def test_the_memo_keeps_plans_per_layout_and_forgets_them_with_it():
+    memo = ReplayMemo(max_layouts=2)
+    first, second, third = (make_layout(tokens=4, padding=None) for _ in range(3))
     plan = lambda q, k, v: q  # noqa: E731
     memo.put(first, "call", 4, plan)
     assert memo.get(first, "call") == (4, plan)
     assert memo.get(first, "another call") is None
-    assert memo.get(second, "call") is None  # another forward
-    memo.put(second, "call", 3, plan)
-    assert memo.get(first, "call") is None and memo.get(second, "call") == (3, plan)
-    del second
+    assert memo.get(second, "call") is None and memo.get(None, "call") is None  # another forward, no layout
+    memo.put(second, "call", 3, plan)  # a second layout of the same forward (full and sliding layers)
+    assert memo.get(first, "call") == (4, plan) and memo.get(second, "call") == (3, plan)
+    memo.put(third, "call", 2, plan)  # a third: the oldest goes
+    assert memo.get(first, "call") is None and memo.get(third, "call") == (2, plan)
+    del second, third
     gc.collect()
     assert len(memo) == 0
