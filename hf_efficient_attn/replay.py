@@ -16,6 +16,7 @@ freed. Under ``torch.compile`` nothing is kept: the compiler traces the path.
 from __future__ import annotations
 
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
 import torch
@@ -33,7 +34,7 @@ class ReplayMemo:
 
     def __init__(self, max_layouts: int = 4) -> None:
         self.max_layouts = max_layouts
-        self._forwards: dict[int, tuple[weakref.ref, dict[Hashable, tuple[int, Plan]]]] = {}
+        self._forwards: OrderedDict[int, tuple[weakref.ref, dict[Hashable, tuple[int, Plan]]]] = OrderedDict()
 
     def get(self, layout: torch.Tensor | None, key: Hashable) -> tuple[int, Plan] | None:
         """The keys a kept plan attends over and the plan, or None when this forward has not made it."""
@@ -47,7 +48,7 @@ class ReplayMemo:
         kept = self._forwards.get(id(layout))
         if kept is None or kept[0]() is not layout:
             while len(self._forwards) >= self.max_layouts:
-                del self._forwards[next(iter(self._forwards))]  # the oldest layout's plans
+                self._forwards.popitem(last=False)  # the oldest layout's plans
             kept = self._forwards[id(layout)] = (weakref.ref(layout, self._forget(id(layout))), {})
         kept[1][key] = (keys_seen, plan)
 
@@ -57,7 +58,7 @@ class ReplayMemo:
         def forget(ref: weakref.ref) -> None:
             kept = self._forwards.get(layout_id)
             if kept is not None and kept[0] is ref:
-                del self._forwards[layout_id]
+                self._forwards.pop(layout_id, None)
 
         return forget
 
