@@ -261,17 +261,21 @@ def _fwd_tile(t, q_base, k_base, v_base, o_base, lse_base, sqn, skn, svn, son, N
 
 
 @triton.jit
+def _query_head(H, GROUP):
+    """The batch row, query head and its key/value head of this program (grid axis 0), as int64 offsets."""
+    pid_bh = tl.program_id(0)
+    h = pid_bh % H
+    return (pid_bh // H).to(tl.int64), h.to(tl.int64), (h // GROUP).to(tl.int64)
+
+
+@triton.jit
 def _nbhd_fwd(Q, K, V, Out, LSE, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son, slb, slh,
               H, GROUP, N, P, R, C, REACH, LEAD, GQ, qk_scale, TUNE_N,
               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr, BLOCK_G: tl.constexpr,
               BLOCK_L: tl.constexpr, TQR: tl.constexpr, TQC: tl.constexpr, TKR: tl.constexpr,
               TKC: tl.constexpr):
-    pid_bh = tl.program_id(0)
+    b, h, hk = _query_head(H, GROUP)
     pid = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = pid_bh % H
-    hk = (h // GROUP).to(tl.int64)
-    h = h.to(tl.int64)
     q_base = Q + b * sqb + h * sqh
     k_base = K + b * skb + hk * skh
     v_base = V + b * svb + hk * svh
@@ -383,12 +387,8 @@ def _nbhd_bwd_dq(Q, K, V, DO, Out, DQ, LSE, DELTA, sqb, sqh, sqn, skb, skh, skn,
                  BLOCK_L: tl.constexpr, TQR: tl.constexpr, TQC: tl.constexpr, TKR: tl.constexpr,
                  TKC: tl.constexpr):
     # DQ shares Q's strides; DO and Out have (sob, soh, son); DELTA shares LSE's.
-    pid_bh = tl.program_id(0)
+    b, h, hk = _query_head(H, GROUP)
     pid = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = pid_bh % H
-    hk = (h // GROUP).to(tl.int64)
-    h = h.to(tl.int64)
     q_base = Q + b * sqb + h * sqh
     k_base = K + b * skb + hk * skh
     v_base = V + b * svb + hk * svh
