@@ -61,6 +61,7 @@ def main(output: str) -> None:
         results[variant] = {"losses": [value.item() for value in losses], "gradients": gradients}
     if rank == 0:
         torch.save(results, output)
+    dist.barrier()  # leave together: a rank tearing gloo down while its peer still works can abort
     dist.destroy_process_group()
 
 
