@@ -103,7 +103,7 @@ def plan_call(
     route, run = choose(query, key, value, context, backend, pattern, variant_name, one_mask is not None)
     decode_kernel = _decode_kernel(backend, query.device)
     if route == "sdpa":
-        return functools.partial(sdpa_attention, context=context, decode_kernel=decode_kernel)
+        return sdpa_plan(query, key, context, decode_kernel)
     if route in ("gather", "triton", "cudnn"):
         return run
     if route == "whole-rows":
@@ -425,6 +425,24 @@ def covers_call(pattern: KernelMask, context: AttentionContext, q_len: int, k_le
     if left is not None and left < reach:
         return False
     return context.causal or right is None or right >= reach
+
+
+def sdpa_plan(
+    query: torch.Tensor, key: torch.Tensor, context: AttentionContext, decode_kernel: bool
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """`sdpa_attention` for this call's shapes and context. Where the call needs no mask (a prompt under
+    plain causality, a decoding step over the keys it sees) it is one SDPA call with its arguments bound,
+    so that the later layers of a forward (`replay`) skip the mask logic: at batch-1 decoding the host
+    time of each layer's call is what the GPU waits on."""
+    q_len, k_len = query.shape[-2], key.shape[-2]
+    causal_rows = context.causal and (q_len > 1 or context.static)
+    aligned = q_len == k_len and context.trimmed_prefix is None and not context.static
+    if (causal_rows and not aligned) or context.key_padding is not None or context.dense_mask is not None:
+        return functools.partial(sdpa_attention, context=context, decode_kernel=decode_kernel)
+    grouped = {"enable_gqa": True} if query.shape[1] != key.shape[1] else {}
+    return functools.partial(
+        F.scaled_dot_product_attention, dropout_p=context.dropout, scale=context.scaling, is_causal=causal_rows, **grouped
+    )
 
 
 def sdpa_attention(

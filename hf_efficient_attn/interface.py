@@ -44,7 +44,7 @@ def efficient_attention_forward(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """Transformers' attention-function protocol: ``[b, heads, len, dim]`` in, ``[b, len, heads, dim]`` out."""
-    variant: AttentionVariant | None = getattr(module, VARIANT_ATTRIBUTE, None)
+    variant: AttentionVariant | None = module._modules.get(VARIANT_ATTRIBUTE)  # `getattr` costs a microsecond
     if variant is None:
         variant = _exact_attention()
     if scaling is None:

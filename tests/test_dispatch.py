@@ -327,3 +327,29 @@ def test_one_query_on_the_chunked_engine_needs_a_mask_only_where_its_keys_are_no
     assert len(seen) == 1 and (seen[0][0] is not None) == left_padded
     assert seen[0][1] == (2 + 3 + 5 if left_padded else 2 + 5)
     torch.testing.assert_close(output, definition(variant, query, key, value, context), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("q_len, k_len, with_padding", [(1, 10, False), (10, 10, False), (3, 10, False),
+                                                        (1, 10, True)],
+                         ids=["decoding-step", "aligned-prompt", "queries-against-a-cache", "padded-step"])
+def test_a_call_needing_no_mask_is_planned_as_one_bound_sdpa_call(q_len, k_len, with_padding):
+    """The plan later layers replay skips the mask logic where the call needs no mask, and computes the same."""
+    query, key, value = qkv(q_len, k_len)
+    padding = None
+    if with_padding:
+        padding = torch.ones(2, k_len, dtype=torch.bool)
+        padding[0, :3] = False
+    context = build_context(query=query, key=key, attention_mask=None if padding is None else
+                            make_layout(tokens=k_len, padding=padding, query_start=None, query_length=q_len),
+                            causal=True, scaling=SCALE, dropout=0.0, cache_window=None, position_ids=None,
+                            native_window=None)
+    plan = dispatch.sdpa_plan(query, key, context, decode_kernel=False)
+    needs_mask = with_padding or q_len not in (1, k_len)
+    assert (plan.func is dispatch.sdpa_attention) == needs_mask
+    torch.testing.assert_close(plan(query, key, value), dispatch.sdpa_attention(query, key, value, context),
+                               rtol=0, atol=0)
+    visible = (context.key_positions[None, :] <= context.query_positions[:, None])[None, None]
+    if padding is not None:
+        visible = visible & padding[:, None, None, :]
+    torch.testing.assert_close(plan(query, key, value), dense_attention(query, key, value, visible, SCALE),
+                               rtol=0, atol=1e-12)
