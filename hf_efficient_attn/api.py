@@ -21,7 +21,7 @@ from torch import nn
 from transformers.core_model_loading import revert_weight_conversion
 
 from . import interface
-from .cache import install_bounded_cache
+from .cache import BoundedCacheInstaller
 from .patches import AttentionSite, adapter_for
 from .variants import VARIANTS, AttentionVariant, VariantError, VariantOptions
 
@@ -77,10 +77,14 @@ def patch_model(
     interface.register()
     previous = model.config._attn_implementation
     model.set_attn_implementation(interface.IMPLEMENTATION_NAME)
+    bounded: dict[str, list[nn.Module]] = {}
     for site, module in zip(chosen_sites, modules, strict=True):
         site.module.add_module(interface.VARIANT_ATTRIBUTE, module)
-        if module.cache_window() is not None:  # a hook on every layer would cost each call host time
-            site.module.register_forward_pre_hook(install_bounded_cache, with_kwargs=True)
+        if module.cache_window() is not None:
+            bounded.setdefault(site.layer.target, []).append(site.module)
+    for stack in bounded.values():
+        installer = BoundedCacheInstaller(stack)
+        installer.first.register_forward_pre_hook(installer, with_kwargs=True)
     setattr(
         model.config,
         CONFIG_RECORD,
@@ -104,7 +108,7 @@ def unpatch_model(model: ModelT) -> ModelT:
         if isinstance(module._modules.get(interface.VARIANT_ATTRIBUTE), AttentionVariant):
             del module._modules[interface.VARIANT_ATTRIBUTE]
             for hook_id, hook in list(module._forward_pre_hooks.items()):
-                if hook is install_bounded_cache:
+                if isinstance(hook, BoundedCacheInstaller):
                     del module._forward_pre_hooks[hook_id]
                     module._forward_pre_hooks_with_kwargs.pop(hook_id, None)
     model.set_attn_implementation(record.get("previous_attn_implementation") or "sdpa")

@@ -14,13 +14,14 @@ and the new ones (the static layer's decoding step: its prefix and its ring): `c
 reads the positions back from those shapes.
 
 Transformers builds the cache (in `generate()` or the model itself) before any of our code runs,
-knowing nothing of our variants. A forward pre-hook on each patched attention module replaces that
-module's layer of the cache, through the public `Cache.layers` list, the first time it sees it unwritten;
-later steps find it in place.
+knowing nothing of our variants. A forward pre-hook on the first bounded attention module of each stack
+(`BoundedCacheInstaller`) replaces the stack's layers of the cache, through the public `Cache.layers`
+list, the first time it sees them unwritten; later steps find them in place.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -229,20 +230,52 @@ def _self_attention_cache(cache: object) -> Cache | None:
     return cache if isinstance(cache, Cache) else None
 
 
-def install_bounded_cache(module: nn.Module, args: tuple, kwargs: dict) -> None:
-    """Forward pre-hook: give this module's cache slot the bounded layer its variant asks for."""
-    variant = getattr(module, "efficient_attn", None)
-    window = None if variant is None else variant.cache_window()
-    cache = _self_attention_cache(cache_argument(kwargs))
-    if window is None or cache is None or not hasattr(cache, "layers"):
-        return
+class BoundedCacheInstaller:
+    """Forward pre-hook on the first bounded attention module of a stack (`patch_model` registers it):
+    gives every bounded module of the stack the cache layer its variant asks for, before any of them
+    updates the cache.
+
+    One hook per stack, not one per module: a module with a hook leaves `nn.Module`'s fast call path,
+    which costs every decoding step host time in every layer. Layers run in order, so the first
+    module's hook sees the cache before the others write to it.
+    """
+
+    def __init__(self, modules: list[nn.Module]):
+        self.modules = sorted(modules, key=lambda module: module.layer_idx)
+
+    @property
+    def first(self) -> nn.Module:
+        """The module the hook goes on."""
+        return self.modules[0]
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        cache = _self_attention_cache(cache_argument(kwargs))
+        if cache is None or not hasattr(cache, "layers"):
+            return
+        mask = kwargs.get("attention_mask")
+        read: dict[int, int] = {}  # one host read at most, whatever the number of layers
+
+        def leading_padding(sinks: int) -> int:
+            if sinks not in read:
+                read[sinks] = _leading_padding(mask, sinks)
+            return read[sinks]
+
+        for bounded in self.modules:
+            _install(cache, bounded, leading_padding)
+
+
+def _install(cache: Cache, module: nn.Module, leading_padding: Callable[[int], int]) -> None:
+    """Give ``module``'s slot of ``cache`` the bounded layer its variant asks for, unless it holds tokens;
+    ``leading_padding(sinks)`` is `_leading_padding` of the call's mask."""
+    variant = module._modules["efficient_attn"]
+    window = variant.cache_window()
     index = module.layer_idx
     current = cache.layers[index] if index < len(cache.layers) else None
     if isinstance(current, (SinkWindowCacheLayer, StaticSinkWindowLayer)):
         return
     if current is not None and current.is_initialized:
         return  # it holds tokens already: keep it (exact, only not bounded)
-    prefix = variant.options.sink_tokens + _leading_padding(kwargs.get("attention_mask"), variant.options.sink_tokens)
+    prefix = variant.options.sink_tokens + leading_padding(variant.options.sink_tokens)
     if isinstance(current, StaticLayer):
         if prefix + window < current.max_cache_len:
             cache.layers[index] = StaticSinkWindowLayer(current.max_cache_len, window, prefix)

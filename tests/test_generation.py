@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from hf_efficient_attn import patch_model
+from hf_efficient_attn import patch_model, unpatch_model
 from hf_efficient_attn.cache import SinkWindowCacheLayer
 
 PATCHES = [
@@ -73,6 +73,21 @@ def test_partially_patched_model_keeps_full_cache_elsewhere(llama):
     lengths = [layer.keys.shape[-2] for layer in out.past_key_values.layers]
     assert lengths[0] == 3 + 1 and lengths[1:] == [out.sequences.shape[-1] - 1] * 2
     assert torch.equal(out.sequences, greedy(model, ids, torch.ones_like(ids), 12, use_cache=False))
+
+
+def test_one_hook_on_the_first_bounded_layer_bounds_every_patched_layer(llama):
+    """The cache hook sits on the first patched module only (the others keep the fast call path) and still
+    bounds every patched layer; unpatching removes it."""
+    model = patch_model(copy.deepcopy(llama), "sliding", window=4, layers=[1, 2])
+    hooked = [name for name, module in model.named_modules() if module._forward_pre_hooks]
+    assert hooked == ["model.layers.1.self_attn"]
+    ids = torch.randint(3, llama.config.vocab_size, (1, 10))
+    out = model.generate(input_ids=ids, max_new_tokens=12, do_sample=False, return_dict_in_generate=True, pad_token_id=0)
+    lengths = [layer.keys.shape[-2] for layer in out.past_key_values.layers]
+    assert lengths == [out.sequences.shape[-1] - 1, 3 + 1, 3 + 1]
+    assert torch.equal(out.sequences, greedy(model, ids, torch.ones_like(ids), 12, use_cache=False))
+    unpatch_model(model)
+    assert not any(module._forward_pre_hooks for module in model.modules())
 
 
 def test_whisper_generation_with_windowed_decoder(whisper, whisper_inputs):
