@@ -8,6 +8,7 @@ own batch, and rank 0 saves each variant's loss per rank and the full (gathered)
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -63,6 +64,11 @@ def main(output: str) -> None:
         torch.save(results, output)
     dist.barrier()  # leave together: a rank tearing gloo down while its peer still works can abort
     dist.destroy_process_group()
+    # Skip interpreter finalization: gloo's worker threads can still hold FSDP's tensors there, and
+    # freeing them then aborts the process ("terminate called without an active exception").
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
