@@ -79,8 +79,8 @@ def efficient_attention_forward(
     if plan is None:
         output = variant(query, key, value, context)
     else:
-        if is_layout(attention_mask):  # a caller's own mask may change in place: never a key
-            _PLANS.put(attention_mask, replay_key, keys_seen, plan)
+        if is_layout(attention_mask) or (attention_mask is None and position_ids is None):
+            _PLANS.put(attention_mask, replay_key, keys_seen, plan)  # a caller's own mask may change: never a key
         output = plan(query, key, value)
     return output.transpose(1, 2).contiguous(), None
 

@@ -10,7 +10,9 @@ lookup.
 Plans are kept for one forward: for the layout tensor the mask policy made for it (by identity, while it
 lives; a caller's own mask is never a key, it may change in place), under a key of everything else the
 call reads. Another forward has a new layout tensor and plans afresh, and plans go when their layout is
-freed. Under ``torch.compile`` nothing is kept: the compiler traces the path.
+freed. A call without a mask or position ids (Whisper's encoder) reads nothing but its shapes
+and flags, all in the key, so its plan is kept across forwards: the encoder's next batch replays it from
+the first layer on. Under ``torch.compile`` nothing is kept: the compiler traces the path.
 """
 
 from __future__ import annotations
@@ -32,19 +34,31 @@ class ReplayMemo:
     is freed.
     """
 
-    def __init__(self, max_layouts: int = 4) -> None:
+    def __init__(self, max_layouts: int = 4, max_unmasked: int = 16) -> None:
         self.max_layouts = max_layouts
+        self.max_unmasked = max_unmasked
         self._forwards: OrderedDict[int, tuple[weakref.ref, dict[Hashable, tuple[int, Plan]]]] = OrderedDict()
+        self._unmasked: OrderedDict[Hashable, tuple[int, Plan]] = OrderedDict()
 
     def get(self, layout: torch.Tensor | None, key: Hashable) -> tuple[int, Plan] | None:
-        """The keys a kept plan attends over and the plan, or None when this forward has not made it."""
-        kept = None if layout is None else self._forwards.get(id(layout))
+        """The keys a kept plan attends over and the plan, or None when this forward has not made it
+        (``layout`` None: a call without a mask, whose plans outlive their forward)."""
+        if layout is None:
+            return self._unmasked.get(key)
+        kept = self._forwards.get(id(layout))
         if kept is None or kept[0]() is not layout:
             return None
         return kept[1].get(key)
 
-    def put(self, layout: torch.Tensor, key: Hashable, keys_seen: int, plan: Plan) -> None:
-        """Keep a plan for the later layers of the forward that ``layout`` belongs to."""
+    def put(self, layout: torch.Tensor | None, key: Hashable, keys_seen: int, plan: Plan) -> None:
+        """Keep a plan for the later layers of the forward that ``layout`` belongs to; with ``layout``
+        None, for every later call without a mask under the same key (which must then hold all the call
+        reads: no position ids)."""
+        if layout is None:
+            self._unmasked[key] = (keys_seen, plan)
+            while len(self._unmasked) > self.max_unmasked:
+                self._unmasked.popitem(last=False)
+            return
         kept = self._forwards.get(id(layout))
         if kept is None or kept[0]() is not layout:
             while len(self._forwards) >= self.max_layouts:
@@ -63,4 +77,4 @@ class ReplayMemo:
         return forget
 
     def __len__(self) -> int:
-        return sum(len(plans) for _, plans in self._forwards.values())
+        return len(self._unmasked) + sum(len(plans) for _, plans in self._forwards.values())

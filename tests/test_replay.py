@@ -1,5 +1,6 @@
 """A forward's planned calls: planned in its first layer, run again by the others (`replay`), never
-across forwards, calls of other shapes or variants with other options, and never past a hook.
+across forwards that have a mask (calls without one, Whisper's encoder's, keep theirs), calls of other shapes
+or variants with other options, and never past a hook.
 
 Every comparison is against the same model with plans not shared (each layer plans its own call) or
 against the unpatched model; the counts come from wrapping `dispatch.choose`.
@@ -12,7 +13,7 @@ import gc
 
 import pytest
 import torch
-from tiny_models import tiny_llama, tiny_qwen2
+from tiny_models import tiny_llama, tiny_qwen2, tiny_whisper, whisper_features
 
 from hf_efficient_attn import interface, patch_model
 from hf_efficient_attn.layout import make_layout
@@ -177,3 +178,37 @@ def test_the_memo_keeps_plans_per_layout_and_forgets_them_with_it():
     del second, third
     gc.collect()
     assert len(memo) == 0
+
+
+def test_the_memo_keeps_plans_of_calls_without_a_mask_across_forwards_up_to_its_bound():
+    memo = ReplayMemo(max_unmasked=2)
+    plan = lambda q, k, v: q  # noqa: E731
+    memo.put(None, "call", 4, plan)
+    assert memo.get(None, "call") == (4, plan) and memo.get(None, "another call") is None
+    memo.put(None, "second", 4, plan)
+    memo.put(None, "third", 4, plan)  # past the bound: the oldest goes
+    assert memo.get(None, "call") is None and memo.get(None, "third") == (4, plan) and len(memo) == 2
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_an_encoder_without_a_mask_replays_its_plan_in_the_next_forward(variant, chosen_routes, monkeypatch):
+    """Whisper's encoder passes no mask: its first forward plans once for every layer, a second batch of
+    the same shape plans nothing, one of another shape plans again; outputs equal planning every layer."""
+    base = tiny_whisper()
+    options = {"window": 6} if variant == "sliding" else VARIANTS[variant]
+    batches = [whisper_features(base, batch=2, seed=1), whisper_features(base, batch=2, seed=2),
+               whisper_features(base, batch=3, seed=3)]
+    encoder = patch_model(copy.deepcopy(base), variant, **options).model.encoder
+    with torch.no_grad():
+        outputs = [encoder(features).last_hidden_state for features in batches[:1]]
+        planned = len(chosen_routes)
+        outputs.append(encoder(batches[1]).last_hidden_state)
+        replayed = len(chosen_routes)
+        outputs.append(encoder(batches[2]).last_hidden_state)
+    assert planned == 1 and replayed == 1 and len(chosen_routes) == 2
+    with monkeypatch.context() as patch:
+        _no_sharing(patch)
+        expected = patch_model(copy.deepcopy(base), variant, **options).model.encoder
+        with torch.no_grad():
+            for got, features in zip(outputs, batches, strict=True):
+                torch.testing.assert_close(got, expected(features).last_hidden_state, rtol=0, atol=0)
