@@ -11,10 +11,11 @@ them to rounding, and a call goes to the fastest that computes it exactly:
    go with it as SDPA's boolean mask (what transformers' own SDPA path passes). These are the calls
    where our kernels would only redo SDPA's work. So is a decoding step under a block layout shared by
    the heads (`gathers_visible_keys`, route ``"gather"``): SDPA without a mask over the key blocks its
-   layout row allows, gathered by one index made once per forward. So is most of a bidirectional
+   layout row allows, gathered by one index made once per forward, or for a small cache one SDPA call
+   over every key under the row's mask (`plan_key_gather`). So is most of a bidirectional
    inference call under a block layout that leaves most block rows whole (`splits_whole_rows`, route
-   ``"whole-rows"``: Whisper's encoder under a 99% layout): SDPA without a mask over the runs of whole
-   rows, the pattern's dense mask over the other rows only. A call under a mask with grouped-query
+   ``"whole-rows"``, on the CPU: Whisper's encoder under a 99% layout): SDPA without a mask over the
+   runs of whole rows, the pattern's dense mask over the other rows only. A call under a mask with grouped-query
    heads passes the key/value heads as they are where SDPA has a fused kernel for it (`sdpa_support`:
    cuDNN on Hopper, 4-18x faster than transformers' repeated keys); where it has none, a decoding query
    under a mask (a static cache's step, by position) runs on our split-key decode kernel on CUDA, as it
@@ -154,7 +155,7 @@ def choose(
     if backend == "auto" and sdpa_exact and not (wants_kernels and fused_path.decodes_with_padding(query, context)):
         return _remember(context, route_key, "sdpa")
     if backend == "auto" and gathers_visible_keys(query, key, context, pattern):
-        return _remember(context, route_key, "gather", plan_key_gather(query, key, context, pattern))
+        return _remember(context, route_key, "gather", plan_key_gather(query, key, value, context, pattern))
     if backend == "auto" and one_mask and not isinstance(pattern, str) and splits_whole_rows(query, key, context, pattern):
         return _remember(context, route_key, "whole-rows")
     if backend == "auto" and one_mask and not isinstance(pattern, str) and masked_sdpa_faster(query, key, context, pattern):
@@ -287,13 +288,29 @@ def gathers_visible_keys(
     )
 
 
+ROW_MASK_MAX_BYTES = 512 * 2**20
+"""Most bytes of keys and values for which a decoding step under a block layout reads the whole cache
+under its layout row's mask rather than gathering the visible blocks (`plan_key_gather`).
+
+On the H200 (Llama-1B shapes, eager decoding, where at batch 1 the GPU waits on the host) the gather
+route took 1.11x the time of transformers' SDPA after 4k and 1.13x after 32k at batch 1 and 1.11x after
+4k at batch 16 (caches of 8, 64 and 128 MiB per layer), its two gathers being two more launches per
+layer; after 32k at batch 16 (1 GiB), reading a third of the cache made it 1.19x faster than SDPA. One
+masked SDPA call with grouped heads (`sdpa_support`) reads every key in one launch: 15, 29 and 48 us
+per layer at the first three sizes, 297 us at 1 GiB (measured for the static cache's masked step). The
+bound sits between the sizes where each won.
+"""
+
+
 def plan_key_gather(
-    query: torch.Tensor, key: torch.Tensor, context: AttentionContext, pattern: KernelMask
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext, pattern: KernelMask
 ) -> fused_path.Launch:
-    """The launch of a decoding step that `gathers_visible_keys`: the key blocks of the query's layout row
-    (host facts of the layout, computed once per name and size) as one index on the device, made once per
-    forward and kept with the route, and SDPA over the keys it selects, without a mask. A layer then costs
-    two gathers and one SDPA call; one contiguous run of blocks needs no gather at all."""
+    """The launch of a decoding step that `gathers_visible_keys`: SDPA without a mask over the key blocks
+    of the query's layout row (host facts of the layout, computed once per name and size), which one
+    contiguous run of blocks takes as a slice and scattered blocks through one index on the device, made
+    once per forward and kept with the route (two gathers and one SDPA call per layer). Where the cache
+    is at most `ROW_MASK_MAX_BYTES` and SDPA fuses the masked call, the step is instead one SDPA call over
+    every key under the row's mask, also made once per forward."""
     size = pattern.layout_block_size
     row = context.query_offset // size
     k_len = key.shape[-2]
@@ -303,6 +320,11 @@ def plan_key_gather(
     if len(ranges) == 1:
         low, high = ranges[0]
         return lambda q, k, v: _sdpa_grouped(q, k[..., low:high, :], v[..., low:high, :], None, False, scale, dropout)
+    cache_bytes = (key.numel() + value.numel()) * key.element_size()
+    if cache_bytes <= ROW_MASK_MAX_BYTES:
+        row_mask = fused_path.layout_row_keys(key, context, pattern)[:, None, None, :]
+        if sdpa_support.fuses_masked_call(query, key, row_mask, dropout):
+            return lambda q, k, v: _sdpa_grouped(q, k, v, row_mask, False, scale, dropout, fused_under_mask=True)
     index = torch.cat([positions(low, high, key.device) for low, high in ranges])
     return lambda q, k, v: _sdpa_grouped(q, k.index_select(-2, index), v.index_select(-2, index), None, False, scale,
                                          dropout)
@@ -319,16 +341,20 @@ WHOLE_ROWS_MIN_SHARE = 0.75
 def splits_whole_rows(query: torch.Tensor, key: torch.Tensor, context: AttentionContext, pattern: KernelMask) -> bool:
     """Whether a bidirectional inference call under a nearly dense block layout runs as SDPA without a
     mask over the query rows the layout leaves whole and the dense mask over the others only
-    (`whole_rows_attention`): when whole rows are at least `WHOLE_ROWS_MIN_SHARE` of the block rows.
+    (`whole_rows_attention`): when whole rows are at least `WHOLE_ROWS_MIN_SHARE` of the block rows, on
+    devices where the kernels do not run.
 
-    Whisper's encoder under the `native.py` layout keeps 99% of the pairs: 10 of its 12 block rows are
-    whole. On the H200 (bf16, 4 x 20 heads of 64, 1500 frames) our kernel takes 207 us per call for it,
-    dense SDPA 132 us and the masked call 320 us for every row: split, 10/12 x 132 + 2/12 x 320 = 163 us,
-    and below 207 whenever whole rows are at least 59% of them (the bound keeps a margin). On the CPU the
-    split replaces one masked call over every row (22 ms against 15 for dense SDPA at 1 x 6 heads)."""
+    On the CPU the split replaces one masked call over every row: Whisper's encoder under the `native.py`
+    layout (99% of the pairs, 10 of its 12 block rows whole) takes 22 ms per call masked against 15 for
+    dense SDPA at 1 x 6 heads; split, whisper-tiny's encoder runs within 1.08x of unpatched
+    (benchmarks/results/native-cpu). Not where the kernels run: on the H200
+    (bf16, Whisper-large-v3's encoder at 1500 frames, batch 4) the split forward took 49.0 ms against
+    30.4 ms on our kernel and 27.8 ms unpatched, its pieces' joins and per-layer masks costing more than
+    the dense rows save."""
     n = key.shape[-2]
     if (
-        pattern.block_layout is None
+        fused_path.kernels_preferred(query.device)
+        or pattern.block_layout is None
         or context.causal
         or query.shape[-2] != n
         or context.key_padding is not None

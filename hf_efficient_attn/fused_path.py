@@ -154,7 +154,7 @@ def plan(
     if documents is None and _decodes(query, key, context, mask):
         return lambda q, k, v: kernels.ops.decode_attention(q, k, v, scale=scale, key_padding=key_padding)
     if documents is None and decodes_one_layout_row(query, context, mask):
-        visible = _layout_row_keys(key, context, mask).expand(key.shape[0], -1)
+        visible = layout_row_keys(key, context, mask).expand(key.shape[0], -1)
         visible = visible if key_padding is None else visible & key_padding
         return lambda q, k, v: kernels.ops.decode_attention(q, k, v, scale=scale, key_padding=visible)
     return kernels.ops.DenseLaunch(
@@ -248,7 +248,7 @@ def decodes_one_layout_row(query: torch.Tensor, context: AttentionContext, mask:
     return layout.shape[0] == 1
 
 
-def _layout_row_keys(key: torch.Tensor, context: AttentionContext, mask: KernelMask) -> torch.Tensor:
+def layout_row_keys(key: torch.Tensor, context: AttentionContext, mask: KernelMask) -> torch.Tensor:
     """Bool ``[1, k_len]``: the keys the one query's layout row allows (blocks counted from position 0;
     left-padded rows are refused before)."""
     from .variants import block_layout as layouts

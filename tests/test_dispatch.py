@@ -212,13 +212,11 @@ def whole_rows_layout(local_blocks: int = 6) -> BlockSparseAttention:
                                 layer(Role.BIDIRECTIONAL))
 
 
-@pytest.mark.parametrize("kernels", [False, True], ids=["cpu-rule", "kernel-rule"])
 @pytest.mark.parametrize("n", [64, 60])
-def test_a_nearly_dense_layout_runs_its_whole_rows_on_sdpa_without_a_mask(monkeypatch, kernels, n):
-    """A bidirectional inference call under a layout whose block rows are mostly whole: SDPA without a
-    mask for the runs of whole rows (over every key), the dense mask for the other rows only; the
-    definition's result, on the CPU and where the kernels run."""
-    monkeypatch.setattr(fused_path, "kernels_preferred", lambda device: kernels)
+def test_a_nearly_dense_layout_runs_its_whole_rows_on_sdpa_without_a_mask(monkeypatch, n):
+    """A bidirectional inference call under a layout whose block rows are mostly whole, on the CPU: SDPA
+    without a mask for the runs of whole rows (over every key), the dense mask for the other rows only;
+    the definition's result."""
     variant = whole_rows_layout()
     query, key, value = qkv(n, n, seed=n)
     seen = []
@@ -236,7 +234,8 @@ def test_a_nearly_dense_layout_runs_its_whole_rows_on_sdpa_without_a_mask(monkey
 
 
 def test_whole_rows_are_not_split_where_the_call_needs_more_than_the_layout():
-    """Too few whole rows, causal calls, padding and calls that record gradients keep their routes."""
+    """Devices where the kernels run, too few whole rows, causal calls, padding and calls that record
+    gradients keep their routes."""
     query, key, value = qkv(64, 64)
 
     def splits(variant, causal=False, padding=None, q=query):
@@ -246,6 +245,9 @@ def test_whole_rows_are_not_split_where_the_call_needs_more_than_the_layout():
         return dispatch.splits_whole_rows(q, key, context, variant.kernel_mask(context))
 
     assert splits(whole_rows_layout())
+    with pytest.MonkeyPatch.context() as patched:  # where the kernels run, they take the whole call
+        patched.setattr(fused_path, "kernels_preferred", lambda device: True)
+        assert not splits(whole_rows_layout())
     assert not splits(whole_rows_layout(local_blocks=5))  # 2 of 8 rows whole
     assert not splits(BlockSparseAttention(SparseOptions(block_size=8, local_blocks=6, global_blocks=1), layer()),
                       causal=True)
@@ -306,6 +308,29 @@ def test_decoding_under_a_shared_block_layout_gathers_the_visible_keys_without_a
     assert dispatch.gathers_visible_keys(query, key, context, variant.kernel_mask(context))
     monkeypatch.setattr(dispatch, "tracing", lambda: True)  # a causal layout's candidates are every key then
     assert not dispatch.gathers_visible_keys(query, key, context, variant.kernel_mask(context))
+
+
+@pytest.mark.parametrize("cache_bound", [dispatch.ROW_MASK_MAX_BYTES, 0], ids=["small-cache", "large-cache"])
+def test_a_small_cache_under_scattered_layout_blocks_is_read_whole_under_the_row_mask(monkeypatch, cache_bound):
+    """Where SDPA fuses the masked call (CUDA; here declared so), a decoding step whose layout row is
+    scattered over the cache is one SDPA call over every key under that row's mask while the cache is at
+    most `ROW_MASK_MAX_BYTES`, and gathers the visible blocks beyond; both equal the definition."""
+    monkeypatch.setattr(fused_path, "kernels_preferred", lambda device: True)
+    monkeypatch.setattr(dispatch.sdpa_support, "fuses_masked_call", lambda *args: True)
+    monkeypatch.setattr(dispatch, "ROW_MASK_MAX_BYTES", cache_bound)
+    variant = BlockSparseAttention(SparseOptions(block_size=4, local_blocks=2, global_blocks=1, random_blocks=1,
+                                                 seed=3), layer())
+    query, key, value = qkv(1, 37, seed=37)
+    seen = sdpa_masks(monkeypatch)
+    route, output, context = call(variant, query, key, value, tokens=37)
+    visible = variant.allowed(context, context.query_positions, context.key_positions)
+    assert route == "gather" and len(seen) == 1
+    mask, keys_read = seen[0]
+    if cache_bound:
+        assert keys_read == 37 and torch.equal(mask.reshape(-1), visible.reshape(-1))
+    else:
+        assert mask is None and keys_read == int(visible.sum()) < 37
+    torch.testing.assert_close(output, definition(variant, query, key, value, context), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("left_padded", [False, True])
