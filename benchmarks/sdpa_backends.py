@@ -16,6 +16,13 @@ triton.testing.do_bench):
   ours-cudnn   our cuDNN backend (`backends.cudnn_sdpa`, the ``cudnn`` extra) where installed;
   ours         our Triton kernels (`kernels.fused_attention`).
 
+Section "layout": Whisper-large-v3's encoder call under `native.py`'s block layout (the `sparse` column
+there: 10 of its 12 block rows whole), inference, forward median ms and max abs error against float32
+math under the layout's mask: the route the rule picks now (``auto``), the whole-rows split
+(`dispatch.plan_whole_rows`: SDPA without a mask over the whole rows, one masked call over the others),
+one SDPA call under the layout's mask over every row, and dense SDPA without a mask (not exact: the
+floor the split aims at). It decides whether the split may run where the kernels do.
+
 Section "new shapes": prompts of ``--lengths`` distinct lengths, causal at Llama-1B's heads, each length
 seen once: per column the median of (first call at a length - the same call once warm), which is what a
 request of a length not seen before pays (cuDNN builds a graph per shape, Triton specialises per
@@ -199,6 +206,46 @@ def run_shapes(shapes, device, dtype, rep_ms, deadline) -> list[dict]:
     return rows
 
 
+def layout_routes(device: torch.device, dtype: torch.dtype, tiny: bool):
+    """``{name: (q, k, v) -> out}`` for the Whisper call under `native.py`'s block layout, the float32
+    reference of that call, and its inputs (see the module docstring)."""
+    from benchmarks.native import SPARSE
+    from hf_efficient_attn import dispatch
+    from hf_efficient_attn.context import build_context
+    from hf_efficient_attn.masked import plan_one_masked_call
+    from hf_efficient_attn.variants import BlockSparseAttention, LayerInfo, Role, SparseOptions
+
+    shape = TINY_SHAPES[0] if tiny else SHAPES[2]
+    options = {**SPARSE, "block_size": 8, "local_blocks": 3} if tiny else SPARSE
+    variant = BlockSparseAttention(SparseOptions(**options), LayerInfo(Role.BIDIRECTIONAL, "encoder", 0, shape.heads,
+                                                                      shape.kv_heads, shape.head_dim)).to(device)
+    q, k, v = inputs(shape, device, dtype)
+    context = build_context(query=q, key=k, attention_mask=None, causal=False, scaling=shape.head_dim ** -0.5,
+                            dropout=0.0, cache_window=None, position_ids=None, native_window=None)
+    pattern = variant.kernel_mask(context)
+    visible = variant.allowed(context, context.query_positions, context.key_positions)
+    reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=visible)
+    routes = {
+        "auto": variant.plan(q, k, v, context),
+        "whole-rows split": dispatch.plan_whole_rows(
+            q, k, context, pattern, lambda q, k, c: plan_one_masked_call(q, k, c, rule=variant)),
+        "one masked call": plan_one_masked_call(q, k, context, rule=variant),
+        "dense SDPA (not exact)": F.scaled_dot_product_attention,
+    }
+    return shape, routes, reference, (q, k, v)
+
+
+def run_layout(device, dtype, rep_ms, tiny: bool) -> dict:
+    shape, routes, reference, (q, k, v) = layout_routes(device, dtype, tiny)
+    result = {"row": f"{shape.name} under native.py's sparse layout"}
+    with torch.no_grad():
+        for name, fn in routes.items():
+            result[name] = {"fwd_ms": timed_ms(fn, device, False, q, k, v, rep_ms),
+                            "error": float((fn(q, k, v).float() - reference).abs().max())}
+            print(name, json.dumps(result[name]), flush=True)
+    return result
+
+
 def run_new_shapes(shape: Shape, lengths: list[int], device, dtype, deadline) -> dict:
     result = {"shape": shape.__dict__, "lengths": lengths}
     with torch.no_grad():
@@ -246,6 +293,11 @@ def write(results: dict, out_dir: Path) -> None:
     errors = {f"{row['row']} / {c}": row[c]["error"] for row in results["shapes"] for c in COLUMNS
               if isinstance(row[c], dict)}
     lines += ["", "err: " + "; ".join(f"{name} {value:.1e}" for name, value in errors.items())]
+    layout = results["layout"]
+    names = [name for name in layout if name != "row"]
+    lines += ["", f"Layout: {layout['row']}, inference, forward median ms (max abs error against float32 math "
+              "under the layout's mask).", "", "| " + " | ".join(names) + " |", "|" + "---:|" * len(names),
+              "| " + " | ".join(f"{layout[n]['fwd_ms']:.3f} ({layout[n]['error']:.1e})" for n in names) + " |"]
     new = results["new_shapes"]
     lines += ["", f"New shapes: {len(new['lengths'])} distinct lengths "
               f"{min(new['lengths'])}-{max(new['lengths'])}, causal, {new['shape']['heads']} heads over "
@@ -282,7 +334,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(env, flush=True)
     shapes = TINY_SHAPES if args.tiny else SHAPES
     results = {"env": env, "shapes": run_shapes(shapes, device, dtype, args.rep_ms, deadline)}
-    prompt = shapes[-1] if args.tiny else SHAPES[2]
+    results["layout"] = run_layout(device, dtype, args.rep_ms, args.tiny)
+    prompt = next(shape for shape in shapes if shape.causal)
     top = 64 if args.tiny else 8192
     step = max(1, (top - top // 8) // args.lengths)
     lengths = [top // 8 + i * step + 1 for i in range(args.lengths)]  # odd, distinct: none seen before

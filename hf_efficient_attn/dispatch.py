@@ -83,7 +83,7 @@ def plan_call(
     pattern: KernelMask | str,
     reference: Callable[..., torch.Tensor],
     variant_name: str,
-    one_mask: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionContext], torch.Tensor] | None = None,
+    one_mask: Callable[[torch.Tensor, torch.Tensor, AttentionContext], fused_path.Launch] | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """The call's attention, ``(query, key, value) -> [batch, q_heads, q_len, head_dim]``, on the backend
     the rule picks for it. It reads nothing of the tensors but their shapes, so a forward's later layers
@@ -97,9 +97,10 @@ def plan_call(
             says whether a chunk of one query under a mask may run on the decode kernel
             (`masked.masked_attention`).
         variant_name: named in warnings and errors.
-        one_mask: ``(query, key, value, context)`` as one SDPA call under the pattern's dense mask (the
-            chunked engine with a single chunk) for the queries of ``context``, for variants whose pattern
-            has a kernel; None for the others.
+        one_mask: ``(query, key, context)`` to the launch of one SDPA call under the pattern's dense mask
+            (the chunked engine with a single chunk, `masked.plan_one_masked_call`) for the queries of
+            ``context``, its mask made when planned; for variants whose pattern has a kernel, None for the
+            others.
     """
     route, run = choose(query, key, value, context, backend, pattern, variant_name, one_mask is not None)
     decode_kernel = _decode_kernel(backend, query.device)
@@ -108,9 +109,9 @@ def plan_call(
     if route in ("gather", "triton", "cudnn"):
         return run
     if route == "whole-rows":
-        return functools.partial(whole_rows_attention, context=context, pattern=pattern, one_mask=one_mask)
+        return plan_whole_rows(query, key, context, pattern, one_mask)
     if route == "masked-sdpa":
-        return functools.partial(one_mask, context=context)
+        return one_mask(query, key, context)
     return functools.partial(reference, decode_kernel=decode_kernel)
 
 
@@ -341,7 +342,7 @@ WHOLE_ROWS_MIN_SHARE = 0.75
 def splits_whole_rows(query: torch.Tensor, key: torch.Tensor, context: AttentionContext, pattern: KernelMask) -> bool:
     """Whether a bidirectional inference call under a nearly dense block layout runs as SDPA without a
     mask over the query rows the layout leaves whole and the dense mask over the others only
-    (`whole_rows_attention`): when whole rows are at least `WHOLE_ROWS_MIN_SHARE` of the block rows, on
+    (`plan_whole_rows`): when whole rows are at least `WHOLE_ROWS_MIN_SHARE` of the block rows, on
     devices where the kernels do not run.
 
     On the CPU the split replaces one masked call over every row: Whisper's encoder under the `native.py`
@@ -369,29 +370,33 @@ def splits_whole_rows(query: torch.Tensor, key: torch.Tensor, context: Attention
     return whole >= WHOLE_ROWS_MIN_SHARE * blocks
 
 
-def whole_rows_attention(
+def plan_whole_rows(
     query: torch.Tensor,
     key: torch.Tensor,
-    value: torch.Tensor,
     context: AttentionContext,
     pattern: KernelMask,
-    one_mask: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionContext], torch.Tensor],
-) -> torch.Tensor:
-    """A bidirectional call under a block layout (`splits_whole_rows`), run by runs of query block rows:
-    SDPA without a mask over every key for a run of rows the layout leaves whole, the pattern's dense mask
-    (``one_mask``) for a run of the others; the runs' outputs are joined along the queries."""
+    one_mask: Callable[[torch.Tensor, torch.Tensor, AttentionContext], fused_path.Launch],
+) -> fused_path.Launch:
+    """The launch of a bidirectional call under a block layout (`splits_whole_rows`), by runs of query
+    block rows: SDPA without a mask over every key for a run of rows the layout leaves whole, one call
+    under the pattern's dense mask (``one_mask``, its mask made now) for a run of the others; the runs'
+    outputs are joined along the queries."""
     size = pattern.layout_block_size
     n = query.shape[-2]
-    pieces = []
+    runs = []
     for first, stop, whole in layouts.row_runs(pattern.block_layout, -(-n // size)):
         start, end = first * size, min(stop * size, n)
-        rows = query[..., start:end, :]
         if whole:
-            pieces.append(_sdpa_grouped(rows, key, value, None, False, context.scaling, 0.0))
+            launch = functools.partial(_sdpa_grouped, mask=None, is_causal=False, scale=context.scaling, dropout=0.0)
         else:
             part = dataclasses.replace(context, query_positions=context.query_positions[start:end], query_offset=start)
-            pieces.append(one_mask(rows, key, value, part))
-    return torch.cat(pieces, dim=-2)
+            launch = one_mask(query[..., start:end, :], key, part)
+        runs.append((start, end, launch))
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.cat([launch(q[..., start:end, :], k, v) for start, end, launch in runs], dim=-2)
+
+    return attend
 
 
 def masked_sdpa_faster(query: torch.Tensor, key: torch.Tensor, context: AttentionContext, pattern: KernelMask) -> bool:

@@ -17,6 +17,9 @@ exist on the device only (static caches) take every key as a candidate.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -80,50 +83,76 @@ def masked_attention(
         per_query = max(1, batch * q_heads * k_len)
         chunk_size = max(16, min(q_len, CHUNK_ELEMENTS // per_query))
     chunk_size = max(1, min(chunk_size, max(q_len, 1)))
-    outputs = [
-        _attend_chunk(
-            query[..., start : min(start + chunk_size, q_len), :], key, value, context, rule, start, decode_kernel
-        )
-        for start in range(0, q_len, chunk_size)
-    ]
+    outputs = []
+    for start in range(0, q_len, chunk_size):
+        chunk_query = query[..., start : min(start + chunk_size, q_len), :]
+        chunk = _plan_chunk(chunk_query, key, context, rule, start, start + chunk_query.shape[-2])
+        outputs.append(_run_chunk(chunk, chunk_query, key, value, context, decode_kernel))
     if not outputs:
         return _no_keys(query, key, value)
     return torch.cat(outputs, dim=-2) if len(outputs) > 1 else outputs[0]
 
 
-def _attend_chunk(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    context: AttentionContext,
-    rule: MaskRule | None,
-    start: int,
-    decode_kernel: bool = False,
-) -> torch.Tensor:
-    """Attention of the queries ``start:start + len`` over their candidate keys."""
-    stop = start + query.shape[-2]
+@dataclass(frozen=True)
+class _ChunkPlan:
+    """What one chunk's attention reads besides the query, key and value: the key index ranges it gathers
+    (None: every key; empty: none), the mask over them and whether SDPA fuses the masked call."""
+
+    key_index: list[tuple[int, int]] | None
+    visible: torch.Tensor | None
+    fused: bool
+
+
+def _plan_chunk(
+    query: torch.Tensor, key: torch.Tensor, context: AttentionContext, rule: MaskRule | None, start: int, stop: int
+) -> _ChunkPlan:
+    """The candidate keys and the mask of the queries ``start:stop`` (host facts and device masks from the
+    context; nothing of the query, key or value but their shapes)."""
     query_positions = context.query_positions[start:stop]
-    index_ranges = _candidate_indices(context, rule, start, stop, key.shape[-2])
-    if index_ranges is None:
-        chunk_keys, chunk_values, key_positions, key_index = key, value, context.key_positions, None
-    elif not index_ranges:
-        return _no_keys(query, key, value)
-    else:
-        chunk_keys = _gather(key, index_ranges, axis=-2)
-        chunk_values = _gather(value, index_ranges, axis=-2)
-        key_positions = _gather(context.key_positions, index_ranges)
-        key_index = index_ranges
+    key_index = _candidate_indices(context, rule, start, stop, key.shape[-2])
+    if key_index is not None and not key_index:
+        return _ChunkPlan(key_index, None, False)
+    key_positions = context.key_positions if key_index is None else _gather(context.key_positions, key_index)
     in_ranges = (  # one causal query whose gathered keys are exactly the ones it sees (no static slots ahead)
         context.causal and not context.static and stop - start == 1 and rule is not None and rule.ranges_exact(context)
     )
     visible = _visible(context, None if in_ranges else rule, query_positions, key_positions, key_index, start, stop,
                        causal=context.causal and not in_ranges)
-    fused = visible is not None and sdpa_support.fuses_masked_call(query, chunk_keys, visible, context.dropout)
-    if decode_kernel and visible is not None and not fused:
-        output = fused_path.decode_under_key_mask(query, chunk_keys, chunk_values, visible, context)
+    candidates = key if key_index is None else key.narrow(-2, 0, sum(high - low for low, high in key_index))
+    fused = visible is not None and sdpa_support.fuses_masked_call(query, candidates, visible, context.dropout)
+    return _ChunkPlan(key_index, visible, fused)
+
+
+def _run_chunk(
+    chunk: _ChunkPlan,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    context: AttentionContext,
+    decode_kernel: bool = False,
+) -> torch.Tensor:
+    """Attention of the chunk's queries (``query`` holds just those) over its candidate keys."""
+    if chunk.key_index is not None:
+        if not chunk.key_index:
+            return _no_keys(query, key, value)
+        key, value = _gather(key, chunk.key_index, axis=-2), _gather(value, chunk.key_index, axis=-2)
+    if decode_kernel and chunk.visible is not None and not chunk.fused:
+        output = fused_path.decode_under_key_mask(query, key, value, chunk.visible, context)
         if output is not None:
             return output
-    return _sdpa_chunk(query, chunk_keys, chunk_values, visible, context, fused)
+    return _sdpa_chunk(query, key, value, chunk.visible, context, chunk.fused)
+
+
+def plan_one_masked_call(
+    query: torch.Tensor, key: torch.Tensor, context: AttentionContext, rule: MaskRule | None = None
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """`masked_attention` of every query of the call in one chunk, as ``(query, key, value) -> output``
+    with the candidate keys and the mask made now, once: the forward's later layers (`replay`) then pay
+    one SDPA call each (and the gathers of the candidates, where they are not every key)."""
+    if query.shape[-2] == 0:
+        return _no_keys
+    chunk = _plan_chunk(query, key, context, rule, 0, query.shape[-2])
+    return functools.partial(_run_chunk, chunk, context=context)
 
 
 def _no_keys(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -283,4 +312,4 @@ def _group_mask(mask: torch.Tensor, kv_heads: int, groups: int) -> torch.Tensor:
     return mask.reshape(rows, kv_heads, groups * q_len, k_len)
 
 
-__all__ = ["CHUNK_ELEMENTS", "MaskRule", "PositionRanges", "masked_attention"]
+__all__ = ["CHUNK_ELEMENTS", "MaskRule", "PositionRanges", "masked_attention", "plan_one_masked_call"]

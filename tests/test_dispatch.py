@@ -222,15 +222,36 @@ def test_a_nearly_dense_layout_runs_its_whole_rows_on_sdpa_without_a_mask(monkey
     seen = []
     original = dispatch._sdpa_grouped
 
-    def noted(rows, key, value, mask, *args):
+    def noted(rows, key, value, mask, *args, **kwargs):
         seen.append(rows.shape[-2])
-        return original(rows, key, value, mask, *args)
+        return original(rows, key, value, mask, *args, **kwargs)
 
     monkeypatch.setattr(dispatch, "_sdpa_grouped", noted)
     route, output, context = call(variant, query, key, value, causal=False)
     assert route == "whole-rows"
     assert seen == [8, 40]  # block rows 0 and 2-6 without a mask; rows 1 and 7 under it
     torch.testing.assert_close(output, definition(variant, query, key, value, context), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("route", ["whole-rows", "masked-sdpa"])
+def test_a_planned_masked_call_makes_its_mask_once(monkeypatch, route):
+    """The one-mask routes make the pattern's mask when the call is planned: running the plan again (the
+    later layers of a forward, `replay`) asks the rule for nothing and still gives the definition."""
+    variant = whole_rows_layout(local_blocks=6 if route == "whole-rows" else 3)
+    query, key, value = qkv(64, 64, seed=5)
+    context = build_context(query=query, key=key, attention_mask=None, causal=False, scaling=SCALE, dropout=0.0,
+                            cache_window=None, position_ids=None, native_window=None)
+    assert dispatch.choose(query, key, value, context, "auto", variant.kernel_mask(context), one_mask=True)[0] == route
+    layers = [qkv(64, 64, seed=seed) for seed in (5, 6, 7)]  # other tensors of the same shapes: later layers
+    expected = [definition(variant, *tensors, context) for tensors in layers]
+    asked = []
+    allowed = BlockSparseAttention.allowed
+    monkeypatch.setattr(BlockSparseAttention, "allowed", lambda self, *args: asked.append(1) or allowed(self, *args))
+    launch = variant.plan(query, key, value, context)
+    planned = len(asked)
+    for tensors, definition_output in zip(layers, expected, strict=True):
+        torch.testing.assert_close(launch(*tensors), definition_output, rtol=0, atol=1e-12)
+    assert planned >= 1 and len(asked) == planned
 
 
 def test_whole_rows_are_not_split_where_the_call_needs_more_than_the_layout():

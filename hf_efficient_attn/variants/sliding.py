@@ -29,7 +29,7 @@ import torch
 from .. import dispatch
 from ..context import AttentionContext
 from ..fused_path import GridNeighbourhood, KernelMask
-from ..masked import PositionRanges, masked_attention
+from ..masked import PositionRanges, masked_attention, plan_one_masked_call
 from .base import (
     AttentionVariant,
     LayerInfo,
@@ -130,7 +130,7 @@ class SlidingWindowAttention(AttentionVariant):
                 q, k, v, context, rule=self, chunk_size=self._chunk(), decode_kernel=decode_kernel
             ),
             variant_name=self.name,
-            one_mask=lambda q, k, v, context: masked_attention(q, k, v, context, rule=self, chunk_size=q.shape[-2]),
+            one_mask=lambda q, k, context: plan_one_masked_call(q, k, context, rule=self),
         )
 
     def kernel_mask(self, context: AttentionContext) -> KernelMask | str:

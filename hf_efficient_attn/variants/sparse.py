@@ -34,7 +34,7 @@ import torch
 from .. import dispatch
 from ..context import AttentionContext, tracing
 from ..fused_path import KernelMask
-from ..masked import PositionRanges, masked_attention
+from ..masked import PositionRanges, masked_attention, plan_one_masked_call
 from . import block_layout as layouts
 from .base import (
     AttentionVariant,
@@ -174,7 +174,7 @@ class BlockSparseAttention(AttentionVariant):
             pattern=self.kernel_mask(context),
             reference=lambda q, k, v, decode_kernel: self._reference(q, k, v, context, decode_kernel),
             variant_name=self.name,
-            one_mask=lambda q, k, v, context: masked_attention(q, k, v, context, rule=self, chunk_size=q.shape[-2]),
+            one_mask=lambda q, k, context: plan_one_masked_call(q, k, context, rule=self),
         )
 
     def _exact(self) -> bool:
