@@ -118,8 +118,7 @@ def _plan_chunk(
     )
     visible = _visible(context, None if in_ranges else rule, query_positions, key_positions, key_index, start, stop,
                        causal=context.causal and not in_ranges)
-    candidates = key if key_index is None else key.narrow(-2, 0, sum(high - low for low, high in key_index))
-    fused = visible is not None and sdpa_support.fuses_masked_call(query, candidates, visible, context.dropout)
+    fused = visible is not None and sdpa_support.fuses_masked_call(query, key, visible, context.dropout)
     return _ChunkPlan(key_index, visible, fused)
 
 

@@ -25,11 +25,12 @@ import torch
 
 
 def fuses_masked_call(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor, dropout: float = 0.0) -> bool:
-    """Whether SDPA runs ``query`` against ``key`` under the boolean ``mask`` (``[b|1, h|1, q, k]``) on a
-    fused CUDA kernel, with the key/value heads as they are (``enable_gqa`` where they are fewer)."""
+    """Whether SDPA runs ``query`` under the boolean ``mask`` (``[b|1, h|1, q, k]``) on a fused CUDA kernel,
+    against the mask's ``k`` keys with ``key``'s key/value heads as they are (``enable_gqa`` where they are
+    fewer). Only ``key``'s head count is read: a planned call asks before it gathers its candidate keys."""
     if not query.is_cuda:
         return False
-    sizes = (*query.shape[1:], key.shape[1], key.shape[-2], *mask.shape[1:])
+    sizes = (*query.shape[1:], key.shape[1], mask.shape[-1], *mask.shape[1:])
     if not all(isinstance(size, int) for size in sizes):
         return False  # symbolic sizes: keep the path that works for every size
     return _probe(query.device.index or 0, query.dtype, tuple(sizes), mask.dtype, dropout > 0)
