@@ -30,10 +30,24 @@ def fuses_masked_call(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor
     fewer). Only ``key``'s head count is read: a planned call asks before it gathers its candidate keys."""
     if not query.is_cuda:
         return False
-    sizes = (*query.shape[1:], key.shape[1], mask.shape[-1], *mask.shape[1:])
-    if not all(isinstance(size, int) for size in sizes):
-        return False  # symbolic sizes: keep the path that works for every size
-    return _probe(query.device.index or 0, query.dtype, tuple(sizes), mask.dtype, dropout > 0)
+    return _probe(query.device.index or 0, query.dtype, probe_sizes(query, key, mask), mask.dtype, dropout > 0)
+
+
+PROBE_QUERIES, PROBE_KEYS = 64, 256
+"""The lengths the probe asks about (`probe_sizes`)."""
+
+
+def probe_sizes(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor) -> tuple[int, ...]:
+    """The sizes the probe asks about: the heads, the head size, one query or several and how the mask
+    broadcasts, which decide whether a fused kernel takes a masked grouped call, with the lengths fixed
+    (`PROBE_QUERIES`, `PROBE_KEYS`). Under ``torch.compile`` a length that changed between calls is a
+    symbol, which `torch.compiler.assume_constant_result` cannot take (and which reading it would
+    specialise); the fixed lengths keep the probe a constant for every length."""
+    q_heads, q_len, head_dim = query.shape[1:]
+    mask_heads, mask_queries, mask_keys = mask.shape[1:]
+    queries = 1 if q_len == 1 else PROBE_QUERIES
+    return (q_heads, queries, head_dim, key.shape[1], PROBE_KEYS, mask_heads, 1 if mask_queries == 1 else queries,
+            1 if mask_keys == 1 else PROBE_KEYS)
 
 
 @torch.compiler.assume_constant_result

@@ -23,6 +23,28 @@ def test_on_the_cpu_no_masked_call_counts_as_fused():
     assert not sdpa_support.fuses_masked_call(query, key, torch.ones(1, 1, 1, 16, dtype=torch.bool))
 
 
+def test_the_probe_stays_a_constant_when_compiled_lengths_change(monkeypatch):
+    """Under torch.compile a length that changed between calls becomes a symbol; the probe's sizes stay
+    constants (lengths fixed), so a masked call traces in one graph for every length and asks the probe
+    about one query or several, the heads and the mask's broadcast only."""
+    asked = []
+    monkeypatch.setattr(sdpa_support, "_probe_cached", lambda *args: asked.append(args[2]) or True)
+
+    def masked_call(query, key, mask):
+        fused = sdpa_support._probe(0, query.dtype, sdpa_support.probe_sizes(query, key, mask), mask.dtype, False)
+        return query * (2.0 if fused else 3.0)
+
+    compiled = torch.compile(masked_call, fullgraph=True)
+    for queries, keys in ((5, 7), (9, 13), (1, 20), (1, 31)):
+        query, key = torch.randn(1, 4, queries, 8), torch.randn(1, 2, keys, 8)
+        mask = torch.ones(1, 1, queries, keys, dtype=torch.bool)
+        torch.testing.assert_close(compiled(query, key, mask), query * 2.0)
+    several = (4, sdpa_support.PROBE_QUERIES, 8, 2, sdpa_support.PROBE_KEYS, 1, sdpa_support.PROBE_QUERIES,
+               sdpa_support.PROBE_KEYS)
+    one = (4, 1, 8, 2, sdpa_support.PROBE_KEYS, 1, 1, sdpa_support.PROBE_KEYS)
+    assert set(asked) == {several, one}
+
+
 @pytest.fixture
 def sdpa_calls(monkeypatch):
     """Every SDPA call's (key/value heads < query heads, under a mask, enable_gqa) from our paths."""
