@@ -11,11 +11,13 @@ them to rounding, and a call goes to the fastest that computes it exactly:
    go with it as SDPA's boolean mask (what transformers' own SDPA path passes). These are the calls
    where our kernels would only redo SDPA's work. So is a decoding step under a block layout shared by
    the heads (`gathers_visible_keys`, route ``"gather"``): SDPA without a mask over the key blocks its
-   layout row allows, gathered by one index made once per forward, or for a small cache one SDPA call
-   over every key under the row's mask (`plan_key_gather`). So is most of a bidirectional
-   inference call under a block layout that leaves most block rows whole (`splits_whole_rows`, route
-   ``"whole-rows"``, on the CPU: Whisper's encoder under a 99% layout): SDPA without a mask over the
-   runs of whole rows, the pattern's dense mask over the other rows only. A call under a mask with grouped-query
+   layout row allows, gathered by one index made once per forward (`plan_key_gather`). So is most of a
+   bidirectional inference call under a block layout that leaves most block rows whole
+   (`splits_whole_rows`, route ``"whole-rows"``, on the CPU: Whisper's encoder under a 99% layout): SDPA
+   without a mask over the runs of whole rows, the pattern's dense mask over the other rows only. A
+   decoding step over a growing cache on CUDA leaves SDPA's cuDNN backend out
+   (`decodes_a_growing_cache`): each step has a new shape, for which cuDNN would build a graph. A call
+   under a mask with grouped-query
    heads passes the key/value heads as they are where SDPA has a fused kernel for it (`sdpa_support`:
    cuDNN on Hopper, 4-18x faster than transformers' repeated keys); where it has none, a decoding query
    under a mask (a static cache's step, by position) runs on our split-key decode kernel on CUDA, as it
@@ -105,14 +107,35 @@ def plan_call(
     route, run = choose(query, key, value, context, backend, pattern, variant_name, one_mask is not None)
     decode_kernel = _decode_kernel(backend, query.device)
     if route == "sdpa":
-        return sdpa_plan(query, key, context, decode_kernel)
-    if route in ("gather", "triton", "cudnn"):
+        launch = sdpa_plan(query, key, context, decode_kernel)
+        return sdpa_support.without_cudnn(launch) if decodes_a_growing_cache(query, context) else launch
+    if route == "gather":
+        return sdpa_support.without_cudnn(run)
+    if route in ("triton", "cudnn"):
         return run
     if route == "whole-rows":
         return plan_whole_rows(query, key, context, pattern, one_mask)
     if route == "masked-sdpa":
         return one_mask(query, key, context)
     return functools.partial(reference, decode_kernel=decode_kernel)
+
+
+def decodes_a_growing_cache(query: torch.Tensor, context: AttentionContext) -> bool:
+    """A decoding step (few queries, no gradient, eager mode) over a cache that grows by a token at every
+    step, where the kernels run (CUDA): its SDPA calls leave cuDNN out (`sdpa_support.without_cudnn`).
+
+    Every such step has a shape SDPA has not seen, and cuDNN builds a graph per shape: on the H100 (torch
+    2.11) unpatched Llama-1B shapes decoding after 3000 tokens took 90 ms a step over new lengths against
+    21.6 ms over the same lengths again, and 21.5 ms over new lengths with SDPA's FlashAttention and
+    memory-efficient kernels only. Static caches keep their shape, and a compiled step is traced once."""
+    return (
+        context.causal
+        and not context.static
+        and query.shape[-2] <= fused_path.DECODE_MAX_QUERIES
+        and fused_path.kernels_preferred(query.device)
+        and not fused_path.needs_grad(query)
+        and not tracing()
+    )
 
 
 def _decode_kernel(backend: Backend, device: torch.device) -> bool:
@@ -156,7 +179,7 @@ def choose(
     if backend == "auto" and sdpa_exact and not (wants_kernels and fused_path.decodes_with_padding(query, context)):
         return _remember(context, route_key, "sdpa")
     if backend == "auto" and gathers_visible_keys(query, key, context, pattern):
-        return _remember(context, route_key, "gather", plan_key_gather(query, key, value, context, pattern))
+        return _remember(context, route_key, "gather", plan_key_gather(query, key, context, pattern))
     if backend == "auto" and one_mask and not isinstance(pattern, str) and splits_whole_rows(query, key, context, pattern):
         return _remember(context, route_key, "whole-rows")
     if backend == "auto" and one_mask and not isinstance(pattern, str) and masked_sdpa_faster(query, key, context, pattern):
@@ -289,29 +312,17 @@ def gathers_visible_keys(
     )
 
 
-ROW_MASK_MAX_BYTES = 512 * 2**20
-"""Most bytes of keys and values for which a decoding step under a block layout reads the whole cache
-under its layout row's mask rather than gathering the visible blocks (`plan_key_gather`).
-
-On the H200 (Llama-1B shapes, eager decoding, where at batch 1 the GPU waits on the host) the gather
-route took 1.11x the time of transformers' SDPA after 4k and 1.13x after 32k at batch 1 and 1.11x after
-4k at batch 16 (caches of 8, 64 and 128 MiB per layer), its two gathers being two more launches per
-layer; after 32k at batch 16 (1 GiB), reading a third of the cache made it 1.19x faster than SDPA. One
-masked SDPA call with grouped heads (`sdpa_support`) reads every key in one launch: 15, 29 and 48 us
-per layer at the first three sizes, 297 us at 1 GiB (measured for the static cache's masked step). The
-bound sits between the sizes where each won.
-"""
-
-
 def plan_key_gather(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext, pattern: KernelMask
+    query: torch.Tensor, key: torch.Tensor, context: AttentionContext, pattern: KernelMask
 ) -> fused_path.Launch:
     """The launch of a decoding step that `gathers_visible_keys`: SDPA without a mask over the key blocks
     of the query's layout row (host facts of the layout, computed once per name and size), which one
     contiguous run of blocks takes as a slice and scattered blocks through one index on the device, made
-    once per forward and kept with the route (two gathers and one SDPA call per layer). Where the cache
-    is at most `ROW_MASK_MAX_BYTES` and SDPA fuses the masked call, the step is instead one SDPA call over
-    every key under the row's mask, also made once per forward."""
+    once per forward and kept with the route (two gathers and one SDPA call per layer).
+
+    Not one SDPA call over every key under the row's mask: on Hopper only cuDNN fuses that grouped
+    masked call, and cuDNN builds a graph for every new shape, which a growing cache has at every step
+    (see `sdpa_support.without_cudnn`)."""
     size = pattern.layout_block_size
     row = context.query_offset // size
     k_len = key.shape[-2]
@@ -321,11 +332,6 @@ def plan_key_gather(
     if len(ranges) == 1:
         low, high = ranges[0]
         return lambda q, k, v: _sdpa_grouped(q, k[..., low:high, :], v[..., low:high, :], None, False, scale, dropout)
-    cache_bytes = (key.numel() + value.numel()) * key.element_size()
-    if cache_bytes <= ROW_MASK_MAX_BYTES:
-        row_mask = fused_path.layout_row_keys(key, context, pattern)[:, None, None, :]
-        if sdpa_support.fuses_masked_call(query, key, row_mask, dropout):
-            return lambda q, k, v: _sdpa_grouped(q, k, v, row_mask, False, scale, dropout, fused_under_mask=True)
     index = torch.cat([positions(low, high, key.device) for low, high in ranges])
     return lambda q, k, v: _sdpa_grouped(q, k.index_select(-2, index), v.index_select(-2, index), None, False, scale,
                                          dropout)

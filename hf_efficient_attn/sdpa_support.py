@@ -11,15 +11,21 @@ split-key decode kernel. Where no fused kernel takes it, SDPA would fall back to
 materialises the scores: then the keys are repeated (or the decode kernel runs), as before.
 
 torch says which backends can take a call (`torch.backends.cuda.can_use_cudnn_attention` and friends)
-from the call's metadata. That answer depends only on the device, dtype, head counts and sizes, so it is
-probed once per combination on small tensors of those sizes and kept; under ``torch.compile`` the probe
-runs while tracing and its answer is a constant of the graph (`torch.compiler.assume_constant_result`),
-so the traced path has no branch on tensor data.
+from the call's metadata. That answer depends on the device, dtype, head counts, head size, one query or
+several and the mask's broadcast, so it is probed once per combination on small tensors and kept; under
+``torch.compile`` the probe runs while tracing and its answer is a constant of the graph
+(`torch.compiler.assume_constant_result`), so the traced path has no branch on tensor data.
+
+cuDNN's attention builds a graph for every shape it has not seen (tens of milliseconds on the H100's
+host), which is why calls whose shape is new at every step, decoding over a growing cache, run SDPA
+with cuDNN switched off (`without_cudnn`): its FlashAttention and memory-efficient kernels need no such
+step.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 
@@ -70,3 +76,22 @@ def _probe_cached(device_index: int, dtype: torch.dtype, sizes: tuple[int, ...],
     checks = [getattr(cuda, name) for name in ("can_use_cudnn_attention", "can_use_efficient_attention",
                                                "can_use_flash_attention") if hasattr(cuda, name)]
     return any(check(params, False) for check in checks)
+
+
+def without_cudnn(attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+                  ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``attend`` with SDPA's cuDNN backend switched off during its calls (and on again after, where it was
+    on), so SDPA picks FlashAttention or its memory-efficient kernel: for calls whose shape is new at every
+    step (decoding over a growing cache), for which cuDNN would build a graph each time
+    (`dispatch.decodes_a_growing_cache`)."""
+
+    def attend_without_cudnn(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        if not torch.backends.cuda.cudnn_sdp_enabled():
+            return attend(query, key, value)
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        try:
+            return attend(query, key, value)
+        finally:
+            torch.backends.cuda.enable_cudnn_sdp(True)
+
+    return attend_without_cudnn

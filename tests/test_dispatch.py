@@ -331,29 +331,6 @@ def test_decoding_under_a_shared_block_layout_gathers_the_visible_keys_without_a
     assert not dispatch.gathers_visible_keys(query, key, context, variant.kernel_mask(context))
 
 
-@pytest.mark.parametrize("cache_bound", [dispatch.ROW_MASK_MAX_BYTES, 0], ids=["small-cache", "large-cache"])
-def test_a_small_cache_under_scattered_layout_blocks_is_read_whole_under_the_row_mask(monkeypatch, cache_bound):
-    """Where SDPA fuses the masked call (CUDA; here declared so), a decoding step whose layout row is
-    scattered over the cache is one SDPA call over every key under that row's mask while the cache is at
-    most `ROW_MASK_MAX_BYTES`, and gathers the visible blocks beyond; both equal the definition."""
-    monkeypatch.setattr(fused_path, "kernels_preferred", lambda device: True)
-    monkeypatch.setattr(dispatch.sdpa_support, "fuses_masked_call", lambda *args: True)
-    monkeypatch.setattr(dispatch, "ROW_MASK_MAX_BYTES", cache_bound)
-    variant = BlockSparseAttention(SparseOptions(block_size=4, local_blocks=2, global_blocks=1, random_blocks=1,
-                                                 seed=3), layer())
-    query, key, value = qkv(1, 37, seed=37)
-    seen = sdpa_masks(monkeypatch)
-    route, output, context = call(variant, query, key, value, tokens=37)
-    visible = variant.allowed(context, context.query_positions, context.key_positions)
-    assert route == "gather" and len(seen) == 1
-    mask, keys_read = seen[0]
-    if cache_bound:
-        assert keys_read == 37 and torch.equal(mask.reshape(-1), visible.reshape(-1))
-    else:
-        assert mask is None and keys_read == int(visible.sum()) < 37
-    torch.testing.assert_close(output, definition(variant, query, key, value, context), rtol=0, atol=1e-12)
-
-
 @pytest.mark.parametrize("left_padded", [False, True])
 def test_one_query_on_the_chunked_engine_needs_a_mask_only_where_its_keys_are_not_exactly_gathered(
     monkeypatch, left_padded

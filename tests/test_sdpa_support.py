@@ -107,3 +107,59 @@ def test_the_probe_is_a_constant_of_a_fullgraph_trace(monkeypatch):
     assert torch.equal(compiled(torch.ones(3)), torch.full((3,), 2.0))
     assert torch.equal(compiled(torch.ones(3)), torch.full((3,), 2.0))
     assert len(answers) == 1
+
+
+@pytest.mark.parametrize("cudnn_before", [True, False])
+def test_without_cudnn_switches_cudnn_off_for_the_call_only(cudnn_before):
+    seen = []
+
+    def attend(query, key, value):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return query + key + value
+
+    torch.backends.cuda.enable_cudnn_sdp(cudnn_before)
+    try:
+        ones = torch.ones(2)
+        assert torch.equal(sdpa_support.without_cudnn(attend)(ones, ones, ones), torch.full((2,), 3.0))
+        assert seen == [False] and torch.backends.cuda.cudnn_sdp_enabled() == cudnn_before
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+
+
+@pytest.mark.parametrize(("variant", "options"), [("flash", {}), ("sliding", {"window": 64}),
+                                                  ("sparse", {"block_size": 4, "local_blocks": 1, "global_blocks": 1})])
+def test_decoding_a_growing_cache_runs_sdpa_without_cudnn(variant, options, monkeypatch):
+    """Where the kernels run (the CUDA rule, forced here), a decoding step over a dynamic cache calls SDPA
+    with cuDNN switched off (each step has a new shape, for which cuDNN would build a graph); the prompt
+    and static-cache steps keep it; tokens equal the unpatched model's (or, for the approximate pattern,
+    the reference backend's)."""
+    model = tiny_llama()
+    ids = torch.randint(3, 97, (2, 20), generator=torch.Generator().manual_seed(1))
+    settings = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    reference = model if variant == "flash" else patch_model(copy.deepcopy(model), variant, backend="reference",
+                                                               **options)
+    expected = {cache: reference.generate(ids, **settings, cache_implementation=cache) for cache in ("dynamic", "static")}
+    monkeypatch.setattr(fused_path, "kernels_preferred", lambda device: True)
+    monkeypatch.setattr(fused_path, "plan", lambda *args: "forced off the kernels in this test")
+    calls = []
+    original = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(dispatch.F, "scaled_dot_product_attention", spy)
+    patched = patch_model(copy.deepcopy(model), variant, **options)
+    forwards = []
+    patched.register_forward_pre_hook(lambda module, args: forwards.append(len(calls)))
+    for cache in ("dynamic", "static"):
+        calls.clear()
+        forwards.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", fused_path.FusedPathFallbackWarning)
+            assert torch.equal(patched.generate(ids, **settings, cache_implementation=cache), expected[cache])
+        prompt, steps = calls[: forwards[1]], calls[forwards[1]:]
+        assert len(forwards) == settings["max_new_tokens"] and prompt and all(prompt)
+        assert len(steps) >= model.config.num_hidden_layers * (len(forwards) - 1)
+        assert not any(steps) if cache == "dynamic" else all(steps)
+    assert torch.backends.cuda.cudnn_sdp_enabled()
