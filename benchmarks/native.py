@@ -3,7 +3,11 @@
 Rows (GPU): ViT-B/16 at 224 px (batch 64), the Whisper-large-v3 encoder at 1500 positions (batch 4),
 Llama-3.2-1B shapes prefilling 2k and 4k tokens, the same prefilling 32k and 128k tokens (for peak
 memory), and greedy decoding after 4k and 32k prompts at batch 1 and 16, eager (growing cache) and
-compiled (``cache_implementation="static"``, which transformers compiles itself). Columns: transformers'
+compiled (``cache_implementation="static"``, which transformers compiles itself), and eager decoding over
+lengths never seen before in the process ("new lengths": every generation starts from its own prompt
+length, so SDPA's cuDNN backend meets a new shape at every step, as it does when a server decodes a prompt
+of a length it has not decoded before; no exactness check there, each generation having its own prompt).
+Columns: transformers'
 ``sdpa`` (the baseline), ``flex_attention``, its own sliding window (Llama: the same weights as a Mistral
 model with ``sliding_window``), and ours: ``flash``, ``sliding`` and ``sparse``. Random weights of the real
 shapes, bfloat16, one process. Forward times are CUDA-event timings taken in interleaved rounds (every
@@ -25,8 +29,10 @@ every cell of ours within 1.05x of ``sdpa`` in the same mode (1.10x on the CPU),
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -39,7 +45,9 @@ import transformers
 from torch import nn
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from hf_efficient_attn import patch_model, unpatch_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package, where it is not installed
+
+from hf_efficient_attn import patch_model, unpatch_model  # noqa: E402
 
 GIB = 2**30
 OURS = ("flash", "sliding", "sparse")
@@ -60,6 +68,7 @@ class Row:
     batch: int
     tokens: int  # image side for ViT, positions for Whisper, prompt tokens for Llama
     compiled: bool = False
+    new_lengths: bool = False  # decoding: every generation from a prompt length not used before (`prompt_length`)
 
 
 def gpu_rows() -> list[Row]:
@@ -75,6 +84,9 @@ def gpu_rows() -> list[Row]:
                 mode = "compiled static" if compiled else "eager"
                 rows.append(Row(f"Llama-1B decode after {prompt // 1024}k, batch {batch}, {mode}", "llama", "decode",
                                 batch, prompt, compiled))
+    for batch in (1, 16):
+        rows.append(Row(f"Llama-1B decode after 4k, batch {batch}, eager, new lengths", "llama", "decode", batch, 4096,
+                        new_lengths=True))
     return rows
 
 
@@ -163,7 +175,18 @@ class Configured:
 # ---------------------------------------------------------------------------------------------- measuring
 
 
-def inputs(row: Row, model: nn.Module, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+_GENERATIONS = itertools.count(1)
+
+
+def prompt_length(row: Row, steps: int) -> int:
+    """The prompt of a generation: the row's, or for rows of new lengths the row's plus a stretch past
+    every earlier generation's last length (each generation covers ``steps + 1`` lengths after its prompt)."""
+    return row.tokens + next(_GENERATIONS) * (steps + 2) if row.new_lengths else row.tokens
+
+
+def inputs(row: Row, model: nn.Module, device: torch.device, dtype: torch.dtype,
+           tokens: int | None = None) -> dict[str, torch.Tensor]:
+    """The row's batch (``tokens``: a Llama prompt of another length than the row's)."""
     generator = torch.Generator().manual_seed(1)
     if row.family == "vit":
         return {"pixel_values": torch.randn(row.batch, 3, 224, 224, generator=generator).to(device, dtype)}
@@ -171,7 +194,7 @@ def inputs(row: Row, model: nn.Module, device: torch.device, dtype: torch.dtype)
         mels = model.config.num_mel_bins
         return {"input_features": torch.randn(row.batch, mels, 2 * row.tokens, generator=generator).to(device, dtype)}
     # token 0 is the generation settings' pad token: a prompt holding it would be read as padded
-    ids = torch.randint(1, model.config.vocab_size, (row.batch, row.tokens), generator=generator).to(device)
+    ids = torch.randint(1, model.config.vocab_size, (row.batch, tokens or row.tokens), generator=generator).to(device)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}  # as a tokenizer gives them
 
 
@@ -232,20 +255,21 @@ class StepClock(StoppingCriteria):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-def decode_rate(model: nn.Module, batch: dict, row: Row, steps: int,
+def decode_rate(model: nn.Module, batches: Callable[[], dict], row: Row, steps: int,
                 repeats: int = 1) -> tuple[list[float], list[torch.Tensor], float | None]:
     """Tokens per second (per sequence) of greedy decoding after the prompt (`step_rate`) in each of
     ``repeats`` timed generations, after a warm-up generation (which compiles the decoding step for static
-    caches); the tokens of the warm-up and the last timed generation, and the peak memory of the timed ones."""
+    caches), each on a batch from ``batches``; the tokens of the warm-up and the last timed generation, and
+    the peak memory of the timed ones."""
     settings = generation_settings(row, steps)
-    device = batch["input_ids"].device
-    warm = model.generate(**batch, **settings)
+    warm = model.generate(**batches(), **settings)
+    device = warm.device
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     rates = []
     for _ in range(repeats):
-        rate, tokens = step_rate(model, batch, settings)
+        rate, tokens = step_rate(model, batches(), settings)
         rates.append(rate)
     peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
     return rates, [warm.cpu(), tokens.cpu()], peak
@@ -298,12 +322,16 @@ def measure_decode(row: Row, column: str, model: nn.Module, device: torch.device
     times (8) dynamo runs it eagerly from then on, so the later cells would time eager decoding."""
     if row.compiled:
         torch._dynamo.reset()
-    batch = inputs(row, model, device, dtype)
+    def batches() -> dict[str, torch.Tensor]:
+        return inputs(row, model, device, dtype, tokens=prompt_length(row, steps))
+
     with Configured(model, row.family, column) as target, torch.no_grad():
-        rates, (warm, tokens), peak = decode_rate(target, batch, row, steps, repeats)
+        rates, (warm, tokens), peak = decode_rate(target, batches, row, steps, repeats)
     rates = [round(rate, 2) for rate in rates]
-    cell = {"tokens_per_s": max(rates), "tokens_per_s_each": rates, "peak_gib": peak and round(peak, 3),
-            "rerun_agreement": round(agreement(warm, tokens), 3)}
+    cell = {"tokens_per_s": max(rates), "tokens_per_s_each": rates, "peak_gib": peak and round(peak, 3)}
+    if row.new_lengths:
+        return cell  # each generation has its own prompt: nothing to compare tokens with
+    cell["rerun_agreement"] = round(agreement(warm, tokens), 3)
     if "tokens" in baseline and exact_here(column, row):
         cell["agreement_with_sdpa"] = round(agreement(tokens, baseline["tokens"]), 3)
     baseline.setdefault("tokens", tokens)
@@ -428,7 +456,7 @@ def interleaved_decode_rounds(row: Row, cells: dict[str, dict], model: nn.Module
     settings = generation_settings(row, steps)
 
     def one_round(column: str) -> dict[str, float]:
-        batch = inputs(row, model, device, dtype)
+        batch = inputs(row, model, device, dtype, tokens=prompt_length(row, steps))
         with Configured(model, row.family, column) as target, torch.no_grad():
             return {"rate": step_rate(target, batch, settings)[0]}
 

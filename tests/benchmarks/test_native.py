@@ -80,10 +80,32 @@ def test_the_decoding_rate_is_one_over_the_median_step(native):
     ids = torch.randint(3, 97, (1, 12), generator=torch.Generator().manual_seed(0))
     row = native.Row("decode", "llama", "decode", 1, 12)
     with torch.no_grad():
-        rates, (warm, tokens), peak = native.decode_rate(model, {"input_ids": ids}, row, steps=6, repeats=2)
+        rates, (warm, tokens), peak = native.decode_rate(model, lambda: {"input_ids": ids}, row, steps=6, repeats=2)
         expected = model.generate(ids, max_new_tokens=7, min_new_tokens=7, do_sample=False, pad_token_id=0)
     assert torch.equal(tokens, expected) and torch.equal(warm, expected)
     assert len(rates) == 2 and min(rates) > 0 and peak is None
+
+
+def test_rows_of_new_lengths_never_decode_a_length_twice(native):
+    """Every generation of a new-lengths row (the warm-up too) starts past the lengths every earlier one
+    reached, so SDPA sees a new shape at every step; its tokens are not compared with the baseline's."""
+    model = tiny_llama()
+    spans = []
+    generate = model.generate
+
+    def noted(**kwargs):
+        tokens = generate(**kwargs)
+        spans.append(range(kwargs["input_ids"].shape[1], tokens.shape[1] + 1))
+        return tokens
+
+    model.generate = noted
+    row = native.Row("new lengths", "llama", "decode", 1, 12, new_lengths=True)
+    baseline = {"tokens": torch.zeros(1, 1, dtype=torch.long)}
+    cell = native.measure_decode(row, "sdpa", model, torch.device("cpu"), torch.float32, baseline, steps=3, repeats=2)
+    assert len(spans) == 3 and all(earlier[-1] < later[0] for earlier, later in zip(spans, spans[1:], strict=False))
+    assert "agreement_with_sdpa" not in cell and cell["tokens_per_s"] > 0
+    plain = native.Row("plain", "llama", "decode", 1, 12)
+    assert {native.prompt_length(plain, 3) for _ in range(3)} == {12}
 
 
 def test_eager_decoding_rows_take_the_best_of_interleaved_rounds(native, monkeypatch):
@@ -110,7 +132,7 @@ def test_eager_decoding_rows_take_the_best_of_interleaved_rounds(native, monkeyp
 
     monkeypatch.setattr(native, "step_rate", fake_rate)
     monkeypatch.setattr(native, "Configured", Switched)
-    monkeypatch.setattr(native, "inputs", lambda *args: {})
+    monkeypatch.setattr(native, "inputs", lambda *args, **kwargs: {})
     row = native.Row("decode", "llama", "decode", 1, 12)
     cells = {"sdpa": {"tokens_per_s": 40.0, "tokens_per_s_each": [40.0]},
              "sparse": {"tokens_per_s": 5.0, "tokens_per_s_each": [5.0]},
@@ -136,7 +158,7 @@ def test_every_compiled_cell_starts_from_empty_compile_caches(native, monkeypatc
     resets = []
     monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(True))
     monkeypatch.setattr(native, "decode_rate", lambda *args: ([5.0], [torch.zeros(1), torch.zeros(1)], None))
-    monkeypatch.setattr(native, "inputs", lambda *args: {})
+    monkeypatch.setattr(native, "inputs", lambda *args, **kwargs: {})
     model = tiny_llama()
     for compiled in (False, True, True):
         row = native.Row("decode", "llama", "decode", 1, 12, compiled)
