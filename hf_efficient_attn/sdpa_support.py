@@ -83,15 +83,19 @@ def without_cudnn(attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], t
     """``attend`` with SDPA's cuDNN backend switched off during its calls (and on again after, where it was
     on), so SDPA picks FlashAttention or its memory-efficient kernel: for calls whose shape is new at every
     step (decoding over a growing cache), for which cuDNN would build a graph each time
-    (`dispatch.decodes_a_growing_cache`)."""
+    (`dispatch.decodes_a_growing_cache`). Where the caller left SDPA no other backend
+    (``sdpa_kernel([SDPBackend.CUDNN_ATTENTION])``), cuDNN stays."""
+    backends = torch.backends.cuda
 
     def attend_without_cudnn(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        if not torch.backends.cuda.cudnn_sdp_enabled():
+        if not backends.cudnn_sdp_enabled() or not (
+            backends.flash_sdp_enabled() or backends.mem_efficient_sdp_enabled() or backends.math_sdp_enabled()
+        ):
             return attend(query, key, value)
-        torch.backends.cuda.enable_cudnn_sdp(False)
+        backends.enable_cudnn_sdp(False)
         try:
             return attend(query, key, value)
         finally:
-            torch.backends.cuda.enable_cudnn_sdp(True)
+            backends.enable_cudnn_sdp(True)
 
     return attend_without_cudnn

@@ -126,6 +126,22 @@ def test_without_cudnn_switches_cudnn_off_for_the_call_only(cudnn_before):
         torch.backends.cuda.enable_cudnn_sdp(True)
 
 
+def test_without_cudnn_keeps_cudnn_where_the_caller_left_sdpa_nothing_else():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    seen = []
+
+    def attend(query, key, value):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return query
+
+    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+        sdpa_support.without_cudnn(attend)(torch.ones(1), None, None)
+    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]):
+        sdpa_support.without_cudnn(attend)(torch.ones(1), None, None)
+    assert seen == [True, False]
+
+
 @pytest.mark.parametrize(("variant", "options"), [("flash", {}), ("sliding", {"window": 64}),
                                                   ("sparse", {"block_size": 4, "local_blocks": 1, "global_blocks": 1})])
 def test_decoding_a_growing_cache_runs_sdpa_without_cudnn(variant, options, monkeypatch):
