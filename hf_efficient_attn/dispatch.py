@@ -17,11 +17,11 @@ them to rounding, and a call goes to the fastest that computes it exactly:
    without a mask over the runs of whole rows, the pattern's dense mask over the other rows only. A
    decoding step over a growing cache on CUDA leaves SDPA's cuDNN backend out
    (`decodes_a_growing_cache`): each step has a new shape, for which cuDNN would build a graph. A call
-   under a mask with grouped-query
-   heads passes the key/value heads as they are where SDPA has a fused kernel for it (`sdpa_support`:
-   cuDNN on Hopper, 4-18x faster than transformers' repeated keys); where it has none, a decoding query
-   under a mask (a static cache's step, by position) runs on our split-key decode kernel on CUDA, as it
-   does in the chunked engine (`fused_path.decode_under_key_mask`), and other calls repeat the keys.
+   under a mask with grouped-query heads passes the key/value heads as they are where SDPA has a fused
+   kernel for it (`sdpa_support`: cuDNN on Hopper, 4-18x faster than transformers' repeated keys); where
+   it has none, a decoding query under a mask (a static cache's step, by position) runs on our split-key
+   decode kernel on CUDA, as it does in the chunked engine (`fused_path.decode_under_key_mask`), and
+   other calls repeat the keys.
 2. **Our Triton kernels** (CUDA) where they save work: windows narrower than the keys, sinks and
    globals, block layouts with skipped tiles, packed documents, and decoding with padding (split-key
    flash-decoding with a key mask, which SDPA's fast kernels do not take).
@@ -354,10 +354,10 @@ def splits_whole_rows(query: torch.Tensor, key: torch.Tensor, context: Attention
     On the CPU the split replaces one masked call over every row: Whisper's encoder under the `native.py`
     layout (99% of the pairs, 10 of its 12 block rows whole) takes 22 ms per call masked against 15 for
     dense SDPA at 1 x 6 heads; split, whisper-tiny's encoder runs within 1.08x of unpatched
-    (benchmarks/results/native-cpu). Not where the kernels run: on the H200
-    (bf16, Whisper-large-v3's encoder at 1500 frames, batch 4) the split forward took 49.0 ms against
-    30.4 ms on our kernel and 27.8 ms unpatched, its pieces' joins and per-layer masks costing more than
-    the dense rows save."""
+    (benchmarks/results/native-cpu). Not where the kernels run: on the H200 (bf16, Whisper-large-v3's
+    encoder at 1500 frames, batch 4) the split forward took 49.0 ms against 30.4 ms on our kernel and
+    27.8 ms unpatched, and planned (its masks made once) one call still took 0.763 ms on an H100 against
+    0.217 on our kernel and 0.136 for dense SDPA (benchmarks/results/sdpa-backends-h100)."""
     n = key.shape[-2]
     if (
         fused_path.kernels_preferred(query.device)
