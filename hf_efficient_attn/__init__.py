@@ -11,6 +11,7 @@ from .api import PatchError, from_pretrained, is_patched, list_variants, patch_m
 from .fused_path import FusedPathError, FusedPathFallbackWarning
 from .patches import UnsupportedModelError, supported_model_types
 from .variants import (
+    ExactPatternWarning,
     FlashOptions,
     FullOptions,
     LinearOptions,
@@ -24,6 +25,7 @@ from .variants import (
 )
 
 __all__ = [
+    "ExactPatternWarning",
     "FlashOptions",
     "FusedPathError",
     "FusedPathFallbackWarning",

@@ -22,7 +22,7 @@ from transformers.core_model_loading import revert_weight_conversion
 
 from . import interface
 from .cache import BoundedCacheInstaller
-from .patches import AttentionSite, adapter_for
+from .patches import AttentionSite, UnsupportedModelError, adapter_for
 from .variants import VARIANTS, AttentionVariant, VariantError, VariantOptions
 
 CONFIG_RECORD = "efficient_attention"
@@ -68,6 +68,12 @@ def patch_model(
     if is_patched(model):
         raise PatchError("This model is already patched; call unpatch_model(model) before patching it again.")
     sites = adapter.sites(model)
+    if not sites:
+        raise UnsupportedModelError(
+            f"Found no attention layers in this {type(model).__name__} (model_type="
+            f"{model.config.model_type!r}). Pass the whole model (as AutoModel* loads it) or one of its "
+            f"stacks the adapter knows, and pick stacks with targets= ({', '.join(adapter.targets)})."
+        )
     chosen_targets = _choose_targets(spec.variant_class, resolved, adapter.targets, sites, targets)
     chosen_sites = _choose_layers(sites, chosen_targets, layers)
     for site in chosen_sites:

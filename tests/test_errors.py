@@ -113,3 +113,75 @@ def test_sliding_is_refused_on_cross_attention(whisper):
     with pytest.raises(VariantError, match="cannot run on cross-attention.*Variants that can: flash, full"):
         patch_model(whisper, "sliding", window=4, targets=["cross"])
     assert_unchanged(whisper, before)
+
+
+@pytest.mark.parametrize(
+    ("build", "variant", "options", "message"),
+    [
+        ("vit", "sliding", {"window": 2, "sink_tokens": 40}, "sink_tokens=40 covers all 37 tokens of this model's "
+         "encoder layers"),
+        ("vit", "sliding", {"window": 2, "global_tokens": 37}, "global_tokens=37 covers all 37 tokens"),
+        ("vit", "sparse", {"block_size": 64}, "block_size=64 puts in one block all 37 tokens"),
+        ("llama", "sparse", {"block_size": 256}, "block_size=256 puts in one block all 256 positions this model's "
+         "decoder layers take"),
+        ("whisper", "sparse", {"block_size": 32, "pattern": "block"}, "block_size=32 puts in one block all 24 tokens"),
+    ],
+)
+def test_options_that_cover_every_token_warn_and_give_exact_attention(build, variant, options, message):
+    """Sinks, globals or a block that hold every token a layer can see leave nothing out: patching warns
+    (saying so and what to use) and the patched model gives the unpatched model's outputs."""
+    from tiny_models import tiny_llama, tiny_vit, tiny_whisper, vit_pixels, whisper_features
+
+    from hf_efficient_attn import ExactPatternWarning
+
+    model = {"vit": tiny_vit, "llama": tiny_llama, "whisper": tiny_whisper}[build]().eval()
+    inputs = {"vit": lambda: {"pixel_values": vit_pixels(model)},
+              "llama": lambda: {"input_ids": torch.randint(3, 97, (2, 11), generator=torch.Generator().manual_seed(0))},
+              "whisper": lambda: {"input_features": whisper_features(model),
+                                  "decoder_input_ids": torch.randint(3, 97, (2, 5))}}[build]()
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    with pytest.warns(ExactPatternWarning, match=message.replace("(", r"\(")):
+        patched = patch_model(copy.deepcopy(model), variant, **options)
+    with torch.no_grad():
+        torch.testing.assert_close(patched(**inputs).logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_options_inside_the_tokens_do_not_warn(vit, llama):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        patch_model(copy.deepcopy(vit), "sliding", window=2, sink_tokens=1)
+        patch_model(copy.deepcopy(vit), "sparse", block_size=8)
+        patch_model(copy.deepcopy(llama), "sparse", block_size=16)
+
+
+def test_a_standalone_whisper_decoder_is_patched_like_the_whole_model(whisper):
+    """`patch_model` on a `WhisperDecoder` alone attaches the variant to its self-attention, with the
+    results of the same decoder inside the whole patched model."""
+    from tiny_models import whisper_features
+
+    whisper = whisper.eval()
+    with torch.no_grad():
+        encoded = whisper.model.encoder(whisper_features(whisper)).last_hidden_state
+    ids = torch.randint(3, 97, (2, 9), generator=torch.Generator().manual_seed(2))
+    whole = patch_model(copy.deepcopy(whisper), "sliding", window=3, targets=["decoder"])
+    alone = patch_model(copy.deepcopy(whisper.model.decoder), "sliding", window=3)
+    with torch.no_grad():
+        expected = whole.model.decoder(input_ids=ids, encoder_hidden_states=encoded).last_hidden_state
+        got = alone(input_ids=ids, encoder_hidden_states=encoded).last_hidden_state
+        unpatched = whisper.model.decoder(input_ids=ids, encoder_hidden_states=encoded).last_hidden_state
+    assert is_patched(alone)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert not torch.allclose(got, unpatched)  # the window of 3 leaves keys out
+
+
+def test_a_model_without_attention_layers_the_adapter_knows_is_refused():
+    from tiny_models import tiny_llama
+
+    model = tiny_llama(num_hidden_layers=0)
+    before = snapshot(model)
+    with pytest.raises(UnsupportedModelError, match="Found no attention layers in this LlamaForCausalLM"):
+        patch_model(model, "sliding", window=4)
+    assert_unchanged(model, before)

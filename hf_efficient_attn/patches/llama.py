@@ -29,6 +29,7 @@ class LlamaFamilyAdapter(ModelAdapter):
                     num_heads=heads,
                     num_kv_heads=kv_heads,
                     head_dim=head_dim,
+                    max_length=getattr(config, "max_position_embeddings", None),
                 ),
             )
             for index, layer in enumerate(model.base_model.layers)

@@ -9,7 +9,8 @@ from .base import AttentionSite, ModelAdapter
 
 
 class WhisperAdapter(ModelAdapter):
-    """Encoder self-attention, decoder self-attention and decoder cross-attention (``encoder_attn``)."""
+    """Encoder self-attention, decoder self-attention and decoder cross-attention (``encoder_attn``), in a
+    whole model or in a standalone ``WhisperEncoder`` or ``WhisperDecoder``."""
 
     model_types = ("whisper",)
     targets = ("encoder", "decoder", "cross")
@@ -30,11 +31,15 @@ class WhisperAdapter(ModelAdapter):
                 )
                 sites.append(AttentionSite(layer.self_attn, info))
         decoder = getattr(base, "decoder", None)
+        if decoder is None and base.__class__.__name__ == "WhisperDecoder":
+            decoder = base
         if decoder is not None:
             heads = config.decoder_attention_heads
             head_dim = config.d_model // heads
             for index, layer in enumerate(decoder.layers):
-                sites.append(AttentionSite(layer.self_attn, LayerInfo(Role.CAUSAL, "decoder", index, heads, heads, head_dim)))
+                info = LayerInfo(Role.CAUSAL, "decoder", index, heads, heads, head_dim,
+                                 max_length=config.max_target_positions)
+                sites.append(AttentionSite(layer.self_attn, info))
                 cross = LayerInfo(Role.CROSS, "cross", index, heads, heads, head_dim, sequence_length=frames)
                 sites.append(AttentionSite(layer.encoder_attn, cross))
         return sites

@@ -1,6 +1,15 @@
 """The variants: each module registers one (options dataclass + per-layer module) on import."""
 
-from .base import VARIANTS, AttentionVariant, LayerInfo, Role, VariantError, VariantOptions, VariantSpec
+from .base import (
+    VARIANTS,
+    AttentionVariant,
+    ExactPatternWarning,
+    LayerInfo,
+    Role,
+    VariantError,
+    VariantOptions,
+    VariantSpec,
+)
 from .flash import FlashAttention, FlashOptions
 from .full import FullAttention, FullOptions
 from .linear import HedgehogLinearAttention, LinearOptions
@@ -14,6 +23,7 @@ __all__ = [
     "VARIANTS",
     "AttentionVariant",
     "BlockSparseAttention",
+    "ExactPatternWarning",
     "FlashAttention",
     "FlashOptions",
     "FullAttention",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -40,6 +41,8 @@ class LayerInfo:
         num_heads / num_kv_heads / head_dim: the attention shape.
         sequence_length: fixed key length where the architecture has one (ViT patches + CLS, Whisper's
             1500 encoder frames), else None.
+        max_length: the most positions a call of a layer without a fixed length can hold (the model's
+            position embeddings), where the adapter knows it; else None.
         grid: ``(rows, cols)`` of the patch grid for vision models, else None.
         prefix_tokens: tokens before the grid (ViT's CLS), always global in a 2-D neighbourhood.
     """
@@ -52,11 +55,32 @@ class LayerInfo:
     head_dim: int
     sequence_length: int | None = None
     grid: tuple[int, int] | None = None
+    max_length: int | None = None
     prefix_tokens: int = 0
 
 
 class VariantError(ValueError):
     """Bad options or a variant that cannot run where it was asked to."""
+
+
+class ExactPatternWarning(UserWarning):
+    """Options under which a layer of fixed length gets exact attention: the pattern leaves out no pair
+    there, so the variant changes nothing but its cost (warned at `patch_model`)."""
+
+
+def warn_exact_pattern(layer: LayerInfo, option: str, value: int, what: str, advice: str) -> None:
+    """Warn (`ExactPatternWarning`) where ``option=value`` covers every token a call of ``layer`` can hold
+    (its fixed length, or the most positions the model takes); nothing where neither is known."""
+    if layer.sequence_length is not None:
+        tokens = f"all {layer.sequence_length} tokens of this model's {layer.target} layers"
+    elif layer.max_length is not None:
+        tokens = f"all {layer.max_length} positions this model's {layer.target} layers take"
+    else:
+        return
+    if value < (layer.sequence_length or layer.max_length):
+        return
+    warnings.warn(f"{option}={value} {what} {tokens}, so attention there is exact and the pattern has no effect. "
+                  f"{advice}", ExactPatternWarning, stacklevel=4)
 
 
 @dataclass(frozen=True)

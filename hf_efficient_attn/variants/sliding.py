@@ -38,6 +38,7 @@ from .base import (
     VariantOptions,
     positive_int,
     register_variant,
+    warn_exact_pattern,
 )
 
 
@@ -110,6 +111,9 @@ class SlidingWindowAttention(AttentionVariant):
                 f"neighbourhood='2d' needs a patch grid, which {layer.target} layers of this model do not have; "
                 "use neighbourhood='1d'."
             )
+        for name in ("sink_tokens", "global_tokens"):
+            warn_exact_pattern(layer, name, getattr(options, name), "covers", f"Use fewer {name} than tokens "
+                               "(for a ViT, sink_tokens=1 keeps its CLS token in every window).")
 
     def cache_window(self) -> int | None:
         return self.options.window if self.layer.role is Role.CAUSAL else None

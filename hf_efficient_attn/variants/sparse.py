@@ -44,6 +44,7 @@ from .base import (
     VariantOptions,
     positive_int,
     register_variant,
+    warn_exact_pattern,
 )
 from .block_layout import BlockSparseLayout
 
@@ -154,6 +155,9 @@ class BlockSparseAttention(AttentionVariant):
     @classmethod
     def check_layer(cls, options: SparseOptions, layer: LayerInfo) -> None:
         super().check_layer(options, layer)
+        name = "group_size" if options.pattern == "shifted" else "block_size"
+        warn_exact_pattern(layer, name, getattr(options, name), "puts in one block",
+                           f"Use a {name} well below the length of the inputs (64 or 128 for a few thousand tokens).")
         if options.pattern == "block" and options.layout is not None:
             shape = options.layout_tensor().shape
             if len(shape) == 3 and shape[0] != layer.num_heads:
