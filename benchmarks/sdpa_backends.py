@@ -21,7 +21,9 @@ there: 10 of its 12 block rows whole), inference, forward median ms and max abs 
 math under the layout's mask: the route the rule picks now (``auto``), the whole-rows split
 (`dispatch.plan_whole_rows`: SDPA without a mask over the whole rows, one masked call over the others),
 one SDPA call under the layout's mask over every row, and dense SDPA without a mask (not exact: the
-floor the split aims at). It decides whether the split may run where the kernels do.
+floor the split aims at); on a GPU also our kernel on a layout of every block and without a layout
+(both not exact: the same work through its block-layout path and through its dense path). It decides
+whether the split may run where the kernels do, and what the block-layout path costs beyond its work.
 
 Section "new shapes": prompts of ``--lengths`` distinct lengths, causal at Llama-1B's heads, each length
 seen once, and each column on lengths of its own (offset by two per column, so that no column meets a
@@ -233,6 +235,15 @@ def layout_routes(device: torch.device, dtype: torch.dtype, tiny: bool):
         "one masked call": plan_one_masked_call(q, k, context, rule=variant),
         "dense SDPA (not exact)": F.scaled_dot_product_attention,
     }
+    if device.type == "cuda":  # our kernel's block-layout path against its dense path, at the same work
+        from hf_efficient_attn.kernels import fused_attention
+
+        blocks = -(-shape.tokens // options["block_size"])
+        every_block = torch.ones(1, blocks, blocks, dtype=torch.int8, device=device)
+        scale = shape.head_dim ** -0.5
+        routes["ours, every block (not exact)"] = lambda q, k, v: fused_attention(
+            q, k, v, scale=scale, causal=False, block_layout=every_block, layout_block_size=options["block_size"])
+        routes["ours, no layout (not exact)"] = lambda q, k, v: fused_attention(q, k, v, scale=scale, causal=False)
     return shape, routes, reference, (q, k, v)
 
 
