@@ -25,7 +25,8 @@ step.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 
 import torch
 
@@ -99,3 +100,20 @@ def without_cudnn(attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], t
             backends.enable_cudnn_sdp(True)
 
     return attend_without_cudnn
+
+
+class ShapeTally:
+    """How often each key (a call's shapes and flags) was counted, for the last ``capacity`` keys: a
+    bounded record of which shapes a process has met, as cuDNN's graph cache keeps them."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._counts: OrderedDict[Hashable, int] = OrderedDict()
+
+    def count(self, key: Hashable) -> int:
+        """Count ``key`` once more; how often it has been counted, this time included."""
+        seen = self._counts.pop(key, 0) + 1
+        self._counts[key] = seen
+        if len(self._counts) > self.capacity:
+            self._counts.popitem(last=False)
+        return seen

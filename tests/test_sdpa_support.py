@@ -142,40 +142,83 @@ def test_without_cudnn_keeps_cudnn_where_the_caller_left_sdpa_nothing_else():
     assert seen == [True, False]
 
 
+def cudnn_by_forward(model, monkeypatch):
+    """Run ``model`` under the CUDA rule (forced) and note, for each of its forwards, whether cuDNN was on
+    during each SDPA call: returns the list of forwards, filled as the model runs."""
+    monkeypatch.setattr(fused_path, "kernels_preferred", lambda device: True)
+    monkeypatch.setattr(fused_path, "plan", lambda *args: "forced off the kernels in this test")
+    monkeypatch.setattr(dispatch, "_PLANNED_SHAPES", sdpa_support.ShapeTally())
+    forwards = []
+    original = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        forwards[-1].append(torch.backends.cuda.cudnn_sdp_enabled())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(dispatch.F, "scaled_dot_product_attention", spy)
+    model.register_forward_pre_hook(lambda module, args: forwards.append([]))
+    return forwards
+
+
 @pytest.mark.parametrize(("variant", "options"), [("flash", {}), ("sliding", {"window": 64}),
                                                   ("sparse", {"block_size": 4, "local_blocks": 1, "global_blocks": 1})])
-def test_decoding_a_growing_cache_runs_sdpa_without_cudnn(variant, options, monkeypatch):
-    """Where the kernels run (the CUDA rule, forced here), a decoding step over a dynamic cache calls SDPA
-    with cuDNN switched off (each step has a new shape, for which cuDNN would build a graph); the prompt
-    and static-cache steps keep it; tokens equal the unpatched model's (or, for the approximate pattern,
-    the reference backend's)."""
+def test_new_shapes_run_sdpa_without_cudnn(variant, options, monkeypatch):
+    """Where the kernels run (the CUDA rule, forced here), SDPA runs with cuDNN switched off (cuDNN would
+    build a graph for a shape it has not met) for every decoding step over a dynamic cache and for a prompt
+    whose shape is planned for the first time; a prompt met before and a static cache's steps (under a
+    mask, which only cuDNN fuses with grouped heads) keep cuDNN. Tokens equal the unpatched model's (or, for the approximate pattern, the reference
+    backend's), and the flag is restored."""
     model = tiny_llama()
     ids = torch.randint(3, 97, (2, 20), generator=torch.Generator().manual_seed(1))
     settings = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
     reference = model if variant == "flash" else patch_model(copy.deepcopy(model), variant, backend="reference",
                                                                **options)
     expected = {cache: reference.generate(ids, **settings, cache_implementation=cache) for cache in ("dynamic", "static")}
-    monkeypatch.setattr(fused_path, "kernels_preferred", lambda device: True)
-    monkeypatch.setattr(fused_path, "plan", lambda *args: "forced off the kernels in this test")
-    calls = []
-    original = F.scaled_dot_product_attention
-
-    def spy(*args, **kwargs):
-        calls.append(torch.backends.cuda.cudnn_sdp_enabled())
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(dispatch.F, "scaled_dot_product_attention", spy)
     patched = patch_model(copy.deepcopy(model), variant, **options)
-    forwards = []
-    patched.register_forward_pre_hook(lambda module, args: forwards.append(len(calls)))
-    for cache in ("dynamic", "static"):
-        calls.clear()
-        forwards.clear()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", fused_path.FusedPathFallbackWarning)
+    forwards = cudnn_by_forward(patched, monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fused_path.FusedPathFallbackWarning)
+        # the static prompt's keys past its tokens are dropped: the same SDPA call as the dynamic prompt's
+        for cache, prompt_cudnn in (("dynamic", False), ("dynamic", True), ("static", True)):
+            forwards.clear()
             assert torch.equal(patched.generate(ids, **settings, cache_implementation=cache), expected[cache])
-        prompt, steps = calls[: forwards[1]], calls[forwards[1]:]
-        assert len(forwards) == settings["max_new_tokens"] and prompt and all(prompt)
-        assert len(steps) >= model.config.num_hidden_layers * (len(forwards) - 1)
-        assert not any(steps) if cache == "dynamic" else all(steps)
+            assert len(forwards) == settings["max_new_tokens"] and all(forwards)
+            steps = [set(calls) for calls in forwards[1:]]
+            if cache == "dynamic":
+                assert steps == [{False}] * len(steps)
+            if variant == "sparse":
+                continue  # its prompt and static steps are no SDPA route (the chunked engine here, Triton on CUDA)
+            assert set(forwards[0]) == {prompt_cudnn}, cache  # the prompt: cuDNN once its shape was met
+            if cache == "static":  # a static step is under a mask (its slots by position): cuDNN takes it
+                assert steps == [{True}] * len(steps)
     assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
+def test_long_prompts_keep_cudnn_even_when_new(monkeypatch):
+    """Past `UNSEEN_PROMPT_MAX_TOKENS` cuDNN's speed outweighs its graph: a new long prompt keeps it."""
+    model = tiny_llama()
+    patched = patch_model(copy.deepcopy(model), "flash")
+    forwards = cudnn_by_forward(patched, monkeypatch)
+    monkeypatch.setattr(dispatch, "UNSEEN_PROMPT_MAX_TOKENS", 24)
+    with torch.no_grad():
+        for length, cudnn in ((24, False), (25, True)):  # longer than a decoding step's 16 queries
+            forwards.clear()
+            patched(torch.randint(3, 97, (1, length)))
+            assert set(forwards[0]) == {cudnn}
+
+
+def test_a_padded_prompt_keeps_cudnn_even_when_new(monkeypatch):
+    """A prompt under a padding mask keeps cuDNN (the one fused kernel for grouped heads under a mask)."""
+    patched = patch_model(copy.deepcopy(tiny_llama()), "flash")
+    forwards = cudnn_by_forward(patched, monkeypatch)
+    ids = torch.randint(3, 97, (2, 20))
+    padding = torch.ones_like(ids)
+    padding[0, :3] = 0
+    with torch.no_grad():
+        patched(ids, attention_mask=padding)
+    assert set(forwards[0]) == {True}
+
+
+def test_the_shape_tally_counts_and_forgets_the_oldest_past_its_capacity():
+    tally = sdpa_support.ShapeTally(capacity=2)
+    assert [tally.count("a"), tally.count("a"), tally.count("b"), tally.count("c"), tally.count("a")] == [1, 2, 1, 1, 1]

@@ -108,6 +108,18 @@ def test_rows_of_new_lengths_never_decode_a_length_twice(native):
     assert {native.prompt_length(plain, 3) for _ in range(3)} == {12}
 
 
+def test_forward_rows_of_new_lengths_give_every_call_a_prompt_of_its_own(native):
+    model = tiny_llama()
+    lengths = []
+    model.model.register_forward_pre_hook(lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]),
+                                          with_kwargs=True)
+    row = native.Row("prefill, new lengths", "llama", "forward", 1, 12, new_lengths=True)
+    cell = native.check_forward(row, "sdpa", model, torch.device("cpu"), torch.float32, baseline={})
+    rounds = native.time_forward_round(row, "sdpa", model, torch.device("cpu"), torch.float32, calls=3)
+    assert len(lengths) == 2 + 4 and len(set(lengths)) == len(lengths) and min(lengths) > 12
+    assert "check" not in cell and len(cell["ms_each"]) == 1 and len(rounds["times"]) == 3
+
+
 def test_eager_decoding_rows_take_the_best_of_interleaved_rounds(native, monkeypatch):
     """Each measured column gets one more timed generation per round, in turns, and its rate is the
     best of them; a round that fails leaves the column's other rounds."""
