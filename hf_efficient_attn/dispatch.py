@@ -108,8 +108,7 @@ def plan_call(
     decode_kernel = _decode_kernel(backend, query.device)
     if route == "sdpa":
         launch = sdpa_plan(query, key, context, decode_kernel)
-        off_cudnn = not sdpa_needs_mask(query, key, context) and leaves_cudnn_out(query, key, value, context)
-        return sdpa_support.without_cudnn(launch) if off_cudnn else launch
+        return sdpa_support.without_cudnn(launch) if leaves_cudnn_out(query, key, value, context) else launch
     if route == "gather":
         return sdpa_support.without_cudnn(run)
     if route in ("triton", "cudnn"):
@@ -129,47 +128,37 @@ _PLANNED_SHAPES = sdpa_support.ShapeTally()
 
 
 def leaves_cudnn_out(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext) -> bool:
-    """Whether this call's SDPA, one without a mask (`sdpa_needs_mask`: FlashAttention takes it, grouped
-    heads included), runs with cuDNN switched off (`sdpa_support.without_cudnn`), in eager mode where the
-    kernels run (CUDA): a decoding step over a growing cache (`decodes_a_growing_cache`), whose shape is
-    new at every step, and a causal prompt of at most `UNSEEN_PROMPT_MAX_TOKENS` tokens whose shape this
-    process plans for the first time. Calls under a mask keep cuDNN, the one fused kernel that takes
-    grouped heads under a mask (`sdpa_support`); without it SDPA would fall back to its math kernel.
+    """Whether this call, one SDPA takes without a mask (`sdpa_needs_mask`), runs with SDPA's cuDNN
+    backend switched off (`sdpa_support.without_cudnn`, so FlashAttention takes it, grouped heads
+    included), in eager mode where the kernels run (CUDA): a decoding step over a growing cache (a
+    static cache's steps are under a mask), whose shape is new at every step, and a causal prompt of at
+    most `UNSEEN_PROMPT_MAX_TOKENS` tokens whose shape this process plans for the first time. Calls
+    under a mask keep cuDNN, the one fused kernel for grouped heads under a mask (`sdpa_support`);
+    without it SDPA would fall back to its math kernel.
 
-    cuDNN builds a graph for every shape it has not seen. On the H100 (torch 2.11, Llama-1B heads 32 over
-    8, head_dim 64) the first call at a new prompt length cost 64 ms more than the second (median of 24
-    lengths from 1k to 8k; 715 ms at most), while FlashAttention-2, which needs no graph, took 1.6x
-    cuDNN's time at a seen length: 0.099 against 0.061 ms a call at 2k and 1.00 against 0.65 ms at 8k,
-    so about 6 ms more for 16 layers at 8k, less than the graph. From its second planning a shape has
-    been met before and runs on cuDNN, which then builds its graph once, as the unpatched model does at
-    the first; past 8k tokens cuDNN's speed outweighs the graph, and training steps repeat their shapes."""
-    if tracing() or not fused_path.kernels_preferred(query.device) or fused_path.needs_grad(query):
+    cuDNN builds a graph for every shape it has not seen. On the H100 (torch 2.11, Llama-1B heads 32
+    over 8, head_dim 64, bf16) unpatched decoding after 3000 tokens took 90 ms a step over new lengths
+    against 21.6 ms over the same lengths again, and 21.5 ms over new lengths with SDPA's FlashAttention
+    and memory-efficient kernels only. The first call at a new prompt length cost 64 ms more than the
+    second (median of 24 lengths from 1k to 8k; 715 ms at most), while FlashAttention-2, which needs no
+    graph, took 1.6x cuDNN's time at a seen length: 0.099 against 0.061 ms a call at 2k and 1.00 against
+    0.65 ms at 8k, so about 6 ms more for 16 layers at 8k, less than the graph. From its second planning
+    a prompt's shape has been met and runs on cuDNN, which builds its graph then, once, as the unpatched
+    model does at the first; past 8k tokens cuDNN's speed outweighs the graph, training steps repeat
+    their shapes, and a compiled step is traced once."""
+    if (
+        not context.causal
+        or tracing()
+        or not fused_path.kernels_preferred(query.device)
+        or fused_path.needs_grad(query)
+        or sdpa_needs_mask(query, key, context)
+    ):
         return False
-    if decodes_a_growing_cache(query, context):
-        return True
-    return (
-        context.causal
-        and query.shape[-2] <= UNSEEN_PROMPT_MAX_TOKENS
-        and _PLANNED_SHAPES.count((*tensor_signature(query, key, value), context.key_padding is None)) == 1
-    )
-
-
-def decodes_a_growing_cache(query: torch.Tensor, context: AttentionContext) -> bool:
-    """A decoding step (few queries, no gradient, eager mode) over a cache that grows by a token at every
-    step, where the kernels run (CUDA): its SDPA calls leave cuDNN out (`sdpa_support.without_cudnn`).
-
-    Every such step has a shape SDPA has not seen, and cuDNN builds a graph per shape: on the H100 (torch
-    2.11) unpatched Llama-1B shapes decoding after 3000 tokens took 90 ms a step over new lengths against
-    21.6 ms over the same lengths again, and 21.5 ms over new lengths with SDPA's FlashAttention and
-    memory-efficient kernels only. Static caches keep their shape, and a compiled step is traced once."""
-    return (
-        context.causal
-        and not context.static
-        and query.shape[-2] <= fused_path.DECODE_MAX_QUERIES
-        and fused_path.kernels_preferred(query.device)
-        and not fused_path.needs_grad(query)
-        and not tracing()
-    )
+    if query.shape[-2] <= fused_path.DECODE_MAX_QUERIES:
+        return True  # a decoding step over a growing cache: a new shape at every step
+    if query.shape[-2] > UNSEEN_PROMPT_MAX_TOKENS:
+        return False
+    return _PLANNED_SHAPES.count(tensor_signature(query, key, value)) == 1
 
 
 def _decode_kernel(backend: Backend, device: torch.device) -> bool:

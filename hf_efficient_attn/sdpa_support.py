@@ -84,7 +84,7 @@ def without_cudnn(attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], t
     """``attend`` with SDPA's cuDNN backend switched off during its calls (and on again after, where it was
     on), so SDPA picks FlashAttention or its memory-efficient kernel: for calls whose shape is new at every
     step (decoding over a growing cache), for which cuDNN would build a graph each time
-    (`dispatch.decodes_a_growing_cache`). Where the caller left SDPA no other backend
+    (`dispatch.leaves_cudnn_out`). Where the caller left SDPA no other backend
     (``sdpa_kernel([SDPBackend.CUDNN_ATTENTION])``), cuDNN stays."""
     backends = torch.backends.cuda
 
