@@ -117,3 +117,19 @@ def test_compiled_vit_equals_eager():
         compiled = torch.compile(model, fullgraph=True)
         torch.testing.assert_close(compiled(pixel_values=pixels).logits, model(pixel_values=pixels).logits,
                                    atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("name", sorted(DECODER_VARIANTS))
+def test_prompts_of_new_lengths_recompile_with_dynamic_sizes_and_equal_eager(name):
+    """A compiled forward met with a second prompt length recompiles with the length as a symbol
+    (torch.compile's automatic dynamic shapes); every host fact the path reads must still be a constant
+    there (no symbol may reach `torch.compiler.assume_constant_result`), and the logits stay eager's."""
+    torch._dynamo.reset()
+    model = patch_model(tiny_llama(), variant_of(name), **DECODER_VARIANTS[name]).eval()
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for length in (12, 17, 23):
+            ids = torch.randint(3, 97, (2, length), generator=torch.Generator().manual_seed(length))
+            torch.testing.assert_close(compiled(input_ids=ids, use_cache=False).logits,
+                                       model(input_ids=ids, use_cache=False).logits, rtol=1e-5, atol=1e-5)
