@@ -17,9 +17,10 @@ several and the mask's broadcast, so it is probed once per combination on small 
 (`torch.compiler.assume_constant_result`), so the traced path has no branch on tensor data.
 
 cuDNN's attention builds a graph for every shape it has not seen (tens of milliseconds on the H100's
-host), which is why calls whose shape is new at every step, decoding over a growing cache, run SDPA
-with cuDNN switched off (`without_cudnn`): its FlashAttention and memory-efficient kernels need no such
-step.
+host), which is why calls of shapes SDPA has not met (decoding over a growing cache at every step, a
+prompt the first time its shape is planned: `dispatch.leaves_cudnn_out`) run SDPA with cuDNN switched off
+(`without_cudnn`): its FlashAttention and memory-efficient kernels need no such step. `ShapeTally`
+records which shapes a process has met.
 """
 
 from __future__ import annotations
@@ -82,9 +83,9 @@ def _probe_cached(device_index: int, dtype: torch.dtype, sizes: tuple[int, ...],
 def without_cudnn(attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
                   ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """``attend`` with SDPA's cuDNN backend switched off during its calls (and on again after, where it was
-    on), so SDPA picks FlashAttention or its memory-efficient kernel: for calls whose shape is new at every
-    step (decoding over a growing cache), for which cuDNN would build a graph each time
-    (`dispatch.leaves_cudnn_out`). Where the caller left SDPA no other backend
+    on), so SDPA picks FlashAttention or its memory-efficient kernel: for calls of a shape SDPA has not
+    met, for which cuDNN would build a graph (`dispatch.leaves_cudnn_out`). Where the caller left SDPA no
+    other backend
     (``sdpa_kernel([SDPBackend.CUDNN_ATTENTION])``), cuDNN stays."""
     backends = torch.backends.cuda
 
