@@ -106,11 +106,9 @@ def plan_call(
     """
     route, run = choose(query, key, value, context, backend, pattern, variant_name, one_mask is not None)
     decode_kernel = _decode_kernel(backend, query.device)
-    if route == "sdpa":
-        launch = sdpa_plan(query, key, context, decode_kernel)
+    if route in ("sdpa", "gather"):
+        launch = sdpa_plan(query, key, context, decode_kernel) if route == "sdpa" else run
         return sdpa_support.without_cudnn(launch) if leaves_cudnn_out(query, key, value, context) else launch
-    if route == "gather":
-        return sdpa_support.without_cudnn(run)
     if route in ("triton", "cudnn"):
         return run
     if route == "whole-rows":
@@ -497,9 +495,10 @@ def sdpa_plan(
     if sdpa_needs_mask(query, key, context):
         return functools.partial(sdpa_attention, context=context, decode_kernel=decode_kernel)
     grouped = {"enable_gqa": True} if query.shape[1] != key.shape[1] else {}
-    is_causal = context.causal and query.shape[-2] > 1
+    causal_rows, _ = _causality(query, key, context)
     return functools.partial(
-        F.scaled_dot_product_attention, dropout_p=context.dropout, scale=context.scaling, is_causal=is_causal, **grouped
+        F.scaled_dot_product_attention, dropout_p=context.dropout, scale=context.scaling, is_causal=causal_rows,
+        **grouped
     )
 
 
@@ -507,10 +506,18 @@ def sdpa_needs_mask(query: torch.Tensor, key: torch.Tensor, context: AttentionCo
     """Whether a call the pattern covers needs a mask on SDPA (`sdpa_attention`): padding, a caller's
     mask, or causality that ``is_causal`` cannot state (queries not aligned with the keys, a static
     cache's slots); without one it is plain causal or bidirectional attention."""
+    causal_rows, aligned = _causality(query, key, context)
+    return (causal_rows and not aligned) or context.key_padding is not None or context.dense_mask is not None
+
+
+def _causality(query: torch.Tensor, key: torch.Tensor, context: AttentionContext) -> tuple[bool, bool]:
+    """Whether causality restricts the call (several queries, or a static cache's slots ahead of the
+    newest token), and whether ``is_causal`` states it (queries and keys aligned, every key a position
+    of this sequence)."""
     q_len, k_len = query.shape[-2], key.shape[-2]
     causal_rows = context.causal and (q_len > 1 or context.static)
     aligned = q_len == k_len and context.trimmed_prefix is None and not context.static
-    return (causal_rows and not aligned) or context.key_padding is not None or context.dense_mask is not None
+    return causal_rows, aligned
 
 
 def sdpa_attention(
@@ -536,11 +543,11 @@ def sdpa_attention(
     q_len, k_len = query.shape[-2], key.shape[-2]
     mask = None
     is_causal = False
-    if context.causal and (q_len > 1 or context.static):
-        if q_len == k_len and context.trimmed_prefix is None and not context.static:
-            is_causal = True
-        else:
-            mask = (context.key_positions[None, :] <= context.query_positions[:, None])[None, None]
+    causal_rows, aligned = _causality(query, key, context)
+    if causal_rows and aligned:
+        is_causal = True
+    elif causal_rows:
+        mask = (context.key_positions[None, :] <= context.query_positions[:, None])[None, None]
     may_leave_rows_empty = False
     for extra in (
         None if context.key_padding is None else context.key_padding[:, None, None, :],
