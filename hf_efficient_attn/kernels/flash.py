@@ -113,9 +113,18 @@ def _dkdv_configs():
     ]
 
 
-def sparse_tile() -> int:
-    """Tile edge (BLOCK_M = BLOCK_N) used by every kernel when a block layout is given."""
-    return 16 if INTERPRET else 64
+def sparse_tiles(layout_block_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Kernel tiles (BLOCK_M queries, BLOCK_N keys) under a block layout: the forward's, then the
+    backward kernels'.
+
+    The backward runs 64 x 64 tiles. The forward takes 128 query rows per program, as its dense launch
+    does (on Hopper a 64-row tile leaves half of each warpgroup's matrix instructions idle: a nearly full
+    layout ran 1.5x slower than the dense kernel in 64 x 64 tiles), where layout blocks are a multiple of
+    128 long, so no tile straddles a block edge and falls to the element-wise mask.
+    """
+    if INTERPRET:
+        return ((32, 16) if layout_block_size % 32 == 0 else (16, 16)), (16, 16)
+    return ((128, 64) if layout_block_size % 128 == 0 else (64, 64)), (64, 64)
 
 
 def _sparse_configs():
@@ -705,7 +714,7 @@ class MaskArgs:
     """Mask parameters in kernel form (no None), plus the optional tensors."""
 
     def __init__(self, *, causal, window, sink_tokens, global_tokens, key_padding=None, layout=None,
-                 layout_block_size=64, tiles=None, cu_q=None, cu_k=None):
+                 layout_block_size=64, tiles=None, backward_tiles=None, cu_q=None, cu_k=None):
         left, right = window
         self.causal = bool(causal)
         self.has_window = not (left is None and right is None)
@@ -716,16 +725,17 @@ class MaskArgs:
         self.key_padding = key_padding  # int8 [B, Nk] or None
         self.layout = layout  # int8 [Hl, nQB, nKB] or None
         self.lb = int(layout_block_size)
-        self.tiles = tiles  # TileLists or None
+        self.tiles = tiles  # TileLists of the forward's tiles, or None
+        self.backward_tiles = backward_tiles  # () -> TileLists of the backward's tiles (built when first asked)
         self.cu_q = cu_q
         self.cu_k = cu_k
 
 
-def _list_head_stride(mask: MaskArgs, attr: str) -> int:
-    """Rows per head in the tile lists; 0 when one layout is shared by all heads."""
-    if mask.tiles is None or mask.layout.shape[0] == 1:
+def _list_head_stride(mask: MaskArgs, tiles, attr: str) -> int:
+    """Rows per head in the tile lists ``tiles``; 0 without lists or when one layout serves all heads."""
+    if tiles is None or mask.layout.shape[0] == 1:
         return 0
-    return getattr(mask.tiles, attr)
+    return getattr(tiles, attr)
 
 
 def _tuning_bucket(length: int) -> int:
@@ -789,13 +799,13 @@ def attention_forward(q, k, v, scale: float, mask: MaskArgs, varlen: bool = Fals
             t.fwd_rp_partial if sparse else c["dummy"], t.fwd_cols_partial if sparse else c["dummy"],
             t.fwd_rp_full if sparse else c["dummy"], t.fwd_cols_full if sparse else c["dummy"],
             c["cu_q"], c["cu_k"], *c["sq"], *c["sk"], *c["sv"], *so, slb, slh, c["skpb"], c["sly_h"],
-            c["sly_q"], hq, hq // hkv, nq, nk, _list_head_stride(mask, "n_mt"), qk_scale, mask.wl, mask.wr, mask.sink,
+            c["sly_q"], hq, hq // hkv, nq, nk, _list_head_stride(mask, t, "n_mt"), qk_scale, mask.wl, mask.wr, mask.sink,
             mask.gq, mask.lb, c["pmax"])
     meta = dict(HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=mask.causal, HAS_WINDOW=mask.has_window,
                 HAS_KPAD=mask.key_padding is not None, BLOCK_SPARSE=sparse, IS_VARLEN=varlen,
                 IEEE=q.dtype == torch.float32, TUNE_NQ=_tuning_bucket(nq), TUNE_NK=_tuning_bucket(nk))
     if sparse:
-        _fwd_sparse.launch((n_batch * hq, t.n_mt), args, dict(meta, BLOCK_M=t.block, BLOCK_N=t.block), q.dtype)
+        _fwd_sparse.launch((n_batch * hq, t.n_mt), args, dict(meta, BLOCK_M=t.block_m, BLOCK_N=t.block_n), q.dtype)
     else:
         _fwd_dense.launch(lambda m: (n_batch * hq, triton.cdiv(nq, m["BLOCK_M"])), args, meta, q.dtype)
     return o, lse
@@ -822,7 +832,7 @@ def attention_backward(do, q, k, v, o, lse, scale: float, mask: MaskArgs, varlen
     dq, dk, dv = _empty_like(q), _empty_like(k), _empty_like(v)
     block_d = max(16, power_of_2_at_least(d))
     sparse = mask.tiles is not None
-    t = mask.tiles
+    t = mask.backward_tiles() if sparse else None
     qk_scale = float(scale) * 1.4426950408889634
     meta = dict(HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=mask.causal, HAS_WINDOW=mask.has_window,
                 HAS_KPAD=mask.key_padding is not None, BLOCK_SPARSE=sparse, IS_VARLEN=varlen,
@@ -832,16 +842,16 @@ def attention_backward(do, q, k, v, o, lse, scale: float, mask: MaskArgs, varlen
     dq_args = (q, k, v, do, o, dq, lse, delta, c["kpad"], c["lay"],
                t.fwd_rp_partial if sparse else c["dummy"], t.fwd_cols_partial if sparse else c["dummy"],
                t.fwd_rp_full if sparse else c["dummy"], t.fwd_cols_full if sparse else c["dummy"],
-               *common, hq, hq // hkv, nq, nk, _list_head_stride(mask, "n_mt"), float(scale), qk_scale, mask.wl,
+               *common, hq, hq // hkv, nq, nk, _list_head_stride(mask, t, "n_mt"), float(scale), qk_scale, mask.wl,
                mask.wr, mask.sink, mask.gq, mask.lb, c["pmax"])
     kv_args = (q, k, v, do, dk, dv, lse, delta, c["kpad"], c["lay"],
                t.bwd_rp_partial if sparse else c["dummy"], t.bwd_cols_partial if sparse else c["dummy"],
                t.bwd_rp_full if sparse else c["dummy"], t.bwd_cols_full if sparse else c["dummy"],
-               *common, hkv, hq // hkv, nq, nk, _list_head_stride(mask, "n_nt"), float(scale), qk_scale, mask.wl,
+               *common, hkv, hq // hkv, nq, nk, _list_head_stride(mask, t, "n_nt"), float(scale), qk_scale, mask.wl,
                mask.wr, mask.sink, mask.gq, mask.lb, c["pmax"])
     # dQ first: its kernel also writes delta, which the dK/dV kernel reads
     if sparse:
-        tiles = dict(meta, BLOCK_M=t.block, BLOCK_N=t.block)
+        tiles = dict(meta, BLOCK_M=t.block_m, BLOCK_N=t.block_n)
         _dq_sparse.launch((n_batch * hq, t.n_mt), dq_args, tiles, q.dtype)
         _dkdv_sparse.launch((n_batch * hkv, t.n_nt), kv_args, tiles, q.dtype)
     else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..tensor_memo import TensorMemo
@@ -103,17 +105,39 @@ def dense_launch(
     mask = flash.MaskArgs(causal=causal, window=tuple(window), sink_tokens=sink_tokens,
                           global_tokens=global_tokens, key_padding=kp, layout_block_size=layout_block_size)
     if block_layout is not None:
-        block = flash.sparse_tile()
-
-        def tile_lists() -> tuple[torch.Tensor, TileLists]:
-            layout = (block_layout != 0).to(torch.int8).contiguous()
-            return layout, build_tile_lists(layout, layout_block_size, nq, nk, causal=mask.causal,
-                                            has_window=mask.has_window, wl=mask.wl, wr=mask.wr, sink=mask.sink,
-                                            gq=mask.gq, block=block)
-
-        key = (layout_block_size, nq, nk, mask.causal, mask.has_window, mask.wl, mask.wr, mask.sink, mask.gq, block)
-        mask.layout, mask.tiles = TILE_LISTS.get(block_layout, key, tile_lists)
+        forward_tile, backward_tile = flash.sparse_tiles(layout_block_size)
+        mask.layout, mask.tiles = _tile_lists(block_layout, mask, nq, nk, forward_tile)
+        if backward_tile == forward_tile:
+            mask.backward_tiles = lambda: mask.tiles
+        else:
+            mask.backward_tiles = _built_once(lambda: _tile_lists(block_layout, mask, nq, nk, backward_tile)[1])
     return q, k, v, mask
+
+
+def _tile_lists(block_layout: torch.Tensor, mask: flash.MaskArgs, nq: int, nk: int,
+                tile: tuple[int, int]) -> tuple[torch.Tensor, TileLists]:
+    """The int8 layout the kernels read and its lists for kernel tiles ``tile`` (kept per layout tensor)."""
+
+    def build() -> tuple[torch.Tensor, TileLists]:
+        layout = (block_layout != 0).to(torch.int8).contiguous()
+        return layout, build_tile_lists(layout, mask.lb, nq, nk, causal=mask.causal, has_window=mask.has_window,
+                                        wl=mask.wl, wr=mask.wr, sink=mask.sink, gq=mask.gq, block_m=tile[0],
+                                        block_n=tile[1])
+
+    key = (mask.lb, nq, nk, mask.causal, mask.has_window, mask.wl, mask.wr, mask.sink, mask.gq, tile)
+    return TILE_LISTS.get(block_layout, key, build)
+
+
+def _built_once(build: Callable[[], TileLists]) -> Callable[[], TileLists]:
+    """``build`` run on the first call only: a backward pass asks for its lists, inference never does."""
+    built: list[TileLists] = []
+
+    def lists() -> TileLists:
+        if not built:
+            built.append(build())
+        return built[0]
+
+    return lists
 
 
 def fused_attention_varlen(

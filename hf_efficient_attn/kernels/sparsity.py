@@ -1,6 +1,6 @@
 """Compact tile lists for block layouts, built on the host side (in torch).
 
-For kernel tiles of T x T (query positions x keys), each tile is classified against the whole mask
+For kernel tiles of M x N (query positions x keys), each tile is classified against the whole mask
 except key padding (which the kernels apply as a column mask everywhere):
 
 * skipped: no visible pair;
@@ -26,7 +26,8 @@ import torch
 
 @dataclass
 class TileLists:
-    block: int
+    block_m: int
+    block_n: int
     n_mt: int
     n_nt: int
     fwd_rp_partial: torch.Tensor
@@ -53,19 +54,21 @@ def _csr(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def build_tile_lists(layout: torch.Tensor, layout_block_size: int, nq: int, nk: int, *, causal: bool,
-                     has_window: bool, wl: int, wr: int, sink: int, gq: int, block: int) -> TileLists:
-    """layout: [Hl, nQB, nKB] (bool/int) over query positions x keys; see module docstring."""
+                     has_window: bool, wl: int, wr: int, sink: int, gq: int, block_m: int,
+                     block_n: int) -> TileLists:
+    """layout: [Hl, nQB, nKB] (bool/int) over query positions x keys, for kernel tiles of ``block_m``
+    queries x ``block_n`` keys; see module docstring."""
     dev = layout.device
     lb = int(layout_block_size)
     off = nk - nq if causal else 0
-    n_mt = (nq + block - 1) // block
-    n_nt = (nk + block - 1) // block
+    n_mt = (nq + block_m - 1) // block_m
+    n_nt = (nk + block_n - 1) // block_n
     mt = torch.arange(n_mt, device=dev, dtype=torch.int64)
     nt = torch.arange(n_nt, device=dev, dtype=torch.int64)
-    p0 = mt * block + off
-    p1 = torch.clamp(mt * block + block, max=nq) - 1 + off
-    n0 = nt * block
-    n1 = torch.clamp(n0 + block, max=nk) - 1
+    p0 = mt * block_m + off
+    p1 = torch.clamp(mt * block_m + block_m, max=nq) - 1 + off
+    n0 = nt * block_n
+    n1 = torch.clamp(n0 + block_n, max=nk) - 1
 
     # layout coverage with a summed-area table over layout blocks
     lay = (layout != 0).to(torch.int32)
@@ -98,7 +101,7 @@ def build_tile_lists(layout: torch.Tensor, layout_block_size: int, nq: int, nk: 
         band_any &= ((d_hi > -wl) & (d_lo < wr)) | bypass
         band_all &= (d_lo > -wl) & (d_hi < wr) & ~bypass
     # unmasked tiles load without bounds checks: both the key and the query tile must be complete
-    in_bounds = (n0 + block <= nk)[None, :] & (mt * block + block <= nq)[:, None]
+    in_bounds = (n0 + block_n <= nk)[None, :] & (mt * block_m + block_m <= nq)[:, None]
     any_vis = any_vis & band_any[None]
     full = any_vis & all_vis & (band_all & in_bounds)[None]
     partial = any_vis & ~full
@@ -107,4 +110,4 @@ def build_tile_lists(layout: torch.Tensor, layout_block_size: int, nq: int, nk: 
     fwd_f = _csr(full)
     bwd_p = _csr(partial.transpose(1, 2))
     bwd_f = _csr(full.transpose(1, 2))
-    return TileLists(block, n_mt, n_nt, *fwd_p, *fwd_f, *bwd_p, *bwd_f)
+    return TileLists(block_m, block_n, n_mt, n_nt, *fwd_p, *fwd_f, *bwd_p, *bwd_f)

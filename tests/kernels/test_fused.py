@@ -114,6 +114,7 @@ def test_key_padding_with_window_and_gqa():
     (16, False, False, 64, 64),
     (16, True, True, 65, 65),
     (32, True, False, 50, 100),
+    (64, False, True, 75, 75),  # forward tiles twice as tall as the backward's
     (24, False, True, 40, 90),  # layout blocks not aligned with kernel tiles; causal offset
     (8, True, True, 130, 130),
 ])
@@ -175,6 +176,8 @@ LARGE_CASES = [
     dict(n=2048, d=128, causal=False, window=(300, 300), global_tokens=16),
     dict(n=4096, d=128, causal=True, layout=0.3),
     dict(n=3000, d=64, causal=False, layout=0.2),
+    dict(n=1500, d=64, causal=False, layout=0.9, lb=128),  # 128-row forward tiles, a partial last tile
+    dict(n=2000, d=128, causal=True, layout=0.5, lb=256),
     dict(n=1531, d=96, causal=True),
 ]
 
@@ -184,8 +187,8 @@ LARGE_CASES = [
 def test_large_bf16(case):
     case = dict(case)
     n, d = case.pop("n"), case.pop("d")
-    density = case.pop("layout", None)
+    density, lb = case.pop("layout", None), case.pop("lb", 64)
     if density is not None:
-        case["block_layout"] = random_layout(8, n, n, 64, density, seed=n)
-        case["layout_block_size"] = 64
+        case["block_layout"] = random_layout(8, n, n, lb, density, seed=n)
+        case["layout_block_size"] = lb
     run_case(1, 8, 2, n, n, d, dtype=torch.bfloat16, **case)
