@@ -106,3 +106,20 @@ def test_freed_layouts_leave_the_cache(builds):
     del layout
     gc.collect()
     assert len(TILE_LISTS) == 0
+
+
+def test_full_tiles_as_runs_list_the_same_tiles():
+    """The forward's runs of consecutive full key tiles cover exactly the full tiles of each row, in order."""
+    from hf_efficient_attn.kernels.sparsity import build_tile_lists
+
+    layout = (torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(4)) > 0.4).to(torch.int8)
+    layout[0, 2:4] = 1  # head 0's query tile 1 (positions 32-63) sees every key: one run
+    tiles = build_tile_lists(layout, 16, 128, 128, causal=False, has_window=False, wl=0, wr=0, sink=0, gq=0,
+                             block_m=32, block_n=16)
+    for row in range(2 * tiles.n_mt):
+        listed = tiles.fwd_cols_full[tiles.fwd_rp_full[row]:tiles.fwd_rp_full[row + 1]].tolist()
+        runs = range(tiles.fwd_rp_runs[row], tiles.fwd_rp_runs[row + 1])
+        from_runs = [col for r in runs for col in range(tiles.fwd_run_starts[r], tiles.fwd_run_stops[r])]
+        assert from_runs == listed
+        assert all(tiles.fwd_run_stops[r] < tiles.fwd_run_starts[r + 1] for r in list(runs)[:-1])  # maximal
+    assert tiles.fwd_rp_runs[2] - tiles.fwd_rp_runs[1] == 1
