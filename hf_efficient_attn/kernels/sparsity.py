@@ -4,8 +4,8 @@ For kernel tiles of M x N (query positions x keys), each tile is classified agai
 except key padding (which the kernels apply as a column mask everywhere):
 
 * skipped: no visible pair;
-* full: every pair visible (all covering layout blocks active, inside causal/window band, in bounds),
-  so the kernel can run it without the element-wise mask;
+* full: every pair visible (all covering layout blocks active, inside causal/window band, keys in
+  bounds), so the kernel can run it without the element-wise mask;
 * partial: anything else.
 
 Rows of the lists are (layout head, query tile) for the forward and dQ kernels and
@@ -108,17 +108,19 @@ def build_tile_lists(layout: torch.Tensor, layout_block_size: int, nq: int, nk: 
         bypass = (n0[None, :] < sink) | (p0[:, None] < gq)
         band_any &= ((d_hi > -wl) & (d_lo < wr)) | bypass
         band_all &= (d_lo > -wl) & (d_hi < wr) & ~bypass
-    # unmasked tiles load without bounds checks: both the key and the query tile must be complete
-    in_bounds = (n0 + block_n <= nk)[None, :] & (mt * block_m + block_m <= nq)[:, None]
+    # unmasked tiles load their keys without bounds checks, so the key tile must be complete. Query rows
+    # past the end are harmless to the forward and dQ kernels (loaded as zeros, their log-sum-exp
+    # infinite, stored nowhere), as in the dense launch; the dK/dV kernel, which sums over query rows,
+    # runs a query tile unmasked only when it is complete.
     any_vis = any_vis & band_any[None]
-    full = any_vis & all_vis & (band_all & in_bounds)[None]
-    partial = any_vis & ~full
+    full_rows = any_vis & all_vis & (band_all & (n0 + block_n <= nk)[None, :])[None]
+    full_columns = full_rows & (mt * block_m + block_m <= nq)[None, :, None]
 
-    fwd_p = _csr(partial)
-    fwd_f = _csr(full)
-    bwd_p = _csr(partial.transpose(1, 2))
-    bwd_f = _csr(full.transpose(1, 2))
-    return TileLists(block_m, block_n, n_mt, n_nt, *fwd_p, *fwd_f, *bwd_p, *bwd_f, *_runs(full))
+    fwd_p = _csr(any_vis & ~full_rows)
+    fwd_f = _csr(full_rows)
+    bwd_p = _csr((any_vis & ~full_columns).transpose(1, 2))
+    bwd_f = _csr(full_columns.transpose(1, 2))
+    return TileLists(block_m, block_n, n_mt, n_nt, *fwd_p, *fwd_f, *bwd_p, *bwd_f, *_runs(full_rows))
 
 
 def _runs(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
