@@ -291,7 +291,7 @@ def _fwd_tiles(acc, l_i, m_i, q, qp, k_base, v_base, skn, svn, kpad_base, lay_ba
 
 
 @triton.jit
-def _attn_fwd(Q, K, V, Out, LSE, KPAD, LAYOUT, RP_P, COLS_P, RP_F, RUN_STARTS, RUN_STOPS, CU_Q, CU_K,
+def _attn_fwd(Q, K, V, Out, LSE, KPAD, LAYOUT, RP_P, COLS_P, RP_F, COLS_F, RUN_START, RUN_STOP, CU_Q, CU_K,
               sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son, slb, slh, skpb, sly_h, sly_q,
               H, GROUP, NQ, NK, N_MT, qk_scale, WL, WR, SINK, GQ, LB, PMAX, TUNE_NQ, TUNE_NK,
               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
@@ -344,12 +344,19 @@ def _attn_fwd(Q, K, V, Out, LSE, KPAD, LAYOUT, RP_P, COLS_P, RP_F, RUN_STARTS, R
                                        sly_q, LB, PMAX, lo, hi, COLS_P, nk, qk_scale, WL, WR, SINK, GQ,
                                        True, True, CAUSAL, HAS_WINDOW, HAS_KPAD, BLOCK_SPARSE, BLOCK_N,
                                        HEAD_DIM, BLOCK_D, IEEE)
-            # fully visible tiles by runs of consecutive key tiles, each walked like a dense key range
-            for run in range(tl.load(RP_F + row), tl.load(RP_F + row + 1)):
+            run_start = tl.load(RUN_START + row) * BLOCK_N
+            run_stop = tl.load(RUN_STOP + row) * BLOCK_N
+            if run_stop > run_start:  # the fully visible tiles are one run: walk it as a dense key range
                 acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, qp, k_base, v_base, skn, svn, kpad_base, lay_base,
-                                           sly_q, LB, PMAX, tl.load(RUN_STARTS + run) * BLOCK_N,
-                                           tl.load(RUN_STOPS + run) * BLOCK_N, RUN_STARTS, nk, qk_scale, WL, WR, SINK,
-                                           GQ, False, False, CAUSAL, HAS_WINDOW, HAS_KPAD, BLOCK_SPARSE, BLOCK_N,
+                                           sly_q, LB, PMAX, run_start, run_stop, COLS_F, nk, qk_scale, WL, WR,
+                                           SINK, GQ, False, False, CAUSAL, HAS_WINDOW, HAS_KPAD, BLOCK_SPARSE,
+                                           BLOCK_N, HEAD_DIM, BLOCK_D, IEEE)
+            else:
+                lo = tl.load(RP_F + row)
+                hi = tl.load(RP_F + row + 1)
+                acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, qp, k_base, v_base, skn, svn, kpad_base, lay_base,
+                                           sly_q, LB, PMAX, lo, hi, COLS_F, nk, qk_scale, WL, WR, SINK, GQ,
+                                           False, True, CAUSAL, HAS_WINDOW, HAS_KPAD, BLOCK_SPARSE, BLOCK_N,
                                            HEAD_DIM, BLOCK_D, IEEE)
         else:
             s_end, b_lo, f_lo, f_hi, hi = _key_ranges(p0, p1, nk, WL, WR, SINK, GQ, CAUSAL, HAS_WINDOW,
@@ -798,8 +805,8 @@ def attention_forward(q, k, v, scale: float, mask: MaskArgs, varlen: bool = Fals
     qk_scale = float(scale) * 1.4426950408889634
     args = (q, k, v, o, lse, c["kpad"], c["lay"],
             t.fwd_rp_partial if sparse else c["dummy"], t.fwd_cols_partial if sparse else c["dummy"],
-            t.fwd_rp_runs if sparse else c["dummy"], t.fwd_run_starts if sparse else c["dummy"],
-            t.fwd_run_stops if sparse else c["dummy"],
+            t.fwd_rp_full if sparse else c["dummy"], t.fwd_cols_full if sparse else c["dummy"],
+            t.fwd_run_start if sparse else c["dummy"], t.fwd_run_stop if sparse else c["dummy"],
             c["cu_q"], c["cu_k"], *c["sq"], *c["sk"], *c["sv"], *so, slb, slh, c["skpb"], c["sly_h"],
             c["sly_q"], hq, hq // hkv, nq, nk, _list_head_stride(mask, t, "n_mt"), qk_scale, mask.wl, mask.wr, mask.sink,
             mask.gq, mask.lb, c["pmax"])

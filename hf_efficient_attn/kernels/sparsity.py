@@ -12,10 +12,11 @@ Rows of the lists are (layout head, query tile) for the forward and dQ kernels a
 (layout head, key tile) for the dK/dV kernel, stored CSR-style: row_ptr[r]..row_ptr[r+1] index into
 cols. Work is O(H * nQT * nKT) on tiles, never O(N^2) on elements.
 
-The forward also gets each row's full tiles as runs of consecutive key tiles (a local band, global
-blocks and a nearly dense layout give a few long runs per row): it walks a run as the dense kernel
-walks its key range, by address arithmetic alone, where a list makes every tile's address wait on a
-load of its index.
+For a row whose full tiles are one run of consecutive key tiles (a nearly dense layout, a band that
+reaches the global blocks), the forward also gets the run's bounds: it walks the run as the dense
+kernel walks its key range, by address arithmetic alone, where a list makes every tile's address wait
+on a load of its index. Rows of several runs keep the list: one loop over all their tiles, not one
+loop (and one pipeline start) per run.
 
 Building the lists takes a dozen small kernels and several host synchronisations (`nonzero`), which
 would cost more than the attention itself at 16k tokens and 10% density if paid on every call; the
@@ -43,9 +44,8 @@ class TileLists:
     bwd_cols_partial: torch.Tensor
     bwd_rp_full: torch.Tensor
     bwd_cols_full: torch.Tensor
-    fwd_rp_runs: torch.Tensor
-    fwd_run_starts: torch.Tensor
-    fwd_run_stops: torch.Tensor
+    fwd_run_start: torch.Tensor
+    fwd_run_stop: torch.Tensor
 
 
 def _csr(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,16 +120,19 @@ def build_tile_lists(layout: torch.Tensor, layout_block_size: int, nq: int, nk: 
     fwd_f = _csr(full_rows)
     bwd_p = _csr((any_vis & ~full_columns).transpose(1, 2))
     bwd_f = _csr(full_columns.transpose(1, 2))
-    return TileLists(block_m, block_n, n_mt, n_nt, *fwd_p, *fwd_f, *bwd_p, *bwd_f, *_runs(full_rows))
+    return TileLists(block_m, block_n, n_mt, n_nt, *fwd_p, *fwd_f, *bwd_p, *bwd_f, *_single_runs(full_rows))
 
 
-def _runs(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """mask [H, R, C] bool -> (row_ptr int32 [H*R + 1], starts int32, stops int32): each row's maximal runs
-    of consecutive True columns as [start, stop), in order."""
-    before = torch.zeros_like(mask)
-    before[..., 1:] = mask[..., :-1]
-    after = torch.zeros_like(mask)
-    after[..., :-1] = mask[..., 1:]
-    row_ptr, starts = _csr(mask & ~before)
-    _, last = _csr(mask & ~after)  # the runs' last columns, paired with their starts row by row
-    return row_ptr, starts, last + 1
+def _single_runs(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """mask [H, R, C] bool -> (start, stop) int32 [H*R]: the columns [start, stop) of each row whose True
+    columns are one run of consecutive columns; start = stop = 0 for the other rows."""
+    h, r, c = mask.shape
+    flat = mask.reshape(h * r, c)
+    before = torch.zeros_like(flat)
+    before[:, 1:] = flat[:, :-1]
+    single = (flat & ~before).sum(1) == 1
+    columns = torch.arange(c, device=mask.device)
+    start = torch.where(flat, columns, c).amin(1)
+    stop = torch.where(flat, columns + 1, 0).amax(1)
+    zero = torch.zeros_like(start)
+    return torch.where(single, start, zero).to(torch.int32), torch.where(single, stop, zero).to(torch.int32)

@@ -108,18 +108,23 @@ def test_freed_layouts_leave_the_cache(builds):
     assert len(TILE_LISTS) == 0
 
 
-def test_full_tiles_as_runs_list_the_same_tiles():
-    """The forward's runs of consecutive full key tiles cover exactly the full tiles of each row, in order."""
+def test_rows_of_one_run_of_full_tiles_get_its_bounds():
+    """A row whose full key tiles are consecutive gets their bounds (the forward walks them as a range);
+    a row of several runs, or of none, gets an empty range and keeps its list."""
     from hf_efficient_attn.kernels.sparsity import build_tile_lists
 
     layout = (torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(4)) > 0.4).to(torch.int8)
     layout[0, 2:4] = 1  # head 0's query tile 1 (positions 32-63) sees every key: one run
+    layout[1, 0:2] = torch.tensor([0, 1, 1, 0, 0, 1, 0, 0])  # head 1's query tile 0: two runs
     tiles = build_tile_lists(layout, 16, 128, 128, causal=False, has_window=False, wl=0, wr=0, sink=0, gq=0,
                              block_m=32, block_n=16)
+    single_rows = 0
     for row in range(2 * tiles.n_mt):
         listed = tiles.fwd_cols_full[tiles.fwd_rp_full[row]:tiles.fwd_rp_full[row + 1]].tolist()
-        runs = range(tiles.fwd_rp_runs[row], tiles.fwd_rp_runs[row + 1])
-        from_runs = [col for r in runs for col in range(tiles.fwd_run_starts[r], tiles.fwd_run_stops[r])]
-        assert from_runs == listed
-        assert all(tiles.fwd_run_stops[r] < tiles.fwd_run_starts[r + 1] for r in list(runs)[:-1])  # maximal
-    assert tiles.fwd_rp_runs[2] - tiles.fwd_rp_runs[1] == 1
+        start, stop = int(tiles.fwd_run_start[row]), int(tiles.fwd_run_stop[row])
+        one_run = bool(listed) and listed == list(range(listed[0], listed[-1] + 1))
+        assert (start, stop) == ((listed[0], listed[-1] + 1) if one_run else (0, 0))
+        single_rows += one_run
+    assert (int(tiles.fwd_run_start[1]), int(tiles.fwd_run_stop[1])) == (0, 8)
+    assert int(tiles.fwd_run_stop[tiles.n_mt]) == 0  # head 1, query tile 0: two runs keep the list
+    assert 0 < single_rows < 2 * tiles.n_mt
