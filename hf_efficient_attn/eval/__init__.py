@@ -3,7 +3,8 @@
 One module per job:
 
 - `perplexity`: strided and whole-document perplexity of causal language models.
-- `error_rates` (with the `evaluate` metric script `error_rate_metric`): WER and CER.
+- `error_rates` (with the `evaluate` metric script `error_rate_metric`): WER and CER after Whisper's
+  English normalizer and raw.
 - `audio`, `speech`: reading and checking audio; transcription with Whisper's ``generate()``.
 - `vision`: top-1 accuracy of image classifiers.
 - `data`: local files and folders (or a Hub dataset) as a `datasets.Dataset` of a known layout;

@@ -1,17 +1,22 @@
-"""WER and CER of transcripts, through the package's offline `evaluate` metric script.
+"""WER and CER of transcripts, through the package's offline `evaluate` metric script: normalized and raw.
 
-Transcripts are compared after a light normalization by default (lower case, punctuation removed,
-runs of white space collapsed), because Whisper writes case and punctuation that reference
-transcripts often lack; ``normalize=False`` compares them as given.
+The normalized figures (``wer``, ``cer``) compare both sides after Whisper's English normalizer,
+transformers' ``EnglishTextNormalizer``, the normalizer of OpenAI's published Whisper WERs, so that
+figures are comparable with those: lower case; words in brackets or parentheses and the fillers
+``hmm``, ``mm``, ``mhm``, ``mmm``, ``uh`` and ``um`` dropped; contractions and titles spelled out
+(``won't`` -> ``will not``, ``mr`` -> ``mister``); punctuation, symbols and diacritics removed;
+numbers written as digits (``twenty five`` -> ``25``); British spellings turned American through a
+word list. That list is the ``normalizer.json`` of Whisper tokenizers (`spelling_mapping` reads it);
+without it nothing is respelled. The raw figures (``raw_wer``, ``raw_cer``) compare the text as given,
+case and punctuation included.
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from .errors import EvalInputError
 
@@ -26,27 +31,48 @@ def load_metric():
     return evaluate.load(str(METRIC_SCRIPT), keep_in_memory=True)
 
 
-def normalize_transcript(text: str) -> str:
-    """Lower case, punctuation and symbols replaced by spaces, white space collapsed."""
-    kept = "".join(" " if unicodedata.category(char)[0] in "PS" else char for char in text.lower())
-    return re.sub(r"\s+", " ", kept).strip()
+def spelling_mapping(tokenizer: Any) -> dict[str, str]:
+    """The British-to-American word list of a Whisper tokenizer (its ``normalizer.json``); empty if it has none.
+
+    Transformers' ``WhisperTokenizer`` holds that file as ``english_spelling_normalizer`` (None when the
+    checkpoint has no ``normalizer.json``); other tokenizers have no such list.
+    """
+    return dict(getattr(tokenizer, "english_spelling_normalizer", None) or {})
 
 
-def error_rates(predictions: Sequence[str], references: Sequence[str], normalize: bool = True) -> dict[str, float]:
-    """Corpus-level ``{"wer": ..., "cer": ...}`` of ``predictions`` against ``references``.
+def english_normalizer(spelling: Mapping[str, str] | None = None) -> Callable[[str], str]:
+    """Whisper's English normalizer with ``spelling`` as its word list: ``text -> normalized text``.
 
-    Raises `EvalInputError` if the lists differ in length or a reference is empty (after normalization),
-    since an empty reference has no length to divide its errors by.
+    The result has single spaces between words and none at either end.
+    """
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    normalizer = EnglishTextNormalizer(dict(spelling or {}))
+    return lambda text: normalizer(text).strip()
+
+
+def error_rates(
+    predictions: Sequence[str], references: Sequence[str], spelling: Mapping[str, str] | None = None
+) -> dict[str, float]:
+    """Corpus-level ``wer`` and ``cer`` after Whisper's English normalizer, ``raw_wer`` and ``raw_cer`` as given.
+
+    ``spelling`` is the normalizer's British-to-American word list (see `spelling_mapping`); None or
+    empty respells nothing. Raises `EvalInputError` if the lists differ in length or a reference is
+    empty, as given or after normalization, since an empty reference has no length to divide its
+    errors by.
     """
     if len(predictions) != len(references):
         raise EvalInputError(f"Got {len(predictions)} predictions for {len(references)} references; give one per reference.")
-    if normalize:
-        predictions = [normalize_transcript(text) for text in predictions]
-        references = [normalize_transcript(text) for text in references]
-    empty = [index for index, text in enumerate(references) if not text.strip()]
-    if empty:
-        raise EvalInputError(
-            f"Reference transcript(s) at index {empty[:10]} are empty{' after normalization' if normalize else ''}; "
-            "remove those samples or give them a transcript."
-        )
-    return load_metric().compute(predictions=list(predictions), references=list(references))
+    normalize = english_normalizer(spelling)
+    normalized_predictions = [normalize(text) for text in predictions]
+    normalized_references = [normalize(text) for text in references]
+    for texts, when in ((references, ""), (normalized_references, " after Whisper's English normalization")):
+        empty = [index for index, text in enumerate(texts) if not text.strip()]
+        if empty:
+            raise EvalInputError(
+                f"Reference transcript(s) at index {empty[:10]} are empty{when}; remove those samples or give them a transcript."
+            )
+    metric = load_metric()
+    normalized = metric.compute(predictions=normalized_predictions, references=normalized_references)
+    raw = metric.compute(predictions=list(predictions), references=list(references))
+    return {"wer": normalized["wer"], "cer": normalized["cer"], "raw_wer": raw["wer"], "raw_cer": raw["cer"]}

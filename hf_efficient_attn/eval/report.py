@@ -15,8 +15,10 @@ from .compare import Comparison, ComparisonRow
 
 NAMES = {"json": "comparison.json", "markdown": "comparison.md", "plot": "comparison.png"}
 POSITIONS_PLOT = "perplexity-by-position.png"
-DETAIL_COLUMNS = {"wer": "cer"}
-"""A detail shown in the table next to a metric (CER beside WER)."""
+DETAIL_COLUMNS = {"wer": ("raw_wer", "cer"), "raw_wer": ("wer", "raw_cer")}
+"""Details shown in the table next to a metric: the WER of the other normalization, and the CER beside the WER."""
+NOTED_DETAILS = ("normalizer",)
+"""Details listed once above the table, from the baseline's row (what the normalized WER was computed with)."""
 
 
 def _direction(comparison: Comparison) -> str:
@@ -26,10 +28,11 @@ def _direction(comparison: Comparison) -> str:
 def comparison_markdown(comparison: Comparison) -> str:
     """The comparison as a Markdown section: what was compared, then one table row per configuration."""
     metric = comparison.metric
-    detail = DETAIL_COLUMNS.get(metric)
+    details = DETAIL_COLUMNS.get(metric, ())
     lines = [f"## {metric} ({_direction(comparison)})", ""]
     lines += [f"- {key}: {value}" for key, value in comparison.context.items()]
-    header = ["configuration", metric, "delta vs baseline"] + ([detail] if detail else [])
+    lines += [f"- {key}: {comparison.baseline.details[key]}" for key in NOTED_DETAILS if key in comparison.baseline.details]
+    header = ["configuration", metric, "delta vs baseline", *details]
     header += ["time (s)", "speed vs baseline", "peak memory (MiB)"]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     baseline_seconds = comparison.baseline.seconds
@@ -39,8 +42,7 @@ def comparison_markdown(comparison: Comparison) -> str:
             lines.append(f"| {row.label} | failed: {error} |" + " |" * (len(header) - 2))
             continue
         cells = [row.label, f"{row.value:.4f}", "-" if row.variant is None else f"{row.delta:+.4f}"]
-        if detail:
-            cells.append(f"{row.details.get(detail, float('nan')):.4f}")
+        cells += [f"{row.details.get(detail, float('nan')):.4f}" for detail in details]
         speed = baseline_seconds / row.seconds if row.seconds else float("nan")
         cells += [f"{row.seconds:.2f}", f"{speed:.2f}x", f"{row.peak_bytes / 2**20:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")

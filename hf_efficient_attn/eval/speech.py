@@ -1,5 +1,9 @@
 """Speech recognition quality: transcribe with a Whisper model's ``generate()`` and score WER and CER.
 
+WER and CER come after Whisper's English normalizer, with the word list of the model's tokenizer where
+it has one, and raw, on the transcripts as given (see `error_rates`); the score says which normalizer
+and word list were used.
+
 Every sample's sample rate is checked against the feature extractor's before anything runs, and a
 sample longer than the feature extractor's window (30 s for Whisper) is refused: Whisper would see
 only its start, and the error rate would measure truncation rather than attention.
@@ -7,7 +11,7 @@ only its start, and the error rate would measure truncation rather than attentio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import audio
-from .error_rates import error_rates
+from .error_rates import english_normalizer, error_rates, spelling_mapping
 from .errors import EvalInputError
 from .results import Score
 
@@ -50,12 +54,18 @@ def speech_error_rates(
     generate_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> Score:
-    """WER (the headline) and CER of ``model``'s transcripts of ``samples`` against ``references``.
+    """WER and CER of ``model``'s transcripts of ``samples`` against ``references``, normalized and raw.
+
+    The headline is ``wer`` (after Whisper's English normalizer, comparable with published Whisper WERs),
+    or ``raw_wer`` with ``normalize=False``; the details hold the other rates of `error_rates`, the
+    normalizer used (``normalizer``) and the first transcripts with their normalized forms.
 
     Args:
+        tokenizer: decodes the generated ids; its ``normalizer.json`` word list, if it has one, respells
+            British words in the normalized rates (see `error_rates.spelling_mapping`).
         samples: audio in any form `audio.waveform` reads (paths, ``{"path", "bytes"}``, arrays).
         references: the reference transcript of each sample.
-        normalize: compare lower-cased transcripts without punctuation (see `error_rates`).
+        normalize: make the normalized WER the headline; False: the raw WER (both are always computed).
         generate_kwargs: extra arguments of ``generate()`` (``language``, ``max_new_tokens``, ...).
     """
     if batch_size < 1:
@@ -74,15 +84,25 @@ def speech_error_rates(
                     f"the model reads at most {feature_extractor.n_samples / expected:.0f} s. Split it into shorter clips."
                 )
         predictions += transcribe(model, feature_extractor, tokenizer, waveforms, generate_kwargs)
-    rates = error_rates(predictions, references, normalize=normalize)
-    return Score(
-        metric="wer",
-        value=rates["wer"],
-        higher_is_better=False,
-        details={"cer": rates["cer"], "samples": len(samples), "normalized": normalize, "examples": _examples(predictions, references)},
-    )
+    spelling = spelling_mapping(tokenizer)
+    rates = error_rates(predictions, references, spelling)
+    headline = "wer" if normalize else "raw_wer"
+    details = {name: value for name, value in rates.items() if name != headline}
+    details |= {"samples": len(samples), "normalizer": _normalizer_note(spelling),
+                "examples": _examples(predictions, references, english_normalizer(spelling))}
+    return Score(metric=headline, value=rates[headline], higher_is_better=False, details=details)
 
 
-def _examples(predictions: Sequence[str], references: Sequence[str], count: int = 3) -> list[dict[str, str]]:
-    """The first few prediction/reference pairs, kept in reports so a reader can see what was scored."""
-    return [{"prediction": p, "reference": r} for p, r in zip(predictions[:count], references[:count], strict=True)]
+def _normalizer_note(spelling: Mapping[str, str]) -> str:
+    """What the normalized rates were computed with, for reports."""
+    words = (f"British-to-American word list of {len(spelling)} words from the tokenizer's normalizer.json" if spelling
+             else "no word list (the tokenizer has no normalizer.json), British spellings kept")
+    return f"Whisper's EnglishTextNormalizer (transformers), {words}"
+
+
+def _examples(
+    predictions: Sequence[str], references: Sequence[str], normalize: Callable[[str], str], count: int = 3
+) -> list[dict[str, str]]:
+    """The first few prediction/reference pairs, as given and normalized, so a reader can see what was scored."""
+    return [{"prediction": p, "reference": r, "normalized_prediction": normalize(p), "normalized_reference": normalize(r)}
+            for p, r in zip(predictions[:count], references[:count], strict=True)]
