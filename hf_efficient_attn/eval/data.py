@@ -10,8 +10,9 @@ The layout of each kind of data, the columns the evaluators read:
 Common alternative column names are renamed to these (``transcription``/``sentence`` to ``text``,
 ``img`` to ``image``, ``labels`` to ``label``); blank text documents are dropped. Sources `load_eval_data` accepts:
 
-- a ``.txt`` or ``.md`` file: one document; a folder of ``.txt`` files: one document each;
 - a ``.json``, ``.jsonl``, ``.csv``, ``.parquet`` or ``.arrow`` file with the columns above;
+- any other file of UTF-8 text, whatever its suffix (``.txt``, ``.md``, none): one document; a folder
+  of ``.txt`` or ``.md`` files: one document each;
 - a folder written by ``Dataset.save_to_disk`` (or ``DatasetDict.save_to_disk``: ``split`` is used);
 - an audio folder: audio files and a ``metadata.csv`` with a header ``file_name,text`` and one row per
   file (``file_name`` relative to the folder), the layout of datasets' ``audiofolder``;
@@ -118,11 +119,9 @@ def _load(source: str, split: str):
 
 
 def _load_file(path: Path):
+    """A table file by its suffix; any other file as one text document, if it is UTF-8 text."""
     import datasets
 
-    suffix = path.suffix.lower()
-    if suffix in TEXT_SUFFIXES:
-        return datasets.Dataset.from_dict({"text": [path.read_text(encoding="utf-8")]})
     readers = {
         ".json": datasets.Dataset.from_json,
         ".jsonl": datasets.Dataset.from_json,
@@ -130,12 +129,19 @@ def _load_file(path: Path):
         ".parquet": datasets.Dataset.from_parquet,
         ".arrow": datasets.Dataset.from_file,
     }
-    if suffix not in readers:
+    suffix = path.suffix.lower()
+    if suffix in readers:
+        return readers[suffix](str(path))
+    try:
+        text: str | None = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\0" in text:  # NUL bytes decode as UTF-8, but no text file holds them
         raise EvalInputError(
-            f"Cannot read data file {str(path)!r}: its suffix {suffix!r} is none of "
-            f"{', '.join(TEXT_SUFFIXES + TABLE_SUFFIXES)}. Convert it, or give a folder."
+            f"Cannot read data file {str(path)!r}: it is not UTF-8 text, nor a table file ({', '.join(TABLE_SUFFIXES)}). "
+            "Give a text or table file, or a folder in a layout of hf_efficient_attn.eval.data."
         )
-    return readers[suffix](str(path))
+    return datasets.Dataset.from_dict({"text": [text]})
 
 
 def _load_folder(path: Path, split: str):

@@ -16,6 +16,26 @@ DEFAULT_ASSETS: dict[str, dict[str, str]] = {
 }
 """Asset names (as ``asset_path`` knows them) of each task's default model and data."""
 
+CPU_TEXT_TOKENS = 16_384
+"""Tokens of the default text that strided and streaming evaluation score on the CPU unless asked for more.
+
+All of ``text-en`` (about 1.6 million tokens, 3138 strided windows of 1024) takes about five hours per
+configuration for SmolLM2-135M on two CPU cores; its first 16,384 tokens (31 windows) take minutes."""
+
+CPU_TEXT_DOCUMENTS = 32
+"""Documents of the default text (of 153) that document-mode evaluation scores on the CPU unless asked for more."""
+
+
+def cpu_limits(task: str, mode: str) -> dict[str, int]:
+    """The part of ``task``'s default data that evaluation on the CPU scores, so that it takes minutes.
+
+    ``{"max_tokens": N}`` (strided and streaming text), ``{"max_samples": N}`` (text documents), or no
+    limit where all of the data takes minutes anyway (speech: 80 clips; vision: 1000 images).
+    """
+    if task != "text":
+        return {}
+    return {"max_samples": CPU_TEXT_DOCUMENTS} if mode == "document" else {"max_tokens": CPU_TEXT_TOKENS}
+
 
 def default_source(task: str, role: str) -> str:
     """The local path of ``task``'s default ``role`` (``"model"`` or ``"data"``)."""

@@ -161,6 +161,16 @@ class PerplexityPlan:
             return sorted({window.end - window.begin for window in windows})
         return sorted({min(ids.numel(), self.max_length) for ids in self.sequences if ids.numel() >= 2})
 
+    def describe(self) -> str:
+        """What one evaluation of the plan runs, e.g. ``31 windows of 1024 tokens, 512 apart, over 16,384 tokens``."""
+        if self.mode == "strided":
+            tokens = self.sequences[0].numel()
+            windows = scoring_windows(tokens, self.max_length, self.stride)
+            return f"{len(windows)} windows of {self.max_length} tokens, {self.stride} apart, over {tokens:,} tokens"
+        count = len(self.sequences)
+        skipped = f" ({self.skipped_documents} more left out for being short)" if self.skipped_documents else ""
+        return f"{count} document{'s' * (count != 1)}{skipped}, each up to {self.max_length} tokens in one forward"
+
 
 def plan_perplexity(
     tokenizer,
@@ -170,18 +180,25 @@ def plan_perplexity(
     max_length: int = 1024,
     stride: int | None = None,
     min_tokens: int | None = None,
+    max_tokens: int | None = None,
 ) -> PerplexityPlan:
     """Check the settings and tokenize ``texts`` for `run_perplexity`.
 
-    Strided mode joins the texts with blank lines into one stream, as the transformers guide does;
-    ``stride`` defaults to ``max_length // 2``. Document mode keeps each text on its own; with
-    ``min_tokens`` only documents of at least that many tokens (the long-document measure: with
-    ``min_tokens = max_length`` every scored document fills the whole context).
+    Strided mode joins the texts with blank lines into one stream, as the transformers guide does, and
+    keeps its first ``max_tokens`` tokens (all without it); ``stride`` defaults to ``max_length // 2``.
+    Document mode keeps each text on its own; with ``min_tokens`` only documents of at least that many
+    tokens (the long-document measure: with ``min_tokens = max_length`` every scored document fills the
+    whole context).
     """
     if mode not in MODES:
         raise EvalInputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}.")
     if min_tokens is not None and mode != "document":
         raise EvalInputError(f"min_tokens selects documents by length and needs mode='document', got mode={mode!r}.")
+    if max_tokens is not None and mode != "strided":
+        raise EvalInputError(f"max_tokens cuts the joined text of mode='strided', got mode={mode!r}; limit the number "
+                             "of documents instead (max_samples).")
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 2):
+        raise EvalInputError(f"max_tokens must be an integer of at least 2, got {max_tokens!r}.")
     if mode == "document":
         check_lengths(max_length)
         documents = [torch.tensor(ids, dtype=torch.long) for ids in tokenizer(list(texts))["input_ids"]]
@@ -197,7 +214,8 @@ def plan_perplexity(
         return PerplexityPlan(mode, long_enough, max_length, skipped_documents=len(documents) - len(long_enough))
     stride = max_length // 2 if stride is None else stride
     check_lengths(max_length, stride)
-    return PerplexityPlan(mode, [torch.tensor(tokenizer("\n\n".join(texts))["input_ids"], dtype=torch.long)], max_length, stride)
+    stream = torch.tensor(tokenizer("\n\n".join(texts))["input_ids"], dtype=torch.long)[:max_tokens]
+    return PerplexityPlan(mode, [stream], max_length, stride)
 
 
 def run_perplexity(model: nn.Module, plan: PerplexityPlan, progress: bool = True) -> Score:

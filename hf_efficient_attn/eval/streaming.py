@@ -176,6 +176,11 @@ class StreamingPlan:
     positions: Positions
     stretch: int
 
+    def describe(self) -> str:
+        """What one evaluation of the plan runs, e.g. ``a stream of 16,384 tokens, 256 per forward (64 forwards)``."""
+        tokens = self.stream.numel()
+        return f"a stream of {tokens:,} tokens, {self.chunk_size} per forward ({math.ceil(tokens / self.chunk_size)} forwards)"
+
 
 def plan_streaming(
     tokenizer,

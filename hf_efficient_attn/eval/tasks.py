@@ -38,10 +38,11 @@ class EvalSettings:
         chunk_size: text, streaming: tokens per forward.
         positions: text, streaming: rotary positions of models bounded in every layer, ``"cache"`` or
             ``"text"``.
-        max_tokens: text, streaming: score only the first tokens of the stream.
+        max_tokens: text, strided and streaming: score only the first tokens of the joined text.
         stretch: text, streaming: scored tokens per stretch of the perplexity against position.
         batch_size: speech and vision: samples per forward or ``generate()`` call.
-        normalize: speech: compare lower-cased transcripts without punctuation.
+        normalize: speech: the headline is the WER after Whisper's English normalizer; False: the raw WER
+            (both are reported, see `speech.speech_error_rates`).
         generate_kwargs: speech: extra ``generate()`` arguments (``language``, ``max_new_tokens``, ...).
         progress: show progress bars.
     """
@@ -66,10 +67,12 @@ class EvalSettings:
 
 @dataclass
 class TaskEvaluation:
-    """``evaluate(model)`` scores a model on the whole data; ``warm_up(model)`` runs its input shapes untimed."""
+    """``evaluate(model)`` scores a model on the whole data; ``warm_up(model)`` runs its input shapes untimed;
+    ``description`` says what one evaluation runs (windows, documents, clips or images, and their sizes)."""
 
     evaluate: Callable[[nn.Module], Score]
     warm_up: Callable[[nn.Module], object]
+    description: str
 
 
 def evaluator_for(loaded: EvalModel, data: EvalData, settings: EvalSettings) -> TaskEvaluation:
@@ -92,7 +95,7 @@ def _text(loaded: EvalModel, dataset, settings: EvalSettings) -> TaskEvaluation:
     if max_length > limit:
         raise EvalInputError(f"max_length={max_length} exceeds the model's max_position_embeddings={limit}; use at most {limit}.")
     plan = plan_perplexity(loaded.tokenizer, list(dataset["text"]), mode=settings.mode, max_length=max_length, stride=settings.stride,
-                           min_tokens=settings.min_tokens)
+                           min_tokens=settings.min_tokens, max_tokens=settings.max_tokens)
 
     def warm_up(model: nn.Module) -> None:
         device = next(model.parameters()).device
@@ -100,7 +103,7 @@ def _text(loaded: EvalModel, dataset, settings: EvalSettings) -> TaskEvaluation:
             with torch.no_grad():
                 model(input_ids=torch.zeros(1, length, dtype=torch.long, device=device), use_cache=False, logits_to_keep=1)
 
-    return TaskEvaluation(lambda model: run_perplexity(model, plan, settings.progress), warm_up)
+    return TaskEvaluation(lambda model: run_perplexity(model, plan, settings.progress), warm_up, plan.describe())
 
 
 def _text_stream(loaded: EvalModel, dataset, settings: EvalSettings, limit: int) -> TaskEvaluation:
@@ -117,7 +120,7 @@ def _text_stream(loaded: EvalModel, dataset, settings: EvalSettings, limit: int)
         with torch.no_grad():
             model(input_ids=plan.stream[None, : plan.chunk_size].to(device), use_cache=False, logits_to_keep=1)
 
-    return TaskEvaluation(lambda model: run_streaming(model, plan, settings.progress), warm_up)
+    return TaskEvaluation(lambda model: run_streaming(model, plan, settings.progress), warm_up, plan.describe())
 
 
 def _speech(loaded: EvalModel, dataset, settings: EvalSettings) -> TaskEvaluation:
@@ -139,7 +142,7 @@ def _speech(loaded: EvalModel, dataset, settings: EvalSettings) -> TaskEvaluatio
         first_batch = [waveform(sample) for sample in samples[: settings.batch_size]]
         transcribe(model, loaded.feature_extractor, loaded.tokenizer, first_batch, settings.generate_kwargs)
 
-    return TaskEvaluation(evaluate, warm_up)
+    return TaskEvaluation(evaluate, warm_up, f"{len(samples)} clips transcribed in batches of {settings.batch_size}")
 
 
 def _vision(loaded: EvalModel, dataset, settings: EvalSettings) -> TaskEvaluation:
@@ -161,4 +164,4 @@ def _vision(loaded: EvalModel, dataset, settings: EvalSettings) -> TaskEvaluatio
         batch = slice(0, settings.batch_size)
         top1_accuracy(model, loaded.image_processor, images[batch], labels[batch], progress=False)
 
-    return TaskEvaluation(evaluate, warm_up)
+    return TaskEvaluation(evaluate, warm_up, f"{len(labels)} images classified in batches of {settings.batch_size}")

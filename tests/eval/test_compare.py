@@ -38,6 +38,25 @@ def test_rows_deltas_failures_and_report(tmp_path):
     assert paths["plot"].stat().st_size > 0
 
 
+def test_callers_see_each_version_start_and_its_row_as_soon_as_it_is_done():
+    events = []
+
+    def evaluate(candidate) -> Score:
+        events.append("evaluate")
+        return Score("accuracy", 0.5, higher_is_better=True)
+
+    compare_variants(
+        tiny_llama(), evaluate, [VariantConfig("full"), VariantConfig("sliding", {"window": 2})],
+        on_start=lambda position, label: events.append(f"start {position} {label}"),
+        on_row=lambda metric, row: events.append(f"{metric} of {row.label}"),
+    )
+    assert events == [
+        "start 0 baseline", "evaluate", "accuracy of baseline",
+        "start 1 full", "evaluate", "accuracy of full",
+        "start 2 sliding(window=2)", "evaluate", "accuracy of sliding(window=2)",
+    ]
+
+
 def test_refused_configuration_fails_before_the_baseline():
     model = tiny_llama()
     calls = []

@@ -25,6 +25,18 @@ def test_text_sources(tmp_path):
     assert (data.kind, data.dataset["text"]) == ("text", ["x y"])
 
 
+def test_a_text_file_is_one_document_whatever_its_suffix(tmp_path):
+    for name in ("GPL-3", "notes.rst", "story.TXT"):
+        (tmp_path / name).write_text("Some words.\n")
+        data = load_eval_data(tmp_path / name)
+        assert (data.kind, data.dataset["text"]) == ("text", ["Some words.\n"])
+    (tmp_path / "clip.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt ")  # decodes as UTF-8, but holds NUL bytes
+    (tmp_path / "latin-1").write_bytes("Café".encode("latin-1"))
+    for name in ("clip.wav", "latin-1"):
+        with pytest.raises(EvalInputError, match=r"is not UTF-8 text, nor a table file \(\.json"):
+            load_eval_data(tmp_path / name)
+
+
 def test_saved_datasets_and_splits(tmp_path):
     splits = datasets.DatasetDict(
         {"test": datasets.Dataset.from_dict({"text": ["a b c"]}), "train": datasets.Dataset.from_dict({"text": ["d"]})}

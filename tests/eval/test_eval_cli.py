@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import sys
 
+import jiwer
 import pytest
 from eval_fixtures import TEXT, write_wav_folder
+from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 from hf_efficient_attn.cli import main
 from hf_efficient_attn.eval.cli import variant_configs
@@ -82,6 +84,40 @@ def test_whisper_on_an_audio_folder(whisper_dir, audio_folder, tmp_path):
     assert full["details"]["examples"] == baseline["details"]["examples"]
     assert baseline["details"]["samples"] == 3
     assert "sliding(targets=encoder, window=4)" in rows
+
+
+WHISPER_STYLE = ["Hello, World!", "The colour is twenty five.", "Good morning, Mr. Smith."]
+"""Transcripts with case, punctuation, a number and a British spelling: normalized and raw rates differ."""
+
+
+def test_whisper_rates_normalized_and_raw(whisper_dir, tmp_path):
+    clips = write_wav_folder(tmp_path / "clips", 16000, WHISPER_STYLE)
+    arguments = ("--model", whisper_dir, "--data", clips, "--batch-size", 3, "--max-new-tokens", 6)
+    baseline = run_eval(tmp_path / "normalized", *arguments)["baseline"]
+    details = baseline["details"]
+    # The three clips are all in the examples: jiwer on them, raw and through transformers' normalizer
+    # (the character tokenizer has no normalizer.json, so no word list), gives the reported rates.
+    predictions = [example["prediction"] for example in details["examples"]]
+    normalize = EnglishTextNormalizer({})
+    normal_predictions = [normalize(text).strip() for text in predictions]
+    normal_references = ["hello world", "the colour is 25", "good morning mister smith"]
+    assert [example["normalized_reference"] for example in details["examples"]] == normal_references
+    assert baseline["value"] == pytest.approx(jiwer.wer(normal_references, normal_predictions))
+    assert details["cer"] == pytest.approx(jiwer.cer(normal_references, normal_predictions))
+    assert details["raw_wer"] == pytest.approx(jiwer.wer(WHISPER_STYLE, predictions))
+    assert details["raw_cer"] == pytest.approx(jiwer.cer(WHISPER_STYLE, predictions))
+    assert details["cer"] != pytest.approx(details["raw_cer"])
+    assert "no word list" in details["normalizer"]
+    table = (tmp_path / "normalized" / "comparison.md").read_text()
+    assert "| configuration | wer | delta vs baseline | raw_wer | cer |" in table
+    assert f"- normalizer: {details['normalizer']}" in table
+    # --no-normalize makes the raw WER the headline; the same rates are all still there.
+    rows = run_eval(tmp_path / "raw", *arguments, "--no-normalize")
+    assert rows["_report"]["metric"] == "raw_wer"
+    raw = rows["baseline"]
+    assert raw["value"] == details["raw_wer"] and raw["details"]["wer"] == baseline["value"]
+    assert (raw["details"]["cer"], raw["details"]["raw_cer"]) == (details["cer"], details["raw_cer"])
+    assert "| configuration | raw_wer | delta vs baseline | wer | raw_cer |" in (tmp_path / "raw" / "comparison.md").read_text()
 
 
 def test_vit_on_an_image_folder(vit_dir, image_folder, tmp_path):
@@ -178,3 +214,72 @@ def test_default_model_needs_the_assets_module(text_file, tmp_path, capsys, monk
     monkeypatch.setitem(sys.modules, "hf_efficient_attn.assets", None)  # as if the module were absent
     message = eval_error(capsys, "--task", "text", "--data", text_file, "--out", tmp_path)
     assert "No --model was given" in message and "'smollm2-135m'" in message and "Give --model PATH" in message
+
+
+def test_progress_names_each_configuration_and_prints_its_result_when_done(llama_dir, text_file, tmp_path, capsys):
+    run_eval(tmp_path, "--model", llama_dir, "--data", text_file, "--max-length", 48, "--variant", "full",
+             "--variant", "sliding", "--window", 8)
+    printed = capsys.readouterr().out
+    assert f"{llama_dir.name} (text) on {text_file}: 8 windows of 48 tokens, 24 apart, over {len(TEXT)} tokens" in printed
+    lines = [line for line in printed.splitlines() if line.startswith(("[", "    "))]
+    assert lines[0] == f"[1/3] baseline (unpatched) on {llama_dir.name}"
+    assert lines[1].startswith("    perplexity ") and "2 configurations to go, about" in lines[1]
+    assert lines[2] == f"[2/3] full on {llama_dir.name}" and "(+0.0000 vs baseline)" in lines[3]
+    assert lines[4] == f"[3/3] sliding(window=8) on {llama_dir.name}" and "vs baseline" in lines[5]
+    assert printed.index(lines[5]) < printed.index("| configuration |")  # each result before the final table
+
+
+def test_text_file_without_a_suffix_is_read_as_text(llama_dir, tmp_path):
+    licence = tmp_path / "GPL-3"
+    licence.write_text(TEXT)
+    rows = run_eval(tmp_path / "out", "--model", llama_dir, "--data", licence, "--max-length", 48, "--variant", "full")
+    assert rows["_report"]["context"]["samples"] == 1
+    assert rows["baseline"]["details"]["tokens"] == len(TEXT) - 1  # one character per token
+
+
+def default_text_run(llama_dir, text_file, tmp_path, monkeypatch, *arguments) -> dict:
+    """``eval`` on the CPU without --data, with ``text_file`` as the default text and a CPU part of 40 tokens."""
+    from hf_efficient_attn.eval import defaults
+
+    monkeypatch.setattr(defaults, "default_source", lambda task, role: str(text_file))
+    monkeypatch.setattr(defaults, "CPU_TEXT_TOKENS", 40)
+    return run_eval(tmp_path, "--model", llama_dir, "--device", "cpu", "--max-length", 16, "--variant", "full", *arguments)
+
+
+def test_cpu_without_data_scores_a_part_of_the_default_text_and_says_how_to_score_all(
+    llama_dir, text_file, tmp_path, monkeypatch, capsys
+):
+    rows = default_text_run(llama_dir, text_file, tmp_path / "part", monkeypatch)
+    assert rows["baseline"]["details"]["tokens"] == 39 and rows["baseline"]["details"]["forwards"] == 4
+    printed = capsys.readouterr().out
+    assert "on the CPU without --data, eval scores part of the default data, its first 40 tokens" in printed
+    assert "--full scores all of it" in printed and "4 windows of 16 tokens, 8 apart, over 40 tokens" in printed
+
+    rows = default_text_run(llama_dir, text_file, tmp_path / "full", monkeypatch, "--full")
+    assert rows["baseline"]["details"]["tokens"] == len(TEXT) - 1
+    assert "without --data" not in capsys.readouterr().out
+    rows = default_text_run(llama_dir, text_file, tmp_path / "chosen", monkeypatch, "--max-tokens", 24)
+    assert rows["baseline"]["details"]["tokens"] == 23  # the user's own part wins
+
+
+def test_max_tokens_is_refused_in_document_mode(text_file, tmp_path, capsys):
+    error = eval_error(capsys, "--model", tmp_path / "absent", "--data", text_file, "--mode", "document", "--max-tokens", 64)
+    assert "--max-samples" in error
+
+
+def test_full_with_data_is_refused(text_file, tmp_path, capsys):
+    assert "Leave out --full or --data" in eval_error(capsys, "--model", tmp_path / "absent", "--data", text_file, "--full")
+
+
+def test_unavailable_device_is_an_error_not_a_traceback(llama_dir, text_file, tmp_path, capsys):
+    import torch
+
+    past_the_last = f"cuda:{torch.cuda.device_count()}"
+    error = eval_error(capsys, "--model", llama_dir, "--data", text_file, "--device", past_the_last, "--out", tmp_path)
+    assert error.startswith(f"error: --device {past_the_last!r}") and "cpu" in error
+
+
+def test_streaming_says_how_many_tokens_and_forwards_it_runs(llama_dir, text_file, tmp_path, capsys):
+    run_eval(tmp_path, "--model", llama_dir, "--data", text_file, "--mode", "streaming", "--chunk-size", 8,
+             "--max-tokens", 40, "--variant", "full")
+    assert ": a stream of 40 tokens, 8 per forward (5 forwards), for the baseline and 1 configuration\n" in capsys.readouterr().out

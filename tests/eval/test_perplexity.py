@@ -116,6 +116,19 @@ def test_min_tokens_scores_only_the_long_documents(model):
     assert (score.details["documents"], score.details["skipped_documents"], score.details["truncated_documents"]) == (2, 2, 1)
 
 
+def test_max_tokens_keeps_the_start_of_the_joined_text_and_plans_say_what_they_run():
+    tokenizer = char_tokenizer()
+    plan = plan_perplexity(tokenizer, ["a" * 30, "b" * 30], max_length=16, max_tokens=40)
+    assert plan.sequences[0].tolist() == tokenizer("a" * 30 + "\n\n" + "b" * 8)["input_ids"]
+    assert plan.describe() == "4 windows of 16 tokens, 8 apart, over 40 tokens"
+    documents = plan_perplexity(tokenizer, ["a" * 5, "c" * 30], mode="document", max_length=16, min_tokens=16)
+    assert documents.describe() == "1 document (1 more left out for being short), each up to 16 tokens in one forward"
+    with pytest.raises(EvalInputError, match="max_samples"):
+        plan_perplexity(tokenizer, ["a" * 30], mode="document", max_tokens=40)
+    with pytest.raises(EvalInputError, match="at least 2"):
+        plan_perplexity(tokenizer, ["a" * 30], max_tokens=1)
+
+
 @pytest.mark.parametrize(("mode", "min_tokens", "match"), [("document", 31, "longest has 30"),
                                                            ("document", 1, "at least 2"),
                                                            ("strided", 16, "mode='document'")])
