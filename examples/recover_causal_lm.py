@@ -13,22 +13,13 @@ report (recovery.json, recovery.md, recovery.png) and checkpoints go to --output
 one folder per seed and recovery-seeds.json/.md over them). The fourth command trains as LongLoRA does,
 with shifted groups at 8192 tokens, and scores the result with the model's own attention and with a
 sliding window.
+
+The same as `hf-efficient-attn recover causal-lm ...`; every option: `hf-efficient-attn recover causal-lm --help`.
 """
 
-from hf_efficient_attn.train.arguments import recovery_parser, run_from_args
+import sys
 
-
-def main() -> None:
-    parser = recovery_parser(__doc__, model="smollm2-135m", variant="sliding", window=256, steps=200,
-                             learning_rate=2e-4, batch_size=4)
-    parser.add_argument("--seq-len", type=int, help="tokens per training sample (default: min(1024, model context))")
-    parser.add_argument("--eval-tokens", type=int, default=65536, help="score the first N held-out tokens (default 65536)")
-    parser.add_argument("--eval-length", type=int,
-                        help="tokens per scored window of the strided perplexity (default: min(1024, model context))")
-    args = parser.parse_args()
-    scoring = {"max_tokens": args.eval_tokens} | ({"max_length": args.eval_length} if args.eval_length else {})
-    run_from_args(args, seq_len=args.seq_len, eval_options=scoring)
-
+from hf_efficient_attn.train.command import recover
 
 if __name__ == "__main__":
-    main()
+    recover("causal-lm", sys.argv[1:])

@@ -7,19 +7,13 @@
 Defaults: the vit-mnist asset (a ViT trained on 4000 MNIST digits, see train_vit_from_scratch.py),
 patched with neighbourhood=2d, fine-tuned on those training digits and scored by accuracy on the
 1000 held-out test digits of images-mnist.
+
+The same as `hf-efficient-attn recover vit ...`; every option: `hf-efficient-attn recover vit --help`.
 """
 
-from hf_efficient_attn.train.arguments import recovery_parser, run_from_args
+import sys
 
-
-def main() -> None:
-    parser = recovery_parser(__doc__, model="vit-mnist", variant="sliding", window=3, steps=200,
-                             learning_rate=1e-3, batch_size=64, options=("neighbourhood=2d",))
-    parser.add_argument("--augment", action="store_true",
-                        help="move each training image by a random small shift and rotation every time it is read")
-    args = parser.parse_args()
-    run_from_args(args, augment=args.augment)
-
+from hf_efficient_attn.train.command import recover
 
 if __name__ == "__main__":
-    main()
+    recover("vit", sys.argv[1:])

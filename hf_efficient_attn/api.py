@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -61,8 +62,11 @@ def patch_model(
 
     Raises:
         PatchError / VariantError / UnsupportedModelError: with what was wrong and how to fix it; the
-        model is unchanged.
+        model is unchanged. A model wrapped by PEFT (a ``PeftModel``, or its ``LoraModel``) is refused:
+        patch the plain model before ``get_peft_model`` or ``PeftModel.from_pretrained``, so that the
+        adapter finds the variant's modules (to train and save their weights, or to load them).
     """
+    _refuse_peft_wrapper(model)
     spec, resolved = _resolve_variant(variant, options)
     adapter = adapter_for(model)
     if is_patched(model):
@@ -106,12 +110,16 @@ def patch_model(
 
 
 def unpatch_model(model: ModelT) -> ModelT:
-    """Remove a patch: restore the model's previous attention implementation and drop variant state."""
+    """Remove a patch: restore the model's previous attention implementation and drop variant state.
+
+    Works on a ``PeftModel`` too; a variant that PEFT trains as a module to save goes with its wrapper.
+    """
     if not is_patched(model):
         raise PatchError("This model is not patched; nothing to undo.")
     record = getattr(model.config, CONFIG_RECORD, None) or {}
     for module in list(model.modules()):
-        if isinstance(module._modules.get(interface.VARIANT_ATTRIBUTE), AttentionVariant):
+        attached = module._modules.get(interface.VARIANT_ATTRIBUTE)
+        if attached is not None and any(isinstance(inner, AttentionVariant) for inner in attached.modules()):
             del module._modules[interface.VARIANT_ATTRIBUTE]
             for hook_id, hook in list(module._forward_pre_hooks.items()):
                 if isinstance(hook, BoundedCacheInstaller):
@@ -158,6 +166,22 @@ def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
     patch_model(model, record["variant"], layers=record["layers"], targets=record["targets"], **record["options"])
     _load_variant_weights(model, Path(path))
     return model
+
+
+def _refuse_peft_wrapper(model: nn.Module) -> None:
+    """`PatchError` for a model wrapped by PEFT: its adapter was set up without the variant's modules.
+
+    Only a model built after PEFT was imported can be one, so PEFT is never imported here.
+    """
+    peft = sys.modules.get("peft")
+    if peft is None or not isinstance(model, (peft.PeftModel, peft.tuners.tuners_utils.BaseTuner)):
+        return
+    raise PatchError(
+        f"patch_model got a {type(model).__name__}, a model wrapped by PEFT. Patch the plain model first and wrap "
+        "it after (patch_model(model, ...) before get_peft_model or PeftModel.from_pretrained), so that the "
+        "adapter trains, saves and loads the variant's weights. To score a fine-tuned model under other "
+        "attention, patch the model inside it: patch_model(peft_model.get_base_model(), ...)."
+    )
 
 
 def _resolve_variant(variant: str | VariantOptions, options: dict[str, Any]):

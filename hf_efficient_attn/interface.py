@@ -43,7 +43,11 @@ def efficient_attention_forward(
     dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """Transformers' attention-function protocol: ``[b, heads, len, dim]`` in, ``[b, len, heads, dim]`` out."""
+    """Transformers' attention-function protocol: ``[b, heads, len, dim]`` in, ``[b, len, heads, dim]`` out.
+
+    Under a LoRA recipe the attached variant sits in PEFT's ``modules_to_save`` wrapper, which passes
+    calls and attribute reads on to the copy it trains (or to the original with adapters disabled).
+    """
     variant: AttentionVariant | None = module._modules.get(VARIANT_ATTRIBUTE)  # `getattr` costs a microsecond
     if variant is None:
         variant = _exact_attention()

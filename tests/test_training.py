@@ -8,7 +8,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from hf_efficient_attn import is_patched, patch_model
+from hf_efficient_attn import PatchError, is_patched, patch_model
 
 
 def batch(model, length=24, seed=4):
@@ -68,3 +68,13 @@ def test_peft_lora_on_patched_model(llama, variant_options):
     merged = peft_model.merge_and_unload()
     assert is_patched(merged)
     assert (merged(**inputs).logits - peft_model(**inputs).logits).abs().max().item() < 1e-5
+
+
+def test_patching_a_peft_model_is_refused_and_changes_nothing(llama):
+    peft_model = get_peft_model(llama, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    modules = [name for name, _ in peft_model.named_modules()]
+    for wrapped in (peft_model, peft_model.base_model):
+        with pytest.raises(PatchError, match=r"wrapped by PEFT.*patch_model\(model, \.\.\.\) before get_peft_model"):
+            patch_model(wrapped, "sliding", window=4)
+    assert [name for name, _ in peft_model.named_modules()] == modules
+    assert not is_patched(peft_model)

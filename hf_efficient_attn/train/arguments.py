@@ -16,57 +16,106 @@ the same way, and the script's default options (not ``--window``) apply where th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 from collections.abc import Sequence
 from typing import Any
 
-from .config import RECIPES, TrainConfig
+from .config import MIXED_PRECISION, RECIPES, TrainConfig
+
+CONFIG_FLAG_ALIASES = {"learning_rate": ("--lr",), "gradient_accumulation_steps": ("--grad-accum",),
+                       "distill_weight": ("--distill",)}
+"""Short spellings kept beside a `TrainConfig` field's own flag."""
+RUN_FIELDS = ("output_dir", "seed")
+"""`TrainConfig` fields the recovery arguments set otherwise: the run's folder follows ``--output-dir``
+(``<output-dir>/training``), the seed comes with ``--seed`` / ``--seeds``."""
 
 
 def recovery_parser(description: str, *, model: str, variant: str, window: int | None, steps: int, learning_rate: float,
-                    batch_size: int, options: tuple[str, ...] = ()) -> argparse.ArgumentParser:
-    """The shared arguments, with a script's defaults: ``model`` is an asset name, ``options`` default ``KEY=VALUE``s."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+                    batch_size: int, options: tuple[str, ...] = (),
+                    parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """The shared arguments, with a task's defaults: ``model`` is an asset name, ``options`` default
+    ``KEY=VALUE``s. Every `TrainConfig` field is a flag of its own name (``--lora-dropout``,
+    ``--train-norms/--no-train-norms``, ...); fills ``parser`` when given (a subcommand's)."""
+    parser = parser or argparse.ArgumentParser(description=description,
+                                               formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=model, help=f"checkpoint folder, Hub name or asset name (default: the {model} asset)")
     parser.add_argument("--variant", default=variant, help=f"attention variant to patch in (default {variant})")
     parser.add_argument("--window", type=int, default=window, help=f"window of variants that have one (default {window})")
     parser.add_argument("--variant-option", action="append", default=[], metavar="KEY=VALUE",
                         help=f"other variant options, repeatable (default, where the variant has the option: {' '.join(options) or 'none'})")
     parser.set_defaults(default_options=list(options))
-    parser.add_argument("--recipe", choices=RECIPES, default="lora",
-                        help="lora; transfer: attention transfer, then LoRA (low-rank / linear variants); full (default lora)")
-    parser.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
-    parser.add_argument("--lr", type=float, default=learning_rate, help=f"peak learning rate (default {learning_rate})")
-    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"samples per device and micro-batch (default {batch_size})")
-    parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
-    parser.add_argument("--data-workers", type=int, default=0,
-                        help="DataLoader processes preparing samples while the model trains (default 0: in the training process)")
-    parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no", help="(default no)")
-    parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations to save memory")
-    parser.add_argument("--lora-rank", type=int, default=16, help="rank of the LoRA adapters (default 16)")
-    parser.add_argument("--lora-mlp", action="store_true", help="also put LoRA on the MLP projections (default: attention only)")
-    parser.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps before the cosine decay (default 0)")
-    parser.add_argument("--distill", type=float, default=0.0, metavar="WEIGHT",
-                        help="weight of distillation from the unpatched model, 0..1 (default 0: the labels alone)")
-    parser.add_argument("--transfer-steps", type=int, default=100, help="transfer recipe: attention-transfer steps (default 100)")
-    parser.add_argument("--eval-every", type=int, default=0, help="score the model every N steps (default 0: before and after)")
+    add_config_arguments(parser, steps=steps, learning_rate=learning_rate, batch_size=batch_size)
     parser.add_argument("--train-data", help="training data (default: the task's training asset; layouts: hf_efficient_attn.train.data)")
     parser.add_argument("--eval-data", help="evaluation data (default: the task's held-out evaluation data)")
     parser.add_argument("--max-eval-samples", type=int, help="score only the first N documents, clips or images (default: all)")
-    parser.add_argument("--output-dir", default="recovery", help="report and checkpoints (default ./recovery)")
-    parser.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (default 0: at the end)")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    parser.add_argument("--output-dir", default="recovery",
+                        help="report, and the training run (checkpoints, trackers' files) in <output-dir>/training (default ./recovery)")
     parser.add_argument("--control", action="store_true", help="also fine-tune the unpatched model (the honest comparison)")
     parser.add_argument("--evaluate-as", action="append", default=[], metavar="VARIANT[,KEY=VALUE...]",
                         help="also score the original and the fine-tuned weights with this attention, repeatable: 'unpatched' "
                              "(the model's own attention) or a variant and its options, e.g. sliding,window=1024,sink_tokens=4")
     seeds = parser.add_mutually_exclusive_group()
-    seeds.add_argument("--seed", type=int, default=0, help="(default 0)")
+    seeds.add_argument("--seed", type=int, default=0, help="seeds the data order, dropout and initialisation (default 0)")
     seeds.add_argument("--seeds", type=int, nargs="+", metavar="N",
                        help="run once per seed, e.g. --seeds 0 1 2: each seed's report in <output-dir>/seed-N, the mean, "
                             "standard deviation and range of every score in <output-dir>/recovery-seeds.json and .md")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> None:
+    """One flag per `TrainConfig` field (but `RUN_FIELDS`), named after it, its help from the field's
+    documentation; ``defaults`` replace the dataclass's defaults. ``--lora-alpha`` defaults to twice
+    ``--lora-rank``; ``--mixed-precision`` to the launcher's setting."""
+    documented = field_documentation(TrainConfig)
+    group = parser.add_argument_group("training (hf_efficient_attn.train.TrainConfig)")
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in RUN_FIELDS:
+            continue
+        default = defaults.get(field.name, field.default if field.default is not dataclasses.MISSING else None)
+        names = (f"--{field.name.replace('_', '-')}", *CONFIG_FLAG_ALIASES.get(field.name, ()))
+        text = documented.get(field.name, "").replace("%", "%%")
+        if field.name == "lora_alpha":
+            group.add_argument(*names, dest=field.name, type=int, default=None,
+                               help=f"{text} (default: twice --lora-rank)")
+        elif field.type == "bool":
+            group.add_argument(*names, dest=field.name, action=argparse.BooleanOptionalAction, default=default,
+                               help=f"{text} (default: {'on' if default else 'off'})")
+        elif field.name == "report_to":
+            group.add_argument(*names, dest=field.name, nargs="*", default=list(default), metavar="TRACKER",
+                               help=f"{text} (default: none)")
+        elif field.name in ("recipe", "mixed_precision"):
+            choices = [choice for choice in (RECIPES if field.name == "recipe" else MIXED_PRECISION) if choice]
+            shown = "the launcher's" if default is None else default
+            group.add_argument(*names, dest=field.name, choices=choices, default=default, help=f"{text} (default: {shown})")
+        else:
+            kind = {"int": int, "float": float, "str": str}[field.type]
+            group.add_argument(*names, dest=field.name, type=kind, default=default, help=f"{text} (default: {default})")
+
+
+def field_documentation(cls: type) -> dict[str, str]:
+    """The text of each attribute in a dataclass's ``Attributes:`` docstring section, on one line."""
+    section = (cls.__doc__ or "").partition("Attributes:")[2]
+    texts: dict[str, str] = {}
+    name = None
+    for line in section.splitlines():
+        entry = re.match(r"\s{8}(\w+): (.*)", line)
+        if entry:
+            name = entry.group(1)
+            texts[name] = entry.group(2).strip()
+        elif name and line.strip():
+            texts[name] += " " + line.strip()
+    return {key: re.sub(r"``?([^`]+)``?", r"\1", text) for key, text in texts.items()}
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The `TrainConfig` the parsed arguments describe (its run folder set by `run_from_args`)."""
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)
+              if field.name not in RUN_FIELDS}
+    if values["lora_alpha"] is None:
+        values["lora_alpha"] = 2 * values["lora_rank"]
+    values["report_to"] = tuple(values["report_to"])
+    return TrainConfig(**values, seed=args.seed)
 
 
 def run_from_args(args: argparse.Namespace, *, seq_len: int | None = None, augment: bool = False,
@@ -86,14 +135,7 @@ def run_from_args(args: argparse.Namespace, *, seq_len: int | None = None, augme
     defaults = [pair for pair in args.default_options if pair.partition("=")[0] in accepted - given]
     window = str(args.window) if args.window is not None and "window" in accepted - given else None
     [patch] = variant_configs([args.variant], window, defaults + args.variant_option)
-    config = TrainConfig(
-        recipe=args.recipe, steps=args.steps, learning_rate=args.lr, batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum, data_workers=args.data_workers, mixed_precision=args.mixed_precision,
-        gradient_checkpointing=args.gradient_checkpointing, lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank,
-        lora_mlp=args.lora_mlp, warmup_steps=args.warmup_steps, distill_weight=args.distill,
-        transfer_steps=args.transfer_steps, eval_every=args.eval_every, save_every=args.save_every, resume=args.resume,
-        seed=args.seed, progress=not args.no_progress,
-    )
+    config = config_from_args(args)
     recovery = dict(
         train_data=args.train_data, eval_data=args.eval_data, seq_len=seq_len, augment=augment,
         eval_options={"max_samples": args.max_eval_samples, **(eval_options or {})}, control=args.control,

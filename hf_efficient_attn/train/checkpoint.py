@@ -1,17 +1,18 @@
-"""Checkpoints of a run: ``output_dir/checkpoint-<step>`` folders, the newest few kept, and resuming.
+"""Checkpoints of a run: ``output_dir/checkpoints/checkpoint_<step>`` folders, the newest few kept, and resuming.
 
 A checkpoint is `accelerate`'s full state (model, optimizer, scheduler, gradient scaler, random
-number generators) plus `STATE_FILE`, a small JSON with where the run stood: the optimizer step, how
-many micro-batches it had consumed (so a resumed run skips exactly those), the history so far and
-the transfer losses. The final checkpoint also holds the trained model in ``model/`` (the adapter
-for LoRA recipes, a `save_pretrained` folder for ``"full"``).
+number generators), written by ``Accelerator.save_state`` under its automatic checkpoint naming, whose
+``total_limit`` keeps the newest ``keep_checkpoints`` (`runtime.project_configuration`), plus
+`STATE_FILE`, a small JSON with where the run stood: the optimizer step, how many micro-batches it had
+consumed (so a resumed run skips exactly those), the history so far and the transfer losses. A folder
+is numbered by the optimizer step it was saved at. The final checkpoint also holds the trained model in
+``model/`` (the adapter for LoRA recipes, a `save_pretrained` folder for ``"full"``).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from .config import TrainError
 
 STATE_FILE = "trainer_state.json"
 MODEL_FOLDER = "model"
-_NAME = re.compile(r"checkpoint-(\d+)")
+CHECKPOINTS_FOLDER = "checkpoints"
+_NAME = re.compile(r"checkpoint_(\d+)")
 
 
 @dataclass
@@ -38,28 +40,24 @@ class RunState:
     recipe: str
 
 
-def save_checkpoint(
-    accelerator: Accelerator, output_dir: str, state: RunState, keep: int, model: nn.Module | None = None
-) -> str:
-    """Write checkpoint ``output_dir/checkpoint-<step>``, drop older ones beyond ``keep``; return its folder.
-
-    With ``model`` (the prepared model), also write the trained model to ``<folder>/model``.
-    """
-    folder = Path(output_dir) / f"checkpoint-{state.step}"
-    accelerator.save_state(str(folder))
+def save_checkpoint(accelerator: Accelerator, state: RunState, model: nn.Module | None = None) -> str:
+    """Write the checkpoint of ``state.step`` where the accelerator's project configuration says
+    (``<project_dir>/checkpoints/checkpoint_<step>``; accelerate drops the oldest beyond its
+    ``total_limit``); return its folder. With ``model`` (the prepared model), also write the trained
+    model to ``<folder>/model``."""
+    accelerator.project_configuration.iteration = state.step  # accelerate names the folder by it
+    folder = Path(accelerator.save_state())
     if model is not None:
         _save_model(accelerator, model, folder / MODEL_FOLDER)
     if accelerator.is_main_process:
         (folder / STATE_FILE).write_text(json.dumps(state.__dict__, indent=1))
-        for old in checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return str(folder)
 
 
 def checkpoints(output_dir: str) -> list[Path]:
-    """Complete checkpoint folders in ``output_dir``, oldest first."""
-    root = Path(output_dir)
+    """Complete checkpoint folders of a run in ``output_dir``, oldest first."""
+    root = Path(output_dir) / CHECKPOINTS_FOLDER
     if not root.is_dir():
         return []
     found = [

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 RECIPES: tuple[str, ...] = ("lora", "transfer", "full")
-MIXED_PRECISION: tuple[str, ...] = ("no", "bf16", "fp16")
+MIXED_PRECISION: tuple[str | None, ...] = (None, "no", "bf16", "fp16")
 
 
 class TrainError(ValueError):
@@ -34,7 +34,9 @@ class TrainConfig:
         data_workers: DataLoader worker processes that prepare samples (Whisper's log-mel features,
             image transforms) while the model trains; 0 prepares them in the training process.
         gradient_accumulation_steps: micro-batches whose gradients add up before one optimizer step.
-        mixed_precision: ``"no"``, ``"bf16"`` or ``"fp16"``, given to `accelerate.Accelerator`.
+        mixed_precision: ``"no"``, ``"bf16"`` or ``"fp16"``, given to `accelerate.Accelerator`; None
+            (default) leaves it to the launcher (``accelerate launch --mixed_precision``, the user's
+            ``accelerate config``), as accelerate does, and to ``"no"`` without one.
         gradient_checkpointing: recompute activations in the backward pass (non-reentrant) to save
             memory.
         lora_rank: rank ``r`` of the LoRA adapters.
@@ -56,11 +58,16 @@ class TrainConfig:
         log_every: log the mean loss of the last steps every this many optimizer steps.
         eval_every: call ``evaluate`` every this many steps; 0: only before and after training.
         save_every: write a checkpoint every this many steps (needs `output_dir`); 0: only at the end.
-        keep_checkpoints: how many of the newest checkpoints to keep in `output_dir`.
-        output_dir: folder of the checkpoints (``checkpoint-<step>``); None writes nothing.
+        keep_checkpoints: how many of the newest checkpoints to keep in `output_dir` (accelerate's
+            ``ProjectConfiguration.total_limit``).
+        output_dir: folder of the run: checkpoints (``checkpoints/checkpoint_<step>``) and trackers'
+            files; None writes nothing.
         resume: continue from the newest checkpoint in `output_dir` (start afresh when there is none).
         seed: seeds the data order, dropout and any random initialisation (`accelerate.utils.set_seed`).
         progress: show a tqdm progress bar on the main process.
+        report_to: experiment trackers that receive the logged rows, by accelerate's names
+            (``"tensorboard"``, ``"wandb"``, ``"mlflow"``, ... or ``"all"`` for every installed one);
+            empty (default) reports to none. Trackers that keep files write them under `output_dir`.
     """
 
     recipe: str = "lora"
@@ -69,7 +76,7 @@ class TrainConfig:
     batch_size: int = 8
     data_workers: int = 0
     gradient_accumulation_steps: int = 1
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None
     gradient_checkpointing: bool = False
     lora_rank: int = 16
     lora_alpha: int = 32
@@ -91,6 +98,7 @@ class TrainConfig:
     resume: bool = False
     seed: int = 0
     progress: bool = True
+    report_to: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _one_of("recipe", self.recipe, RECIPES)
@@ -127,6 +135,14 @@ class TrainConfig:
         for field in fields(self):
             if field.type == "bool" and not isinstance(getattr(self, field.name), bool):
                 raise TrainError(f"`{field.name}` must be True or False, got {getattr(self, field.name)!r}.")
+        if isinstance(self.report_to, str):
+            self.report_to = (self.report_to,)
+        self.report_to = tuple(self.report_to)
+        known = tracker_names()
+        for tracker in self.report_to:
+            if tracker not in known:
+                raise TrainError(f"`report_to` names an unknown tracker {tracker!r}; accelerate knows "
+                                 f"{', '.join(sorted(known))} (or pass none).")
         if self.output_dir is not None and not isinstance(self.output_dir, str):
             raise TrainError(f"`output_dir` must be a folder path (str) or None, got {self.output_dir!r}.")
         if self.resume and self.output_dir is None:
@@ -139,7 +155,14 @@ class TrainConfig:
             )
 
 
-def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:
+def tracker_names() -> set[str]:
+    """The tracker names accelerate accepts in ``log_with`` (built-in and registered ones), and ``"all"``."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    return {*LOGGER_TYPE_TO_CLASS, "all"}
+
+
+def _one_of(name: str, value: object, allowed: tuple[str | None, ...]) -> None:
     if value not in allowed:
         raise TrainError(f"`{name}` must be one of {', '.join(map(repr, allowed))}, got {value!r}.")
 

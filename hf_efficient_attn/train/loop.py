@@ -9,6 +9,7 @@ a sharded model can run it) and every process returns the same `TrainResult`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -98,6 +99,8 @@ def train(
     state = RunState(
         step=0, micro_batches=0, history=[], transfer_losses=transfer_losses, recipe=config.recipe
     )
+    if config.report_to:
+        accelerator.init_trackers(TRACKER_PROJECT, config=tracker_settings(config))
     if resumable:
         state = load_newest(accelerator, config.output_dir, config.recipe) or state
     elif evaluate is not None:
@@ -150,20 +153,26 @@ def train(
                 window = []
             last = state.step == config.steps
             if config.output_dir and (last or (config.save_every and state.step % config.save_every == 0)):
-                checkpoint = save_checkpoint(
-                    accelerator,
-                    config.output_dir,
-                    state,
-                    config.keep_checkpoints,
-                    model=model if last else None,
-                )
+                checkpoint = save_checkpoint(accelerator, state, model=model if last else None)
             if last:
                 break
     bar.close()
+    if config.report_to:
+        accelerator.end_training()
     trained = accelerator.unwrap_model(model).eval()
     return TrainResult(
         history=state.history, transfer_losses=state.transfer_losses, model=trained, checkpoint=checkpoint
     )
+
+
+TRACKER_PROJECT = "hf-efficient-attn"
+"""The project (run group) name trackers file a run under."""
+
+
+def tracker_settings(config: TrainConfig) -> dict[str, int | float | str | bool]:
+    """The config as trackers take hyperparameters: numbers, text and flags (others as text)."""
+    return {key: value if isinstance(value, (int, float, str, bool)) else str(value)
+            for key, value in dataclasses.asdict(config).items()}
 
 
 def _step_row(

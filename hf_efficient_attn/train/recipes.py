@@ -2,10 +2,11 @@
 
 ``"lora"`` follows LongLoRA: LoRA adapters (PEFT) on the attention projections, and optionally the
 MLP, while the normalization layers and the embeddings train in full; the variant's own per-layer
-parameters (Linformer projections, learned feature maps) train too. Those extra parameters are
-marked trainable after PEFT wraps the model rather than listed in ``modules_to_save``: PEFT would
-copy them into wrappers, which would break weight tying (Whisper's output head) and hide the variant
-modules from the attention path. `save_adapters` stores them next to the adapter.
+parameters (Linformer projections, learned feature maps) train too. Everything that trains besides
+LoRA is PEFT's ``modules_to_save``: PEFT trains a copy of each such module, and `save_adapters` (PEFT's
+``save_pretrained``) writes the copies into the adapter, so ``PeftModel.from_pretrained`` on a model
+patched the same way gives back the trained model. Where the output head shares the input embedding's
+weight (Whisper), PEFT's ``ensure_weight_tying`` makes the head use the trained copy's weight.
 ``"transfer"`` prepares the same way; its first stage, `attention_transfer`, runs before.
 ``"full"`` makes every parameter trainable.
 """
@@ -19,9 +20,9 @@ from ..api import patched_variants
 from .config import TrainConfig, TrainError
 from .targets import (
     attention_projections,
-    embedding_parameters,
     mlp_projections,
-    norm_parameters,
+    ties_output_to_input_embedding,
+    trained_in_full,
     variant_parameters,
 )
 
@@ -46,14 +47,11 @@ def prepare_model(model: nn.Module, config: TrainConfig) -> nn.Module:
         lora_dropout=config.lora_dropout,
         target_modules=targets,
         bias="none",
+        modules_to_save=trained_in_full(model, norms=config.train_norms, embeddings=config.train_embeddings)
+        or None,
+        ensure_weight_tying=config.train_embeddings and ties_output_to_input_embedding(model),
     )
-    peft_model = get_peft_model(model, lora)
-    extra = variant_parameters(model)
-    extra += norm_parameters(model) if config.train_norms else []
-    extra += embedding_parameters(model) if config.train_embeddings else []
-    for parameter in extra:
-        parameter.requires_grad_(True)
-    return peft_model
+    return get_peft_model(model, lora)
 
 
 def check_recipe(model: nn.Module, config: TrainConfig) -> None:

@@ -85,7 +85,7 @@ class RecoveryReport:
     train_seconds: float = 0.0
     device: str = ""
     processes: int = 1
-    config: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)  # as it ran: the launcher's mixed precision filled in
     versions: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -287,8 +287,8 @@ def run_recovery(
     Args:
         model: a checkpoint folder or Hub name of a causal LM, Whisper model or image classifier.
         variant, variant_options: what `patch_model` gets (``window``, ``targets``, ...).
-        config: the training run; its ``output_dir`` (checkpoints) defaults to ``out_dir/checkpoints``;
-            the control's checkpoints go next to it, in ``<output_dir>-control``.
+        config: the training run; its ``output_dir`` (checkpoints in ``checkpoints/``, trackers' files)
+            defaults to ``out_dir/training``; the control's run goes next to it, in ``<output_dir>-control``.
         train_data, eval_data: data sources (see `data`); None: the task's default assets.
         seq_len, augment, eval_options: see `task_setup`.
         control: also fine-tune the unpatched model.
@@ -306,13 +306,14 @@ def run_recovery(
 
     from ..eval.models import load_eval_model
     from .loop import train
+    from .runtime import mixed_precision_of
 
     configs = attention_configs(evaluate_as)
     state = process_state()
     say = log if state.is_main_process else (lambda line: None)
-    checkpoints = config.output_dir or (str(Path(out_dir) / "checkpoints") if out_dir is not None else None)
+    checkpoints = config.output_dir or (str(Path(out_dir) / "training") if out_dir is not None else None)
     # Scores outside training under the autocast that training's evaluations run under, so all compare alike.
-    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision_of(config))
 
     def autocast():
         return torch.autocast(state.device.type, dtype=half, enabled=half is not None)
@@ -352,7 +353,7 @@ def run_recovery(
                       for attention, before, after in zip(configs, zero_shots, fine_tuned_as, strict=True)],
         augmented=augment,
         train_seconds=seconds, device=_device_name(state.device), processes=state.num_processes,
-        config=asdict(config), versions=_versions(),
+        config=asdict(replace(config, mixed_precision=mixed_precision_of(config))), versions=_versions(),
     )
     say(f"{setup.metric.name} fine-tuned: {fine_tuned:.4g}")
     for score in report.evaluated_as:

@@ -14,6 +14,7 @@ from torch import nn
 from ..api import patched_variants
 from ..interface import VARIANT_ATTRIBUTE
 from ..patches import UnsupportedModelError, adapter_for
+from ..variants import AttentionVariant
 from .config import TrainError
 
 
@@ -49,29 +50,55 @@ def variant_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [parameter for variant in patched_variants(model) for parameter in variant.parameters()]
 
 
-def norm_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Parameters of the normalization layers (LayerNorm, RMSNorm and kin)."""
+def trained_in_full(model: nn.Module, *, norms: bool, embeddings: bool) -> list[str]:
+    """Full names of the modules the LoRA recipes train whole, for PEFT's ``modules_to_save``: the variants
+    that have parameters, and the normalization layers and embeddings when ``norms``/``embeddings`` say so.
+
+    A module inside another listed one is left out: PEFT wraps the outer one, and its copy holds it.
+    """
+    chosen = variant_modules(model)
+    chosen += norm_modules(model) if norms else []
+    chosen += embedding_modules(model) if embeddings else []
+    chosen = list(dict.fromkeys(chosen))
+    return [name for name in chosen if not any(name.startswith(outer + ".") for outer in chosen)]
+
+
+def variant_modules(model: nn.Module) -> list[str]:
+    """Full names of the variant modules attached by `patch_model` that have parameters of their own."""
     return [
-        parameter
-        for module in model.modules()
-        if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm))
-        or type(module).__name__.endswith("Norm")
-        for parameter in module.parameters(recurse=False)
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, AttentionVariant) and next(module.parameters(), None) is not None
     ]
 
 
-def embedding_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Token, positional and patch embeddings (every ``nn.Embedding`` and anything named ``embed*``)."""
-    found = [p for module in model.modules() if isinstance(module, nn.Embedding) for p in module.parameters()]
-    found += [
-        p for name, p in model.named_parameters() if any(part.startswith("embed") for part in name.split("."))
+def norm_modules(model: nn.Module) -> list[str]:
+    """Full names of the normalization layers that have parameters (LayerNorm, RMSNorm and kin)."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if (isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)) or type(module).__name__.endswith("Norm"))
+        and next(module.parameters(recurse=False), None) is not None
     ]
-    return list({id(parameter): parameter for parameter in found}.values())
 
 
-def is_variant_parameter(name: str) -> bool:
-    """Whether a parameter name belongs to a variant module attached by `patch_model`."""
-    return f".{VARIANT_ATTRIBUTE}." in f".{name}"
+def embedding_modules(model: nn.Module) -> list[str]:
+    """Full names of the token, positional and patch embeddings: every ``nn.Embedding`` and every module
+    transformers names ``embed*`` (ViT's ``embeddings``, which holds the CLS token and positions)."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if name
+        and (isinstance(module, nn.Embedding) or name.rpartition(".")[2].startswith("embed"))
+        and next(module.parameters(), None) is not None
+    ]
+
+
+def ties_output_to_input_embedding(model: nn.Module) -> bool:
+    """Whether the model's output head uses its input embedding's weight (Whisper's ``proj_out``, Llamas
+    with ``tie_word_embeddings``)."""
+    weight = getattr(model.get_output_embeddings(), "weight", None)
+    return weight is not None and weight is getattr(model.get_input_embeddings(), "weight", None)
 
 
 def _sites(model: nn.Module):

@@ -33,8 +33,14 @@ def test_lora_trains_adapters_norms_embeddings_and_variant_state():
     names = trainable(model)
     assert any(".q_proj.lora_A." in n for n in names) and any(".o_proj.lora_B." in n for n in names)
     assert not any("mlp" in n for n in names)
-    assert any("input_layernorm" in n for n in names) and any("embed_tokens" in n for n in names)
-    assert sum("efficient_attn.weight" in n for n in names) == 3
+    copy = ".modules_to_save.default."  # PEFT trains and saves a copy of each module trained in full
+    assert all(copy in n for n in names if "lora_" not in n)
+    assert {n.removeprefix("base_model.model.").partition(copy)[0] for n in names if "lora_" not in n} == {
+        "model.embed_tokens",
+        "model.norm",
+        *(f"model.layers.{i}.{m}" for i in range(3) for m in ("input_layernorm", "post_attention_layernorm")),
+        *(f"model.layers.{i}.self_attn.efficient_attn" for i in range(3)),
+    }
     assert not any(n.endswith("q_proj.base_layer.weight") for n in names)
     plain = prepare_model(
         patch_model(tiny_llama(), "sliding", window=4),

@@ -109,7 +109,7 @@ def perplexity_of_saved_adapter(tmp_path: Path, patch: tuple[str, dict] | None =
                         eval_options={"max_samples": None, "max_tokens": 200}).metric
     if patch is not None:
         patch_model(loaded.model, patch[0], **patch[1])
-    return metric(load_adapters(loaded.model, tmp_path / "out" / "checkpoints" / "checkpoint-2" / "model"))
+    return metric(load_adapters(loaded.model, tmp_path / "out" / "training" / "checkpoints" / "checkpoint_2" / "model"))
 
 
 def test_causal_lm_fine_tuned_with_sliding_scored_as_other_attention(tmp_path, monkeypatch):
@@ -149,7 +149,7 @@ def test_causal_lm_over_three_seeds(tmp_path, monkeypatch):
     out = tmp_path / "out"
     seeds = [json.loads((out / f"seed-{seed}" / "recovery.json").read_text()) for seed in (0, 1, 2)]
     assert [report["config"]["seed"] for report in seeds] == [0, 1, 2]
-    assert all((out / f"seed-{seed}" / "checkpoints" / "checkpoint-2").is_dir() for seed in (0, 1, 2))
+    assert all((out / f"seed-{seed}" / "training" / "checkpoints" / "checkpoint_2").is_dir() for seed in (0, 1, 2))
     assert len({report["fine_tuned"] for report in seeds}) == 3  # the seed changed the data order and the adapters
 
     def gap(zero_shot, fine_tuned, target):

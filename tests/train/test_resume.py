@@ -38,18 +38,18 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path):
     with pytest.raises(Interrupted):
         train(model, data, config(tmp_path / "b"))
     handle.remove()
-    assert [path.name for path in checkpoints(str(tmp_path / "b"))] == ["checkpoint-3"]
+    assert [path.name for path in checkpoints(str(tmp_path / "b"))] == ["checkpoint_3"]
 
     resumed = train(patch_model(tiny_llama(), "sliding", window=6), data, config(tmp_path / "b", resume=True))
     assert [row["step"] for row in resumed.history] == list(range(1, 7))
     assert losses(resumed) == pytest.approx(losses(uninterrupted), abs=1e-6, rel=0)
-    assert resumed.checkpoint.endswith("checkpoint-6")
+    assert resumed.checkpoint.endswith("checkpoint_6")
 
 
 def test_only_the_newest_checkpoints_are_kept(tmp_path):
     data = token_samples(97)
     train(patch_model(tiny_llama(), "sliding", window=6), data, config(tmp_path, steps=4, save_every=1))
-    assert [path.name for path in checkpoints(str(tmp_path))] == ["checkpoint-3", "checkpoint-4"]
+    assert [path.name for path in checkpoints(str(tmp_path))] == ["checkpoint_3", "checkpoint_4"]
 
 
 def test_resume_without_a_checkpoint_starts_afresh(tmp_path):
