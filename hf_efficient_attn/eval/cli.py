@@ -2,10 +2,10 @@
 
     hf-efficient-attn eval --model PATH --data PATH --variant sliding --window 128,256,512
     hf-efficient-attn eval --model PATH --data PATH --variant full --variant sparse \\
-        --variant-options sparse.block_size=64 sparse.local_blocks=2
+        --variant-option sparse.block_size=64 sparse.local_blocks=2
 
 Each ``--variant`` adds configurations: one per ``--window`` value for variants with a ``window``
-option, else one. ``--variant-options KEY=VALUE`` applies to every variant that has option ``KEY``
+option, else one. ``--variant-option KEY=VALUE`` applies to every variant that has option ``KEY``
 (``layers`` and ``targets`` apply to all); ``VARIANT.KEY=VALUE`` to that variant only. Values are read
 as JSON where they parse (``4``, ``true``, ``[0, 1]``), else as strings.
 
@@ -48,8 +48,9 @@ def add_eval_command(commands: argparse._SubParsersAction) -> None:
                          help="what to evaluate; auto: from the model (default)")
     command.add_argument("--variant", action="append", default=[], help="a variant to compare (repeatable)")
     command.add_argument("--window", help="comma-separated windows for variants with a window option, e.g. 128,256,512")
-    command.add_argument("--variant-options", nargs="+", action="extend", default=[], metavar="[VARIANT.]KEY=VALUE",
-                         help="variant options, e.g. sink_tokens=4 sparse.block_size=64 targets=encoder")
+    command.add_argument("--variant-option", "--variant-options", dest="variant_options", nargs="+", action="extend",
+                         default=[], metavar="[VARIANT.]KEY=VALUE",
+                         help="variant options, e.g. sink_tokens=4 sparse.block_size=64 targets=encoder (repeatable)")
     command.add_argument("--max-samples", type=int, help="evaluate only the first N samples (documents, clips, images)")
     command.add_argument("--full", action="store_true", help="without --data on the CPU: score all of the default data "
                          "(hours for text) rather than the part that takes minutes")
@@ -92,7 +93,7 @@ def option_value(text: str) -> Any:
 
 
 def variant_configs(variants: list[str], windows: str | None, option_pairs: list[str]) -> list:
-    """The `VariantConfig` list that ``--variant``, ``--window`` and ``--variant-options`` describe."""
+    """The `VariantConfig` list that ``--variant``, ``--window`` and ``--variant-option`` describe."""
     import dataclasses
 
     from ..variants import VARIANTS
@@ -109,12 +110,12 @@ def variant_configs(variants: list[str], windows: str | None, option_pairs: list
         key, separator, value = pair.partition("=")
         scope, _, key = key.rpartition(".")
         if not separator or not key:
-            raise EvalInputError(f"--variant-options {pair!r} is not KEY=VALUE or VARIANT.KEY=VALUE.")
+            raise EvalInputError(f"--variant-option {pair!r} is not KEY=VALUE or VARIANT.KEY=VALUE.")
         targets = [scope] if scope else [name for name in names if key in accepted[name]]
         if scope and scope not in names:
-            raise EvalInputError(f"--variant-options {pair!r} names variant {scope!r}, which no --variant gives ({', '.join(names) or 'none'}).")
+            raise EvalInputError(f"--variant-option {pair!r} names variant {scope!r}, which no --variant gives ({', '.join(names) or 'none'}).")
         if not targets or (scope and key not in accepted[scope]):
-            raise EvalInputError(f"--variant-options {pair!r}: no chosen variant has an option {key!r}; see each variant's options class.")
+            raise EvalInputError(f"--variant-option {pair!r}: no chosen variant has an option {key!r}; see each variant's options class.")
         for name in targets:
             options[name][key] = option_value(value)
     sizes = _windows(windows)
@@ -144,10 +145,27 @@ def _windows(text: str | None) -> list[int]:
     return sizes
 
 
+EVAL_PACKAGES = ("datasets", "evaluate", "jiwer", "soundfile", "PIL", "matplotlib")
+"""What the ``eval`` extra installs, by import name."""
+
+
+def missing_packages(names: tuple[str, ...]) -> list[str]:
+    """The import names among ``names`` that are not installed (found without importing them)."""
+    import importlib.util
+
+    return [name for name in names if importlib.util.find_spec(name) is None]
+
+
 def run_eval_command(args: argparse.Namespace) -> int:
     """Run ``eval`` with parsed arguments: print what runs and each result as it comes, then the table and
     report paths; return the exit status."""
     import dataclasses
+
+    missing = missing_packages(EVAL_PACKAGES)
+    if missing:
+        print(f"hf-efficient-attn eval: needs {', '.join(missing)}; install them with: "
+              "pip install 'hf-efficient-attn[eval]'", file=sys.stderr)
+        return 2
 
     import torch
     import transformers

@@ -42,7 +42,8 @@ def recovery_parser(description: str, *, model: str, variant: str, window: int |
     parser.add_argument("--model", default=model, help=f"checkpoint folder, Hub name or asset name (default: the {model} asset)")
     parser.add_argument("--variant", default=variant, help=f"attention variant to patch in (default {variant})")
     parser.add_argument("--window", type=int, default=window, help=f"window of variants that have one (default {window})")
-    parser.add_argument("--variant-option", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--variant-option", "--variant-options", dest="variant_option", nargs="+", action="extend",
+                        default=[], metavar="KEY=VALUE",
                         help=f"other variant options, repeatable (default, where the variant has the option: {' '.join(options) or 'none'})")
     parser.set_defaults(default_options=list(options))
     add_config_arguments(parser, steps=steps, learning_rate=learning_rate, batch_size=batch_size)

@@ -58,7 +58,7 @@ def test_streaming_mode_writes_its_stretches_and_position_plot(llama_dir, text_f
     rows = run_eval(
         tmp_path, "--model", llama_dir, "--data", text_file, "--mode", "streaming", "--chunk-size", 8,
         "--max-tokens", 90, "--stretch", 30, "--variant", "sliding", "--window", "8,128",
-        "--variant-options", "sink_tokens=2",
+        "--variant-option", "sink_tokens=2",
     )
     assert (tmp_path / "perplexity-by-position.png").read_bytes().startswith(PNG_SIGNATURE)
     baseline, narrow, wide = rows["baseline"], rows["sliding(sink_tokens=2, window=8)"], rows["sliding(sink_tokens=2, window=128)"]
@@ -76,7 +76,7 @@ def test_streaming_mode_writes_its_stretches_and_position_plot(llama_dir, text_f
 def test_whisper_on_an_audio_folder(whisper_dir, audio_folder, tmp_path):
     rows = run_eval(
         tmp_path, "--model", whisper_dir, "--data", audio_folder, "--batch-size", 2, "--max-new-tokens", 6,
-        "--variant", "full", "--variant", "sliding", "--window", 4, "--variant-options", "targets=encoder",
+        "--variant", "full", "--variant", "sliding", "--window", 4, "--variant-option", "targets=encoder",
     )
     assert rows["_report"]["metric"] == "wer"
     baseline, full = rows["baseline"], rows["full(targets=encoder)"]
@@ -283,3 +283,13 @@ def test_streaming_says_how_many_tokens_and_forwards_it_runs(llama_dir, text_fil
     run_eval(tmp_path, "--model", llama_dir, "--data", text_file, "--mode", "streaming", "--chunk-size", 8,
              "--max-tokens", 40, "--variant", "full")
     assert ": a stream of 40 tokens, 8 per forward (5 forwards), for the baseline and 1 configuration\n" in capsys.readouterr().out
+
+
+def test_eval_without_its_extra_says_what_to_install(monkeypatch, capsys):
+    """A base install (no datasets, jiwer, ...) gets the install command, not a ModuleNotFoundError."""
+    from hf_efficient_attn.eval import cli as eval_cli
+
+    real = eval_cli.missing_packages
+    monkeypatch.setattr(eval_cli, "missing_packages", lambda names: ["datasets", *real(names)])
+    assert main(["eval"]) == 2
+    assert "pip install 'hf-efficient-attn[eval]'" in capsys.readouterr().err

@@ -81,3 +81,14 @@ def test_recover_under_accelerate_launch_as_a_module(tmp_path):
     report = json.loads((tmp_path / "out" / "recovery.json").read_text())
     assert report["metric"] == "accuracy" and report["config"]["mixed_precision"] == "bf16"  # the launcher's
     assert report["processes"] == 1
+
+
+def test_variant_options_take_one_spelling_in_recover_and_eval():
+    """``--variant-option`` takes several pairs in recover as in eval; the plural spelling stays an alias."""
+    from hf_efficient_attn.cli import build_parser
+
+    recover = task_parser("causal-lm").parse_args(["--variant-option", "sink_tokens=4", "layers=[0]",
+                                                   "--variant-options", "window=8"])
+    assert recover.variant_option == ["sink_tokens=4", "layers=[0]", "window=8"]
+    evaluate = build_parser().parse_args(["eval", "--variant-option", "sink_tokens=4", "targets=encoder"])
+    assert evaluate.variant_options == ["sink_tokens=4", "targets=encoder"]
