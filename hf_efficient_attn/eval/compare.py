@@ -20,6 +20,7 @@ from torch import nn
 from ..api import patch_model, unpatch_model
 from ..measure import measure
 from .errors import EvalInputError
+from .progress import scoring
 from .results import Score
 
 BASELINE_LABEL = "baseline"
@@ -125,7 +126,8 @@ def compare_variants(
     check_configs(model, configs)
     if on_start is not None:
         on_start(0, BASELINE_LABEL)
-    baseline, seconds, peak = _run(model, evaluate, warm_up)
+    with scoring(BASELINE_LABEL):
+        baseline, seconds, peak = _run(model, evaluate, warm_up)
     rows: list[ComparisonRow] = []
 
     def add(row: ComparisonRow) -> None:
@@ -140,7 +142,8 @@ def compare_variants(
         torch.manual_seed(seed)
         patch_model(model, config.variant, **config.options)
         try:
-            score, seconds, peak = _run(model, evaluate, warm_up)
+            with scoring(config.label):
+                score, seconds, peak = _run(model, evaluate, warm_up)
         except Exception as error:  # one failing configuration must not lose the others' results
             message = f"{type(error).__name__}: {error}"
             add(ComparisonRow(config.label, config.variant, config.options, None, None, None, None, error=message))

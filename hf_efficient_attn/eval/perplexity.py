@@ -26,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import EvalInputError
+from .progress import description
 from .results import Score
 
 LOGIT_CHUNK = 4096
@@ -113,7 +114,7 @@ def strided_perplexity(
         raise EvalInputError(f"The text has {token_ids.numel()} token(s); perplexity needs at least 2.")
     ids = token_ids.to(_device_of(model))
     nll = 0.0
-    for window in tqdm(windows, desc="perplexity (strided)", unit="window", disable=not progress):
+    for window in tqdm(windows, desc=description("perplexity (strided)"), unit="window", disable=not progress):
         nll += _target_nll(model, ids[window.begin : window.end], window.first_target - window.begin)
     return PerplexityResult(nll_sum=nll, tokens=token_ids.numel() - 1, forwards=len(windows))
 
@@ -125,7 +126,7 @@ def document_perplexity(
     check_lengths(max_length)
     device = _device_of(model)
     result = PerplexityResult(nll_sum=0.0, tokens=0, forwards=0)
-    for document in tqdm(documents, desc="perplexity (documents)", unit="doc", disable=not progress):
+    for document in tqdm(documents, desc=description("perplexity (documents)"), unit="doc", disable=not progress):
         if document.numel() > max_length:
             result.truncated_documents += 1
         ids = document[:max_length].to(device)

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from . import audio
 from .error_rates import english_normalizer, error_rates, spelling_mapping
 from .errors import EvalInputError
+from .progress import description
 from .results import Score
 
 
@@ -74,7 +75,7 @@ def speech_error_rates(
     audio.check_sample_rates(samples, expected)
     predictions: list[str] = []
     starts = range(0, len(samples), batch_size)
-    for start in tqdm(starts, desc="transcribing", unit="batch", disable=not progress):
+    for start in tqdm(starts, desc=description("transcribing"), unit="batch", disable=not progress):
         batch = samples[start : start + batch_size]
         waveforms = [audio.waveform(sample) for sample in batch]
         for offset, wave in enumerate(waveforms):

@@ -30,6 +30,7 @@ from transformers.cache_utils import DynamicCache
 from ..compat import model_cache_keyword
 from ..streaming import bounded_everywhere, stream_position_ids, streaming_cache
 from .errors import EvalInputError
+from .progress import description
 from .results import Score
 
 Positions = Literal["text", "cache"]
@@ -132,7 +133,7 @@ def streaming_perplexity(
     pending: torch.Tensor | None = None  # the logits of the previous chunk's last token
     starts = range(0, ids.numel(), chunk_size)
     with torch.no_grad():
-        for begin in tqdm(starts, desc="perplexity (streaming)", unit="chunk", disable=not progress):
+        for begin in tqdm(starts, desc=description("perplexity (streaming)"), unit="chunk", disable=not progress):
             chunk = ids[begin : begin + chunk_size]
             if positions == "cache":
                 position_ids = stream_position_ids(cache, chunk.numel(), device)

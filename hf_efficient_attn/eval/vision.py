@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import EvalInputError
+from .progress import description
 from .results import Score
 
 
@@ -61,7 +62,7 @@ def top1_accuracy(
         raise EvalInputError(f"Labels {sorted(set(outside))[:10]} are outside the model's label ids 0..{num_labels - 1}.")
     parameter = next(model.parameters())
     correct = 0
-    for start in tqdm(range(0, len(images), batch_size), desc="classifying", unit="batch", disable=not progress):
+    for start in tqdm(range(0, len(images), batch_size), desc=description("classifying"), unit="batch", disable=not progress):
         batch = [image.convert("RGB") for image in images[start : start + batch_size]]
         pixels = image_processor(batch, return_tensors="pt")["pixel_values"]
         with torch.no_grad():

