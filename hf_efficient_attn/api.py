@@ -69,8 +69,10 @@ def patch_model(
     _refuse_peft_wrapper(model)
     spec, resolved = _resolve_variant(variant, options)
     adapter = adapter_for(model)
-    if is_patched(model):
-        raise PatchError("This model is already patched; call unpatch_model(model) before patching it again.")
+    if patched_variants(model):
+        state = ("is already patched" if is_patched(model) else "carries the variant modules of an earlier patch "
+                 f"but runs {model.config._attn_implementation!r} attention now")
+        raise PatchError(f"This model {state}; call unpatch_model(model) before patching it again.")
     sites = adapter.sites(model)
     if not sites:
         raise UnsupportedModelError(
@@ -86,6 +88,8 @@ def patch_model(
 
     interface.register()
     previous = model.config._attn_implementation
+    if previous == interface.IMPLEMENTATION_NAME:  # switched to ours without a patch: exact attention
+        previous = None
     model.set_attn_implementation(interface.IMPLEMENTATION_NAME)
     bounded: dict[str, list[nn.Module]] = {}
     for site, module in zip(chosen_sites, modules, strict=True):
@@ -114,7 +118,7 @@ def unpatch_model(model: ModelT) -> ModelT:
 
     Works on a ``PeftModel`` too; a variant that PEFT trains as a module to save goes with its wrapper.
     """
-    if not is_patched(model):
+    if not carries_patch(model):
         raise PatchError("This model is not patched; nothing to undo.")
     record = getattr(model.config, CONFIG_RECORD, None) or {}
     for module in list(model.modules()):
@@ -132,11 +136,20 @@ def unpatch_model(model: ModelT) -> ModelT:
 
 
 def is_patched(model: nn.Module) -> bool:
-    """Whether ``model`` currently runs a variant of this library."""
+    """Whether ``model`` currently runs a variant of this library: variant modules are attached and its
+    attention implementation is this library's. Neither a model switched to it without a patch
+    (``attn_implementation="hf_efficient_attn"``: exact attention) nor a patched model switched away
+    (``set_attn_implementation("sdpa")``: transformers' attention) is patched."""
     config = getattr(model, "config", None)
-    return getattr(config, "_attn_implementation", None) == interface.IMPLEMENTATION_NAME or any(
-        isinstance(module, AttentionVariant) for module in model.modules()
-    )
+    running = getattr(config, "_attn_implementation", None) == interface.IMPLEMENTATION_NAME
+    return running and bool(patched_variants(model))
+
+
+def carries_patch(model: nn.Module) -> bool:
+    """Whether ``model`` holds a patch's state, running or not: variant modules (which `patch_model`
+    refuses to patch over) or the config record (which a plain transformers load of a patched
+    checkpoint keeps); `unpatch_model` removes both."""
+    return bool(patched_variants(model)) or hasattr(getattr(model, "config", None), CONFIG_RECORD)
 
 
 def patched_variants(model: nn.Module) -> list[AttentionVariant]:

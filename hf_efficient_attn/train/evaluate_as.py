@@ -126,10 +126,10 @@ def switch_attention(model: nn.Module, config: AttentionConfig, seed: int) -> No
     import torch
     from peft import PeftModel
 
-    from ..api import is_patched, patch_model, unpatch_model
+    from ..api import carries_patch, patch_model, unpatch_model
 
     inner = model.get_base_model() if isinstance(model, PeftModel) else model
-    if is_patched(inner):
+    if carries_patch(inner):
         unpatch_model(inner)
     if config.variant != UNPATCHED:
         torch.manual_seed(seed)
