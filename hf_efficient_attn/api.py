@@ -169,9 +169,10 @@ def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
     if model_class is None:
         raise PatchError(f"Cannot tell which model class to load from {path}: config.architectures={config.architectures}.")
     record = getattr(config, CONFIG_RECORD, None)
-    model = model_class.from_pretrained(path, **kwargs)
     if not record:
-        return model
+        return model_class.from_pretrained(path, **kwargs)
+    model = _leaving_variant_weights(model_class).from_pretrained(path, **kwargs)
+    model.__class__ = model_class
     delattr(model.config, CONFIG_RECORD)
     previous = record.get("previous_attn_implementation")
     if previous and previous != model.config._attn_implementation:
@@ -287,6 +288,17 @@ def _build_variant(
     if reference is not None:
         module.to(device=reference.device, dtype=reference.dtype if reference.is_floating_point() else None)
     return module
+
+
+def _leaving_variant_weights(model_class: type[ModelT]) -> type[ModelT]:
+    """``model_class`` whose loading leaves the variant's weights, which the model has no modules for until it
+    is patched, to `_load_variant_weights`, instead of listing them as unexpected in transformers' load
+    report (a subclass of the same name; the loaded model is given ``model_class`` back)."""
+    ignored = [*(getattr(model_class, "_keys_to_ignore_on_load_unexpected", None) or []),
+               rf"\.{interface.VARIANT_ATTRIBUTE}\."]
+    return type(model_class.__name__, (model_class,), {"_keys_to_ignore_on_load_unexpected": ignored,
+                                                       "__qualname__": model_class.__qualname__,
+                                                       "__module__": model_class.__module__})
 
 
 def _load_variant_weights(model: nn.Module, path: Path) -> None:

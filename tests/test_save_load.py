@@ -86,3 +86,32 @@ def test_round_trip_restores_learned_variant_weights(family, variant, options, r
     for name, tensor in weights.items():
         assert torch.equal(restored_weights[name], tensor), name
     assert torch.equal(restored(**inputs).logits, expected)
+
+
+def load_report(load) -> str:
+    """What transformers logs while ``load()`` runs (its loggers do not propagate to the root logger)."""
+    import logging
+
+    messages: list[str] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        load()
+    finally:
+        logger.removeHandler(handler)
+    return "\n".join(messages)
+
+
+def test_our_loader_does_not_report_the_variants_weights_as_unexpected(llama, tmp_path):
+    """transformers lists checkpoint keys its model has no place for; the variant's are ours to load."""
+    model = patch_model(copy.deepcopy(llama), "linear")
+    weights = perturb_variant_parameters(model)
+    model.save_pretrained(tmp_path)
+    plain = load_report(lambda: type(llama).from_pretrained(tmp_path))
+    assert "efficient_attn" in plain and "UNEXPECTED" in plain  # the report this loader leaves out
+    loaded = []
+    ours = load_report(lambda: loaded.append(hf_efficient_attn.from_pretrained(tmp_path)))
+    assert "UNEXPECTED" not in ours and "efficient_attn" not in ours and type(loaded[0]) is type(llama)
+    assert all(torch.equal(variant_state(loaded[0])[name], tensor) for name, tensor in weights.items())
