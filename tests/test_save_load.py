@@ -96,11 +96,14 @@ def load_report(load) -> str:
     handler = logging.Handler(logging.DEBUG)
     handler.emit = lambda record: messages.append(record.getMessage())
     logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # whatever an earlier test left
     logger.addHandler(handler)
     try:
         load()
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
     return "\n".join(messages)
 
 
