@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
 
 import torch
 
@@ -110,7 +110,8 @@ def dense_launch(
         if backward_tile == forward_tile:
             mask.backward_tiles = lambda: mask.tiles
         else:
-            mask.backward_tiles = _built_once(lambda: _tile_lists(block_layout, mask, nq, nk, backward_tile)[1])
+            # built on the first backward pass, which inference never runs
+            mask.backward_tiles = functools.cache(lambda: _tile_lists(block_layout, mask, nq, nk, backward_tile)[1])
     return q, k, v, mask
 
 
@@ -126,18 +127,6 @@ def _tile_lists(block_layout: torch.Tensor, mask: flash.MaskArgs, nq: int, nk: i
 
     key = (mask.lb, nq, nk, mask.causal, mask.has_window, mask.wl, mask.wr, mask.sink, mask.gq, tile)
     return TILE_LISTS.get(block_layout, key, build)
-
-
-def _built_once(build: Callable[[], TileLists]) -> Callable[[], TileLists]:
-    """``build`` run on the first call only: a backward pass asks for its lists, inference never does."""
-    built: list[TileLists] = []
-
-    def lists() -> TileLists:
-        if not built:
-            built.append(build())
-        return built[0]
-
-    return lists
 
 
 def fused_attention_varlen(

@@ -138,7 +138,7 @@ class TrainConfig:
         if isinstance(self.report_to, str):
             self.report_to = (self.report_to,)
         self.report_to = tuple(self.report_to)
-        known = tracker_names()
+        known = tracker_names() if self.report_to else set()
         for tracker in self.report_to:
             if tracker not in known:
                 raise TrainError(f"`report_to` names an unknown tracker {tracker!r}; accelerate knows "
