@@ -11,7 +11,7 @@ them to rounding, and a call goes to the fastest that computes it exactly:
    go with it as SDPA's boolean mask (what transformers' own SDPA path passes). These are the calls
    where our kernels would only redo SDPA's work. So is a decoding step under a block layout shared by
    the heads (`gathers_visible_keys`, route ``"gather"``): SDPA without a mask over the key blocks its
-   layout row allows, gathered by one index made once per forward (`plan_key_gather`). So is most of a
+   layout row allows, joined from their runs by a plan made once per forward (`plan_key_gather`). So is most of a
    bidirectional inference call under a block layout that leaves most block rows whole
    (`splits_whole_rows`, route ``"whole-rows"``, on the CPU: Whisper's encoder under a 99% layout): SDPA
    without a mask over the runs of whole rows, the pattern's dense mask over the other rows only. A
@@ -59,10 +59,10 @@ import torch
 import torch.nn.functional as F
 
 from . import fused_path, sdpa_support
-from .context import AttentionContext, positions, tensor_signature, tracing
+from .context import AttentionContext, tensor_signature, tracing
+from .errors import VariantError
 from .fused_path import FusedPathError, FusedPathFallbackWarning, KernelMask
 from .variants import block_layout as layouts
-from .variants.base import VariantError
 
 Backend = Literal["auto", "triton", "cudnn", "reference"]
 BACKENDS: tuple[str, ...] = ("auto", "triton", "cudnn", "reference")
@@ -337,9 +337,11 @@ def plan_key_gather(
     query: torch.Tensor, key: torch.Tensor, context: AttentionContext, pattern: KernelMask
 ) -> fused_path.Launch:
     """The launch of a decoding step that `gathers_visible_keys`: SDPA without a mask over the key blocks
-    of the query's layout row (host facts of the layout, computed once per name and size), which one
-    contiguous run of blocks takes as a slice and scattered blocks through one index on the device, made
-    once per forward and kept with the route (two gathers and one SDPA call per layer).
+    of the query's layout row (host facts of the layout, computed once per name and size), joined from
+    their contiguous runs by one concatenation per tensor, planned once per forward and kept with the
+    route (two copies and one SDPA call per layer). A concatenation of slices is one copy kernel on
+    CUDA, as an index would be, and half the time of `index_select` on the CPU (7 against 14 us for
+    three runs of 512 keys), with no index tensor to make.
 
     Not one SDPA call over every key under the row's mask: on Hopper only cuDNN fuses that grouped
     masked call, and cuDNN builds a graph for every new shape, which a growing cache has at every step
@@ -353,9 +355,11 @@ def plan_key_gather(
     if len(ranges) == 1:
         low, high = ranges[0]
         return lambda q, k, v: _sdpa_grouped(q, k[..., low:high, :], v[..., low:high, :], None, False, scale, dropout)
-    index = torch.cat([positions(low, high, key.device) for low, high in ranges])
-    return lambda q, k, v: _sdpa_grouped(q, k.index_select(-2, index), v.index_select(-2, index), None, False, scale,
-                                         dropout)
+
+    def visible(states: torch.Tensor) -> torch.Tensor:
+        return torch.cat([states[..., low:high, :] for low, high in ranges], dim=-2)
+
+    return lambda q, k, v: _sdpa_grouped(q, visible(k), visible(v), None, False, scale, dropout)
 
 
 MASKED_SDPA_MAX_TOKENS = 2048

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .context import AttentionContext, tracing
-from .variants.base import VariantError
+from .errors import VariantError
 
 DECODE_MAX_QUERIES = 16
 """Calls with at most this many queries (and no gradient) use the split-key decode kernel when they can."""

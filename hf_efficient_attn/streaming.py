@@ -30,8 +30,8 @@ from torch import nn
 from transformers.cache_utils import DynamicCache
 
 from .cache import SinkWindowCacheLayer
+from .errors import VariantError
 from .interface import VARIANT_ATTRIBUTE
-from .variants.base import VariantError
 
 
 def rotate(states: torch.Tensor, positions: torch.Tensor, inverse_frequencies: torch.Tensor) -> torch.Tensor:

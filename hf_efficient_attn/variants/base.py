@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..context import AttentionContext
+from ..errors import VariantError
 
 
 class Role(str, enum.Enum):
@@ -57,10 +58,6 @@ class LayerInfo:
     grid: tuple[int, int] | None = None
     max_length: int | None = None
     prefix_tokens: int = 0
-
-
-class VariantError(ValueError):
-    """Bad options or a variant that cannot run where it was asked to."""
 
 
 class ExactPatternWarning(UserWarning):

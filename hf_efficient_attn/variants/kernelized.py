@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from ..context import AttentionContext
-from .base import VariantError
+from ..errors import VariantError
 
 
 def kernelized_attention(
