@@ -498,8 +498,10 @@ def sdpa_plan(
     time of each layer's call is what the GPU waits on."""
     if sdpa_needs_mask(query, key, context):
         return functools.partial(sdpa_attention, context=context, decode_kernel=decode_kernel)
-    grouped = {"enable_gqa": True} if query.shape[1] != key.shape[1] else {}
     causal_rows, _ = _causality(query, key, context)
+    if query.shape[-2] == 1 and query.shape[1] != key.shape[1] and not causal_rows and context.dropout == 0.0:
+        return functools.partial(_folded_decode, scale=context.scaling)
+    grouped = {"enable_gqa": True} if query.shape[1] != key.shape[1] else {}
     return functools.partial(
         F.scaled_dot_product_attention, dropout_p=context.dropout, scale=context.scaling, is_causal=causal_rows,
         **grouped
@@ -592,6 +594,8 @@ def _sdpa_grouped(
         return F.scaled_dot_product_attention(
             query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale, is_causal=is_causal
         )
+    if q_len == 1 and mask is None and not is_causal and dropout == 0.0:
+        return _folded_decode(query, key, value, scale)
     if mask is None or fused_under_mask:
         return F.scaled_dot_product_attention(
             query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale, is_causal=is_causal, enable_gqa=True
@@ -605,6 +609,18 @@ def _sdpa_grouped(
     key = key.repeat_interleave(groups, dim=1)
     value = value.repeat_interleave(groups, dim=1)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale)
+
+
+def _folded_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    """One decoding query per head over every key, with grouped heads: the heads of a group become the
+    queries of their key/value head, one call without grouping. Exact (one query sees every key, so the
+    rows are independent), and each key/value head is read once instead of once per query head, which
+    SDPA's FlashAttention and memory-efficient kernels otherwise do."""
+    batch, q_heads, _, head_dim = query.shape
+    kv_heads = key.shape[1]
+    folded = query.reshape(batch, kv_heads, q_heads // kv_heads, head_dim)
+    output = F.scaled_dot_product_attention(folded, key, value, scale=scale)
+    return output.reshape(batch, q_heads, 1, head_dim)
 
 
 _WARNED: set[tuple[str, str]] = set()
