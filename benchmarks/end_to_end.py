@@ -81,7 +81,6 @@ earlier run differs in device, dtype, --tiny, --no-checkpointing, --window, --en
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import contextlib
 import dataclasses
 import gc
@@ -89,7 +88,6 @@ import json
 import math
 import platform
 import re
-import subprocess
 import sys
 import time
 import warnings
@@ -104,7 +102,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.run_merge import merge_entries  # noqa: E402
+from benchmarks.harness.compiling import warm_in_children  # noqa: E402
+from benchmarks.harness.markdown import mark, merged_runs, run_marks  # noqa: E402
+from benchmarks.harness.store import load_comparable, merge_runs  # noqa: E402
 from hf_efficient_attn import FusedPathFallbackWarning, patch_model, unpatch_model  # noqa: E402
 from hf_efficient_attn.measure import measure  # noqa: E402
 
@@ -775,19 +775,8 @@ def warm_specs(families: list[Family], chosen: list[str]) -> list[str]:
 
 def warm_all(specs: list[str], argv: list[str], timeout_s: float) -> None:
     """Compile every kernel the run needs in parallel child processes, filling the on-disk caches."""
-    def one(spec: str) -> str:
-        start = time.time()
-        try:
-            done = subprocess.run([sys.executable, str(Path(__file__).resolve()), *argv, "--warm-child", spec],
-                                  capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return f"{spec}: timed out after {timeout_s:.0f}s"
-        tail = done.stderr.strip().splitlines()[-1:] if done.returncode else []
-        return f"{spec}: rc={done.returncode} {time.time() - start:.0f}s {' '.join(tail)[:200]}"
-
-    with cf.ThreadPoolExecutor(max(1, len(specs))) as pool:
-        for message in pool.map(one, specs):
-            print("  warm", message, flush=True)
+    script = str(Path(__file__).resolve())
+    warm_in_children({spec: [sys.executable, script, *argv, "--warm-child", spec] for spec in specs}, timeout_s)
 
 
 def warm_child(args: argparse.Namespace, spec_text: str) -> None:
@@ -825,18 +814,11 @@ ENTRY_KEYS = {"checks": ("family", "config", "reference", "mode", "tokens"),
 MUST_MATCH = {"env": ("device_name", "dtype"),
               "args": ("tiny", "checkpointing", "window", "encoder_window", "llama_path")}
 """What an earlier run must share with this one for --merge: anything that changes what a cell measures."""
-RUN_MARKS = "†‡§¶"
 
 
 def load_previous(path: Path, results: dict) -> dict:
     """The earlier results to merge; refused when its cells would not compare with this run's (MUST_MATCH)."""
-    previous = json.loads(path.read_text())
-    for section, fields in MUST_MATCH.items():
-        for field in fields:
-            theirs, ours = previous[section].get(field), results[section].get(field)
-            if theirs != ours:
-                raise SystemExit(f"--merge: {path} was run with {field} = {theirs!r}, this run has {ours!r}")
-    return previous
+    return load_comparable(path, results, MUST_MATCH)
 
 
 def rank(entry: dict) -> int:
@@ -850,25 +832,16 @@ def redone(entry: dict) -> int:
     return 0
 
 
-def runs_of(results: dict) -> list[dict]:
-    """The runs whose entries ``results`` holds, its own first: date, command and versions."""
-    env = results["env"]
-    own = {field: env.get(field) for field in ("date", "command", "torch", "transformers", "triton")}
-    return results.get("runs") or [own]
-
-
 def with_missing(current: dict, earlier: dict) -> dict:
     """``current``, followed by the keys of ``earlier`` it lacks."""
     return {**current, **{key: value for key, value in earlier.items() if key not in current}}
 
 
 def merge_previous(results: dict, previous: dict) -> dict:
-    """This run's results with the earlier run's entries it did not replace (see merge_entries); ``runs`` lists
-    this run and the earlier ones that still contribute. Neither argument is changed."""
-    date = previous["env"]["date"]
-    merged = {**results, **{section: merge_entries(results[section], previous.get(section, []), fields, date,
-                                                   rank=redone if section == "checks" else rank)
-                            for section, fields in ENTRY_KEYS.items()}}
+    """This run's results with the earlier run's entries it did not replace (`store.merge_runs`), and the
+    union of both runs' descriptions of families, rows and fallbacks. Neither argument is changed."""
+    merged = merge_runs(results, previous, ENTRY_KEYS,
+                        lambda section, entry: redone(entry) if section == "checks" else rank(entry))
     merged["families"] = with_missing(results["families"], previous.get("families", {}))
     configs = previous.get("configs", {})
     merged["configs"] = {family: with_missing(results["configs"].get(family, {}), configs.get(family, {}))
@@ -876,11 +849,6 @@ def merge_previous(results: dict, previous: dict) -> dict:
     fallbacks = previous.get("fallbacks", {})
     merged["fallbacks"] = {name: sorted({*results["fallbacks"].get(name, []), *fallbacks.get(name, [])})
                            for name in with_missing(results["fallbacks"], fallbacks)}
-    kept = {entry["run"] for section in ENTRY_KEYS for entry in merged[section] if "run" in entry}
-    own, *carried = runs_of(results)
-    carried = [run for run in carried if run["date"] in kept]  # what the earlier run re-measured is gone
-    listed = {run["date"] for run in [own, *carried]}  # two merged runs may share an earlier one
-    merged["runs"] = [own, *carried] + [run for run in runs_of(previous) if run["date"] in kept - listed]
     return merged
 
 
@@ -902,29 +870,6 @@ def cell(row: dict) -> str:
     if row.get("status") != "ok":
         return row.get("status", "")
     return f"{row['ms']:.1f} ms, {row['peak_gib']:.2f} GiB"
-
-
-def run_marks(results: dict) -> dict[str, str]:
-    """The mark of each earlier run's cells (--merge), by the run's date."""
-    earlier = [run["date"] for run in results.get("runs", [])[1:]]
-    return {date: RUN_MARKS[i] if i < len(RUN_MARKS) else f"[{i + 1}]" for i, date in enumerate(earlier)}
-
-
-def merged_runs(results: dict, marks: dict[str, str]) -> list[str]:
-    """Header lines naming the runs merged and the mark of each earlier one; none for a single run."""
-    if "runs" not in results:
-        return []
-    lines = ["Merged from " + ", ".join([f"this run ({results['env']['date']})"]
-                                        + [f"{mark} {date}" for date, mark in marks.items()]) + ":", ""]
-    for run in results["runs"][1:]:
-        lines.append(f"- {marks[run['date']]} from the run of {run['date']} (torch {run['torch']}, transformers "
-                     f"{run['transformers']}, triton {run.get('triton')}): `{run['command']}`")
-    return lines + [""]
-
-
-def mark(entry: dict, marks: dict[str, str]) -> str:
-    """`` †`` (its run's mark) after an entry kept from an earlier run; nothing after one of this run."""
-    return f" {marks[entry['run']]}" if "run" in entry else ""
 
 
 def markdown(results: dict) -> str:

@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.run_merge import merge_entries  # noqa: E402
+from benchmarks.harness.store import merge_entries  # noqa: E402
 
 PATTERNS = {"causal": None, "win1024": 1024, "win4096": 4096}
 TOKENS = 16384
