@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import json
 import pstats
 import statistics
 import sys
@@ -37,26 +36,29 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import end_to_end as e2e  # noqa: E402
+from benchmarks.harness.environment import device_name, timestamp, versions  # noqa: E402
+from benchmarks.harness.markdown import table, versions_line  # noqa: E402
+from benchmarks.harness.store import write_json  # noqa: E402
+from benchmarks.harness.timing import synchronize  # noqa: E402
+from benchmarks.whole_model import FAMILIES  # noqa: E402
+from benchmarks.whole_model.cli import build_parser as whole_model_parser  # noqa: E402
+from benchmarks.whole_model.family import Family  # noqa: E402
+from benchmarks.whole_model.rows import CONFIGS  # noqa: E402
+from benchmarks.whole_model.switching import configured  # noqa: E402
 from hf_efficient_attn.kernels import fused_attention, supports  # noqa: E402
 
 MODEL_ROWS = ("hf-sdpa", "flash", "sliding", "sparse")
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def per_call(fn, device: torch.device, calls: int) -> dict[str, float]:
     """Microseconds per call: until the calls returned (host) and until the device finished (wall)."""
     fn()
-    sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(calls):
         fn()
     returned = time.perf_counter()
-    sync(device)
+    synchronize(device)
     finished = time.perf_counter()
     return {"host_us": (returned - start) / calls * 1e6, "wall_us": (finished - start) / calls * 1e6}
 
@@ -91,21 +93,22 @@ def forward_times(model: torch.nn.Module, inputs: dict, device: torch.device, re
     host, wall = [], []
     with torch.no_grad():
         model(**inputs)  # warm-up: compiling, autotuning, layouts
-        sync(device)
+        synchronize(device)
         for _ in range(repeats):
             start = time.perf_counter()
             model(**inputs)
             returned = time.perf_counter()
-            sync(device)
+            synchronize(device)
             host.append(returned - start)
             wall.append(time.perf_counter() - start)
     return {"host_ms": statistics.median(host) * 1e3, "wall_ms": statistics.median(wall) * 1e3}
 
 
-def families(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> list[tuple[e2e.Family, int]]:
-    e2e_args = e2e.build_parser().parse_args(["--out", str(args.out)] + (["--tiny"] if args.tiny else []))
-    vit = e2e.FAMILIES["vit"](e2e_args, device, dtype)
-    whisper = e2e.FAMILIES["whisper"](e2e_args, device, dtype)
+def families(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> list[tuple[Family, int]]:
+    """ViT and Whisper's encoder as the whole-model benchmark builds them, each with its input size."""
+    shapes = whole_model_parser().parse_args(["--out", str(args.out)] + (["--tiny"] if args.tiny else []))
+    vit = FAMILIES["vit"](shapes, device, dtype)
+    whisper = FAMILIES["whisper"](shapes, device, dtype)
     return [(vit, 16 if args.tiny else 224), (whisper, 16 if args.tiny else 1500)]
 
 
@@ -122,10 +125,10 @@ def model_rows(args, device, dtype) -> tuple[list[dict[str, Any]], str]:
         layers = layers_of(model)
         baseline = None
         for name in MODEL_ROWS:
-            with e2e.configured(family, model, e2e.CONFIGS[name]) as configured:
-                times = forward_times(configured, inputs, device, args.repeats)
+            with configured(family, model, CONFIGS[name]) as target:
+                times = forward_times(target, inputs, device, args.repeats)
                 if name == "flash" and not profile_text:
-                    profile_text = profile_forward(configured, inputs, device, family.title)
+                    profile_text = profile_forward(target, inputs, device, family.title)
             baseline = baseline or times
             extra = (times["host_ms"] - baseline["host_ms"]) / layers * 1e3
             rows.append({"model": family.title, "tokens": family.tokens(length), "layers": layers, "config": name,
@@ -144,7 +147,7 @@ def profile_forward(model, inputs, device, title: str, top: int = 15) -> str:
         for _ in range(5):
             model(**inputs)
         profiler.disable()
-    sync(device)
+    synchronize(device)
     views = []
     for order, restriction, heading in (("tottime", (), "own time"),
                                         ("cumulative", ("hf_efficient_attn|triton",), "cumulative, ours and Triton's")):
@@ -158,17 +161,16 @@ def profile_forward(model, inputs, device, title: str, top: int = 15) -> str:
 
 def markdown(results: dict) -> str:
     env = results["env"]
-    out = [f"# Host time: {env['device_name']}", "",
-           f"torch {env['torch']}, transformers {env['transformers']}, triton {env.get('triton')}, {env['dtype']}, "
-           f"{env['date']}.", "", "## One attention call", "",
-           "| call | pass | returned after (µs) | finished after (µs) |", "|---|---|---:|---:|"]
-    out += [f"| {r['call']} | {r['pass']} | {r['host_us']:.0f} | {r['wall_us']:.0f} |" if "status" not in r
-            else f"| {r['call']} | {r['pass']} | {r['status']} | |" for r in results["calls"]]
-    out += ["", "## One model forward (no_grad)", "",
-            "| model | tokens | config | returned after (ms) | finished after (ms) | extra host time per layer vs sdpa (µs) |",
-            "|---|---:|---|---:|---:|---:|"]
-    out += [f"| {r['model']} | {r['tokens']} | {r['config']} | {r['host_ms']:.2f} | {r['wall_ms']:.2f} | "
-            f"{r['extra_host_us_per_layer']:.0f} |" for r in results["models"]]
+    calls = [[r["call"], r["pass"], f"{r['host_us']:.0f}", f"{r['wall_us']:.0f}"] if "status" not in r
+             else [r["call"], r["pass"], r["status"], ""] for r in results["calls"]]
+    models = [[r["model"], r["tokens"], r["config"], f"{r['host_ms']:.2f}", f"{r['wall_ms']:.2f}",
+               f"{r['extra_host_us_per_layer']:.0f}"] for r in results["models"]]
+    out = [f"# Host time: {env['device_name']}", "", f"{versions_line(env)}, {env['dtype']}, {env['date']}.", "",
+           "## One attention call", "",
+           *table(["call", "pass", "returned after (µs)", "finished after (µs)"], calls, align="llrr"),
+           "", "## One model forward (no_grad)", "",
+           *table(["model", "tokens", "config", "returned after (ms)", "finished after (ms)",
+                   "extra host time per layer vs sdpa (µs)"], models, align="lrlrrr")]
     return "\n".join(out + ["", "## Where the host time goes", "", results["profile"]]) + "\n"
 
 
@@ -182,19 +184,12 @@ def main(argv: list[str] | None = None) -> dict:
     args.repeats = args.repeats or (3 if args.tiny else 20)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    import transformers
-
-    env = {"device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-           "torch": torch.__version__, "transformers": transformers.__version__, "dtype": str(dtype).split(".")[-1],
-           "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    if device.type == "cuda":
-        import triton
-
-        env["triton"] = triton.__version__
+    env = {"device_name": device_name(device), **versions("torch", "transformers"), "dtype": str(dtype).split(".")[-1],
+           "date": timestamp(), **versions("triton")}
     models, profile = model_rows(args, device, dtype)
     results = {"env": env, "calls": call_rows(device, dtype, args.tiny), "models": models, "profile": profile}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "host_time.json").write_text(json.dumps(results, indent=1))
+    write_json(args.out / "host_time.json", results)
     (args.out / "host_time.md").write_text(markdown(results))
     print(markdown(results))
     return results
