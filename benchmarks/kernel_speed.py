@@ -18,16 +18,13 @@ A full table needs roughly 15-20 minutes; --budget-s stops timing new entries (m
 "skipped (time budget)") once it is spent, and rows are written to the JSON/Markdown as they finish.
 """
 
+
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import json
 import os
-import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -35,12 +32,29 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness.store import merge_entries  # noqa: E402
+from benchmarks.harness.attention_calls import Attention, timed_call  # noqa: E402
+from benchmarks.harness.budget import Deadline  # noqa: E402
+from benchmarks.harness.checks import gradient_errors, relative_error  # noqa: E402
+from benchmarks.harness.compiling import warm_in_children  # noqa: E402
+from benchmarks.harness.environment import device_name, timestamp, versions  # noqa: E402
+from benchmarks.harness.markdown import table, versions_line  # noqa: E402
+from benchmarks.harness.store import merge_entries, write_json  # noqa: E402
+from benchmarks.kernel_peers import (  # noqa: E402
+    cudnn_frontend_fn,
+    fa4_fn,
+    flex_fn,
+    flex_layout_mask,
+    flex_window_mask,
+    ours_fn,
+    sdpa_fn,
+)
 
 PATTERNS = {"causal": None, "win1024": 1024, "win4096": 4096}
 TOKENS = 16384
 HEADS = 16
 SPARSE_BLOCK = 64
+PASSES = (("fwd", False, 1.0), ("fwd+bwd", True, 3.5))
+"""Each entry's two cells: the pass, whether it runs the backward, and its FLOPs over the forward's."""
 
 
 def visible_pairs(n: int, window: int | None) -> int:
@@ -53,242 +67,67 @@ def batch_for(n: int) -> int:
     return max(1, TOKENS // n)
 
 
-# ---------------------------------------------------------------------------------------------- peers
-
-
-def ours_fn(window):
-    from hf_efficient_attn.kernels import fused_attention
-
-    def f(q, k, v):
-        return fused_attention(q, k, v, scale=q.shape[-1] ** -0.5, causal=True,
-                               window=(window, None) if window else (None, None))
-
-    return f
-
-
-def cudnn_frontend_fn(window):
-    """Our cuDNN backend (`backends.cudnn_sdpa`, the ``cudnn`` extra) on the same pattern; None where it
-    is not installed or usable here."""
-    from hf_efficient_attn.backends import cudnn_sdpa
-
-    if not cudnn_sdpa.available():
-        return None
-
-    def f(q, k, v):
-        return cudnn_sdpa.attention(q, k, v, scale=q.shape[-1] ** -0.5, causal=True, window_left=window,
-                                    window_right=None)
-
-    return f
-
-
-def fa4_fn(window):
-    """FlashAttention-4 (CuTe DSL, the ``fa4`` package) on the same pattern, its inputs as [B, N, H, D]
-    views of ours (no copy: it needs only the head dimension contiguous); None where it is not installed.
-    Its window counts the keys before the query: ours of W keys is (W - 1, 0)."""
-    try:
-        from flash_attn.cute import flash_attn_func
-    except Exception:  # noqa: BLE001 - not installed, or the CuTe DSL cannot load here
-        return None
-
-    def f(q, k, v):
-        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=q.shape[-1] ** -0.5,
-                              causal=True, window_size=(window - 1, 0) if window else (None, None))
-        return (out[0] if isinstance(out, tuple) else out).transpose(1, 2)
-
-    return f
-
-
-def sdpa_fn(backend, window, n):
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.nn.functional import scaled_dot_product_attention as sdpa
-
-    b = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash2": SDPBackend.FLASH_ATTENTION,
-         "efficient": SDPBackend.EFFICIENT_ATTENTION}[backend]
-    if window is None:
-        def f(q, k, v):
-            with sdpa_kernel([b]):
-                return sdpa(q, k, v, is_causal=True)
-        return f
-    if backend != "efficient" or n > 16384:
-        return None
-    i = torch.arange(n, device="cuda")
-    mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window)
-
-    def f(q, k, v):
-        with sdpa_kernel([b]):
-            return sdpa(q, k, v, attn_mask=mask)
-    return f
-
-
-_FLEX = {}
-_LAYOUT = {}
-_WIN = torch.zeros((), dtype=torch.int64)
-
-
-def _window_mask_mod(b, h, q_idx, kv_idx):
-    return (kv_idx <= q_idx) & (q_idx - kv_idx < _WIN)
-
-
-def _flex_compiled():
-    if "fn" not in _FLEX:
-        import torch._dynamo
-        from torch.nn.attention.flex_attention import flex_attention
-
-        for knob in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
-                     "accumulated_recompile_limit"):
-            if hasattr(torch._dynamo.config, knob):
-                setattr(torch._dynamo.config, knob, 256)
-        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
-    return _FLEX["fn"]
-
-
-def _block_classes(any_b: torch.Tensor, all_b: torch.Tensor):
-    """Dense [H, nQB, nKB] partial/full block flags -> BlockMask tensors (num, indices)."""
-    def pack(m):
-        num = m.sum(-1, dtype=torch.int32)
-        idx = torch.argsort((~m).to(torch.int8), dim=-1, stable=True).to(torch.int32)
-        return num[None].contiguous(), idx[None].contiguous()
-    partial = any_b & ~all_b
-    return pack(partial), pack(all_b)
-
-
-def flex_window_mask(n, window, block=128):
-    """BlockMask for causal (window=None) or causal sliding window, built at block level (no N x N)."""
-    from torch.nn.attention.flex_attention import BlockMask
-
-    w = n if window is None else window
-    _WIN.fill_(w)  # one module-level mask_mod for every window: fewer recompiles
-
-    nb = (n + block - 1) // block
-    qb = torch.arange(nb, device="cuda")
-    p0, p1 = qb * block, torch.clamp(qb * block + block, max=n) - 1
-    n0, n1 = p0, p1
-    d_lo = n0[None, :] - p1[:, None]
-    d_hi = n1[None, :] - p0[:, None]
-    any_b = (d_lo <= 0) & (d_hi > -w)
-    all_b = (d_hi <= 0) & (d_lo > -w)
-    (pn, pi), (fn, fi) = _block_classes(any_b[None], all_b[None])
-    return BlockMask.from_kv_blocks(pn, pi, fn, fi, BLOCK_SIZE=block, mask_mod=_window_mask_mod,
-                                    seq_lengths=(n, n))
-
-
-def flex_layout_mask(layout, n, lb=SPARSE_BLOCK, block=128):
-    from torch.nn.attention.flex_attention import BlockMask
-
-    lay = layout.bool()
-    _LAYOUT["t"] = lay
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        return lay[h, q_idx // lb, kv_idx // lb]
-
-    r = block // lb
-    h, nqb, nkb = lay.shape
-    g = lay.reshape(h, nqb // r, r, nkb // r, r)
-    any_b = g.any(4).any(2)
-    all_b = g.all(4).all(2)
-    (pn, pi), (fn, fi) = _block_classes(any_b, all_b)
-    return BlockMask.from_kv_blocks(pn, pi, fn, fi, BLOCK_SIZE=block, mask_mod=mask_mod, seq_lengths=(n, n))
-
-
-def flex_fn(block_mask):
-    flex = _flex_compiled()
-
-    def f(q, k, v):
-        return flex(q, k, v, block_mask=block_mask)
-    return f
-
-
-# ---------------------------------------------------------------------------------------------- timing
-
-
-def make_inputs(b, h, n, d, seed=0):
+def make_inputs(b: int, h: int, n: int, d: int, seed: int = 0) -> list[torch.Tensor]:
     g = torch.Generator(device="cuda").manual_seed(seed)
     return [torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
             for _ in range(3)]
 
 
-def bench(fn, q, k, v, backward: bool, rep_ms: int):
-    from triton.testing import do_bench
-
-    if backward:
-        do = torch.randn_like(q)
-
-        def run():
-            fn(q, k, v).backward(do)
-        return do_bench(run, warmup=max(25, rep_ms // 4), rep=rep_ms, grad_to_none=[q, k, v],
-                        return_mode="median")
-    return do_bench(lambda: fn(q, k, v), warmup=max(25, rep_ms // 4), rep=rep_ms, return_mode="median")
+def random_layout(h: int, n: int, density: float, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    nb = n // SPARSE_BLOCK
+    return torch.rand(h, nb, nb, device="cuda", generator=g) < density
 
 
-def rel(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm()).item()
+def ours_blocks_fn(causal: bool, layout: torch.Tensor | None = None) -> Attention:
+    """Our kernel, dense (causal or not) or over a layout of `SPARSE_BLOCK`-token blocks."""
+    from hf_efficient_attn.kernels import fused_attention
+
+    blocks = {} if layout is None else {"block_layout": layout, "layout_block_size": SPARSE_BLOCK}
+    return lambda q, k, v: fused_attention(q, k, v, scale=q.shape[-1] ** -0.5, causal=causal, **blocks)
 
 
-def check_ours(window, d, n):
-    """Our output and grads vs SDPA math in fp32 with an explicit mask, on a short input."""
+def sdpa_math(mask: torch.Tensor) -> Attention:
+    """Float32 math under ``mask``: the reference of the checks."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
-    q, k, v = make_inputs(1, 4, n, d, seed=1)
-    out = ours_fn(window)(q, k, v)
-    do = torch.randn_like(out)
-    grads = torch.autograd.grad(out, (q, k, v), do)
-    qf, kf, vf = (t.detach().float().requires_grad_() for t in (q, k, v))
+    def f(q, k, v):
+        with sdpa_kernel([SDPBackend.MATH]):
+            return sdpa(q, k, v, attn_mask=mask)
+    return f
+
+
+def check_ours(window: int | None, d: int, n: int) -> float:
+    """Our output and grads vs SDPA math in fp32 with an explicit mask, on a short input: the largest
+    relative error of out, dq, dk, dv."""
     i = torch.arange(n, device="cuda")
     mask = i[None, :] <= i[:, None]
     if window:
         mask &= (i[:, None] - i[None, :]) < window
-    with sdpa_kernel([SDPBackend.MATH]):
-        ref = sdpa(qf, kf, vf, attn_mask=mask)
-    ref_grads = torch.autograd.grad(ref, (qf, kf, vf), do.float())
-    errs = [rel(out, ref)] + [rel(a, b) for a, b in zip(grads, ref_grads, strict=True)]
-    return max(errs)
+    errors = gradient_errors(ours_fn(window), sdpa_math(mask), make_inputs(1, 4, n, d, seed=1), relative_error)
+    return max(errors.values())
 
 
-def run_one(name, fn, q, k, v, flops_fwd, rep_ms, deadline):
+def run_one(name: str, fn: Attention | None, q, k, v, flops_fwd: float, rep_ms: int, deadline: Deadline) -> dict:
+    """Both cells of one implementation on one input: median ms and TFLOP/s, or why not."""
     row = {}
-    for mode, back, mult in (("fwd", False, 1.0), ("fwd+bwd", True, 3.5)):
-        if fn is None:
-            row[mode] = "n/a"
-            continue
-        if time.time() > deadline:
-            row[mode] = "skipped (time budget)"
-            continue
-        try:
-            ms = bench(fn, q, k, v, back, rep_ms)
-            row[mode] = {"ms": round(ms, 4), "tflops": round(flops_fwd * mult / ms / 1e9, 1)}
-        except torch.cuda.OutOfMemoryError:
-            row[mode] = "OOM"
-        except Exception as exc:  # report and go on
-            row[mode] = f"error: {type(exc).__name__}: {str(exc)[:160]}"
-        finally:
-            for t in (q, k, v):
-                t.grad = None
-            torch.cuda.empty_cache()
+    for mode, backward, mult in PASSES:
+        cell = timed_call(fn, q, k, v, backward, deadline, rep_ms)
+        row[mode] = {**cell, "tflops": round(flops_fwd * mult / cell["ms"] / 1e9, 1)} if isinstance(cell, dict) else cell
     print(f"  {name:18s} {fmt(row['fwd']):>22s} {fmt(row['fwd+bwd']):>22s}", flush=True)
     return row
 
 
-def fmt(cell):
+def fmt(cell) -> str:
     if isinstance(cell, dict):
         return f"{cell['ms']:.3f} ms {cell['tflops']:.0f} TF/s"
     return str(cell)
 
 
-def random_layout(h, n, density, seed=0):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    nb = n // SPARSE_BLOCK
-    lay = torch.rand(h, nb, nb, device="cuda", generator=g) < density
-    return lay
-
-
-# ---------------------------------------------------------------------------------------------- warm-up
-
-
-def warm_worker(spec: str) -> str:
-    """Compile (and autotune at a small size) one family of our kernels in a child process, so the
-    on-disk Triton cache is filled in parallel."""
+def warm_commands(dims: list[int]) -> dict[str, list[str]]:
+    """A child process per kind of our kernels and head_dim: compiled (and autotuned at a small size) once,
+    so that the on-disk Triton cache is filled in parallel."""
     code = (
         "import sys, torch; sys.path.insert(0, {root!r})\n"
         "from hf_efficient_attn.kernels import fused_attention\n"
@@ -301,73 +140,15 @@ def warm_worker(spec: str) -> str:
         "    kw = dict(causal=False, block_layout=torch.rand(16, 32, 32, device='cuda') < 0.1)\n"
         "if kind == 'full': kw = dict(causal=False)\n"
         "o = fused_attention(q, k, v, scale=0.1, **kw); o.sum().backward(); torch.cuda.synchronize()\n"
-    ).format(root=str(ROOT), kind=spec.split(":")[0], d=int(spec.split(":")[1]))
-    t = time.time()
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=400)
-    return f"{spec}: rc={r.returncode} {time.time() - t:.0f}s {r.stderr[-300:] if r.returncode else ''}"
+    )
+    return {f"{kind}:{d}": [sys.executable, "-c", code.format(root=str(ROOT), kind=kind, d=d)]
+            for d in dims for kind in ("causal", "win", "sparse", "full")}
 
 
-# ---------------------------------------------------------------------------------------------- main
+# ---------------------------------------------------------------------------------------------- sections
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, help="folder for kernels.json and kernels.md")
-    ap.add_argument("--ns", default="16384,65536,4096,1024", help="in priority order")
-    ap.add_argument("--dims", default="128,64", help="in priority order (the time budget may cut the tail)")
-    ap.add_argument("--patterns", default=",".join(PATTERNS))
-    ap.add_argument("--budget-s", type=float, default=1500, help="stop timing new entries after this long")
-    ap.add_argument("--rep-ms", type=int, default=100)
-    ap.add_argument("--no-flex", action="store_true")
-    ap.add_argument("--no-warm", action="store_true")
-    ap.add_argument("--warm-only", action="store_true", help="only fill the Triton cache, then exit")
-    ap.add_argument("--sections", default="rows,sparse", help="what to time, in this order: rows (causal and "
-                    "window patterns), sparse (block-sparse at 16k)")
-    ap.add_argument("--merge", help="an earlier kernels.json: its entries that this run did not measure are kept, "
-                    "each marked with the date of its run")
-    args = ap.parse_args()
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    global _WIN
-    _WIN = torch.zeros((), dtype=torch.int64, device="cuda")
-    start = time.time()
-    deadline = start + args.budget_s
-    import triton
-
-    env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-           "cuda": torch.version.cuda, "python": platform.python_version(),
-           "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    print(env, flush=True)
-    dims = [int(x) for x in args.dims.split(",")]
-    ns = [int(x) for x in args.ns.split(",")]
-    patterns = args.patterns.split(",")
-
-    if not args.no_warm:
-        specs = [f"{kind}:{d}" for d in dims for kind in ("causal", "win", "sparse", "full")]
-        with cf.ThreadPoolExecutor(len(specs)) as pool:
-            for msg in pool.map(warm_worker, specs):
-                print("warm", msg, flush=True)
-        print(f"warm-up done in {time.time() - start:.0f}s", flush=True)
-        if args.warm_only:
-            return
-
-    results = {"env": env, "checks": {}, "rows": [], "sparse": []}
-    for section in args.sections.split(","):
-        if section == "rows":
-            run_rows(results, args, dims, ns, patterns, deadline, start, out_dir)
-        elif section == "sparse":
-            run_sparse(results, args, dims, deadline, out_dir)
-        else:
-            raise SystemExit(f"--sections: unknown section {section!r}; use rows and/or sparse")
-    if args.merge:
-        merge_previous(results, Path(args.merge))
-    results["elapsed_s"] = round(time.time() - start, 1)
-    write(results, out_dir)
-    print((out_dir / "kernels.md").read_text())
-
-
-
-def run_rows(results, args, dims, ns, patterns, deadline, start, out_dir):
+def run_rows(results, args, dims, ns, patterns, deadline: Deadline, out_dir: Path) -> None:
     """Check our kernel per pattern, then time every implementation per (D, N, pattern)."""
     for d in dims:
         for pat in patterns:
@@ -386,7 +167,7 @@ def run_rows(results, args, dims, ns, patterns, deadline, start, out_dir):
             for pat in patterns:
                 w = PATTERNS[pat]
                 flops = 4.0 * b * HEADS * visible_pairs(n, w) * d
-                print(f"[{pat} N={n} B={b} D={d}] {time.time() - start:.0f}s", flush=True)
+                print(f"[{pat} N={n} B={b} D={d}] {deadline.elapsed():.0f}s", flush=True)
                 peers = {"ours": ours_fn(w), "ours-cudnn": cudnn_frontend_fn(w), "fa4": fa4_fn(w)}
                 for be in ("cudnn", "flash2", "efficient"):
                     peers[f"sdpa-{be}"] = sdpa_fn(be, w, n)
@@ -404,49 +185,31 @@ def run_rows(results, args, dims, ns, patterns, deadline, start, out_dir):
             torch.cuda.empty_cache()
 
 
-
-def run_sparse(results, args, dims, deadline, out_dir):
+def run_sparse(results, args, dims, deadline: Deadline, out_dir: Path) -> None:
     """Block-sparse ~10% at 16k: our layout kernel against our exact kernels and FlexAttention."""
-    # block-sparse ~10% at 16k
     from hf_efficient_attn.kernels import fused_attention
 
     n = 16384
     for d in dims:
-        if time.time() > deadline:
+        if deadline.passed():
             break
         q, k, v = make_inputs(1, HEADS, n, d)
         lay = random_layout(HEADS, n, 0.10, seed=d)
         density = lay.float().mean().item()
         pairs_sparse = lay.sum().item() * SPARSE_BLOCK * SPARSE_BLOCK / HEADS
-        pairs_full = n * n
         out_s = fused_attention(q[:, :, :4096], k[:, :, :4096], v[:, :, :4096], scale=d**-0.5, causal=False,
                                 block_layout=lay[:, :64, :64], layout_block_size=SPARSE_BLOCK)
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-        from torch.nn.functional import scaled_dot_product_attention as sdpa
-
-        qs, ks, vs = (t[:, :, :4096].detach().float() for t in (q, k, v))
         dense = lay[:, :64, :64].repeat_interleave(SPARSE_BLOCK, 1).repeat_interleave(SPARSE_BLOCK, 2)
-        with sdpa_kernel([SDPBackend.MATH]):
-            ref = sdpa(qs, ks, vs, attn_mask=dense[None])
-        ref = torch.nan_to_num(ref)
-        err = rel(out_s, ref)
+        ref = sdpa_math(dense[None])(*(t[:, :, :4096].detach().float() for t in (q, k, v)))
+        err = relative_error(out_s, torch.nan_to_num(ref))
         print(f"block-sparse check d={d}: rel err {err:.2e}", flush=True)
         results["checks"][f"sparse/d{d}"] = err
-        cases = {
-            "ours exact (full)": (lambda q, k, v: fused_attention(q, k, v, scale=q.shape[-1] ** -0.5,
-                                                                  causal=False),
-                                  pairs_full),
-            "ours exact (causal)": (lambda q, k, v: fused_attention(q, k, v, scale=q.shape[-1] ** -0.5,
-                                                                    causal=True),
-                                    n * (n + 1) // 2),
-            "ours block-sparse": (lambda q, k, v, lay=lay: fused_attention(q, k, v, scale=q.shape[-1] ** -0.5,
-                                                                           causal=False, block_layout=lay,
-                                                                  layout_block_size=SPARSE_BLOCK),
-                                  pairs_sparse),
-        }
+        cases = {"ours exact (full)": (ours_blocks_fn(False), n * n),
+                 "ours exact (causal)": (ours_blocks_fn(True), n * (n + 1) // 2),
+                 "ours block-sparse": (ours_blocks_fn(False, lay), pairs_sparse)}
         if not args.no_flex:
             try:
-                cases["flex block-sparse"] = (flex_fn(flex_layout_mask(lay, n)), pairs_sparse)
+                cases["flex block-sparse"] = (flex_fn(flex_layout_mask(lay, n, SPARSE_BLOCK)), pairs_sparse)
             except Exception as exc:
                 print("flex layout mask failed:", exc)
         print(f"[block-sparse N={n} D={d} density={density:.3f}]", flush=True)
@@ -456,6 +219,9 @@ def run_sparse(results, args, dims, deadline, out_dir):
         write(results, out_dir)
         del q, k, v
         torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------------- results
 
 
 def _skipped(row) -> bool:
@@ -471,7 +237,7 @@ def _rank(row) -> int:
     return 1 if str(row.get("fwd+bwd", "")).startswith("skipped") else 2
 
 
-def merge_previous(results, previous_path: Path):
+def merge_previous(results, previous_path: Path) -> None:
     """Keep the entries of an earlier run that this run did not measure (absent, or skipped for the time
     budget), marked with that run's date; the earlier run's own skipped entries are dropped."""
     previous = json.loads(previous_path.read_text())
@@ -483,36 +249,89 @@ def merge_previous(results, previous_path: Path):
         results["checks"].setdefault(name, err)
 
 
-def write(results, out_dir: Path):
-    (out_dir / "kernels.json").write_text(json.dumps(results, indent=1))
+def write(results, out_dir: Path) -> None:
+    """kernels.json and kernels.md; an entry kept from an earlier run (--merge) names its run after the impl
+    (the peers of one row always share a run)."""
+    write_json(out_dir / "kernels.json", results)
     env = results["env"]
+
+    def cells(r):
+        return [part for c in (r["fwd"], r["fwd+bwd"])
+                for part in ((f"{c['ms']:.3f}", f"{c['tflops']:.0f}") if isinstance(c, dict) else (c, ""))]
+
+    def impl(r):
+        return r["impl"] + (f" (run of {r['run']})" if "run" in r else "")
+
+    passes = ["fwd ms", "fwd TFLOP/s", "fwd+bwd ms", "fwd+bwd TFLOP/s"]
+    order = {"causal": 0, "win1024": 1, "win4096": 2}
+    rows = sorted(results["rows"], key=lambda r: (r["d"], order.get(r["pattern"], 9), r["n"]))
     lines = [f"# Attention kernels: {env['gpu']}", "",
-             f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, {env['date']}. bf16, "
+             f"{versions_line(env, ('torch', 'triton', 'cuda'))}, {env['date']}. bf16, "
              f"{HEADS} heads, batch = {TOKENS} tokens / N. Median ms (TFLOP/s); fwd+bwd FLOPs = 3.5 x fwd.",
              "", "Checks (max relative error of out, dq, dk, dv vs fp32 math on a short input): "
              + ", ".join(f"{k} {v:.1e}" for k, v in results["checks"].items()), "",
-             "| pattern | N | B | D | impl | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s |",
-             "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
-
-    def cells(c):
-        return (f"{c['ms']:.3f}", f"{c['tflops']:.0f}") if isinstance(c, dict) else (c, "")
-
-    def earlier(r):  # an entry kept from an earlier run (--merge); peers of one row always share a run
-        return f" (run of {r['run']})" if "run" in r else ""
-
-    order = {"causal": 0, "win1024": 1, "win4096": 2}
-    for r in sorted(results["rows"], key=lambda r: (r["d"], order.get(r["pattern"], 9), r["n"])):
-        f, fb = cells(r["fwd"]), cells(r["fwd+bwd"])
-        lines.append(f"| {r['pattern']} | {r['n']} | {r['batch']} | {r['d']} | {r['impl']}{earlier(r)} | {f[0]} | {f[1]} | "
-                     f"{fb[0]} | {fb[1]} |")
+             *table(["pattern", "N", "B", "D", "impl", *passes],
+                    [[r["pattern"], r["n"], r["batch"], r["d"], impl(r), *cells(r)] for r in rows], align="lrrrlrrrr")]
     if results["sparse"]:
         lines += ["", "Block-sparse (64x64 blocks, random per head), N=16384, B=1:", "",
-                  "| D | density | impl | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s |",
-                  "| ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
-        for r in results["sparse"]:
-            f, fb = cells(r["fwd"]), cells(r["fwd+bwd"])
-            lines.append(f"| {r['d']} | {r['density']} | {r['impl']}{earlier(r)} | {f[0]} | {f[1]} | {fb[0]} | {fb[1]} |")
+                  *table(["D", "density", "impl", *passes],
+                         [[r["d"], r["density"], impl(r), *cells(r)] for r in results["sparse"]], align="rrlrrrr")]
     (out_dir / "kernels.md").write_text("\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="folder for kernels.json and kernels.md")
+    ap.add_argument("--ns", default="16384,65536,4096,1024", help="in priority order")
+    ap.add_argument("--dims", default="128,64", help="in priority order (the time budget may cut the tail)")
+    ap.add_argument("--patterns", default=",".join(PATTERNS))
+    ap.add_argument("--budget-s", type=float, default=1500, help="stop timing new entries after this long")
+    ap.add_argument("--rep-ms", type=int, default=100)
+    ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--no-warm", action="store_true")
+    ap.add_argument("--warm-only", action="store_true", help="only fill the Triton cache, then exit")
+    ap.add_argument("--sections", default="rows,sparse", help="what to time, in this order: rows (causal and "
+                    "window patterns), sparse (block-sparse at 16k)")
+    ap.add_argument("--merge", help="an earlier kernels.json: its entries that this run did not measure are kept, "
+                    "each marked with the date of its run")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    deadline = Deadline(args.budget_s)
+    env = {"gpu": device_name(torch.device("cuda")), **versions("torch", "triton", "cuda", "python"),
+           "date": timestamp()}
+    print(env, flush=True)
+    dims = [int(x) for x in args.dims.split(",")]
+    ns = [int(x) for x in args.ns.split(",")]
+    patterns = args.patterns.split(",")
+
+    if not args.no_warm:
+        warm_in_children(warm_commands(dims), timeout_s=400)
+        print(f"warm-up done in {deadline.elapsed():.0f}s", flush=True)
+        if args.warm_only:
+            return {}
+
+    results = {"env": env, "checks": {}, "rows": [], "sparse": []}
+    for section in args.sections.split(","):
+        if section == "rows":
+            run_rows(results, args, dims, ns, patterns, deadline, out_dir)
+        elif section == "sparse":
+            run_sparse(results, args, dims, deadline, out_dir)
+        else:
+            raise SystemExit(f"--sections: unknown section {section!r}; use rows and/or sparse")
+    if args.merge:
+        merge_previous(results, Path(args.merge))
+    results["elapsed_s"] = round(deadline.elapsed(), 1)
+    write(results, out_dir)
+    print((out_dir / "kernels.md").read_text())
+    return results
 
 
 if __name__ == "__main__":

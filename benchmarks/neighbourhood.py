@@ -23,12 +23,8 @@ neighbourhood.json and neighbourhood.md into --out; rows are written as they fin
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 if "--tiny" in sys.argv:  # the kernels run in Triton's interpreter on the CPU: set before triton is imported
@@ -39,7 +35,13 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.kernel_speed import _flex_compiled, bench  # noqa: E402
+from benchmarks.harness.attention_calls import timed_call  # noqa: E402
+from benchmarks.harness.budget import Deadline  # noqa: E402
+from benchmarks.harness.checks import gradient_errors, max_abs_error  # noqa: E402
+from benchmarks.harness.environment import command_line, device_name, timestamp, versions  # noqa: E402
+from benchmarks.harness.markdown import table, versions_line  # noqa: E402
+from benchmarks.harness.store import write_json  # noqa: E402
+from benchmarks.kernel_peers import compiled_flex_attention  # noqa: E402
 
 
 class Pattern:
@@ -118,7 +120,7 @@ def flex_fn(pattern: Pattern, device, compiled: bool):
         return pattern.allowed(q_idx, kv_idx)
 
     block_mask = create_block_mask(mask_mod, None, None, pattern.n, pattern.n, device=str(device))
-    flex = _flex_compiled() if compiled else flex_attention
+    flex = compiled_flex_attention() if compiled else flex_attention
 
     def f(q, k, v):
         return flex(q, k, v, block_mask=block_mask, scale=q.shape[-1] ** -0.5)
@@ -140,43 +142,6 @@ def ours_fn(pattern: Pattern):
 # ---------------------------------------------------------------------------------------------- timing, checks
 
 
-def cpu_time(fn, q, k, v, backward: bool, repeats: int) -> float:
-    """Median wall milliseconds on the CPU (the --tiny smoke check; on CUDA `kernels.bench` times)."""
-    do = torch.randn_like(q) if backward else None
-    times = []
-    for _ in range(repeats + 1):  # the first call warms up
-        start = time.perf_counter()
-        out = fn(q, k, v)
-        if backward:
-            out.backward(do)
-            for t in (q, k, v):
-                t.grad = None
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times[1:])
-
-
-def time_cell(fn, q, k, v, backward: bool, args, deadline: float):
-    if fn is None:
-        return "n/a"
-    if time.time() > deadline:
-        return "skipped (time budget)"
-    try:
-        if q.device.type == "cuda":
-            ms = bench(fn, q, k, v, backward, args.rep_ms)
-        else:
-            ms = cpu_time(fn, q, k, v, backward, args.repeats)
-        return {"ms": round(ms, 4)}
-    except torch.cuda.OutOfMemoryError:
-        return "OOM"
-    except Exception as exc:  # report and go on
-        return f"error: {type(exc).__name__}: {str(exc)[:160]}"
-    finally:
-        for t in (q, k, v):
-            t.grad = None
-        if q.device.type == "cuda":
-            torch.cuda.empty_cache()
-
-
 def reference(q, k, v, mask):
     """float32 attention of the given query rows (q [B, H, M, D]) against all keys under ``mask`` [M, N]."""
     s = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
@@ -190,7 +155,7 @@ def output_error(pattern: Pattern, out, q, k, v, rows: int) -> float:
     middle = pattern.prefix + (pattern.rows // 2) * pattern.cols
     picked = torch.cat([torch.arange(half), torch.arange(middle, min(middle + half, pattern.n))]).to(q.device)
     ref = reference(q[:1, :, picked], k[:1], v[:1], pattern.dense_mask(q.device, picked))
-    return (out[:1, :, picked].float() - ref).abs().max().item()
+    return max_abs_error(out[:1, :, picked], ref)
 
 
 def gradient_error(pattern: Pattern, device, dtype, heads: int, dim: int, rows: int) -> dict[str, float]:
@@ -199,14 +164,8 @@ def gradient_error(pattern: Pattern, device, dtype, heads: int, dim: int, rows: 
     g = torch.Generator(device=device).manual_seed(1)
     q, k, v = (torch.randn(1, heads, small.n, dim, device=device, dtype=dtype, generator=g).requires_grad_()
                for _ in range(3))
-    out = ours_fn(small)(q, k, v)
-    do = torch.randn_like(out)
-    grads = torch.autograd.grad(out, (q, k, v), do)
-    leaves = [t.detach().float().requires_grad_() for t in (q, k, v)]
-    ref = reference(*leaves, small.dense_mask(device))
-    ref_grads = torch.autograd.grad(ref, leaves, do.float())
-    return {name: (a.float() - b).abs().max().item()
-            for name, a, b in zip(("out", "dq", "dk", "dv"), (out, *grads), (ref, *ref_grads), strict=True)}
+    mask = small.dense_mask(device)
+    return gradient_errors(ours_fn(small), lambda q, k, v: reference(q, k, v, mask), (q, k, v))
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -246,15 +205,10 @@ def main(argv: list[str] | None = None) -> dict:
     dim = args.head_dim or (32 if tiny else 64)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    deadline = start + args.budget_s
-    import triton
-
-    env = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.machine()})",
-           "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
-           "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "dtype": str(dtype),
-           "batch": batch, "heads": heads, "head_dim": dim, "prefix": args.prefix, "tiny": tiny,
-           "command": " ".join(sys.argv if argv is None else ["benchmarks/neighbourhood.py", *argv])}
+    deadline = Deadline(args.budget_s)
+    env = {"device": device_name(device), **versions("torch", "triton", "cuda", "python"), "date": timestamp(),
+           "dtype": str(dtype), "batch": batch, "heads": heads, "head_dim": dim, "prefix": args.prefix, "tiny": tiny,
+           "command": command_line("neighbourhood.py", sys.argv[1:] if argv is None else argv)}
     print(env, flush=True)
     try:
         from torch.nn.attention import flex_attention  # noqa: F401
@@ -272,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
     for rows, cols in grids:
         for window in windows:
             pattern = Pattern(rows, cols, window, args.prefix)
-            print(f"[{pattern.name} N={pattern.n} window={window} B={batch}] {time.time() - start:.0f}s", flush=True)
+            print(f"[{pattern.name} N={pattern.n} window={window} B={batch}] {deadline.elapsed():.0f}s", flush=True)
             g = torch.Generator(device=device).manual_seed(0)
             q, k, v = (torch.randn(batch, heads, pattern.n, dim, device=device, dtype=dtype, generator=g)
                        .requires_grad_() for _ in range(3))
@@ -290,7 +244,8 @@ def main(argv: list[str] | None = None) -> dict:
             pairs = pattern.pairs()
             share = pairs / pattern.n**2
             for mode, backward in (("fwd", False), ("fwd+bwd", True)):
-                cells = {name: time_cell(fn, q, k, v, backward, args, deadline) for name, fn in peers.items()}
+                cells = {name: timed_call(fn, q, k, v, backward, deadline, args.rep_ms, args.repeats)
+                         for name, fn in peers.items()}
                 row = {"grid": pattern.name, "n": pattern.n, "window": window, "reach": pattern.reach,
                        "batch": batch, "pass": mode, "pairs": pairs, "share": round(share, 6), "err": err, **cells}
                 dense, ours = cells["sdpa dense"], cells["ours"]
@@ -305,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
             del q, k, v
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    results["elapsed_s"] = round(time.time() - start, 1)
+    results["elapsed_s"] = round(deadline.elapsed(), 1)
     write(results, out_dir)
     print((out_dir / "neighbourhood.md").read_text())
     return results
@@ -319,23 +274,20 @@ def fmt(cell) -> str:
 
 
 def write(results: dict, out_dir: Path) -> None:
-    (out_dir / "neighbourhood.json").write_text(json.dumps(results, indent=1))
+    write_json(out_dir / "neighbourhood.json", results)
     env = results["env"]
+    rows = [[r["grid"], r["n"], r["window"], r["pass"], r["pairs"], f"{r['share']:.4f}", *(fmt(r[name]) for name in IMPLS),
+             r.get("share_ms", "n/a"), r.get("ours_over_share", "n/a"), f"{r['err']:.1e}"] for r in results["rows"]]
     lines = [f"# 2-D neighbourhood attention: {env['device']}", "",
-             f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, {env['date']}. {env['dtype']}, "
+             f"{versions_line(env, ('torch', 'triton', 'cuda'))}, {env['date']}. {env['dtype']}, "
              f"batch {env['batch']}, {env['heads']} heads of {env['head_dim']}, {env['prefix']} token(s) before the "
              "grid. Median ms. share = visible pairs / N^2; share ms = share x dense SDPA's time; target: ours / "
              "share <= 2.0. err: max abs error of ours vs float32 math on a slice of the queries.", "",
              "Gradient checks (max abs error vs float32 math on a small grid): "
              + "; ".join(f"{name}: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items())
                          for name, errors in results["checks"].items()), "",
-             "| grid | N | window | pass | visible pairs | share | sdpa dense | sdpa mask | flex | ours | share ms "
-             "| ours / share | err |",
-             "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in results["rows"]:
-        lines.append(f"| {r['grid']} | {r['n']} | {r['window']} | {r['pass']} | {r['pairs']} | {r['share']:.4f} | "
-                     + " | ".join(fmt(r[name]) for name in IMPLS)
-                     + f" | {r.get('share_ms', 'n/a')} | {r.get('ours_over_share', 'n/a')} | {r['err']:.1e} |")
+             *table(["grid", "N", "window", "pass", "visible pairs", "share", *IMPLS, "share ms", "ours / share", "err"],
+                    rows, align="lrrlrrrrrrrrr")]
     (out_dir / "neighbourhood.md").write_text("\n".join(lines) + "\n")
 
 

@@ -36,11 +36,10 @@ call at a length - the same call once warm), which is what a request of a length
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import platform
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +48,14 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness.attention_calls import attention_pass  # noqa: E402
+from benchmarks.harness.budget import SKIPPED, Deadline  # noqa: E402
+from benchmarks.harness.checks import failure, max_abs_error  # noqa: E402
+from benchmarks.harness.environment import command_line, device_name, timestamp, versions  # noqa: E402
+from benchmarks.harness.markdown import table, versions_line  # noqa: E402
+from benchmarks.harness.store import write_json  # noqa: E402
+from benchmarks.harness.timing import call_ms, run_ms  # noqa: E402
 
 COLUMNS = ("default", "sdpa-cudnn", "sdpa-flash", "ours-cudnn", "ours")
 
@@ -130,30 +137,8 @@ def inputs(shape: Shape, device: torch.device, dtype: torch.dtype, tokens: int |
 
 
 def timed_ms(fn, device: torch.device, backward: bool, q, k, v, rep_ms: int) -> float:
-    """Median ms of a warm call (CUDA events on a GPU, the host clock on the CPU)."""
-    if device.type == "cuda":
-        from benchmarks.kernel_speed import bench
-
-        return bench(fn, q, k, v, backward=backward, rep_ms=rep_ms)
-    times = []
-    for _ in range(6):
-        start = time.perf_counter()
-        out = fn(q, k, v)
-        if backward:
-            out.sum().backward()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times[1:])
-
-
-def synchronised_ms(fn, device: torch.device, *args) -> float:
-    """Wall-clock ms of ``fn(*args)``, the GPU drained before and after."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn(*args)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) * 1e3
+    """Median ms of a warm call (`harness.timing.call_ms`)."""
+    return call_ms(attention_pass(fn, q, k, v, backward), device, rep_ms, grad_to_none=(q, k, v) if backward else ())
 
 
 def default_kernel(shape: Shape, device: torch.device, dtype: torch.dtype) -> str:
@@ -181,10 +166,10 @@ def error_against_float32(fn, shape: Shape, device: torch.device, dtype: torch.d
     expected = F.scaled_dot_product_attention(q.float(), k.float().repeat_interleave(groups, 1),
                                               v.float().repeat_interleave(groups, 1), is_causal=shape.causal,
                                               attn_mask=None if mask is None else mask[: small.tokens, : small.tokens])
-    return float((fn(q, k, v).float() - expected).abs().max())
+    return max_abs_error(fn(q, k, v), expected)
 
 
-def run_shapes(shapes, device, dtype, rep_ms, deadline) -> list[dict]:
+def run_shapes(shapes, device, dtype, rep_ms, deadline: Deadline) -> list[dict]:
     rows = []
     for shape in shapes:
         row = {"row": shape.name, "shape": shape.__dict__, "default_kernel": default_kernel(shape, device, dtype)}
@@ -193,8 +178,8 @@ def run_shapes(shapes, device, dtype, rep_ms, deadline) -> list[dict]:
             if fn is None:
                 row[column] = "n/a"
                 continue
-            if time.time() > deadline:
-                row[column] = "skipped (time budget)"
+            if deadline.passed():
+                row[column] = SKIPPED
                 continue
             try:
                 cell = {"error": error_against_float32(fn, shape, device, dtype)}
@@ -203,7 +188,7 @@ def run_shapes(shapes, device, dtype, rep_ms, deadline) -> list[dict]:
                     cell["fwd_bwd_ms" if backward else "fwd_ms"] = timed_ms(fn, device, backward, q, k, v, rep_ms)
                 row[column] = cell
             except Exception as exc:  # a backend that refuses this call: say so in the table
-                row[column] = f"error: {type(exc).__name__}: {str(exc)[:120]}"
+                row[column] = failure(exc)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -258,7 +243,7 @@ def run_layout(device, dtype, rep_ms, tiny: bool) -> dict:
     return result
 
 
-def run_new_shapes(shape: Shape, lengths: list[int], device, dtype, deadline) -> dict:
+def run_new_shapes(shape: Shape, lengths: list[int], device, dtype, deadline: Deadline) -> dict:
     result = {"shape": shape.__dict__, "lengths": lengths}
     with torch.no_grad():
         for offset, column in enumerate(COLUMNS):
@@ -269,19 +254,20 @@ def run_new_shapes(shape: Shape, lengths: list[int], device, dtype, deadline) ->
             excess, warm = [], []
             try:
                 for n in (length + 2 * offset for length in lengths):
-                    if time.time() > deadline:
+                    if deadline.passed():
                         break
                     q, k, v = inputs(shape, device, dtype, tokens=n)
-                    first = synchronised_ms(fn, device, q, k, v)
-                    again = min(synchronised_ms(fn, device, q, k, v) for _ in range(3))
+                    call = functools.partial(fn, q, k, v)
+                    first = run_ms(call, device)
+                    again = min(run_ms(call, device) for _ in range(3))
                     excess.append(first - again)
                     warm.append(again)
             except Exception as exc:
-                result[column] = f"error: {type(exc).__name__}: {str(exc)[:120]}"
+                result[column] = failure(exc)
                 continue
             result[column] = ({"lengths_timed": len(excess), "first_call_excess_ms": statistics.median(excess),
                                "max_excess_ms": max(excess), "warm_ms": statistics.median(warm)}
-                              if excess else "skipped (time budget)")
+                              if excess else SKIPPED)
             print(column, json.dumps(result[column]), flush=True)
     return result
 
@@ -291,34 +277,32 @@ def fmt(cell, key: str) -> str:
 
 
 def write(results: dict, out_dir: Path) -> None:
-    (out_dir / "sdpa_backends.json").write_text(json.dumps(results, indent=1))
+    write_json(out_dir / "sdpa_backends.json", results)
     env = results["env"]
+    shapes = [[row["row"], f"`{row['default_kernel']}`",
+               *(f"{fmt(row[c], 'fwd_ms')} ({fmt(row[c], 'fwd_bwd_ms')})" if isinstance(row[c], dict) else row[c]
+                 for c in COLUMNS)] for row in results["shapes"]]
     lines = [f"# SDPA backends at native sizes: {env['device']}", "",
-             f"torch {env['torch']}, CUDA {env['cuda']}, cuDNN {env['cudnn']}, {env['date']}, {env['dtype']}; "
+             f"{versions_line(env, ('torch', 'cuda', 'cudnn'))}, {env['date']}, {env['dtype']}; "
              f"`{env['command']}`. Median ms, forward (forward+backward); err: max abs error of the forward "
              "against float32 math on the first 256 tokens.", "",
-             "| row | default kernel | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---:|" * len(COLUMNS)]
-    for row in results["shapes"]:
-        cells = [f"{fmt(row[c], 'fwd_ms')} ({fmt(row[c], 'fwd_bwd_ms')})" if isinstance(row[c], dict) else row[c]
-                 for c in COLUMNS]
-        lines.append(f"| {row['row']} | `{row['default_kernel']}` | " + " | ".join(cells) + " |")
+             *table(["row", "default kernel", *COLUMNS], shapes, align="ll" + "r" * len(COLUMNS))]
     errors = {f"{row['row']} / {c}": row[c]["error"] for row in results["shapes"] for c in COLUMNS
               if isinstance(row[c], dict)}
     lines += ["", "err: " + "; ".join(f"{name} {value:.1e}" for name, value in errors.items())]
     layout = results["layout"]
     names = [name for name in layout if name != "row"]
     lines += ["", f"Layout: {layout['row']}, inference, forward median ms (max abs error against float32 math "
-              "under the layout's mask).", "", "| " + " | ".join(names) + " |", "|" + "---:|" * len(names),
-              "| " + " | ".join(f"{layout[n]['fwd_ms']:.3f} ({layout[n]['error']:.1e})" for n in names) + " |"]
+              "under the layout's mask).", "",
+              *table(names, [[f"{layout[n]['fwd_ms']:.3f} ({layout[n]['error']:.1e})" for n in names]],
+                     align="r" * len(names))]
     new = results["new_shapes"]
     lines += ["", f"New shapes: {len(new['lengths'])} distinct lengths "
               f"{min(new['lengths'])}-{max(new['lengths'])}, causal, {new['shape']['heads']} heads over "
               f"{new['shape']['kv_heads']}, head_dim {new['shape']['head_dim']}, forward, no grad. Median ms.", "",
-              "| column | first call minus warm (median) | (max) | warm call |", "|---|---:|---:|---:|"]
-    for column in COLUMNS:
-        cell = new[column]
-        lines.append(f"| {column} | {fmt(cell, 'first_call_excess_ms')} | {fmt(cell, 'max_excess_ms')} | "
-                     f"{fmt(cell, 'warm_ms')} |")
+              *table(["column", "first call minus warm (median)", "(max)", "warm call"],
+                     [[column, fmt(new[column], "first_call_excess_ms"), fmt(new[column], "max_excess_ms"),
+                       fmt(new[column], "warm_ms")] for column in COLUMNS], align="lrrr")]
     (out_dir / "sdpa_backends.md").write_text("\n".join(lines) + "\n")
 
 
@@ -338,11 +322,9 @@ def main(argv: list[str] | None = None) -> dict:
     dtype = torch.float32 if args.tiny else torch.bfloat16
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    deadline = time.time() + args.budget_s
-    env = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.machine()})",
-           "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-           "date": time.strftime("%Y-%m-%d %H:%M:%S"), "dtype": str(dtype),
-           "command": " ".join(["python benchmarks/sdpa_backends.py", *(sys.argv[1:] if argv is None else argv)])}
+    deadline = Deadline(args.budget_s)
+    env = {"device": device_name(device), **versions("torch", "cuda", "cudnn"), "date": timestamp(),
+           "dtype": str(dtype), "command": command_line("sdpa_backends.py", sys.argv[1:] if argv is None else argv)}
     print(env, flush=True)
     shapes = TINY_SHAPES if args.tiny else SHAPES
     results = {"env": env, "shapes": run_shapes(shapes, device, dtype, args.rep_ms, deadline)}
@@ -351,7 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
     top = 64 if args.tiny else 8192
     step = max(2 * len(COLUMNS), (top - top // 8) // args.lengths)  # wider than the columns' offsets
     lengths = [top // 8 + i * step + 1 for i in range(args.lengths)]  # odd, distinct: none seen before
-    results["new_shapes"] = run_new_shapes(prompt, lengths, device, dtype, deadline + 120)
+    results["new_shapes"] = run_new_shapes(prompt, lengths, device, dtype, Deadline(args.budget_s + 120, deadline.start))
     write(results, out_dir)
     print((out_dir / "sdpa_backends.md").read_text())
     return results

@@ -72,11 +72,3 @@ def call_ms(work: Callable[[], object], device: torch.device, rep_ms: int = 100,
         times.append(run_ms(work, device))
     return statistics.median(times[1:])
 
-
-def attention_pass(fn: Callable[..., torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                   backward: bool) -> Callable[[], object]:
-    """One forward of ``fn(q, k, v)``, or forward and backward from a fixed random output gradient."""
-    if not backward:
-        return lambda: fn(q, k, v)
-    grad = torch.randn_like(q)
-    return lambda: fn(q, k, v).backward(grad)

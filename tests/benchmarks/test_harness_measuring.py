@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.harness import budget, checks, memory, timing  # noqa: E402
+from benchmarks.harness import attention_calls, budget, checks, memory, timing  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -35,12 +35,28 @@ def test_a_warm_call_on_the_cpu_is_the_median_of_the_timed_calls():
 
 def test_a_backward_pass_is_timed_with_its_gradients_cleared():
     q, k, v = (torch.randn(1, 2, 8, 4, requires_grad=True) for _ in range(3))
-    work = timing.attention_pass(F.scaled_dot_product_attention, q, k, v, backward=True)
+    work = attention_calls.attention_pass(F.scaled_dot_product_attention, q, k, v, backward=True)
     assert timing.call_ms(work, CPU, repeats=2, grad_to_none=(q, k, v)) > 0
     once = q.grad.clone()  # one call's gradient after the last call, not the sum of three
     q.grad = None
     work()
     assert torch.equal(q.grad, once)
+
+
+def test_an_attention_cell_is_a_time_or_why_there_is_none():
+    q, k, v = (torch.randn(1, 2, 8, 4, requires_grad=True) for _ in range(3))
+    running = budget.Deadline(60)
+    cell = attention_calls.timed_call(F.scaled_dot_product_attention, q, k, v, True, running, repeats=2)
+    assert cell["ms"] > 0 and q.grad is None  # the gradients are freed after the cell
+    assert attention_calls.timed_call(None, q, k, v, False, running) == "n/a"
+    spent = budget.Deadline(0)
+    assert attention_calls.timed_call(F.scaled_dot_product_attention, q, k, v, False, spent) == budget.SKIPPED
+
+    def refuses(q, k, v):
+        raise ValueError("head_dim 4 is not supported")
+
+    assert attention_calls.timed_call(refuses, q, k, v, False, running) == (
+        "error: ValueError: head_dim 4 is not supported")
 
 
 def test_peak_memory_on_the_cpu():
