@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.harness import plots  # noqa: E402
+from benchmarks.harness.environment import command_line, device_name, versions  # noqa: E402
+from benchmarks.harness.markdown import table  # noqa: E402
+from benchmarks.harness.memory import gib  # noqa: E402
+from benchmarks.harness.store import write_json  # noqa: E402
 from hf_efficient_attn import patch_model, unpatch_model  # noqa: E402
 from hf_efficient_attn.eval.perplexity import scoring_windows  # noqa: E402
 from hf_efficient_attn.eval.streaming import StreamingResult, streaming_perplexity  # noqa: E402
@@ -74,7 +78,7 @@ def row(name: str, result: StreamingResult, args: argparse.Namespace, positions:
         "stretch_tokens_per_s": result.stretch_tokens_per_second(args.stretch),
         "early_stretches": early.stretch_perplexities(args.early_stretch),
         "held_tokens": max(result.held_tokens) if result.held_tokens else None,
-        "peak_gib": None if peak is None else round(peak / 2**30, 3),
+        "peak_gib": gib(peak),
     }
 
 
@@ -142,7 +146,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"{ids.numel()} tokens of {args.data}; {args.model} on {device} in {args.dtype}; "
           f"{len(kept)} rows kept from an earlier run", flush=True)
     results = {"env": env, "settings": settings(args), "stretch": args.stretch,
-               "command": "python benchmarks/streaming.py " + " ".join(sys.argv[1:]), "rows": [], "targets": []}
+               "command": command_line("streaming.py", sys.argv[1:]), "rows": [], "targets": []}
 
     plan = planned_rows(args)
     results["kept_rows"] = sum(planned.key in kept for planned in plan)
@@ -151,7 +155,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["rows"].append(entry)
         results["targets"] = targets(results["rows"], args.windows)
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "streaming.json").write_text(json.dumps(results, indent=1))
+        write_json(args.out / "streaming.json", results)
         print(json.dumps(entry), flush=True)
 
     for planned in plan:
@@ -174,11 +178,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def environment(device: torch.device, dtype: str) -> dict[str, str]:
-    import transformers
-
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
-    return {"device": name, "torch": torch.__version__, "transformers": transformers.__version__, "dtype": dtype}
+def environment(device: torch.device, dtype: str) -> dict[str, object]:
+    """What --resume compares: the device, the versions and the dtype."""
+    return {"device": device_name(device), **versions("torch", "transformers"), "dtype": dtype}
 
 
 def targets(rows: list[dict[str, Any]], windows: list[int]) -> list[str]:
@@ -220,55 +222,50 @@ def markdown(results: dict[str, Any]) -> str:
     header = ["row", "positions", "tokens", "perplexity", "cache held", "tokens/s", "slowest/fastest stretch",
               "peak GiB"]
     header += [f"{tokens_label(k * stretch)}-{tokens_label((k + 1) * stretch)}" for k in range(count)]
-    lines = [f"{env['device']}, torch {env['torch']}, transformers {env['transformers']}, {env['dtype']}; "
-             f"`{results['command']}`" + (f" ({results['kept_rows']} rows kept from an earlier run with the same "
-                                           "settings, `--resume`)" if results.get("kept_rows") else ""),
-             "", "Perplexity (lower is better) over the stream and per stretch of "
-             f"{stretch} tokens.", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    body = []
     for entry in rows:
         cells = [entry["row"], entry["positions"], str(entry["tokens"]), f"{entry['perplexity']:.2f}",
                  "" if entry["held_tokens"] is None else str(entry["held_tokens"]), f"{entry['tokens_per_s']:.0f}",
                  spread(entry.get("stretch_tokens_per_s", [])),
                  "" if entry["peak_gib"] is None else f"{entry['peak_gib']:.2f}"]
-        cells += [f"{value:.2f}" for value in entry["stretches"]] + [""] * (count - len(entry["stretches"]))
-        lines.append("| " + " | ".join(cells) + " |")
+        body.append(cells + [f"{value:.2f}" for value in entry["stretches"]] + [""] * (count - len(entry["stretches"])))
+    lines = [f"{env['device']}, torch {env['torch']}, transformers {env['transformers']}, {env['dtype']}; "
+             f"`{results['command']}`" + (f" ({results['kept_rows']} rows kept from an earlier run with the same "
+                                           "settings, `--resume`)" if results.get("kept_rows") else ""),
+             "", "Perplexity (lower is better) over the stream and per stretch of "
+             f"{stretch} tokens.", "", *table(header, body)]
     early = results["settings"]["early_stretch"]
     first = results["settings"]["baseline_tokens"]
     early_count = max(len(entry["early_stretches"]) for entry in rows)
+    early_body = [[entry["row"], entry["positions"], *(f"{value:.2f}" for value in entry["early_stretches"]),
+                   *([""] * (early_count - len(entry["early_stretches"])))] for entry in rows]
     lines += ["", f"The first {first} tokens, per stretch of {early} (the model was trained to 8192 positions):", "",
-              "| row | positions | " + " | ".join(f"{tokens_label(k * early)}-{tokens_label((k + 1) * early)}"
-                                                 for k in range(early_count)) + " |",
-              "|---|---|" + "---:|" * early_count]
-    for entry in rows:
-        cells = [f"{value:.2f}" for value in entry["early_stretches"]]
-        lines.append(f"| {entry['row']} | {entry['positions']} | " + " | ".join(cells + [""] * (early_count - len(cells)))
-                     + " |")
+              *table(["row", "positions", *(f"{tokens_label(k * early)}-{tokens_label((k + 1) * early)}"
+                                            for k in range(early_count))], early_body, align="ll" + "r" * early_count)]
     lines += ["", "Targets:", ""] + [f"- {line}" for line in results["targets"]]
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict[str, Any], path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def line_style(label: str) -> dict[str, Any]:
+    """The unpatched model bold black, the recomputation grey and dashed, the sliding rows in colour."""
+    if label.startswith("unpatched"):
+        return {"color": "black", "linewidth": 2, "markersize": 2}
+    if label.startswith("recomputation"):
+        return {"color": "grey", "linestyle": "--", "markersize": 2}
+    return {"markersize": 2}
 
-    figure = Figure(figsize=(8, 5), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Perplexity per stretch against the position in the stream, a line per row (log scale)."""
     stretch = results["stretch"]
-    for entry in results["rows"]:
-        ends = [min((k + 1) * stretch, entry["tokens"]) for k in range(len(entry["stretches"]))]
-        style = {"color": "black", "linewidth": 2} if entry["row"].startswith("unpatched") else {}
-        if entry["row"].startswith("recomputation"):
-            style = {"color": "grey", "linestyle": "--"}
-        axes.plot(ends, entry["stretches"], marker="o", markersize=2, label=f"{entry['row']} ({entry['positions']})",
-                  **style)
+    curves = {f"{entry['row']} ({entry['positions']})":
+              [(min((k + 1) * stretch, entry["tokens"]), value) for k, value in enumerate(entry["stretches"])]
+              for entry in results["rows"]}
+    fig, [[axes]] = plots.figure(size=(8, 5))
+    plots.draw(axes, curves, "position in the stream (tokens); red: the model's trained context",
+               f"perplexity per {stretch} tokens", log_x=False, style=line_style, legend_size=7)
     axes.axvline(8192, color="red", alpha=0.3, linestyle=":")
-    axes.set_xlabel("position in the stream (tokens); red: the model's trained context")
-    axes.set_ylabel(f"perplexity per {stretch} tokens")
-    axes.set_yscale("log")
-    axes.grid(alpha=0.3, which="both")
-    axes.legend(fontsize=7)
-    figure.savefig(path, dpi=120)
+    plots.save(fig, path, dpi=120)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
