@@ -1,7 +1,7 @@
 """The benchmark scripts run as ``python benchmarks/NAME.py``, which puts benchmarks/ first on the import
-path: a script named like an installed package would stand in for it wherever that package is imported
-(transformers 5.25 imports the `kernels` package of its dependencies; a benchmarks/kernels.py broke every
-script there)."""
+path: a script or a folder of modules (the harness) named like an installed package would stand in for it
+wherever that package is imported (transformers 5.25 imports the `kernels` package of its dependencies; a
+benchmarks/kernels.py broke every script there)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ def installed_top_level_names() -> set[str]:
     return names
 
 
-def test_no_benchmark_script_shadows_an_installed_module():
+def test_no_benchmark_script_or_package_shadows_an_installed_module():
     scripts = {path.stem for path in BENCHMARKS.glob("*.py")}
+    packages = {path.parent.name for path in BENCHMARKS.glob("*/__init__.py")}
     assert "native" in scripts and "kernel_speed" in scripts  # the folder is the one meant
-    assert not scripts & installed_top_level_names()
+    assert {"harness", "whole_model"} <= packages
+    assert not (scripts | packages) & installed_top_level_names()
