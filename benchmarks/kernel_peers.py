@@ -117,7 +117,9 @@ def flex_window_mask(n: int, window: int | None, block: int = 128):
     from torch.nn.attention.flex_attention import BlockMask
 
     w = n if window is None else window
-    _WINDOW.setdefault("size", torch.zeros((), dtype=torch.int64, device="cuda")).fill_(w)
+    if "size" not in _WINDOW:  # one tensor for every mask: the compiled mask_mod reads it, refilled per window
+        _WINDOW["size"] = torch.zeros((), dtype=torch.int64, device="cuda")
+    _WINDOW["size"].fill_(w)
 
     nb = (n + block - 1) // block
     qb = torch.arange(nb, device="cuda")
