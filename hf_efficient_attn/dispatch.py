@@ -11,7 +11,7 @@ them to rounding, and a call goes to the fastest that computes it exactly:
    go with it as SDPA's boolean mask (what transformers' own SDPA path passes). These are the calls
    where our kernels would only redo SDPA's work. So is a decoding step under a block layout shared by
    the heads (`gathers_visible_keys`, route ``"gather"``): SDPA without a mask over the key blocks its
-   layout row allows, joined from their runs by a plan made once per forward (`plan_key_gather`). So is most of a
+   layout row allows, gathered by a plan made once per forward (`plan_key_gather`). So is most of a
    bidirectional inference call under a block layout that leaves most block rows whole
    (`splits_whole_rows`, route ``"whole-rows"``, on the CPU: Whisper's encoder under a 99% layout): SDPA
    without a mask over the runs of whole rows, the pattern's dense mask over the other rows only. A
@@ -59,14 +59,14 @@ import torch
 import torch.nn.functional as F
 
 from . import fused_path, sdpa_support
-from .context import AttentionContext, tensor_signature, tracing
+from .context import AttentionContext, positions, tensor_signature, tracing
 from .errors import VariantError
 from .fused_path import FusedPathError, FusedPathFallbackWarning, KernelMask
 from .variants import block_layout as layouts
 
 Backend = Literal["auto", "triton", "cudnn", "reference"]
 BACKENDS: tuple[str, ...] = ("auto", "triton", "cudnn", "reference")
-Route = Literal["sdpa", "gather", "whole-rows", "triton", "cudnn", "masked-sdpa", "chunked"]
+Route = Literal["sdpa", "gather", "dense-prefix", "whole-rows", "triton", "cudnn", "masked-sdpa", "chunked"]
 
 
 def check_backend(backend: object) -> None:
@@ -109,7 +109,7 @@ def plan_call(
     if route in ("sdpa", "gather"):
         launch = sdpa_plan(query, key, context, decode_kernel) if route == "sdpa" else run
         return sdpa_support.without_cudnn(launch) if leaves_cudnn_out(query, key, value, context) else launch
-    if route in ("triton", "cudnn"):
+    if route in ("triton", "cudnn", "dense-prefix"):
         return run
     if route == "whole-rows":
         return plan_whole_rows(query, key, context, pattern, one_mask)
@@ -207,6 +207,10 @@ def choose(
         return _remember(context, route_key, "masked-sdpa")
     if not wants_kernels:
         return _remember(context, route_key, "chunked")
+    if backend == "auto" and splits_dense_prefix(query, key, context, pattern):
+        split = plan_dense_prefix(query, key, value, context, pattern)
+        if split is not None:
+            return _remember(context, route_key, "dense-prefix", split)
     plan = fused_path.plan(query, key, value, context, pattern)
     if not isinstance(plan, str):
         return _remember(context, route_key, "triton", plan)
@@ -337,11 +341,12 @@ def plan_key_gather(
     query: torch.Tensor, key: torch.Tensor, context: AttentionContext, pattern: KernelMask
 ) -> fused_path.Launch:
     """The launch of a decoding step that `gathers_visible_keys`: SDPA without a mask over the key blocks
-    of the query's layout row (host facts of the layout, computed once per name and size), joined from
-    their contiguous runs by one concatenation per tensor, planned once per forward and kept with the
-    route (two copies and one SDPA call per layer). A concatenation of slices is one copy kernel on
-    CUDA, as an index would be, and half the time of `index_select` on the CPU (7 against 14 us for
-    three runs of 512 keys), with no index tensor to make.
+    of the query's layout row (host facts of the layout, computed once per name and size), planned once
+    per forward and kept with the route (two copies and one SDPA call per layer). On CUDA the blocks are
+    gathered through one index made now: a concatenation of the runs' slices costs a view per run and
+    tensor of host time, at batch-1 decoding what the GPU waits on. On the CPU, where the copy itself is
+    the cost, the runs' slices are concatenated: half the time of `index_select` (7 against 14 us for
+    three runs of 512 keys).
 
     Not one SDPA call over every key under the row's mask: on Hopper only cuDNN fuses that grouped
     masked call, and cuDNN builds a graph for every new shape, which a growing cache has at every step
@@ -355,11 +360,78 @@ def plan_key_gather(
     if len(ranges) == 1:
         low, high = ranges[0]
         return lambda q, k, v: _sdpa_grouped(q, k[..., low:high, :], v[..., low:high, :], None, False, scale, dropout)
+    if key.is_cuda:
+        index = torch.cat([positions(low, high, key.device) for low, high in ranges])
 
-    def visible(states: torch.Tensor) -> torch.Tensor:
-        return torch.cat([states[..., low:high, :] for low, high in ranges], dim=-2)
+        def visible(states: torch.Tensor) -> torch.Tensor:
+            return states.index_select(-2, index)
+    else:
+
+        def visible(states: torch.Tensor) -> torch.Tensor:
+            return torch.cat([states[..., low:high, :] for low, high in ranges], dim=-2)
 
     return lambda q, k, v: _sdpa_grouped(q, visible(k), visible(v), None, False, scale, dropout)
+
+
+DENSE_PREFIX_MIN_SHARE = 0.5
+"""Least share of a causal prompt's queries in the layout's dense leading rows for `splits_dense_prefix`."""
+
+
+def splits_dense_prefix(query: torch.Tensor, key: torch.Tensor, context: AttentionContext,
+                        pattern: KernelMask | str) -> bool:
+    """Whether a causal prompt under a block layout alone (no window, sinks or globals), where the kernels
+    run, runs its leading queries up to the end of the layout's dense block rows (`dense_causal_rows`) as
+    plain causal SDPA and only the later queries on the kernel (`plan_dense_prefix`): when those leading
+    queries are at least `DENSE_PREFIX_MIN_SHARE` of the prompt. Eager mode: the split point is a host
+    fact of the length.
+
+    A layout with local, global and random blocks leaves its first rows dense: with `native.py`'s layout
+    (blocks of 128, 8 local, 1 global, 2 random) a 2k prompt has 11 of its 16 block rows dense, so the
+    kernel saves a few tiles of the last rows only, at 1.3x the time per tile of cuDNN's dense kernel
+    (76-81 against 58-62 us for the whole call on an H100), and `sparse` prefill took 1.07-1.12x `sdpa`'s
+    time. Split, the dense rows run on SDPA and the kernel takes 55 of the 136 causal block pairs."""
+    n = query.shape[-2]
+    if (
+        isinstance(pattern, str)
+        or tracing()
+        or pattern.block_layout is None
+        or pattern.window != (None, None)
+        or pattern.sink_tokens
+        or pattern.global_tokens
+        or not context.causal
+        or key.shape[-2] != n
+        or context.static
+        or context.trimmed_prefix is not None
+        or context.key_padding is not None
+        or context.query_documents is not None
+        or context.dense_mask is not None
+        or context.dropout > 0
+        or (context.native_window is not None and context.native_window < n)
+    ):
+        return False
+    prefix = layouts.dense_causal_rows(pattern.block_layout) * pattern.layout_block_size
+    return DENSE_PREFIX_MIN_SHARE * n <= prefix < n
+
+
+def plan_dense_prefix(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext, pattern: KernelMask
+) -> fused_path.Launch | None:
+    """The launch of a causal prompt that `splits_dense_prefix`: SDPA with ``is_causal`` over the queries
+    and keys of the dense leading rows, the kernel over the later queries against every key (its causal
+    alignment puts the last query on the last key), the two outputs joined along the queries; None where
+    the kernel cannot take the later queries."""
+    prefix = layouts.dense_causal_rows(pattern.block_layout) * pattern.layout_block_size
+    later = dataclasses.replace(context, query_positions=context.query_positions[prefix:], query_offset=prefix)
+    rest = fused_path.plan(query[..., prefix:, :], key, value, later, pattern)
+    if isinstance(rest, str):
+        return None
+    scale = context.scaling
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        head = _sdpa_grouped(q[..., :prefix, :], k[..., :prefix, :], v[..., :prefix, :], None, True, scale, 0.0)
+        return torch.cat([head, rest(q[..., prefix:, :], k, v)], dim=-2)
+
+    return attend
 
 
 MASKED_SDPA_MAX_TOKENS = 2048
@@ -498,10 +570,8 @@ def sdpa_plan(
     time of each layer's call is what the GPU waits on."""
     if sdpa_needs_mask(query, key, context):
         return functools.partial(sdpa_attention, context=context, decode_kernel=decode_kernel)
-    causal_rows, _ = _causality(query, key, context)
-    if query.shape[-2] == 1 and query.shape[1] != key.shape[1] and not causal_rows and context.dropout == 0.0:
-        return functools.partial(_folded_decode, scale=context.scaling)
     grouped = {"enable_gqa": True} if query.shape[1] != key.shape[1] else {}
+    causal_rows, _ = _causality(query, key, context)
     return functools.partial(
         F.scaled_dot_product_attention, dropout_p=context.dropout, scale=context.scaling, is_causal=causal_rows,
         **grouped
@@ -594,8 +664,6 @@ def _sdpa_grouped(
         return F.scaled_dot_product_attention(
             query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale, is_causal=is_causal
         )
-    if q_len == 1 and mask is None and not is_causal and dropout == 0.0:
-        return _folded_decode(query, key, value, scale)
     if mask is None or fused_under_mask:
         return F.scaled_dot_product_attention(
             query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale, is_causal=is_causal, enable_gqa=True
@@ -609,18 +677,6 @@ def _sdpa_grouped(
     key = key.repeat_interleave(groups, dim=1)
     value = value.repeat_interleave(groups, dim=1)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale)
-
-
-def _folded_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
-    """One decoding query per head over every key, with grouped heads: the heads of a group become the
-    queries of their key/value head, one call without grouping. Exact (one query sees every key, so the
-    rows are independent), and each key/value head is read once instead of once per query head, which
-    SDPA's FlashAttention and memory-efficient kernels otherwise do."""
-    batch, q_heads, _, head_dim = query.shape
-    kv_heads = key.shape[1]
-    folded = query.reshape(batch, kv_heads, q_heads // kv_heads, head_dim)
-    output = F.scaled_dot_product_attention(folded, key, value, scale=scale)
-    return output.reshape(batch, q_heads, 1, head_dim)
 
 
 _WARNED: set[tuple[str, str]] = set()
