@@ -65,3 +65,73 @@ def grid_mask(length: int, grid: tuple[int, int], prefix: int, window: int) -> t
             kr, kc = divmod(k - prefix, columns)
             mask[0, 0, q, k] = abs(qr - kr) < window and abs(qc - kc) < window
     return mask
+
+
+def counted_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, counts: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """Softmax attention in float64 where key ``j`` of query ``i`` counts ``counts[..., i, j]`` times
+    (``[b|1, h|1, q, k]``, 0: not seen): ``Σ c·e^s·v / Σ c·e^s``; rows that count no key give 0."""
+    groups = query.shape[1] // key.shape[1]
+    key = key.double().repeat_interleave(groups, dim=1)
+    value = value.double().repeat_interleave(groups, dim=1)
+    scores = query.double() @ key.transpose(-1, -2) * scaling
+    scores = scores.masked_fill(counts == 0, float("-inf"))
+    any_seen = (counts > 0).any(-1, keepdim=True)
+    maximum = scores.amax(-1, keepdim=True).masked_fill(~any_seen, 0.0)
+    weights = counts.double() * torch.exp(scores - maximum)
+    total = weights.sum(-1, keepdim=True)
+    return weights / torch.where(any_seen, total, torch.ones_like(total)) @ value
+
+
+def lsh_buckets(x: torch.Tensor, rotations: torch.Tensor, num_buckets: int) -> torch.Tensor:
+    """Angular LSH by its definition, vector by vector: bucket ``argmax([x·R, -x·R])`` per round,
+    long ``[..., rounds, n]`` for ``x [..., n, d]``."""
+    leading, (length, _) = x.shape[:-2], x.shape[-2:]
+    rounds = rotations.shape[0]
+    buckets = torch.zeros(*leading, rounds, length, dtype=torch.long)
+    if num_buckets == 1:
+        return buckets
+    flat_x = x.detach().double().reshape(-1, length, x.shape[-1])
+    flat = buckets.view(-1, rounds, length)
+    for row in range(flat_x.shape[0]):
+        for r in range(rounds):
+            matrix = rotations[r, :, : num_buckets // 2].double()
+            for i in range(length):
+                projections = [float(flat_x[row, i] @ matrix[:, c]) for c in range(num_buckets // 2)]
+                candidates = projections + [-p for p in projections]
+                flat[row, r, i] = max(range(num_buckets), key=lambda b: (candidates[b], -b))
+    return buckets
+
+
+def lsh_chunk_pairs(
+    query_buckets: list[int], key_buckets: list[int], real: list[bool], bucket_size: int, causal: bool
+) -> set[tuple[int, int]]:
+    """The (query, key) pairs one LSH round gives a call whose query ``i`` and key ``i`` are token ``i``:
+    the real queries of each bucket, in position order, in chunks of ``bucket_size``; a chunk sees the
+    ``bucket_size`` real keys of its bucket at or before its first query's position and the ``bucket_size``
+    after, and (causal) each query none after itself."""
+    pairs = set()
+    for bucket in set(query_buckets):
+        queries = [i for i, b in enumerate(query_buckets) if b == bucket and real[i]]
+        keys = [j for j, b in enumerate(key_buckets) if b == bucket and real[j]]
+        for start in range(0, len(queries), bucket_size):
+            first = queries[start]
+            before = sum(1 for j in keys if j <= first)
+            window = keys[max(0, before - bucket_size) : before + bucket_size]
+            for i in queries[start : start + bucket_size]:
+                pairs.update((i, j) for j in window if not (causal and j > i))
+    return pairs
+
+
+def lsh_recent_pairs(
+    query_buckets: list[int], key_buckets: list[int], query_positions: list[int], key_real: list[bool], bucket_size: int
+) -> set[tuple[int, int]]:
+    """The (query, key) pairs one LSH round gives queries over a KV cache (key ``j`` at position ``j``): the
+    last ``bucket_size`` real keys of the query's bucket at or before its position."""
+    pairs = set()
+    for i, (bucket, position) in enumerate(zip(query_buckets, query_positions, strict=True)):
+        keys = [j for j, b in enumerate(key_buckets) if b == bucket and key_real[j] and j <= position]
+        pairs.update((i, j) for j in keys[-bucket_size:])
+    return pairs
+

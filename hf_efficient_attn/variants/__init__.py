@@ -14,6 +14,7 @@ from .flash import FlashAttention, FlashOptions
 from .full import FullAttention, FullOptions
 from .linear import HedgehogLinearAttention, LinearOptions
 from .lowrank import LinformerAttention, LowRankOptions
+from .lsh import LSHAttention, LSHOptions
 from .nystrom import NystromAttention, NystromOptions
 from .performer import PerformerAttention, PerformerOptions
 from .sliding import SlidingOptions, SlidingWindowAttention
@@ -33,6 +34,8 @@ __all__ = [
     "LinearOptions",
     "LinformerAttention",
     "LowRankOptions",
+    "LSHAttention",
+    "LSHOptions",
     "NystromAttention",
     "NystromOptions",
     "PerformerAttention",

@@ -15,6 +15,7 @@ CAUSAL_PATCHES = [
     pytest.param("sparse", {"pattern": "shifted", "group_size": 8}, id="sparse-shifted"),
     pytest.param("performer", {"num_features": 16}, id="performer"),
     pytest.param("linear", {}, id="linear"),
+    pytest.param("lsh", {"bucket_size": 4, "num_buckets": 4, "num_hashes": 2}, id="lsh"),
 ]
 ENCODER_PATCHES = [
     pytest.param("sparse", {"block_size": 4, "local_blocks": 2, "global_blocks": 1}, id="sparse"),
@@ -22,6 +23,7 @@ ENCODER_PATCHES = [
     pytest.param("performer", {"num_features": 16}, id="performer"),
     pytest.param("nystrom", {"num_landmarks": 6}, id="nystrom"),
     pytest.param("linear", {"feature_dim": 4}, id="linear"),
+    pytest.param("lsh", {"bucket_size": 4, "num_hashes": 2}, id="lsh"),
 ]
 
 
@@ -134,7 +136,7 @@ def test_padding_does_not_change_real_tokens(llama, side, variant, options):
     ("model_name", "variant", "options", "message"),
     [
         ("llama", "lowrank", {}, "Variant 'lowrank' cannot run on any attention of this model (causal self-attention)"),
-        ("llama", "nystrom", {}, "Variants that can: flash, full, linear, performer, sliding, sparse"),
+        ("llama", "nystrom", {}, "Variants that can: flash, full, linear, lsh, performer, sliding, sparse"),
         ("vit", "lowrank", {"rank": 40}, "rank 40 exceeds the sequence length 37 of encoder layers; choose rank <= 37"),
         ("whisper", "nystrom", {"num_landmarks": 30}, "num_landmarks 30 exceeds the sequence length 24"),
         ("whisper", "lowrank", {"rank": 8, "targets": ["decoder"]}, "cannot run on causal self-attention"),
