@@ -135,3 +135,19 @@ def lsh_recent_pairs(
         pairs.update((i, j) for j in keys[-bucket_size:])
     return pairs
 
+
+def axial_mask(grid: tuple[int, int], prefix: int, heads: int) -> torch.Tensor:
+    """Axial attention over a patch grid after ``prefix`` global tokens: the first ``heads // 2`` heads see
+    their patch's row, the others its column; prefix tokens see and are seen by all. ``[1, heads, n, n]``."""
+    rows, columns = grid
+    length = prefix + rows * columns
+    mask = torch.zeros(1, heads, length, length, dtype=torch.bool)
+    for h in range(heads):
+        for q in range(length):
+            for k in range(length):
+                if q < prefix or k < prefix:
+                    mask[0, h, q, k] = True
+                    continue
+                (qr, qc), (kr, kc) = divmod(q - prefix, columns), divmod(k - prefix, columns)
+                mask[0, h, q, k] = qr == kr if h < heads // 2 else qc == kc
+    return mask

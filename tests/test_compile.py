@@ -29,6 +29,7 @@ VIT_VARIANTS = {
     "sliding-2d": {"window": 2, "neighbourhood": "2d"},
     "sparse": {"block_size": 8, "local_blocks": 1},
     "lsh": {"bucket_size": 8, "num_hashes": 2},
+    "axial": {},
 }
 
 

@@ -1,5 +1,6 @@
 """The variants: each module registers one (options dataclass + per-layer module) on import."""
 
+from .axial import AxialAttention, AxialOptions
 from .base import (
     VARIANTS,
     AttentionVariant,
@@ -23,6 +24,8 @@ from .sparse import BlockSparseAttention, SparseOptions
 __all__ = [
     "VARIANTS",
     "AttentionVariant",
+    "AxialAttention",
+    "AxialOptions",
     "BlockSparseAttention",
     "ExactPatternWarning",
     "FlashAttention",
