@@ -29,6 +29,7 @@ DEMO_OPTIONS: dict[str, dict] = {
     "lowrank": {"rank": 64},
     "performer": {"num_features": 128},
     "nystrom": {"num_landmarks": 64},
+    "lsh": {"bucket_size": 64, "num_hashes": 4},
 }
 """Options the demo uses per variant (others run with their defaults)."""
 

@@ -26,6 +26,8 @@ def test_exact_variants_match_and_approximations_are_reported():
     assert rows["full"].perplexity == pytest.approx(rows[f"unpatched ({model.config._attn_implementation})"].perplexity)
     assert rows["performer"].max_abs_diff > 1e-3  # an approximation shows as one
     assert rows["lowrank"].measurement is None and "cannot run" in rows["lowrank"].note  # refused on a causal LM
+    assert rows["axial"].measurement is None and "cannot run" in rows["axial"].note  # no patch grid in an LM
+    assert rows["lsh"].max_abs_diff > 1e-3 and 0 < rows["lsh"].top1_agreement < 1
     with torch.no_grad():  # each variant was unpatched again
         torch.testing.assert_close(model(input_ids=ids).logits, expected, rtol=0, atol=0)
 
@@ -48,7 +50,7 @@ def test_tiny_demo_prints_every_variant(capsys):
     printed = capsys.readouterr().out
     assert "small Llama (random weights)" in printed
     assert "\n".join(TABLE_HEADER) in printed
-    for name in ("flash", "full", "sliding", "sparse", "performer", "linear"):
+    for name in ("flash", "full", "sliding", "sparse", "performer", "linear", "lsh", "axial"):
         assert f"| {name} |" in printed
 
 

@@ -131,6 +131,17 @@ def test_vit_on_an_image_folder(vit_dir, image_folder, tmp_path):
     assert "sliding(neighbourhood=2d, window=2)" in rows
 
 
+
+def test_vit_under_lsh_and_axial(vit_dir, image_folder, tmp_path):
+    """The content-based and the axial variants are configurations like any other; `lsh` with one bucket
+    and one chunk over the 37 tokens is exact attention, so it scores as the baseline."""
+    rows = run_eval(
+        tmp_path, "--model", vit_dir, "--data", image_folder, "--batch-size", 4, "--variant", "lsh", "--variant", "axial",
+        "--variant-option", "lsh.bucket_size=37", "lsh.num_buckets=1",
+    )
+    assert rows["lsh(bucket_size=37, num_buckets=1)"]["value"] == rows["baseline"]["value"]
+    assert rows["axial"]["error"] is None and rows["axial"]["details"]["samples"] == 9
+
 def eval_error(capsys, *arguments) -> str:
     assert main(["eval", *map(str, arguments), "--no-progress"]) == 2
     return capsys.readouterr().err

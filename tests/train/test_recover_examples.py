@@ -230,3 +230,24 @@ def test_seed_and_seeds_are_exclusive(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--seed", "1", "--seeds", "0", "1"])
     assert "not allowed with argument --seed" in capsys.readouterr().err
+
+
+def test_vit_recovers_under_axial_attention(tmp_path, monkeypatch):
+    """The task's default options (a 2-D window) belong to `sliding`; `axial` takes none of them."""
+    images = image_folder(tmp_path / "images")
+    arguments = ["--model", str(vit_checkpoint(tmp_path / "vit")), "--variant", "axial", "--train-data", str(images),
+                 "--eval-data", str(images), "--recipe", "full", "--output-dir", str(tmp_path / "out")]
+    report = run_example("recover_vit.py", arguments, monkeypatch)
+    assert (report["variant"], report["variant_options"]) == ("axial", {})
+    assert [row["step"] for row in report["history"] if row["metric"] is not None] == [0, 2]
+
+
+def test_causal_lm_recovers_under_lsh(tmp_path, monkeypatch):
+    corpus = tmp_path / "held-out.txt"
+    corpus.write_text(TEXT * 3)
+    arguments = ["--model", str(llama_checkpoint(tmp_path / "llama")), "--variant", "lsh", "--variant-option",
+                 "bucket_size=16", "num_hashes=2", "--train-data", str(text_folder(tmp_path / "train")),
+                 "--eval-data", str(corpus), "--seq-len", "64", "--eval-tokens", "200", "--output-dir", str(tmp_path / "out")]
+    report = run_example("recover_causal_lm.py", arguments, monkeypatch)
+    assert (report["variant"], report["variant_options"]) == ("lsh", {"bucket_size": 16, "num_hashes": 2})
+    assert report["config"]["recipe"] == "lora" and report["fine_tuned"] == report["history"][-1]["metric"]
