@@ -66,7 +66,7 @@ from .variants import block_layout as layouts
 
 Backend = Literal["auto", "triton", "cudnn", "reference"]
 BACKENDS: tuple[str, ...] = ("auto", "triton", "cudnn", "reference")
-Route = Literal["sdpa", "gather", "dense-prefix", "whole-rows", "triton", "cudnn", "masked-sdpa", "chunked"]
+Route = Literal["sdpa", "gather", "whole-rows", "triton", "cudnn", "masked-sdpa", "chunked"]
 
 
 def check_backend(backend: object) -> None:
@@ -109,7 +109,7 @@ def plan_call(
     if route in ("sdpa", "gather"):
         launch = sdpa_plan(query, key, context, decode_kernel) if route == "sdpa" else run
         return sdpa_support.without_cudnn(launch) if leaves_cudnn_out(query, key, value, context) else launch
-    if route in ("triton", "cudnn", "dense-prefix"):
+    if route in ("triton", "cudnn"):
         return run
     if route == "whole-rows":
         return plan_whole_rows(query, key, context, pattern, one_mask)
@@ -207,10 +207,6 @@ def choose(
         return _remember(context, route_key, "masked-sdpa")
     if not wants_kernels:
         return _remember(context, route_key, "chunked")
-    if backend == "auto" and splits_dense_prefix(query, key, context, pattern):
-        split = plan_dense_prefix(query, key, value, context, pattern)
-        if split is not None:
-            return _remember(context, route_key, "dense-prefix", split)
     plan = fused_path.plan(query, key, value, context, pattern)
     if not isinstance(plan, str):
         return _remember(context, route_key, "triton", plan)
@@ -371,67 +367,6 @@ def plan_key_gather(
             return torch.cat([states[..., low:high, :] for low, high in ranges], dim=-2)
 
     return lambda q, k, v: _sdpa_grouped(q, visible(k), visible(v), None, False, scale, dropout)
-
-
-DENSE_PREFIX_MIN_SHARE = 0.5
-"""Least share of a causal prompt's queries in the layout's dense leading rows for `splits_dense_prefix`."""
-
-
-def splits_dense_prefix(query: torch.Tensor, key: torch.Tensor, context: AttentionContext,
-                        pattern: KernelMask | str) -> bool:
-    """Whether a causal prompt under a block layout alone (no window, sinks or globals), where the kernels
-    run, runs its leading queries up to the end of the layout's dense block rows (`dense_causal_rows`) as
-    plain causal SDPA and only the later queries on the kernel (`plan_dense_prefix`): when those leading
-    queries are at least `DENSE_PREFIX_MIN_SHARE` of the prompt. Eager mode: the split point is a host
-    fact of the length.
-
-    A layout with local, global and random blocks leaves its first rows dense: with `native.py`'s layout
-    (blocks of 128, 8 local, 1 global, 2 random) a 2k prompt has 11 of its 16 block rows dense, so the
-    kernel saves a few tiles of the last rows only, at 1.3x the time per tile of cuDNN's dense kernel
-    (76-81 against 58-62 us for the whole call on an H100), and `sparse` prefill took 1.07-1.12x `sdpa`'s
-    time. Split, the dense rows run on SDPA and the kernel takes 55 of the 136 causal block pairs."""
-    n = query.shape[-2]
-    if (
-        isinstance(pattern, str)
-        or tracing()
-        or pattern.block_layout is None
-        or pattern.window != (None, None)
-        or pattern.sink_tokens
-        or pattern.global_tokens
-        or not context.causal
-        or key.shape[-2] != n
-        or context.static
-        or context.trimmed_prefix is not None
-        or context.key_padding is not None
-        or context.query_documents is not None
-        or context.dense_mask is not None
-        or context.dropout > 0
-        or (context.native_window is not None and context.native_window < n)
-    ):
-        return False
-    prefix = layouts.dense_causal_rows(pattern.block_layout) * pattern.layout_block_size
-    return DENSE_PREFIX_MIN_SHARE * n <= prefix < n
-
-
-def plan_dense_prefix(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext, pattern: KernelMask
-) -> fused_path.Launch | None:
-    """The launch of a causal prompt that `splits_dense_prefix`: SDPA with ``is_causal`` over the queries
-    and keys of the dense leading rows, the kernel over the later queries against every key (its causal
-    alignment puts the last query on the last key), the two outputs joined along the queries; None where
-    the kernel cannot take the later queries."""
-    prefix = layouts.dense_causal_rows(pattern.block_layout) * pattern.layout_block_size
-    later = dataclasses.replace(context, query_positions=context.query_positions[prefix:], query_offset=prefix)
-    rest = fused_path.plan(query[..., prefix:, :], key, value, later, pattern)
-    if isinstance(rest, str):
-        return None
-    scale = context.scaling
-
-    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        head = _sdpa_grouped(q[..., :prefix, :], k[..., :prefix, :], v[..., :prefix, :], None, True, scale, 0.0)
-        return torch.cat([head, rest(q[..., prefix:, :], k, v)], dim=-2)
-
-    return attend
 
 
 MASKED_SDPA_MAX_TOKENS = 2048

@@ -209,12 +209,6 @@ _dense_rows_at_trace_time = torch.compiler.assume_constant_result(_dense_rows)
 _is_dense_bidirectional_at_trace_time = torch.compiler.assume_constant_result(_is_dense_bidirectional)
 
 
-def dense_causal_rows(name: str) -> int:
-    """How many leading block rows of the causal layout see every (causal) key block: the queries of a
-    prompt up to there are plain causal attention, at any length (computed once per name)."""
-    return _dense_rows_at_trace_time(name)
-
-
 def is_dense(name: str, blocks: int, causal: bool) -> bool:
     """Whether the layout allows every block pair (every causal one in causal layers): exact attention.
     In causal layers a comparison with a constant, so a compiled graph need not specialise on the length."""

@@ -52,9 +52,6 @@ def route_and_output(variant, q_len, k_len, tokens=None, padding=None):
     return route, output, reference
 
 
-SPARSE_DENSE_FIRST_ROWS = SparseOptions(block_size=16, local_blocks=3, global_blocks=1, random_blocks=1)
-"""A layout whose first 5 block rows (80 tokens) see every causal key block."""
-
 CASES = {
     "exact prefill": (lambda: FlashAttention(FlashOptions(), LAYER), 64, 64, {}, "sdpa"),
     "window narrower than the keys": (lambda: SlidingWindowAttention(SlidingOptions(window=16), LAYER), 64, 64, {},
@@ -66,9 +63,7 @@ CASES = {
                             {"padding": torch.arange(40).expand(2, 40).ge(torch.tensor([[0], [5]])).to(DEVICE)},
                             "triton"),
     "sparse layout": (lambda: BlockSparseAttention(SparseOptions(block_size=16, local_blocks=1, global_blocks=1),
-                                                   LAYER), 96, 96, {}, "triton"),
-    "sparse layout with dense leading rows": (lambda: BlockSparseAttention(SPARSE_DENSE_FIRST_ROWS, LAYER), 112, 112, {},
-                                              "dense-prefix"),
+                                                   LAYER), 64, 64, {}, "triton"),
     "decode under a layout": (lambda: BlockSparseAttention(SparseOptions(block_size=16, local_blocks=2, global_blocks=1,
                                                                         random_blocks=1), LAYER), 1, 200, {}, "gather"),
     "decode under a layout with a padded key": (
@@ -86,33 +81,3 @@ def test_route_and_result(name):
     route, output, reference = route_and_output(make(), q_len, k_len, **extra)
     assert route == expected
     torch.testing.assert_close(output, reference, atol=2e-5, rtol=0)
-
-
-def test_a_prompt_split_at_the_dense_rows_has_the_gradients_of_the_chunked_engine():
-    """The dense-prefix route (SDPA over the leading queries, the kernel over the later ones) in training:
-    the gradients of query, key and value equal the chunked engine's."""
-    variant = BlockSparseAttention(SPARSE_DENSE_FIRST_ROWS, LAYER)
-    reference = BlockSparseAttention(SparseOptions(**{**SPARSE_DENSE_FIRST_ROWS.to_dict(), "backend": "reference"}),
-                                     LAYER)
-    inputs = [tensor.requires_grad_() for tensor in qkv(112, 112)]
-    context = build_context(query=inputs[0], key=inputs[1], attention_mask=None, causal=True, scaling=32 ** -0.5,
-                            dropout=0.0, cache_window=None, position_ids=None, native_window=None)
-    assert dispatch.choose(*inputs, context, "auto", variant.kernel_mask(context))[0] == "dense-prefix"
-    upstream = torch.randn(2, 4, 112, 32, generator=torch.Generator().manual_seed(5)).to(DEVICE)
-    ours = torch.autograd.grad(variant(*inputs, context), inputs, upstream)
-    theirs = torch.autograd.grad(reference(*inputs, context), inputs, upstream)
-    for mine, expected in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(mine, expected, atol=5e-5, rtol=0)
-
-
-def test_the_dense_prefix_split_only_where_the_dense_rows_are_half_the_prompt_or_more():
-    query, key, _ = qkv(112, 112)
-    pattern = lambda context: BlockSparseAttention(SPARSE_DENSE_FIRST_ROWS, LAYER).kernel_mask(context)  # noqa: E731
-    for tokens, splits in ((80, False), (96, True), (160, True), (161, False), (320, False)):
-        q, k = query.new_zeros(2, 4, tokens, 32), key.new_zeros(2, 2, tokens, 32)
-        context = build_context(query=q, key=k, attention_mask=None, causal=True, scaling=1.0, dropout=0.0,
-                                cache_window=None, position_ids=None, native_window=None)
-        assert dispatch.splits_dense_prefix(q, k, context, pattern(context)) == splits, tokens
-    bidirectional = build_context(query=query, key=key, attention_mask=None, causal=False, scaling=1.0, dropout=0.0,
-                                  cache_window=None, position_ids=None, native_window=None)
-    assert not dispatch.splits_dense_prefix(query, key, bidirectional, pattern(bidirectional))
