@@ -106,7 +106,7 @@ class LSHAttention(AttentionVariant):
             raise VariantError(
                 f"bucket_size={options.bucket_size} is larger than the {tokens} {kind} of this model's "
                 f"{layer.target} layers, so one chunk would hold every token; use a bucket_size of at most "
-                f"{tokens} (about length / 8, e.g. {max(1, tokens // 8)})."
+                f"{tokens}, and well below it for the buckets to leave keys out (e.g. {max(1, tokens // 8)})."
             )
         if options.num_buckets == 1:
             warn_exact_pattern(layer, "bucket_size", options.bucket_size, "with num_buckets=1 puts in one chunk",
@@ -116,7 +116,7 @@ class LSHAttention(AttentionVariant):
         """Buckets of a call over ``tokens`` keys: the option, or derived (at most what the rotations hold)."""
         if self.options.num_buckets is not None:
             return self.options.num_buckets
-        return min(derived_bucket_count(tokens, self.options.bucket_size), max(2, self.max_buckets))
+        return min(derived_bucket_count(tokens, self.options.bucket_size), self.max_buckets)
 
     def forward(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext
@@ -134,12 +134,12 @@ class LSHAttention(AttentionVariant):
         if _queries_are_keys(query, key, context):
             rounds = _chunked_rounds(grouped, key, value, query_buckets, key_buckets, num_buckets,
                                      self.options.bucket_size, context)
-            self_index = torch.arange(q_len, device=query.device)
+            own_index = torch.arange(q_len, device=query.device)
         else:
             rounds = _recent_key_rounds(grouped, key, value, query_buckets, key_buckets, self.options.bucket_size,
                                         context)
-            self_index = context.query_positions
-        output = _combine_rounds(*rounds, _own_key(grouped, key, value, self_index, context), self.options.num_hashes)
+            own_index = context.query_positions
+        output = _combine_rounds(*rounds, _own_key(grouped, key, value, own_index, context), self.options.num_hashes)
         return output.reshape(batch, q_heads, q_len, head_dim).to(query.dtype)
 
 
@@ -150,17 +150,17 @@ def _queries_are_keys(query: torch.Tensor, key: torch.Tensor, context: Attention
 
 
 def _pair_rules(context: AttentionContext, query_positions: torch.Tensor, key_positions: torch.Tensor,
-                query_index: torch.Tensor, key_index: torch.Tensor) -> torch.Tensor | None:
-    """Bool mask of what causality, padding, documents and a native window allow, for queries and keys at
-    the given positions and indices (any broadcastable shapes ``[b|1, ..., q, k]`` with a leading batch
-    dimension); None where nothing restricts."""
+                query_index: torch.Tensor, key_index: torch.Tensor, padding: bool = True) -> torch.Tensor | None:
+    """Bool mask of what causality, documents, a native window and (with ``padding``) key padding allow,
+    for queries and keys at the given positions and indices (any broadcastable shapes ``[b|1, ..., q, k]``
+    with a leading batch dimension); None where nothing restricts."""
     masks = []
     if context.causal:
         masks.append(key_positions <= query_positions)
     if context.native_window is not None:
         distance = query_positions - key_positions
         masks.append(distance < context.native_window if context.causal else distance.abs() < context.native_window)
-    if context.key_padding is not None:
+    if padding and context.key_padding is not None:
         masks.append(_per_row(context.key_padding, key_index))
     if context.key_documents is not None:
         masks.append(_per_row(context.query_documents, query_index) == _per_row(context.key_documents, key_index))
@@ -175,7 +175,10 @@ def _per_row(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def _chunked_rounds(query, key, value, query_buckets, key_buckets, num_buckets, bucket_size, context):
     """Every round over chunks (see `lsh_buckets`): output ``[b, kv, groups, rounds, n, d]``, log-sum-exp
-    ``[b, kv, groups, rounds, n]`` and whether the query's own key was among its keys, same shape."""
+    ``[b, kv, groups, rounds, n]`` and whether the query's own key was among its keys, same shape.
+
+    Padding keys are in a bucket of their own, which no window of a real bucket reaches; empty slots and
+    padding queries compute rows that no query reads back."""
     batch, kv_heads, groups, n, head_dim = query.shape
     rounds = query_buckets.shape[3]
     if context.key_padding is not None:  # padding tokens take the bucket past the last
@@ -193,18 +196,16 @@ def _chunked_rounds(query, key, value, query_buckets, key_buckets, num_buckets, 
 
     query_index = windows.query_at_slot.view(*leading, chunks, bucket_size)
     key_index = windows.key_at_window
-    chunk_query = gather_rows(query, windows.query_at_slot.clamp(min=0)).view(*leading, chunks, bucket_size, head_dim)
+    chunk_query = gather_rows(query * context.scaling, windows.query_at_slot.clamp(min=0))
     window_key = gather_rows(key[:, :, None], key_index.flatten(-2)).view(*leading, chunks, width, head_dim)
     window_value = gather_rows(value[:, :, None], key_index.flatten(-2)).view(*leading, chunks, width, head_dim)
-
-    allowed = windows.window_valid[..., None, :] & (query_index >= 0)[..., :, None]  # [..., chunks, size, width]
-    rules = _pair_rules(context, query_index[..., :, None], key_index[..., None, :], query_index.clamp(min=0)[..., :, None],
-                        key_index[..., None, :])
+    allowed = windows.window_valid[..., None, :]  # [..., chunks, 1, width]
+    rules = _pair_rules(context, query_index[..., :, None], key_index[..., None, :],
+                        query_index.clamp(min=0)[..., :, None], key_index[..., None, :], padding=False)
     if rules is not None:
         allowed = allowed & rules
-    scores = torch.einsum("...qd,...kd->...qk", chunk_query, window_key) * context.scaling
+    scores = torch.einsum("...qd,...kd->...qk", chunk_query.view(*leading, chunks, bucket_size, head_dim), window_key)
     output, lse = _masked_softmax_attention(scores, allowed, window_value)
-    own_seen = (allowed & (key_index[..., None, :] == query_index[..., :, None])).any(-1)
 
     def to_queries(per_slot: torch.Tensor) -> torch.Tensor:
         """``[..., chunks, size, *rest]`` per slot to ``[..., n, *rest]`` per query."""
@@ -212,7 +213,11 @@ def _chunked_rounds(query, key, value, query_buckets, key_buckets, num_buckets, 
         index = windows.slot_of_query.view(*windows.slot_of_query.shape, *([1] * (flat.dim() - 5)))
         return flat.gather(4, index.expand(*leading, n, *flat.shape[5:]))
 
-    return to_queries(output), to_queries(lse), to_queries(own_seen)
+    # the own key is in the window of its query's chunk when it hashed to the query's bucket and its place in
+    # the sorted keys falls inside the window (causality, documents and a native window always allow it)
+    start = windows.window_start.gather(-1, windows.slot_of_query // bucket_size)
+    own_seen = (query_buckets == key_buckets) & (windows.key_rank >= start) & (windows.key_rank < start + width)
+    return to_queries(output), to_queries(lse), own_seen
 
 
 def _recent_key_rounds(query, key, value, query_buckets, key_buckets, bucket_size, context):
@@ -225,7 +230,7 @@ def _recent_key_rounds(query, key, value, query_buckets, key_buckets, bucket_siz
     visible = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=key.device) if rules is None else rules
     visible = visible.view(visible.shape[0], 1, 1, 1, *visible.shape[-2:])  # [b|1, 1, 1, 1, q, k]
     allowed = recent_key_mask(query_buckets, key_buckets, visible, bucket_size)  # [b, kv, groups, rounds, q, k]
-    scores = torch.einsum("bhgqd,bhkd->bhgqk", query, key)[:, :, :, None] * context.scaling
+    scores = torch.einsum("bhgqd,bhkd->bhgqk", query * context.scaling, key)[:, :, :, None]
     output, lse = _masked_softmax_attention(scores, allowed, value[:, :, None, None])
     own = context.query_positions.view(1, 1, 1, 1, q_len, 1).expand(*allowed.shape[:-1], 1)
     return output, lse, allowed.gather(-1, own).squeeze(-1)
@@ -236,12 +241,12 @@ def _masked_softmax_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention under ``allowed`` and its log-sum-exp; rows without a key give output 0 and
     log-sum-exp ``-inf``, with finite (zero) gradients."""
-    scores = scores.masked_fill(~allowed, float("-inf"))
+    scores = torch.where(allowed, scores, float("-inf"))
     maximum = scores.amax(-1, keepdim=True)
     maximum = torch.where(torch.isfinite(maximum), maximum, torch.zeros_like(maximum)).detach()
     weights = torch.exp(scores - maximum)
     total = weights.sum(-1, keepdim=True)
-    output = (weights / torch.where(total > 0, total, torch.ones_like(total))) @ values
+    output = (weights @ values) / torch.where(total > 0, total, torch.ones_like(total))
     lse = torch.where(total > 0, torch.log(total.clamp(min=torch.finfo(total.dtype).tiny)) + maximum,
                       torch.full_like(total, float("-inf")))
     return output, lse.squeeze(-1)

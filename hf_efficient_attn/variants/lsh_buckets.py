@@ -74,12 +74,16 @@ class ChunkWindows:
         key_at_window: long ``[..., chunks, 2 * bucket_size]``: the key index at each place of each
             chunk's window (clamped where the window leaves its bucket).
         window_valid: bool ``[..., chunks, 2 * bucket_size]``: places that hold a key of the chunk's bucket.
+        window_start: long ``[..., chunks]``: where each chunk's window starts in the sorted keys.
+        key_rank: long ``[..., n]``: the place of each key in the sorted keys.
     """
 
     query_at_slot: torch.Tensor
     slot_of_query: torch.Tensor
     key_at_window: torch.Tensor
     window_valid: torch.Tensor
+    window_start: torch.Tensor
+    key_rank: torch.Tensor
 
     @property
     def chunks(self) -> int:
@@ -123,15 +127,17 @@ def chunk_windows(query_buckets: torch.Tensor, key_buckets: torch.Tensor, num_bu
     chunk_bucket = bucket_at_slot.scatter(-1, slot, sorted_buckets)[..., :slots:size]
 
     key_keys, key_order = (key_buckets * n + positions).sort(dim=-1)
+    key_rank = torch.empty_like(key_order).scatter(-1, key_order, positions.expand_as(key_order))
     key_keys = key_keys.expand(*leading, n).contiguous()
-    key_order = key_order.expand(*leading, n)
     anchor = torch.searchsorted(key_keys, chunk_bucket * n + first_query.clamp(min=0), right=True)
     low = torch.searchsorted(key_keys, chunk_bucket * n)
     high = torch.searchsorted(key_keys, (chunk_bucket + 1) * n)
-    window = anchor[..., None] - size + torch.arange(2 * size, device=device)  # [..., chunks, 2 * size]
+    start = anchor - size
+    window = start[..., None] + torch.arange(2 * size, device=device)  # [..., chunks, 2 * size]
     window_valid = (window >= low[..., None]) & (window < high[..., None]) & (first_query >= 0)[..., None]
+    key_order = key_order.expand(*leading, n)
     key_at_window = key_order.gather(-1, window.clamp(0, n - 1).flatten(-2)).view(*leading, chunks, 2 * size)
-    return ChunkWindows(query_at_slot, slot_of_query, key_at_window, window_valid)
+    return ChunkWindows(query_at_slot, slot_of_query, key_at_window, window_valid, start, key_rank.expand(*leading, n))
 
 
 def recent_key_mask(query_buckets: torch.Tensor, key_buckets: torch.Tensor, visible: torch.Tensor,

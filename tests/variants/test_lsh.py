@@ -315,8 +315,8 @@ def test_options_that_can_never_work_are_refused(options, message):
 def test_a_bucket_larger_than_the_layer_is_refused_with_the_fix():
     vit_layer = LayerInfo(Role.BIDIRECTIONAL, "encoder", 0, 4, 4, 8, sequence_length=37, grid=(6, 6), prefix_tokens=1)
     with pytest.raises(VariantError, match="bucket_size=64 is larger than the 37 tokens of this model's encoder "
-                                           r"layers, so one chunk would hold every token; use a bucket_size of at most 37 "
-                                           r"\(about length / 8, e.g. 4\)"):
+                                           r"layers, so one chunk would hold every token; use a bucket_size of at most 37, "
+                                           r"and well below it for the buckets to leave keys out \(e.g. 4\)"):
         LSHAttention.check_layer(LSHOptions(), vit_layer)
     decoder_layer = LayerInfo(Role.CAUSAL, "decoder", 0, 4, 2, 8, max_length=32)
     with pytest.raises(VariantError, match="larger than the 32 positions"):
