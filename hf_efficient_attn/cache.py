@@ -38,14 +38,24 @@ class SinkWindowCacheLayer(DynamicLayer):
 
     `update` returns what the step needs (the kept tokens and the new ones) as one tensor, made by one
     concatenation, and holds it: the trimming to the kept tokens happens at the next update, in the same
-    concatenation. So each step copies the window once (as transformers' own sliding layer does), the
-    memory held is the kept tokens plus the last step's, and the last step can be rolled back (`crop`),
-    which assisted decoding does with rejected drafts. `get_seq_length` counts all tokens ever seen, which
-    positions and masks are built from.
+    concatenation. So the memory held is the kept tokens plus the last step's, and the last step can be
+    rolled back (`crop`), which assisted decoding does with rejected drafts. `get_seq_length` counts all
+    tokens ever seen, which positions and masks are built from.
+
+    Once the window is full, one-token steps (decoding, outside autograd and tracing) write in place
+    instead: the held ``prefix + window`` tokens become a ring whose oldest window token the new one
+    replaces, and the step attends over the buffer as it is (one query sees all of it, so the order of
+    the window's keys does not matter; the prefix, where left padding lies, keeps its place). A
+    concatenation would copy the whole window at every step, from a strided slice of the held tensor:
+    on an H100 at batch 16 after a 4k prompt (Llama-1B shapes, window 4096) those copies took 6.6 ms of
+    each 13 ms step, against 1.5 ms for the unpatched cache's own concatenations. Any other update,
+    and `crop`, first puts the ring back in order (`_unrolled`). Subclasses whose keys depend on their
+    index in the returned tensor set `writes_in_place` to False.
     """
 
     is_sliding = True
     is_croppable = True
+    writes_in_place = True
 
     def __init__(self, window: int, prefix: int = 0):
         super().__init__()
@@ -53,6 +63,8 @@ class SinkWindowCacheLayer(DynamicLayer):
         self.prefix = prefix
         self.cumulative_length = 0
         self.last_step = 0
+        self.ring_start: int | None = None
+        """Where the oldest window token sits among the window's slots while the held tokens are a ring."""
 
     @property
     def capacity(self) -> int:
@@ -64,11 +76,47 @@ class SinkWindowCacheLayer(DynamicLayer):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        self.cumulative_length += key_states.shape[-2]
-        self.last_step = key_states.shape[-2]
+        steps = key_states.shape[-2]
+        self.cumulative_length += steps
+        self.last_step = steps
+        if self._writes_in_place(key_states, value_states):
+            if self.ring_start is None:
+                self.ring_start = 0
+            slot = self.prefix + self.ring_start
+            self.keys[..., slot : slot + 1, :].copy_(key_states)
+            self.values[..., slot : slot + 1, :].copy_(value_states)
+            self.ring_start = (self.ring_start + 1) % self.window
+            return self.keys, self.values
+        self._unrolled()
         self.keys = torch.cat([*self._kept(self.keys), key_states], dim=-2)
         self.values = torch.cat([*self._kept(self.values), value_states], dim=-2)
         return self.keys, self.values
+
+    def _writes_in_place(self, key_states: torch.Tensor, value_states: torch.Tensor) -> bool:
+        """A one-token step onto held ``prefix + window`` tokens (the window full, its oldest token about
+        to leave), outside autograd (earlier steps' graphs may hold the buffer) and tracing (the slot is a
+        host number)."""
+        return (
+            self.writes_in_place
+            and key_states.shape[-2] == 1
+            and self.keys.dim() >= 2
+            and self.keys.shape[-2] == self.prefix + self.window
+            and self.keys.shape[:-2] == key_states.shape[:-2]
+            and not (torch.is_grad_enabled() and (key_states.requires_grad or value_states.requires_grad))
+            and not tracing()
+        )
+
+    def _unrolled(self) -> None:
+        """Put a ring's window back in order of position (oldest first), as the concatenations hold it."""
+        if self.ring_start is None:
+            return
+        start, self.ring_start = self.prefix + self.ring_start, None
+        if start == self.prefix:
+            return
+        self.keys = torch.cat([self.keys[..., :self.prefix, :], self.keys[..., start:, :],
+                               self.keys[..., self.prefix:start, :]], dim=-2)
+        self.values = torch.cat([self.values[..., :self.prefix, :], self.values[..., start:, :],
+                                 self.values[..., self.prefix:start, :]], dim=-2)
 
     def _kept(self, states: torch.Tensor) -> list[torch.Tensor]:
         """Views of what the next step needs of the held states: the prefix and the last ``window - 1``."""
@@ -99,6 +147,7 @@ class SinkWindowCacheLayer(DynamicLayer):
         remove = -tokens if tokens <= 0 else self.cumulative_length - tokens
         if remove <= 0 or not self.is_initialized:
             return
+        self._unrolled()
         held = self.keys.shape[-2]
         if held < self.cumulative_length and remove > self.last_step:
             raise RuntimeError(
@@ -115,6 +164,7 @@ class SinkWindowCacheLayer(DynamicLayer):
         super().reset()
         self.cumulative_length = 0
         self.last_step = 0
+        self.ring_start = None
 
 
 class StaticSinkWindowLayer(StaticLayer):

@@ -56,6 +56,8 @@ class CachePositionedLayer(SinkWindowCacheLayer):
     un-rotated, and each step returns every key rotated by its index in the returned tensor.
     """
 
+    writes_in_place = False  # keys take their index in the returned tensor as position
+
     def __init__(self, window: int, prefix: int, inverse_frequencies: torch.Tensor):
         super().__init__(window, prefix)
         self.inverse_frequencies = inverse_frequencies

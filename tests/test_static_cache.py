@@ -139,10 +139,43 @@ def test_rollback_beyond_the_last_step_says_what_to_do():
     assert torch.equal(keys, torch.cat([states[..., :1, :], states[..., -2:, :], new], dim=-2))
     layer.crop(-1)  # one of the last step's tokens: rolled back
     assert layer.get_seq_length() == 11
-    keys, _ = layer.update(new[..., :1, :], new[..., :1, :])
-    assert torch.equal(keys, torch.cat([states[..., :1, :], states[..., -1:, :], new[..., :1, :], new[..., :1, :]], -2))
+    keys, _ = layer.update(new[..., :1, :], new[..., :1, :])  # written in place: the window's order may differ
+    expected = torch.cat([states[..., :1, :], states[..., -1:, :], new[..., :1, :], new[..., :1, :]], -2)
+    assert torch.equal(keys[..., :1, :], expected[..., :1, :])
+    assert torch.equal(in_position_order(keys[..., 1:, :]), in_position_order(expected[..., 1:, :]))
     with pytest.raises(RuntimeError, match="can roll back only"):
         layer.crop(-2)
+
+
+def in_position_order(keys: torch.Tensor) -> torch.Tensor:
+    """Keys whose first feature is their position (or a random value), sorted by it."""
+    return keys.gather(-2, keys[..., :1].argsort(dim=-2).expand_as(keys))
+
+
+@pytest.mark.parametrize("prefix", [0, 2])
+def test_decoding_steps_on_a_full_window_write_in_place_and_return_exactly_the_visible_keys(prefix):
+    """One-token steps once the window is full overwrite the oldest window token in the held buffer (no
+    new tensor): the prefix stays in place and the window holds exactly the last ``window`` tokens; a
+    step of several tokens, and a roll-back, find them in order again."""
+    window, prompt = 5, 9
+    tokens = torch.arange(40, dtype=torch.float64).reshape(1, 1, 40, 1).expand(2, 3, 40, 4)  # key = position
+    layer = SinkWindowCacheLayer(window=window, prefix=prefix)
+    layer.update(tokens[..., :prompt, :], tokens[..., :prompt, :])
+    buffer = None
+    for position in range(prompt, 30):
+        keys, values = layer.update(tokens[..., position : position + 1, :], tokens[..., position : position + 1, :])
+        assert torch.equal(keys, values)
+        assert keys[0, 0, :prefix, 0].tolist() == list(range(prefix))
+        assert sorted(keys[0, 0, prefix:, 0].tolist()) == list(range(position - window + 1, position + 1))
+        if position > prompt:  # from the second step: the buffer of the first, written in place
+            assert buffer is None or keys.data_ptr() == buffer
+            buffer = keys.data_ptr()
+    keys, _ = layer.update(tokens[..., 30:33, :], tokens[..., 30:33, :])
+    assert keys[0, 0, :, 0].tolist() == list(range(prefix)) + list(range(30 - window + 1, 33))
+    layer.update(tokens[..., 33:34, :], tokens[..., 33:34, :])
+    layer.update(tokens[..., 34:35, :], tokens[..., 34:35, :])
+    layer.crop(-1)
+    assert layer.keys[0, 0, :, 0].tolist() == list(range(prefix)) + list(range(34 - window + 1, 34))
 
 
 @pytest.mark.parametrize("prompt", [1, 7])
