@@ -369,8 +369,13 @@ def test_one_bucket_and_one_chunk_match_the_unpatched_model(request, model_name)
 
 
 def test_cached_generation_equals_recomputation_within_one_chunk(llama):
+    """Growing and static caches, a left-padded row among them: the steps over the cache see what the
+    prompt's rows see while everything fits one chunk."""
     model = patch_model(llama, "lsh", bucket_size=32, num_buckets=4)
-    ids = torch.randint(3, 97, (1, 8), generator=torch.Generator().manual_seed(1))
-    cached = model.generate(ids, max_new_tokens=12, do_sample=False)
-    recomputed = model.generate(ids, max_new_tokens=12, do_sample=False, use_cache=False)
-    assert torch.equal(cached, recomputed)
+    ids = torch.randint(3, 97, (2, 8), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    recomputed = model.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, use_cache=False)
+    for cache in ("dynamic", "static"):
+        cached = model.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, cache_implementation=cache)
+        assert torch.equal(cached, recomputed), cache
