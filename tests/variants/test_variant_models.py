@@ -145,6 +145,9 @@ def test_padding_does_not_change_real_tokens(llama, side, variant, options):
         ("llama", "sparse", {"layout": torch.ones(3, 2, 2, dtype=torch.bool)}, "has 3 heads but decoder layer 0 has 4"),
         ("vit", "performer", {"num_features": -1}, "`num_features` must be an integer >= 1, got -1"),
         ("vit", "linear", {"feature_dim": 0}, "`feature_dim` must be an integer >= 1, got 0"),
+        ("vit", "lsh", {}, "bucket_size=64 is larger than the 37 tokens of this model's encoder layers"),
+        ("llama", "lsh", {"num_hashes": 0}, "`num_hashes` must be an integer >= 1"),
+        ("whisper", "lsh", {"bucket_size": 4, "targets": ["cross"]}, "Variant 'lsh' cannot run on cross-attention"),
     ],
 )
 def test_bad_options_and_roles_leave_model_unpatched(request, model_name, variant, options, message):
