@@ -46,6 +46,9 @@ class AxialOptions(VariantOptions):
 
     def validate(self) -> None:
         dispatch.check_backend(self.backend)
+        if self.backend == "cudnn":
+            raise VariantError("backend='cudnn' cannot run axial attention (cuDNN's fused attention takes no block "
+                               "layout); use backend='auto' or 'triton'.")
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,8 @@ def test_patched_vit_trains():
                         "layers of this model do not have. Variants that can run there: flash, full, linear, "
                         "lowrank, lsh, nystrom, performer, sliding, sparse."),
         ("vit", {"backend": "fast"}, "`backend` must be one of 'auto', 'triton', 'cudnn', 'reference', got 'fast'."),
+        ("vit", {"backend": "cudnn"}, "backend='cudnn' cannot run axial attention (cuDNN's fused attention takes no "
+                                      "block layout); use backend='auto' or 'triton'."),
     ],
 )
 def test_refused_where_it_cannot_run_and_the_model_is_unchanged(request, model_name, options, message):
