@@ -16,7 +16,7 @@ with the unpatched model:
     python examples/train_vit_from_scratch.py
     hf-efficient-attn eval --model ~/.cache/hf-efficient-attn/assets/vit-mnist \\
         --data ~/.cache/hf-efficient-attn/assets/images-mnist \\
-        --variant sliding --window 3 --variant-options neighbourhood=2d
+        --variant sliding --window 3 --variant-option neighbourhood=2d
 """
 
 import argparse
