@@ -142,9 +142,9 @@ def test_eager_decoding_rows_take_the_best_of_interleaved_rounds(native, monkeyp
         def __exit__(self, *exc):
             return False
 
-    monkeypatch.setattr(native, "step_rate", fake_rate)
-    monkeypatch.setattr(native, "Configured", Switched)
-    monkeypatch.setattr(native, "inputs", lambda *args, **kwargs: {})
+    monkeypatch.setattr(native.measuring, "step_rate", fake_rate)
+    monkeypatch.setattr(native.measuring, "Configured", Switched)
+    monkeypatch.setattr(native.measuring, "inputs", lambda *args, **kwargs: {})
     row = native.Row("decode", "llama", "decode", 1, 12)
     cells = {"sdpa": {"tokens_per_s": 40.0, "tokens_per_s_each": [40.0]},
              "sparse": {"tokens_per_s": 5.0, "tokens_per_s_each": [5.0]},
@@ -169,8 +169,8 @@ def test_every_compiled_cell_starts_from_empty_compile_caches(native, monkeypatc
     """Dynamo stops compiling a frame after `recompile_limit` versions; each compiled cell resets it."""
     resets = []
     monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(True))
-    monkeypatch.setattr(native, "decode_rate", lambda *args: ([5.0], [torch.zeros(1), torch.zeros(1)], None))
-    monkeypatch.setattr(native, "inputs", lambda *args, **kwargs: {})
+    monkeypatch.setattr(native.measuring, "decode_rate", lambda *args: ([5.0], [torch.zeros(1), torch.zeros(1)], None))
+    monkeypatch.setattr(native.measuring, "inputs", lambda *args, **kwargs: {})
     model = tiny_llama()
     for compiled in (False, True, True):
         row = native.Row("decode", "llama", "decode", 1, 12, compiled)
