@@ -3,14 +3,15 @@
     python benchmarks/lsh_axial.py --out benchmarks/results/lsh-axial-cpu
     python benchmarks/lsh_axial.py --device cuda --dtype bfloat16 --batch 8 --out DIR
 
-`lsh`: one causal attention call of SmolLM2's heads (9 query heads over 3 key/value heads of 64; Llama-1B's
-32 over 8 with ``--llama-1b``) at each ``--lengths``, SDPA's causal kernel against `lsh` with chunks of 64
-and 1 and 4 rounds. `axial`: one bidirectional call of ViT-B's heads (12 of 64) over a square patch grid
-and CLS at each ``--grids`` side, dense SDPA (what the unpatched model runs, which is not axial), SDPA
-under axial's dense mask, `axial` as `dispatch` runs it (on CUDA the block-layout kernels; the route is
-printed), `axial` on the chunked engine, and `sliding`'s 2-D neighbourhood of window 3. Each figure is the
-best of ``--repeats`` calls after a warm-up (CUDA: the mean of ``--repeats`` calls between events); on CUDA
-the kernels' output is also compared with the chunked engine's in float32.
+`lsh`: one causal attention call of SmolLM2's heads (9 query heads over 3 key/value heads of 64; Llama-1B's 32
+over 8 with ``--llama-1b``) at each ``--lengths``, SDPA's causal kernel against `lsh` with chunks of 64, 1 and
+4 rounds, without sink tokens and with 4 (its default in causal layers). `axial`: one bidirectional call of
+ViT-B's heads (12 of 64) over a square patch grid and CLS at each ``--grids`` side, dense SDPA (what the
+unpatched model runs, which is not axial), SDPA under axial's dense mask, `axial` as `dispatch` runs it (on
+CUDA the block-layout kernels; the route is printed), `axial` on the chunked engine, and `sliding`'s 2-D
+neighbourhood of window 3. Each figure is the best of ``--repeats`` calls after a warm-up (CUDA: the mean of
+``--repeats`` calls between events); on CUDA the kernels' output is also compared with the chunked engine's in
+float32.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from hf_efficient_attn.variants import (
     SlidingOptions,
     SlidingWindowAttention,
 )
+
+LSH_COLUMNS = ((1, 0), (1, 4), (4, 0), (4, 4))
+"""(rounds, sink tokens) of each timed `lsh` configuration."""
 
 
 def call_context(length: int, causal: bool, device: torch.device) -> AttentionContext:
@@ -81,7 +85,9 @@ def axial_mask(side: int, heads: int, device: torch.device) -> torch.Tensor:
 def lsh_rows(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> list[str]:
     heads, kv_heads = (32, 8) if args.llama_1b else (9, 3)
     rows = [f"### `lsh`, causal, batch {args.batch}, {heads} query heads over {kv_heads}, head size 64, chunks of 64",
-            "", "| tokens | SDPA causal (ms) | `lsh` 1 round (ms) | `lsh` 4 rounds (ms) |", "|---:|---:|---:|---:|"]
+            "", "| tokens | SDPA causal (ms) | " + " | ".join(
+                f"`lsh` {rounds} round{'s' * (rounds > 1)}, {sinks} sinks (ms)" for rounds, sinks in LSH_COLUMNS) + " |",
+            "|---:|---:|" + "---:|" * len(LSH_COLUMNS)]
     generator = torch.Generator(device=device).manual_seed(0)
     for length in args.lengths:
         query = torch.randn(args.batch, heads, length, 64, generator=generator, device=device, dtype=dtype)
@@ -91,9 +97,9 @@ def lsh_rows(args: argparse.Namespace, device: torch.device, dtype: torch.dtype)
         sdpa = milliseconds(F.scaled_dot_product_attention, (query, key, value), device, args.repeats, is_causal=True,
                             enable_gqa=True)
         cells = [f"{sdpa:.2f}"]
-        for rounds in (1, 4):
+        for rounds, sinks in LSH_COLUMNS:
             layer = LayerInfo(Role.CAUSAL, "decoder", 0, heads, kv_heads, 64, max_length=max(args.lengths))
-            variant = LSHAttention(LSHOptions(num_hashes=rounds, bucket_size=64), layer).to(device)
+            variant = LSHAttention(LSHOptions(num_hashes=rounds, bucket_size=64, sink_tokens=sinks), layer).to(device)
             cells.append(f"{milliseconds(variant, (query, key, value, context), device, args.repeats):.2f}")
         rows.append(f"| {length} | {' | '.join(cells)} |")
         print(rows[-1], flush=True)

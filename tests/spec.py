@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -104,13 +106,24 @@ def lsh_buckets(x: torch.Tensor, rotations: torch.Tensor, num_buckets: int) -> t
     return buckets
 
 
+def first_real_tokens(real: list[bool], count: int) -> list[int]:
+    """The indices of a row's first ``count`` real tokens (LSH's sink keys)."""
+    return [j for j, is_real in enumerate(real) if is_real][:count]
+
+
 def lsh_chunk_pairs(
-    query_buckets: list[int], key_buckets: list[int], real: list[bool], bucket_size: int, causal: bool
+    query_buckets: list[int],
+    key_buckets: list[int],
+    real: list[bool],
+    bucket_size: int,
+    causal: bool,
+    sink_keys: Sequence[int] = (),
 ) -> set[tuple[int, int]]:
     """The (query, key) pairs one LSH round gives a call whose query ``i`` and key ``i`` are token ``i``:
     the real queries of each bucket, in position order, in chunks of ``bucket_size``; a chunk sees the
     ``bucket_size`` real keys of its bucket at or before its first query's position and the ``bucket_size``
-    after, and (causal) each query none after itself."""
+    after; every real query also sees ``sink_keys``; (causal) no query sees a key after itself. A set: a
+    pair counts once in a round however many ways the round gives it."""
     pairs = set()
     for bucket in set(query_buckets):
         queries = [i for i, b in enumerate(query_buckets) if b == bucket and real[i]]
@@ -120,19 +133,25 @@ def lsh_chunk_pairs(
             before = sum(1 for j in keys if j <= first)
             window = keys[max(0, before - bucket_size) : before + bucket_size]
             for i in queries[start : start + bucket_size]:
-                pairs.update((i, j) for j in window if not (causal and j > i))
+                pairs.update((i, j) for j in [*window, *sink_keys] if not (causal and j > i))
     return pairs
 
 
 def lsh_recent_pairs(
-    query_buckets: list[int], key_buckets: list[int], query_positions: list[int], key_real: list[bool], bucket_size: int
+    query_buckets: list[int],
+    key_buckets: list[int],
+    query_positions: list[int],
+    key_real: list[bool],
+    bucket_size: int,
+    sink_keys: Sequence[int] = (),
 ) -> set[tuple[int, int]]:
     """The (query, key) pairs one LSH round gives queries over a KV cache (key ``j`` at position ``j``): the
-    last ``bucket_size`` real keys of the query's bucket at or before its position."""
+    last ``bucket_size`` real keys of the query's bucket at or before its position, and ``sink_keys`` at or
+    before it; a set, as `lsh_chunk_pairs`."""
     pairs = set()
     for i, (bucket, position) in enumerate(zip(query_buckets, query_positions, strict=True)):
         keys = [j for j, b in enumerate(key_buckets) if b == bucket and key_real[j] and j <= position]
-        pairs.update((i, j) for j in keys[-bucket_size:])
+        pairs.update((i, j) for j in [*keys[-bucket_size:], *sink_keys] if j <= position)
     return pairs
 
 

@@ -21,7 +21,8 @@ DECODER_VARIANTS = {
     "sliding": {"window": 4},
     "sliding-sinks": {"window": 4, "sink_tokens": 2},
     "sparse": {"block_size": 4, "local_blocks": 2},
-    "lsh": {"bucket_size": 4, "num_hashes": 2},
+    "lsh": {"bucket_size": 4, "num_hashes": 2, "sink_tokens": 0},
+    "lsh-sinks": {"bucket_size": 4, "num_hashes": 2, "sink_tokens": 2},
 }
 VIT_VARIANTS = {
     "flash": {},
@@ -29,6 +30,7 @@ VIT_VARIANTS = {
     "sliding-2d": {"window": 2, "neighbourhood": "2d"},
     "sparse": {"block_size": 8, "local_blocks": 1},
     "lsh": {"bucket_size": 8, "num_hashes": 2},
+    "lsh-sinks": {"bucket_size": 8, "num_hashes": 2, "sink_tokens": 1},
     "axial": {},
 }
 
@@ -72,7 +74,7 @@ def test_a_partly_patched_model_compiles_in_a_fresh_process(monkeypatch):
     assert graph_breaks(lambda: model(**llama_inputs(padded=False)).logits) == 0
 
 
-@pytest.mark.parametrize("name", ["flash", "sliding", "sparse", "lsh"])
+@pytest.mark.parametrize("name", ["flash", "sliding", "sparse", "lsh", "lsh-sinks"])
 def test_whisper_forward_has_no_graph_break(name):
     whisper = tiny_whisper()
     model = patch_model(whisper, variant_of(name), **DECODER_VARIANTS[name])

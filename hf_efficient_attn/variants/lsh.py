@@ -4,8 +4,11 @@ Each of ``num_hashes`` rounds hashes queries and keys with the same random rotat
 so that a query meets the keys that point its way, and computes softmax attention of every query over
 the keys its round gives it: in a prompt or an encoder, chunks of ``bucket_size`` queries of one bucket
 over ``2·bucket_size`` keys of that bucket around the chunk; over a KV cache, the last ``bucket_size``
-keys of the query's bucket. Causal layers see no key after the query's position, padding is never seen,
-packed documents do not see each other, a model's own sliding window still applies.
+keys of the query's bucket. Besides those, every round gives each query the first ``sink_tokens`` real
+tokens of its row (StreamingLLM's attention sinks, where pretrained decoders put much of their attention
+and which a bucket rarely holds), each counted once whether or not the round's chunk also found it.
+Causal layers see no key after the query's position, padding is never seen, packed documents do not see
+each other, a model's own sliding window still applies.
 
 The rounds are combined through their log-sum-exps: the output is softmax attention over all the keys
 the rounds found, a key counted once per round that found it. Each query also sees its own key, counted
@@ -39,10 +42,13 @@ from .base import (
     register_variant,
     warn_exact_pattern,
 )
-from .lsh_buckets import chunk_windows, derived_bucket_count, hash_buckets, recent_key_mask
+from .lsh_buckets import ChunkWindows, chunk_windows, derived_bucket_count, hash_buckets, recent_key_mask
 
 UNKNOWN_LENGTH_TOKENS = 1 << 16
 """Longest call the rotations are drawn for when ``num_buckets`` is derived and a layer has no known length."""
+
+CAUSAL_SINK_TOKENS = 4
+"""Default sink tokens of causal layers (see docs/variants-lsh-axial.md for the measurements behind it)."""
 
 
 @dataclass(frozen=True)
@@ -56,12 +62,23 @@ class LSHOptions(VariantOptions):
         num_buckets: buckets per round: 1 (every token in one bucket) or an even number; None derives it
             per call as the even number nearest ``length / bucket_size``. Default None.
         seed: seed of the random rotations (layer ``i`` draws with ``seed * 1000003 + i``). Default 0.
+        sink_tokens: leading real tokens of each row (after left padding; over a KV cache, the cache's first)
+            that every query sees in every round besides its chunk, each counted once a round; in causal
+            layers only queries at or after them. None: `CAUSAL_SINK_TOKENS` in causal layers, where
+            pretrained decoders put much of their attention on them, and 0 in bidirectional ones. Default None.
     """
 
     num_hashes: int = 4
     bucket_size: int = 64
     num_buckets: int | None = None
     seed: int = 0
+    sink_tokens: int | None = None
+
+    def sinks_for(self, role: Role) -> int:
+        """Sink tokens of a layer of ``role``: the option, or its default there."""
+        if self.sink_tokens is not None:
+            return self.sink_tokens
+        return CAUSAL_SINK_TOKENS if role is Role.CAUSAL else 0
 
     def validate(self) -> None:
         if isinstance(self.num_hashes, bool) or not isinstance(self.num_hashes, int) or self.num_hashes < 1:
@@ -69,6 +86,8 @@ class LSHOptions(VariantOptions):
                                f"1 to 8 are usual), got {self.num_hashes!r}; use num_hashes=4.")
         positive_int("bucket_size", self.bucket_size)
         positive_int("seed", self.seed, minimum=0)
+        if self.sink_tokens is not None:
+            positive_int("sink_tokens", self.sink_tokens, minimum=0)
         if self.num_buckets is not None:
             positive_int("num_buckets", self.num_buckets)
             if self.num_buckets > 1 and self.num_buckets % 2:
@@ -90,6 +109,7 @@ class LSHAttention(AttentionVariant):
 
     def __init__(self, options: LSHOptions, layer: LayerInfo):
         super().__init__(options, layer)
+        self.sink_tokens = options.sinks_for(layer.role)
         self.max_buckets = options.num_buckets or derived_bucket_count(
             layer.sequence_length or layer.max_length or UNKNOWN_LENGTH_TOKENS, options.bucket_size)
         generator = torch.Generator().manual_seed(options.seed * 1_000_003 + max(layer.layer_index, 0))
@@ -111,6 +131,8 @@ class LSHAttention(AttentionVariant):
         if options.num_buckets == 1:
             warn_exact_pattern(layer, "bucket_size", options.bucket_size, "with num_buckets=1 puts in one chunk",
                                "Use num_buckets >= 2 or a smaller bucket_size.")
+        warn_exact_pattern(layer, "sink_tokens", options.sinks_for(layer.role), "makes sinks of",
+                           "Use fewer sink_tokens than tokens (a few suffice).")
 
     def num_buckets(self, tokens: int) -> int:
         """Buckets of a call over ``tokens`` keys: the option, or derived (at most what the rotations hold)."""
@@ -133,11 +155,11 @@ class LSHAttention(AttentionVariant):
         key_buckets = hash_buckets(key, self.rotations, num_buckets)[:, :, None]  # [b, kv, 1, rounds, k]
         if _queries_are_keys(query, key, context):
             rounds = _chunked_rounds(grouped, key, value, query_buckets, key_buckets, num_buckets,
-                                     self.options.bucket_size, context)
+                                     self.options.bucket_size, self.sink_tokens, context)
             own_index = torch.arange(q_len, device=query.device)
         else:
             rounds = _recent_key_rounds(grouped, key, value, query_buckets, key_buckets, self.options.bucket_size,
-                                        context)
+                                        self.sink_tokens, context)
             own_index = context.query_positions
         output = _combine_rounds(*rounds, _own_key(grouped, key, value, own_index, context), self.options.num_hashes)
         return output.reshape(batch, q_heads, q_len, head_dim).to(query.dtype)
@@ -173,9 +195,10 @@ def _per_row(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return values.gather(1, flat).view(values.shape[0], *index.shape[1:])
 
 
-def _chunked_rounds(query, key, value, query_buckets, key_buckets, num_buckets, bucket_size, context):
-    """Every round over chunks (see `lsh_buckets`): output ``[b, kv, groups, rounds, n, d]``, log-sum-exp
-    ``[b, kv, groups, rounds, n]`` and whether the query's own key was among its keys, same shape.
+def _chunked_rounds(query, key, value, query_buckets, key_buckets, num_buckets, bucket_size, sinks, context):
+    """Every round over chunks (see `lsh_buckets`), each chunk's window followed by the row's ``sinks`` sink
+    keys (`_sink_columns`): output ``[b, kv, groups, rounds, n, d]``, log-sum-exp ``[b, kv, groups, rounds,
+    n]`` and whether the query's own key was among its keys, same shape.
 
     Padding keys are in a bucket of their own, which no window of a real bucket reaches; empty slots and
     padding queries compute rows that no query reads back."""
@@ -195,11 +218,16 @@ def _chunked_rounds(query, key, value, query_buckets, key_buckets, num_buckets, 
         return expanded.gather(-2, index[..., None].expand(*index.shape, head_dim))
 
     query_index = windows.query_at_slot.view(*leading, chunks, bucket_size)
-    key_index = windows.key_at_window
+    key_index, allowed = windows.key_at_window, windows.window_valid
+    if sinks:
+        sink_index, sink_allowed = _sink_columns(windows, _sink_keys(context, sinks, n), bucket_size)
+        key_index = torch.cat([key_index, sink_index.expand_as(sink_allowed)], dim=-1)
+        allowed = torch.cat([allowed, sink_allowed], dim=-1)
+        width += sinks
     chunk_query = gather_rows(query * context.scaling, windows.query_at_slot.clamp(min=0))
     window_key = gather_rows(key[:, :, None], key_index.flatten(-2)).view(*leading, chunks, width, head_dim)
     window_value = gather_rows(value[:, :, None], key_index.flatten(-2)).view(*leading, chunks, width, head_dim)
-    allowed = windows.window_valid[..., None, :]  # [..., chunks, 1, width]
+    allowed = allowed[..., None, :]  # [..., chunks, 1, width]
     rules = _pair_rules(context, query_index[..., :, None], key_index[..., None, :],
                         query_index.clamp(min=0)[..., :, None], key_index[..., None, :], padding=False)
     if rules is not None:
@@ -216,12 +244,55 @@ def _chunked_rounds(query, key, value, query_buckets, key_buckets, num_buckets, 
     # the own key is in the window of its query's chunk when it hashed to the query's bucket and its place in
     # the sorted keys falls inside the window (causality, documents and a native window always allow it)
     start = windows.window_start.gather(-1, windows.slot_of_query // bucket_size)
-    own_seen = (query_buckets == key_buckets) & (windows.key_rank >= start) & (windows.key_rank < start + width)
+    reach = 2 * bucket_size
+    own_seen = (query_buckets == key_buckets) & (windows.key_rank >= start) & (windows.key_rank < start + reach)
+    if sinks:  # a sink's own key is in its sink columns, or in its window (and then masked in the sink columns)
+        own_seen = own_seen | _is_sink(context, torch.arange(n, device=query.device), sinks).view(-1, 1, 1, 1, n)
     return to_queries(output), to_queries(lse), own_seen
 
 
-def _recent_key_rounds(query, key, value, query_buckets, key_buckets, bucket_size, context):
-    """Every round by recent keys (see `lsh_buckets.recent_key_mask`), same results as `_chunked_rounds`."""
+def _row_start(context: AttentionContext, device: torch.device) -> torch.Tensor:
+    """Each row's first real position, long ``[b|1]`` (0 where no row is left-padded), as `sliding` counts
+    its sinks from."""
+    if context.sequence_start is None:
+        return torch.zeros(1, dtype=torch.long, device=device)
+    return context.sequence_start
+
+
+def _is_sink(context: AttentionContext, positions: torch.Tensor, sinks: int) -> torch.Tensor:
+    """Bool ``[b|1, len]``: whether each of ``positions`` (long ``[len]``) is among the first ``sinks``
+    positions of its row from the row's first real token."""
+    offset = positions[None, :] - _row_start(context, positions.device)[:, None]
+    return (offset >= 0) & (offset < sinks)
+
+
+def _sink_keys(context: AttentionContext, sinks: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sink keys of a call whose key ``i`` is position ``i``: index (clamped) and whether it is a real
+    key, long and bool ``[b|1, sinks]``."""
+    device = context.key_positions.device
+    index = _row_start(context, device)[:, None] + torch.arange(sinks, device=device)
+    real = index < length
+    index = index.clamp(max=length - 1)
+    if context.key_padding is not None:
+        real = real & _per_row(context.key_padding, index)
+    return index, real
+
+
+def _sink_columns(windows: ChunkWindows, sink_keys: tuple[torch.Tensor, torch.Tensor],
+                  bucket_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sink keys as extra columns of every chunk's window: index ``[b|1, 1, 1, 1, 1, sinks]`` and
+    whether each chunk may read each, ``[b, kv, groups, rounds, chunks, sinks]``: a real sink that the
+    chunk's window does not already hold (so no key counts twice in a round), for a chunk that holds
+    queries (the empty chunk past the last, which padding queries read back, stays without keys)."""
+    index, real = (x.view(x.shape[0], 1, 1, 1, 1, x.shape[-1]) for x in sink_keys)
+    held = ((windows.key_at_window[..., None] == index[..., None, :]) & windows.window_valid[..., None]).any(-2)
+    occupied = windows.query_at_slot[..., ::bucket_size] >= 0  # [..., chunks]
+    return index, real & ~held & occupied[..., None]
+
+
+def _recent_key_rounds(query, key, value, query_buckets, key_buckets, bucket_size, sinks, context):
+    """Every round by recent keys (see `lsh_buckets.recent_key_mask`) and the visible ones of the cache's
+    first ``sinks`` real tokens, same results as `_chunked_rounds`."""
     q_len = query.shape[-2]
     key_index = torch.arange(key.shape[-2], device=key.device)
     query_index = torch.arange(q_len, device=key.device)
@@ -230,6 +301,9 @@ def _recent_key_rounds(query, key, value, query_buckets, key_buckets, bucket_siz
     visible = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=key.device) if rules is None else rules
     visible = visible.view(visible.shape[0], 1, 1, 1, *visible.shape[-2:])  # [b|1, 1, 1, 1, q, k]
     allowed = recent_key_mask(query_buckets, key_buckets, visible, bucket_size)  # [b, kv, groups, rounds, q, k]
+    if sinks:
+        sink = _is_sink(context, context.key_positions, sinks)
+        allowed = allowed | (sink.view(sink.shape[0], 1, 1, 1, 1, -1) & visible)
     scores = torch.einsum("bhgqd,bhkd->bhgqk", query * context.scaling, key)[:, :, :, None]
     output, lse = _masked_softmax_attention(scores, allowed, value[:, :, None, None])
     own = context.query_positions.view(1, 1, 1, 1, q_len, 1).expand(*allowed.shape[:-1], 1)

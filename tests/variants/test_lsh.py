@@ -1,5 +1,5 @@
-"""`lsh` against its float64 definition: hashing, sorting, chunking, recent keys, the combination of rounds,
-exactness with one bucket and one chunk, padding, causality, options."""
+"""`lsh` against its float64 definition: hashing, sorting, chunking, recent keys, sink tokens, the combination
+of rounds, exactness with one bucket and one chunk, padding, causality, options."""
 
 from __future__ import annotations
 
@@ -8,13 +8,20 @@ from contextlib import nullcontext
 
 import pytest
 import torch
-from spec import counted_attention, dense_attention, lsh_buckets, lsh_chunk_pairs, lsh_recent_pairs
+from spec import (
+    counted_attention,
+    dense_attention,
+    first_real_tokens,
+    lsh_buckets,
+    lsh_chunk_pairs,
+    lsh_recent_pairs,
+)
 from variant_helpers import causal_padding_visible, context, layer, padding_mask, qkv
 
 from hf_efficient_attn import patch_model
 from hf_efficient_attn.variants import LSHAttention, LSHOptions, Role, VariantError
 from hf_efficient_attn.variants.base import ExactPatternWarning, LayerInfo
-from hf_efficient_attn.variants.lsh import _combine_rounds
+from hf_efficient_attn.variants.lsh import CAUSAL_SINK_TOKENS, _combine_rounds
 from hf_efficient_attn.variants.lsh_buckets import (
     chunk_windows,
     derived_bucket_count,
@@ -29,8 +36,9 @@ def build(causal: bool, heads: int = 4, kv_heads: int = 2, **options) -> LSHAtte
 
 
 def lsh_definition(variant: LSHAttention, query, key, value, ctx, padding) -> torch.Tensor:
-    """The whole variant from the definitions in `spec`: each round's pairs counted, the own key
-    ``num_hashes`` times, softmax over the counts."""
+    """The whole variant from the definitions in `spec`: each round's pairs (its chunk or recent keys and
+    the row's first ``sink_tokens`` real tokens) counted, the own key ``num_hashes`` times, softmax over the
+    counts."""
     batch, q_heads, q_len, _ = query.shape
     k_len, groups = key.shape[-2], q_heads // key.shape[1]
     rounds, size = variant.options.num_hashes, variant.options.bucket_size
@@ -41,13 +49,14 @@ def lsh_definition(variant: LSHAttention, query, key, value, ctx, padding) -> to
     positions = ctx.query_positions.tolist()
     for row in range(batch):
         real = [True] * k_len if padding is None else padding[row].tolist()
+        sinks = first_real_tokens(real, variant.sink_tokens)
         for head in range(q_heads):
             for r in range(rounds):
                 queries, keys = query_buckets[row, head, r].tolist(), key_buckets[row, head // groups, r].tolist()
                 if q_len == k_len:
-                    pairs = lsh_chunk_pairs(queries, keys, real, size, ctx.causal)
+                    pairs = lsh_chunk_pairs(queries, keys, real, size, ctx.causal, sinks)
                 else:
-                    pairs = lsh_recent_pairs(queries, keys, positions, real, size)
+                    pairs = lsh_recent_pairs(queries, keys, positions, real, size, sinks)
                 for i, j in pairs:
                     counts[row, head, i, j] += j != positions[i]
         for i, position in enumerate(positions):
@@ -184,68 +193,103 @@ CASES = [
 @pytest.mark.parametrize(("options", "kv_heads"), CASES)
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
 @pytest.mark.parametrize("side", [None, "left", "right"])
-def test_matches_definition(options, kv_heads, causal, side):
+@pytest.mark.parametrize("sinks", [0, 3], ids=["no-sinks", "3-sinks"])
+def test_matches_definition(options, kv_heads, causal, side, sinks):
     query, key, value = qkv(q_len=21, kv_heads=kv_heads, seed=3, scale=2.0)
     padding = padding_mask(2, 21, side, [0, 6])
     ctx = context(21, 21, causal=causal, padding=padding)
-    variant = build(causal, kv_heads=kv_heads, **options)
+    variant = build(causal, kv_heads=kv_heads, sink_tokens=sinks, **options)
     expected = lsh_definition(variant, query, key, value, ctx, padding)
     assert (variant(query, key, value, ctx) - expected).abs().max() < 1e-12
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_sinks_are_seen_once_per_round_beside_the_chunk(causal):
+    """One bucket, so every round gives the same pairs: in chunks of 4 over 24 tokens, chunk ``c`` (queries
+    ``4c .. 4c+3``) sees keys ``4c - 3 .. 4c + 4``, and every query sees the 2 sinks. Each key counts once
+    per round, so the output is softmax attention over that union (a sink counted again where the window
+    also holds it would weigh double)."""
+    length, size, sinks = 24, 4, 2
+    query, key, value = qkv(q_len=length, seed=14, scale=2.0)
+    ctx = context(length, length, causal=causal)
+    visible = torch.zeros(1, 1, length, length, dtype=torch.bool)
+    for i in range(length):
+        first = i // size * size
+        for j in range(length):
+            visible[0, 0, i, j] = (first - size < j <= first + size or j < sinks) and not (causal and j > i)
+    expected = dense_attention(query, key, value, visible, ctx.scaling)
+    variant = build(causal, num_hashes=3, bucket_size=size, num_buckets=1, sink_tokens=sinks)
+    assert (variant(query, key, value, ctx) - expected).abs().max() < 1e-12
+    without = build(causal, num_hashes=3, bucket_size=size, num_buckets=1, sink_tokens=0)(query, key, value, ctx)
+    assert (without - expected)[:, :, 2 * size :].abs().max() > 1e-2  # the control: from chunk 2 on, only sinks reach 0, 1
+
+
+def test_sinks_default_to_causal_layers_only():
+    assert build(True).sink_tokens == CAUSAL_SINK_TOKENS > 0 and build(False).sink_tokens == 0
+    assert build(True, sink_tokens=0).sink_tokens == 0 and build(False, sink_tokens=1).sink_tokens == 1
+
+
 @pytest.mark.parametrize("side", [None, "left"])
 @pytest.mark.parametrize("queries", [1, 3])
-def test_calls_over_a_cache_match_the_recent_key_definition(side, queries):
+@pytest.mark.parametrize("sinks", [0, 3], ids=["no-sinks", "3-sinks"])
+def test_calls_over_a_cache_match_the_recent_key_definition(side, queries, sinks):
+    """Over a KV cache the sinks are the cache's first real tokens (after a row's left padding)."""
     query, key, value = qkv(q_len=queries, k_len=26, seed=4, scale=2.0)
     padding = padding_mask(2, 26, side, [0, 7])
     ctx = context(queries, 26, causal=True, padding=padding)
-    variant = build(True, num_hashes=3, bucket_size=3, num_buckets=4)
+    variant = build(True, num_hashes=3, bucket_size=3, num_buckets=4, sink_tokens=sinks)
     expected = lsh_definition(variant, query, key, value, ctx, padding)
     assert (variant(query, key, value, ctx) - expected).abs().max() < 1e-12
 
 
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("side", [None, "left", "right"])
-def test_one_bucket_and_one_chunk_is_exact_attention(causal, side):
+@pytest.mark.parametrize("sinks", [0, 3], ids=["no-sinks", "3-sinks"])
+def test_one_bucket_and_one_chunk_is_exact_attention(causal, side, sinks):
+    """Every key is in the one chunk's window, so sinks add nothing (they are not counted twice)."""
     query, key, value = qkv(q_len=20, seed=5, scale=2.0)
     padding = padding_mask(2, 20, side, [0, 5])
     ctx = context(20, 20, causal=causal, padding=padding)
-    variant = build(causal, num_hashes=3, bucket_size=20, num_buckets=1)
+    variant = build(causal, num_hashes=3, bucket_size=20, num_buckets=1, sink_tokens=sinks)
     expected = dense_attention(query, key, value, causal_padding_visible(ctx.query_positions, ctx.key_positions,
                                                                          causal, padding), ctx.scaling)
     real = torch.ones(2, 20, dtype=torch.bool) if padding is None else padding
     got = variant(query, key, value, ctx)
     assert (got - expected).abs().amax(dim=(1, 3))[real].max() < 1e-12
     assert (got.abs().amax(dim=(1, 3))[~real] == 0).all()  # padding positions' own outputs are zeros
-    smaller = build(causal, num_hashes=3, bucket_size=5, num_buckets=1)(query, key, value, ctx)
+    smaller = build(causal, num_hashes=3, bucket_size=5, num_buckets=1, sink_tokens=sinks)(query, key, value, ctx)
     assert (smaller - expected).abs().amax(dim=(1, 3))[real].max() > 1e-2  # the control: chunks do cut
 
 
-def test_decoding_equals_the_prompt_when_it_fits_one_chunk():
+@pytest.mark.parametrize("sinks", [0, 3], ids=["no-sinks", "3-sinks"])
+def test_decoding_equals_the_prompt_when_it_fits_one_chunk(sinks):
     """Within one chunk a prompt's rows are what queries over a cache see: the last row of a causal call
     equals a one-query call over the same keys."""
     query, key, value = qkv(q_len=12, seed=6, scale=2.0)
-    variant = build(True, num_hashes=3, bucket_size=12, num_buckets=4)
+    variant = build(True, num_hashes=3, bucket_size=12, num_buckets=4, sink_tokens=sinks)
     whole = variant(query, key, value, context(12, 12, causal=True))
     step = variant(query[:, :, -1:], key, value, context(1, 12, causal=True))
     assert (whole[:, :, -1:] - step).abs().max() < 1e-12
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_padding_does_not_change_real_rows(side):
+@pytest.mark.parametrize("sinks", [0, 3], ids=["no-sinks", "3-sinks"])
+def test_padding_does_not_change_real_rows(side, sinks):
+    """Sinks included: a left-padded row's sinks are its first real tokens, as alone."""
     query, key, value = qkv(batch=2, q_len=24, seed=7, scale=2.0)
     padding = padding_mask(2, 24, side, [0, 9])
-    variant = build(True, num_hashes=2, bucket_size=3, num_buckets=4)
+    variant = build(True, num_hashes=2, bucket_size=3, num_buckets=4, sink_tokens=sinks)
     batched = variant(query, key, value, context(24, 24, causal=True, padding=padding))
     keep = padding[1]
     alone = variant(query[1:, :, keep], key[1:, :, keep], value[1:, :, keep], context(15, 15, causal=True))
     assert (batched[1:, :, keep] - alone).abs().max() < 1e-12
 
 
-def test_later_tokens_never_change_earlier_outputs():
+@pytest.mark.parametrize("sinks", [0, 3, 20], ids=["no-sinks", "3-sinks", "20-sinks"])
+def test_later_tokens_never_change_earlier_outputs(sinks):
     """Causal-safe: what a query sees is decided by tokens at or before it, so changing every token after
-    position 15 (their buckets included) leaves rows 0..15 as they were."""
-    variant = build(True, num_hashes=3, bucket_size=2, num_buckets=4)
+    position 15 (their buckets included, and sinks among them) leaves rows 0..15 as they were."""
+    variant = build(True, num_hashes=3, bucket_size=2, num_buckets=4, sink_tokens=sinks)
     query, key, value = qkv(batch=1, q_len=40, seed=8, scale=2.0)
     later_query, later_key, later_value = qkv(batch=1, q_len=40, seed=9, scale=2.0)
     changed = [torch.cat([a[:, :, :16], b[:, :, 16:]], dim=2) for a, b in
@@ -257,11 +301,12 @@ def test_later_tokens_never_change_earlier_outputs():
 
 
 @pytest.mark.parametrize("causal", [True, False])
-def test_gradients_match_the_definition(causal):
+@pytest.mark.parametrize("sinks", [0, 3], ids=["no-sinks", "3-sinks"])
+def test_gradients_match_the_definition(causal, sinks):
     query, key, value = (x.requires_grad_() for x in qkv(q_len=17, seed=10, scale=2.0))
     padding = padding_mask(2, 17, "right", [0, 4])
     ctx = context(17, 17, causal=causal, padding=padding)
-    variant = build(causal, num_hashes=2, bucket_size=3, num_buckets=4)
+    variant = build(causal, num_hashes=2, bucket_size=3, num_buckets=4, sink_tokens=sinks)
     weight = torch.randn(2, 4, 17, 8, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
     got = torch.autograd.grad((variant(query, key, value, ctx) * weight).sum(), (query, key, value))
     expected = torch.autograd.grad((lsh_definition(variant, query, key, value, ctx, padding) * weight).sum(),
@@ -304,6 +349,7 @@ def test_layers_draw_their_own_rotations_from_the_seed():
         ({"num_buckets": 5}, "`num_buckets` must be 1 or even (a rotation and its negation make buckets in pairs), "
                              "got 5; use 6, or None to derive it from the length."),
         ({"num_buckets": 0}, "`num_buckets` must be an integer >= 1, got 0"),
+        ({"sink_tokens": -1}, "`sink_tokens` must be an integer >= 0, got -1"),
     ],
 )
 def test_options_that_can_never_work_are_refused(options, message):
@@ -325,6 +371,8 @@ def test_a_bucket_larger_than_the_layer_is_refused_with_the_fix():
         LSHAttention.check_layer(LSHOptions(bucket_size=37, num_buckets=1), vit_layer)
     with pytest.raises(VariantError, match="Variant 'lsh' cannot run on cross-attention"):
         LSHAttention.check_layer(LSHOptions(bucket_size=4), LayerInfo(Role.CROSS, "cross", 0, 4, 4, 8))
+    with pytest.warns(ExactPatternWarning, match="sink_tokens=37 makes sinks of all 37 tokens"):
+        LSHAttention.check_layer(LSHOptions(bucket_size=4, sink_tokens=37), vit_layer)
 
 
 def test_a_caller_mask_is_refused():
@@ -368,10 +416,11 @@ def test_one_bucket_and_one_chunk_match_the_unpatched_model(request, model_name)
     assert (narrow(**inputs).logits - baseline[0]).abs().max() > 1e-3  # the control: buckets do cut
 
 
-def test_cached_generation_equals_recomputation_within_one_chunk(llama):
-    """Growing and static caches, a left-padded row among them: the steps over the cache see what the
-    prompt's rows see while everything fits one chunk."""
-    model = patch_model(llama, "lsh", bucket_size=32, num_buckets=4)
+@pytest.mark.parametrize("sinks", [0, 2], ids=["no-sinks", "2-sinks"])
+def test_cached_generation_equals_recomputation_within_one_chunk(llama, sinks):
+    """Growing and static caches, a left-padded row among them (its sinks after its padding): the steps over
+    the cache see what the prompt's rows see while everything fits one chunk."""
+    model = patch_model(llama, "lsh", bucket_size=32, num_buckets=4, sink_tokens=sinks)
     ids = torch.randint(3, 97, (2, 8), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
     mask[1, :3] = 0
