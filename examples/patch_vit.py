@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, ViTForImageClassification
+from transformers import ViTForImageClassification, ViTImageProcessor
 
 from hf_efficient_attn import patch_model
 from hf_efficient_attn.assets import asset_path
@@ -28,7 +28,7 @@ parser.add_argument("--device", default="cpu")
 args = parser.parse_args()
 
 name = args.model or asset_path("vit-mnist")
-processor = AutoImageProcessor.from_pretrained(name)
+processor = ViTImageProcessor.from_pretrained(name)
 folder = args.images or asset_path("images-mnist")
 samples = [(path, label.name) for label in sorted(folder.iterdir()) for path in sorted(label.iterdir())[: args.per_class]]
 pixels = processor([Image.open(path).convert("RGB") for path, _ in samples], return_tensors="pt").pixel_values
