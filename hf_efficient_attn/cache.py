@@ -80,12 +80,11 @@ class SinkWindowCacheLayer(DynamicLayer):
         self.cumulative_length += steps
         self.last_step = steps
         if self._writes_in_place(key_states, value_states):
-            if self.ring_start is None:
-                self.ring_start = 0
-            slot = self.prefix + self.ring_start
+            oldest = self.ring_start or 0
+            slot = self.prefix + oldest
             self.keys[..., slot : slot + 1, :].copy_(key_states)
             self.values[..., slot : slot + 1, :].copy_(value_states)
-            self.ring_start = (self.ring_start + 1) % self.window
+            self.ring_start = (oldest + 1) % self.window
             return self.keys, self.values
         self._unrolled()
         self.keys = torch.cat([*self._kept(self.keys), key_states], dim=-2)
@@ -113,10 +112,12 @@ class SinkWindowCacheLayer(DynamicLayer):
         start, self.ring_start = self.prefix + self.ring_start, None
         if start == self.prefix:
             return
-        self.keys = torch.cat([self.keys[..., :self.prefix, :], self.keys[..., start:, :],
-                               self.keys[..., self.prefix:start, :]], dim=-2)
-        self.values = torch.cat([self.values[..., :self.prefix, :], self.values[..., start:, :],
-                                 self.values[..., self.prefix:start, :]], dim=-2)
+
+        def in_order(states: torch.Tensor) -> torch.Tensor:
+            return torch.cat([states[..., : self.prefix, :], states[..., start:, :],
+                              states[..., self.prefix : start, :]], dim=-2)
+
+        self.keys, self.values = in_order(self.keys), in_order(self.values)
 
     def _kept(self, states: torch.Tensor) -> list[torch.Tensor]:
         """Views of what the next step needs of the held states: the prefix and the last ``window - 1``."""
