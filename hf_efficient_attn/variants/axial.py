@@ -30,7 +30,15 @@ from ..context import AttentionContext
 from ..fused_path import KernelMask
 from ..masked import PositionRanges, masked_attention, plan_one_masked_call
 from . import block_layout as layouts
-from .base import VARIANTS, AttentionVariant, LayerInfo, Role, VariantError, VariantOptions, register_variant
+from .base import (
+    AttentionVariant,
+    LayerInfo,
+    Role,
+    VariantError,
+    VariantOptions,
+    register_variant,
+    variants_for_role,
+)
 
 
 @dataclass(frozen=True)
@@ -130,7 +138,8 @@ class AxialAttention(AttentionVariant):
         if layer.grid is None:
             raise VariantError(
                 f"Variant 'axial' needs a patch grid (rows and columns of image patches), which {layer.target} "
-                f"layers of this model do not have. Variants that can run there: {', '.join(_fitting_variants(layer))}."
+                f"layers of this model do not have. Variants that can run there: "
+                f"{', '.join(variants_for_role(layer.role, excluding=[cls.name]))}."
             )
         if layer.num_heads < 2:
             raise VariantError(
@@ -218,9 +227,3 @@ def _permuted(context: AttentionContext, order: torch.Tensor, query_heads: tuple
         dense = dense.index_select(-2, order).index_select(-1, order)
     padding = None if context.key_padding is None else context.key_padding.index_select(1, order)
     return replace(context, key_padding=padding, dense_mask=dense, sequence_start=None, max_sequence_start=0)
-
-
-def _fitting_variants(layer: LayerInfo) -> list[str]:
-    """The registered variants for ``layer``'s role, but `axial` (the one that needs a grid)."""
-    return sorted(name for name, spec in VARIANTS.items()
-                  if name != AxialAttention.name and layer.role in spec.variant_class.roles)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -136,7 +136,7 @@ class AttentionVariant(nn.Module):
     def check_layer(cls, options: VariantOptions, layer: LayerInfo) -> None:
         """Raise `VariantError` when these options cannot run on this layer (checked before patching)."""
         if layer.role not in cls.roles:
-            able = sorted(name for name, spec in VARIANTS.items() if layer.role in spec.variant_class.roles)
+            able = variants_for_role(layer.role)
             raise VariantError(
                 f"Variant '{cls.name}' cannot run on {layer.role.value} ({layer.target} layer "
                 f"{layer.layer_index}). Variants that can: {', '.join(able)}. Or leave this layer out with "
@@ -198,6 +198,12 @@ def register_variant(summary: str) -> Callable[[type[AttentionVariant]], type[At
         return variant_class
 
     return register
+
+
+def variants_for_role(role: Role, excluding: Sequence[str] = ()) -> list[str]:
+    """Names of the registered variants that run on attention of ``role``, but those ``excluding`` (for
+    the messages that say which variants can run where one cannot)."""
+    return sorted(name for name, spec in VARIANTS.items() if name not in excluding and role in spec.variant_class.roles)
 
 
 def positive_int(name: str, value: object, minimum: int = 1) -> None:
