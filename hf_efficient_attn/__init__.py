@@ -6,13 +6,16 @@
 The public names are imported from their modules on first use, so importing the package (as the
 ``hf-efficient-attn`` command line does before it parses its arguments) does not import torch or
 transformers. The first use also checks the installed transformers release (`compat`), and refuses
-an unsupported one saying what to install.
+an unsupported one saying what to install. Importing the package installs `model_hooks` (when
+transformers' modeling module loads), so that transformers' own loaders restore a saved patch.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING
+
+from . import model_hooks
 
 __version__ = "0.1.0"
 
@@ -42,6 +45,8 @@ _PUBLIC_NAMES: dict[str, str] = {
 """Each public name and the submodule that defines it."""
 
 __all__ = sorted(_PUBLIC_NAMES)
+
+model_hooks.install()
 
 if TYPE_CHECKING:  # the same names, for type checkers and editors
     from .api import PatchError, from_pretrained, is_patched, list_variants, patch_model, unpatch_model  # noqa: F401

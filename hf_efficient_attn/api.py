@@ -2,24 +2,22 @@
 
 `patch_model` checks everything first (variant, options, architecture, targets, layers, each layer's
 role) and only then changes the model, so a call that raises leaves the model as it was. The patch is
-recorded in ``model.config.efficient_attention``; `from_pretrained` reads that record back, re-patches
-and loads the variant's own weights from the checkpoint.
+recorded in ``model.config.efficient_attention``, which ``save_pretrained`` writes with the config. When
+transformers loads such a checkpoint (``AutoModel*.from_pretrained`` or the model class's own), the
+hooks of `model_hooks` call `restore_recorded_patch` before the weights load, so the variant's weights
+load like the model's; they also keep ``set_attn_implementation`` from switching a patched model away.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
 import transformers
 from torch import nn
-from transformers.core_model_loading import revert_weight_conversion
 
 from . import interface
 from .cache import BoundedCacheInstaller
@@ -147,8 +145,8 @@ def is_patched(model: nn.Module) -> bool:
 
 def carries_patch(model: nn.Module) -> bool:
     """Whether ``model`` holds a patch's state, running or not: variant modules (which `patch_model`
-    refuses to patch over) or the config record (which a plain transformers load of a patched
-    checkpoint keeps); `unpatch_model` removes both."""
+    refuses to patch over) or the config record, running or not (a model whose implementation was set
+    behind ``set_attn_implementation``'s guard); `unpatch_model` removes both."""
     return bool(patched_variants(model)) or hasattr(getattr(model, "config", None), CONFIG_RECORD)
 
 
@@ -158,28 +156,65 @@ def patched_variants(model: nn.Module) -> list[AttentionVariant]:
 
 
 def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
-    """Load a model saved after `patch_model`, re-apply its patch and load the variant's own weights.
-
-    Works for any saved transformers model: one without a patch record loads unpatched. Keyword
-    arguments go to the model class's ``from_pretrained`` (``dtype``, ``device_map``, ...).
-    """
+    """Load a saved model with the class its config names (``config.architectures``), as
+    ``AutoModel*.from_pretrained`` would: a model saved after `patch_model` comes back patched, with the
+    variant's weights (`restore_recorded_patch`), one saved without a patch unpatched. Keyword arguments
+    go to the model class's ``from_pretrained`` (``dtype``, ``device_map``, ...)."""
     config = transformers.AutoConfig.from_pretrained(path)
     architecture = (config.architectures or [None])[0]
     model_class = getattr(transformers, architecture, None) if architecture else None
     if model_class is None:
         raise PatchError(f"Cannot tell which model class to load from {path}: config.architectures={config.architectures}.")
-    record = getattr(config, CONFIG_RECORD, None)
-    if not record:
-        return model_class.from_pretrained(path, **kwargs)
-    model = _leaving_variant_weights(model_class).from_pretrained(path, **kwargs)
-    model.__class__ = model_class
+    return model_class.from_pretrained(path, **kwargs)
+
+
+def restore_recorded_patch(model: nn.Module) -> None:
+    """Re-apply the patch recorded in ``model.config`` (a checkpoint saved after `patch_model`) to a model
+    transformers has built but not yet loaded weights into, so that the variant's weights load with the
+    rest. Called by `model_hooks` from transformers' loading; after the load,
+    `finish_restored_patch` completes the variants.
+
+    Raises:
+        PatchError: the record names a patch this installation cannot apply; the model is unchanged.
+    """
+    record = getattr(getattr(model, "config", None), CONFIG_RECORD, None)
+    if not record or patched_variants(model):
+        return
     delattr(model.config, CONFIG_RECORD)
-    previous = record.get("previous_attn_implementation")
-    if previous and previous != model.config._attn_implementation:
-        model.set_attn_implementation(previous)
-    patch_model(model, record["variant"], layers=record["layers"], targets=record["targets"], **record["options"])
-    _load_variant_weights(model, Path(path))
-    return model
+    try:
+        patch_model(model, record["variant"], layers=record["layers"], targets=record["targets"], **record["options"])
+    except (ValueError, TypeError, KeyError) as error:
+        setattr(model.config, CONFIG_RECORD, record)
+        raise PatchError(
+            f"This checkpoint was saved patched with hf_efficient_attn ({record.get('variant')!r}), which this "
+            f"installation cannot restore: {error} Install the release it was saved with, or remove "
+            f"{CONFIG_RECORD!r} from its config.json to load it unpatched."
+        ) from error
+
+
+def finish_restored_patch(model: nn.Module) -> None:
+    """At the end of transformers' loading (`model_hooks`): recompute the derived buffers of the model's
+    variants (those `restore_recorded_patch` attached), which the loader re-creates uninitialised."""
+    for variant in patched_variants(model):
+        variant.remake_derived_buffers()
+
+
+def refuse_switch_away(model: nn.Module, attn_implementation: str | dict) -> None:
+    """`PatchError` when ``set_attn_implementation(attn_implementation)`` would switch a patched model to
+    other attention: the variant would stop running while the model still carries it (and saves its
+    record). Called by `model_hooks` before transformers' ``set_attn_implementation``."""
+    requested = (attn_implementation if not isinstance(attn_implementation, dict)
+                 else attn_implementation.get("", model.config._attn_implementation))
+    if requested == interface.IMPLEMENTATION_NAME or not is_patched(model):
+        return
+    record = getattr(model.config, CONFIG_RECORD, None) or {}
+    previous = record.get("previous_attn_implementation") or "sdpa"
+    raise PatchError(
+        f"This model runs hf_efficient_attn's {record.get('variant')!r} attention; set_attn_implementation"
+        f"({requested!r}) would leave the variant unused while the model still carries (and saves) it. Call "
+        f"hf_efficient_attn.unpatch_model(model) first: it restores {previous!r} attention, after which any "
+        "implementation can be set."
+    )
 
 
 def _refuse_peft_wrapper(model: nn.Module) -> None:
@@ -288,71 +323,3 @@ def _build_variant(
     if reference is not None:
         module.to(device=reference.device, dtype=reference.dtype if reference.is_floating_point() else None)
     return module
-
-
-def _leaving_variant_weights(model_class: type[ModelT]) -> type[ModelT]:
-    """``model_class`` whose loading leaves the variant's weights, which the model has no modules for until it
-    is patched, to `_load_variant_weights`, instead of listing them as unexpected in transformers' load
-    report (a subclass of the same name; the loaded model is given ``model_class`` back)."""
-    ignored = [*(getattr(model_class, "_keys_to_ignore_on_load_unexpected", None) or []),
-               rf"\.{interface.VARIANT_ATTRIBUTE}\."]
-    return type(model_class.__name__, (model_class,), {"_keys_to_ignore_on_load_unexpected": ignored,
-                                                       "__qualname__": model_class.__qualname__,
-                                                       "__module__": model_class.__module__})
-
-
-def _load_variant_weights(model: nn.Module, path: Path) -> None:
-    """Load the variant's tensors from the checkpoint at ``path``; transformers skips them as unexpected."""
-    expected = {name: tensor for name, tensor in model.state_dict().items() if _is_variant_state(name)}
-    if not expected:
-        return
-    found = _read_variant_tensors(path)
-    saved_names = {name: _checkpoint_name(model, name, tensor, found) for name, tensor in expected.items()}
-    missing = sorted(name for name, saved in saved_names.items() if saved is None)
-    if missing:
-        raise PatchError(f"The checkpoint at {path} lacks the variant's weights: {', '.join(missing[:5])}.")
-    model.load_state_dict({name: found[saved] for name, saved in saved_names.items()}, strict=False)
-
-
-def _is_variant_state(name: str) -> bool:
-    """Whether a state-dict or checkpoint key belongs to a variant module attached by `patch_model`."""
-    return f".{interface.VARIANT_ATTRIBUTE}." in name
-
-
-def _read_variant_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """The variant tensors of the (maybe sharded) safetensors checkpoint at ``path``, by checkpoint name."""
-    from safetensors.torch import load_file
-
-    index_file = path / "model.safetensors.index.json"
-    if index_file.exists():
-        files = sorted(set(json.loads(index_file.read_text())["weight_map"].values()))
-    else:
-        files = ["model.safetensors"]
-    found: dict[str, torch.Tensor] = {}
-    for file in files:
-        tensors = load_file(str(path / file))
-        found.update({name: tensor for name, tensor in tensors.items() if _is_variant_state(name)})
-    return found
-
-
-def _checkpoint_name(
-    model: nn.Module, name: str, tensor: torch.Tensor, found: dict[str, torch.Tensor]
-) -> str | None:
-    """The checkpoint key holding the model's state ``name``, or None when the checkpoint lacks it.
-
-    ``save_pretrained`` writes some layers under other names than the live model's (transformers 5
-    saves ViT's ``vit.layers.N`` as the legacy ``vit.encoder.layer.N``), so the name it would write
-    is tried first, then the live name; either may also differ from the key by the base-model prefix.
-    """
-    for candidate in dict.fromkeys((_saved_name(model, name, tensor), name)):
-        if candidate in found:
-            return candidate
-        for key in found:
-            if key.endswith("." + candidate) or candidate.endswith("." + key):
-                return key
-    return None
-
-
-def _saved_name(model: nn.Module, name: str, tensor: torch.Tensor) -> str:
-    """The key ``save_pretrained`` writes for state ``name``, by transformers' own reverse key mapping."""
-    return next(iter(revert_weight_conversion(model, {name: tensor})))

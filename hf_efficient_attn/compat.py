@@ -11,7 +11,9 @@ The library talks to transformers through its public seams (the attention and ma
 * ``AutoImageProcessor``, which before 5.24 cannot be used at all without torchvision, while the image
   processor class a checkpoint names can (`load_image_processor`).
 
-(ViT's attention module moved too, in 5.10: its adapter, `patches.vit`, finds it in either place.)
+(ViT's attention module moved too, in 5.10: its adapter, `patches.vit`, finds it in either place. The
+two private loading steps that restore a saved patch are named in `model_hooks`, with a test of their
+shape on both ends.)
 """
 
 from __future__ import annotations

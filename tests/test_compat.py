@@ -10,7 +10,7 @@ from packaging.version import Version
 from tiny_models import tiny_llama
 from transformers.cache_utils import DynamicCache
 
-from hf_efficient_attn import compat, patch_model
+from hf_efficient_attn import compat, model_hooks, patch_model
 from hf_efficient_attn.cache import SinkWindowCacheLayer
 
 
@@ -54,3 +54,16 @@ def test_the_model_passes_its_cache_where_the_bounded_layer_is_installed():
     model(input_ids=ids[:, :1], use_cache=True, **{keyword: cache})
     # the window's 3 earlier tokens and the step's own (trimmed at the next step)
     assert {layer.keys.shape[-2] for layer in cache.layers} == {4}
+
+
+@pytest.mark.parametrize("name", [model_hooks.LOAD_WEIGHTS, model_hooks.FINALIZE_LOAD])
+def test_the_loading_steps_the_hooks_wrap_take_the_model_first(name):
+    """`model_hooks` wraps two private static methods of PreTrainedModel; both must keep that shape."""
+    import inspect
+
+    from transformers.modeling_utils import PreTrainedModel
+
+    assert isinstance(inspect.getattr_static(PreTrainedModel, name), staticmethod)
+    wrapped = inspect.unwrap(getattr(PreTrainedModel, name))
+    assert wrapped is not getattr(PreTrainedModel, name)  # installed on import
+    assert next(iter(inspect.signature(wrapped).parameters)) == "model"

@@ -32,12 +32,33 @@ def test_our_implementation_without_a_patch_is_exact_and_not_patched(llama):
     torch.testing.assert_close(logits(model, ids), expected)
 
 
-def test_a_patched_model_switched_away_is_not_patched_and_unpatch_cleans_it(llama):
+def test_switching_a_patched_model_away_is_refused_until_unpatched(llama):
     ids = torch.randint(3, llama.config.vocab_size, (1, 24))
     expected = logits(llama, ids)
     model = patch_model(copy.deepcopy(llama), "sliding", window=4)
-    assert (logits(model, ids) - expected).abs().max() > 1e-3
-    model.set_attn_implementation("sdpa")
+    patched = logits(model, ids)
+    assert (patched - expected).abs().max() > 1e-3
+    with pytest.raises(PatchError, match=r"runs hf_efficient_attn's 'sliding' attention; set_attn_implementation\('eager'\).*"
+                                         r"unpatch_model\(model\) first: it restores 'sdpa'"):
+        model.set_attn_implementation("eager")
+    with pytest.raises(PatchError, match="unpatch_model"):
+        model.set_attn_implementation({"": "sdpa"})
+    assert is_patched(model) and model.config._attn_implementation == IMPLEMENTATION_NAME
+    assert torch.equal(logits(model, ids), patched)
+    model.set_attn_implementation(IMPLEMENTATION_NAME)  # no switch: allowed
+    unpatch_model(model)
+    model.set_attn_implementation("eager")
+    assert model.config._attn_implementation == "eager"
+    torch.testing.assert_close(logits(model, ids), expected)
+
+
+def test_a_model_switched_away_behind_the_guard_is_not_patched_and_unpatch_cleans_it(llama):
+    """Setting the config's implementation directly bypasses ``set_attn_implementation``: the model runs
+    transformers' attention, `is_patched` says so, and patching again asks to unpatch first."""
+    ids = torch.randint(3, llama.config.vocab_size, (1, 24))
+    expected = logits(llama, ids)
+    model = patch_model(copy.deepcopy(llama), "sliding", window=4)
+    model.config._attn_implementation = "sdpa"
     assert not is_patched(model) and carries_patch(model)
     torch.testing.assert_close(logits(model, ids), expected)
     with pytest.raises(PatchError, match="earlier patch but runs 'sdpa' attention now; call unpatch_model"):
@@ -48,9 +69,11 @@ def test_a_patched_model_switched_away_is_not_patched_and_unpatch_cleans_it(llam
     assert is_patched(model)
 
 
-def test_a_plain_load_of_a_patched_checkpoint_can_be_patched_again(llama, tmp_path):
+def test_a_loaded_patched_checkpoint_is_unpatched_before_another_patch(llama, tmp_path):
     patch_model(copy.deepcopy(llama), "sliding", window=4).save_pretrained(tmp_path)
-    plain = type(llama).from_pretrained(tmp_path)
-    assert not is_patched(plain) and carries_patch(plain)  # the saved record, without its modules
-    patch_model(plain, "sparse", block_size=4)
-    assert is_patched(plain) and plain.config.efficient_attention["variant"] == "sparse"
+    loaded = type(llama).from_pretrained(tmp_path)
+    assert is_patched(loaded)
+    with pytest.raises(PatchError, match="already patched; call unpatch_model"):
+        patch_model(loaded, "sparse", block_size=4)
+    patch_model(unpatch_model(loaded), "sparse", block_size=4)
+    assert is_patched(loaded) and loaded.config.efficient_attention["variant"] == "sparse"

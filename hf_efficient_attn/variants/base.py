@@ -158,6 +158,20 @@ class AttentionVariant(nn.Module):
             raise NotImplementedError(f"Variant '{self.name}' has neither a plan nor a forward of its own.")
         return plan(query, key, value)
 
+    def remake_derived_buffers(self) -> None:
+        """Recompute the buffers this variant derives from its options and layer (registered non-persistent,
+        so checkpoints do not hold them), in place, on each buffer's device.
+
+        transformers' loader builds a model on the meta device and re-creates its non-persistent buffers
+        uninitialised, leaving their values to the model's own init; a variant attached before the weights
+        load (`api.restore_recorded_patch`) gets its values back here."""
+        fresh = type(self)(self.options, self.layer)
+        persistent = set(self.state_dict())
+        with torch.no_grad():
+            for name, value in fresh.named_buffers():
+                if name not in persistent:
+                    self.get_buffer(name).copy_(value)
+
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> AttentionVariant:
         """`nn.Module._apply` (behind ``.to()``, ``.half()``...), leaving `float32_buffers` in float32."""
         kept = {name: self._buffers[name] for name in self.float32_buffers}
