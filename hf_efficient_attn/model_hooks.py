@@ -89,11 +89,13 @@ class _WrapAfterImport(importlib.abc.MetaPathFinder):
         if fullname != MODELING_MODULE:
             return None
         sys.meta_path.remove(self)
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
-        if spec is None or spec.loader is None:
-            return spec
-        spec.loader = _WrappingLoader(spec.loader)
-        return spec
+        for finder in sys.meta_path:
+            spec = finder.find_spec(fullname, path, target) if hasattr(finder, "find_spec") else None
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _WrappingLoader(spec.loader)
+                return spec
+        return None
 
 
 class _WrappingLoader(importlib.abc.Loader):
