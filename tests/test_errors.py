@@ -157,6 +157,30 @@ def test_options_inside_the_tokens_do_not_warn(vit, llama):
         patch_model(copy.deepcopy(llama), "sparse", block_size=16)
 
 
+def test_a_decoder_prompt_inside_one_block_warns_once_and_is_exact(llama):
+    """A decoder's length varies per call, so `patch_model` cannot tell; a prompt that fits in one block is
+    exact attention, which the first such call says (once per block size), and decoding steps never do."""
+    import warnings
+
+    from hf_efficient_attn import ExactPatternWarning
+    from hf_efficient_attn.variants import sparse
+
+    sparse._WARNED_ONE_BLOCK.discard(("block_size", 48))
+    llama = llama.eval()
+    ids = torch.randint(3, 97, (2, 20), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = llama(input_ids=ids).logits
+    model = patch_model(copy.deepcopy(llama), "sparse", block_size=48)
+    with torch.no_grad(), pytest.warns(ExactPatternWarning, match="block_size=48 puts all 20 tokens of this call in "
+                                                                  "one block, so its attention is exact"):
+        got = model(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(input_ids=ids[:, :12])  # warned once already
+        model.generate(ids, max_new_tokens=3, do_sample=False)
+
+
 def test_a_standalone_whisper_decoder_is_patched_like_the_whole_model(whisper):
     """`patch_model` on a `WhisperDecoder` alone attaches the variant to its self-attention, with the
     results of the same decoder inside the whole patched model."""

@@ -25,6 +25,7 @@ its own under a name (`block_layout.register_layout`) from which it is rebuilt f
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -38,6 +39,7 @@ from ..masked import PositionRanges, masked_attention, plan_one_masked_call
 from . import block_layout as layouts
 from .base import (
     AttentionVariant,
+    ExactPatternWarning,
     LayerInfo,
     Role,
     VariantError,
@@ -50,6 +52,8 @@ from .block_layout import BlockSparseLayout
 
 QUERIES_PER_CHUNK = 128
 """About how many queries the engine handles at once, so each chunk gathers only its active key blocks."""
+_WARNED_ONE_BLOCK: set[tuple[str, int]] = set()
+"""Block sizes already warned about calls that fit in one block (`BlockSparseAttention._warn_one_block`)."""
 
 
 @dataclass(frozen=True)
@@ -169,16 +173,35 @@ class BlockSparseAttention(AttentionVariant):
     def plan(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext
     ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        pattern = self.kernel_mask(context)
+        if pattern.layout_blocks == 1 and query.shape[-2] > 1 and not tracing():
+            self._warn_one_block(key.shape[-2])
         return dispatch.plan_call(
             query,
             key,
             value,
             context,
             backend=self.options.backend,
-            pattern=self.kernel_mask(context),
+            pattern=pattern,
             reference=lambda q, k, v, decode_kernel: self._reference(q, k, v, context, decode_kernel),
             variant_name=self.name,
             one_mask=lambda q, k, context: plan_one_masked_call(q, k, context, rule=self),
+        )
+
+    def _warn_one_block(self, tokens: int) -> None:
+        """`ExactPatternWarning`, once per block size, for a call whose tokens all fit in one block (a
+        decoder's prompt shorter than a block: `check_layer` warns where a layer's length is fixed)."""
+        name = "group_size" if self.options.pattern == "shifted" else "block_size"
+        value = getattr(self.options, name)
+        if (name, value) in _WARNED_ONE_BLOCK:
+            return
+        _WARNED_ONE_BLOCK.add((name, value))
+        warnings.warn(
+            f"sparse: {name}={value} puts all {tokens} tokens of this call in one block, so its attention is exact "
+            f"and the pattern applies only to inputs longer than {self._layout_block_size()} tokens. Use a smaller "
+            f"{name} for the pattern to reach inputs this short.",
+            ExactPatternWarning,
+            stacklevel=2,
         )
 
     def _exact(self) -> bool:
