@@ -21,10 +21,10 @@ from torch import nn
 
 from . import interface
 from .cache import BoundedCacheInstaller
+from .model_hooks import CONFIG_RECORD
 from .patches import AttentionSite, UnsupportedModelError, adapter_for
 from .variants import VARIANTS, AttentionVariant, VariantError, VariantOptions
 
-CONFIG_RECORD = "efficient_attention"
 ModelT = TypeVar("ModelT", bound=nn.Module)
 
 

@@ -12,7 +12,7 @@ load, and an attention switch that keeps a patched model consistent.
 * ``set_attn_implementation`` refuses to switch a patched model to other attention (`api.refuse_switch_away`);
   `api.unpatch_model` is the way back.
 
-Both wrappers defer to transformers at once for models without a patch. The package's import stays light
+The wrappers defer to transformers at once for models without a patch record. The package's import stays light
 (the command line's ``--help`` imports it): when ``transformers.modeling_utils`` is not imported yet, a
 finder on ``sys.meta_path`` installs the wrappers right after it is.
 """
@@ -31,6 +31,9 @@ LOAD_WEIGHTS = "_load_pretrained_model"
 """transformers' private static method that loads a checkpoint's weights into a built model."""
 FINALIZE_LOAD = "_finalize_model_loading"
 """transformers' private static method that materialises, after the load, what the checkpoint lacked."""
+
+CONFIG_RECORD = "efficient_attention"
+"""The config attribute in which `api.patch_model` records a patch (and ``save_pretrained`` writes it)."""
 
 _INSTALLED = "_hf_efficient_attn_hooks"
 
@@ -55,30 +58,39 @@ def wrap(pretrained_model: type) -> None:
 
     @functools.wraps(load_weights)
     def load_weights_restoring_patch(model: Any, *args: Any, **kwargs: Any) -> Any:
-        from . import api
+        if _carries_record(model):
+            from . import api
 
-        api.restore_recorded_patch(model)
+            api.restore_recorded_patch(model)
         return load_weights(model, *args, **kwargs)
 
     @functools.wraps(finalize_load)
     def finalize_load_completing_patch(model: Any, *args: Any, **kwargs: Any) -> Any:
-        from . import api
-
         result = finalize_load(model, *args, **kwargs)
-        api.finish_restored_patch(model)
+        if _carries_record(model):
+            from . import api
+
+            api.finish_restored_patch(model)
         return result
 
     @functools.wraps(switch)
     def set_attn_implementation(self: Any, attn_implementation: str | dict, *args: Any, **kwargs: Any) -> Any:
-        from . import api
+        if _carries_record(self):
+            from . import api
 
-        api.refuse_switch_away(self, attn_implementation)
+            api.refuse_switch_away(self, attn_implementation)
         return switch(self, attn_implementation, *args, **kwargs)
 
     setattr(pretrained_model, LOAD_WEIGHTS, staticmethod(load_weights_restoring_patch))
     setattr(pretrained_model, FINALIZE_LOAD, staticmethod(finalize_load_completing_patch))
     pretrained_model.set_attn_implementation = set_attn_implementation
     setattr(pretrained_model, _INSTALLED, True)
+
+
+def _carries_record(model: Any) -> bool:
+    """Whether ``model``'s config holds a patch record: the models the wrappers have work for (a patched
+    model always does), told apart without importing the rest of the package."""
+    return bool(getattr(getattr(model, "config", None), CONFIG_RECORD, None))
 
 
 class _WrapAfterImport(importlib.abc.MetaPathFinder):
