@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness.environment import device_name, timestamp, versions  # noqa: E402
 from benchmarks.harness.markdown import table, versions_line  # noqa: E402
-from benchmarks.harness.store import write_json  # noqa: E402
+from benchmarks.harness.store import save_report  # noqa: E402
 from benchmarks.harness.timing import synchronize  # noqa: E402
 from benchmarks.whole_model import FAMILIES  # noqa: E402
 from benchmarks.whole_model.cli import build_parser as whole_model_parser  # noqa: E402
@@ -188,9 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
            "date": timestamp(), **versions("triton")}
     models, profile = model_rows(args, device, dtype)
     results = {"env": env, "calls": call_rows(device, dtype, args.tiny), "models": models, "profile": profile}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "host_time.json", results)
-    (args.out / "host_time.md").write_text(markdown(results))
+    save_report(args.out, "host_time", results, markdown(results))
     print(markdown(results))
     return results
 

@@ -35,6 +35,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.harness.store import save_report  # noqa: E402
 from hf_efficient_attn import patch_model, unpatch_model  # noqa: E402
 
 ROWS = (
@@ -131,9 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     args.command = "python benchmarks/new_lengths.py " + " ".join(sys.argv[1:] if argv is None else argv)
     results = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "new_lengths.json").write_text(json.dumps(results, indent=1))
-    (args.out / "new_lengths.md").write_text(markdown(results))
+    save_report(args.out, "new_lengths", results, markdown(results))
     print(markdown(results))
     return results
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.harness.store import save_report  # noqa: E402
 from hf_efficient_attn.kernels import ops  # noqa: E402
 
 LAYERS = 16
@@ -158,10 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not torch.cuda.is_available():
         parser.error("this benchmark times CUDA graphs; run it on a CUDA device")
     results = run()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "static_step.json").write_text(json.dumps(results, indent=1))
     text = markdown(results)
-    (args.out / "static_step.md").write_text(text)
+    save_report(args.out, "static_step", results, text)
     print(text)
     return results
 

@@ -25,6 +25,14 @@ def write_json(path: Path, results: dict) -> None:
     path.write_text(json.dumps(results, indent=1, default=str))
 
 
+def save_report(out_dir: Path, name: str, results: dict, text: str) -> None:
+    """Write ``results`` to ``<name>.json`` and the table ``text`` to ``<name>.md`` in ``out_dir``, made if
+    missing: the two files every benchmark leaves."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / f"{name}.json", results)
+    (out_dir / f"{name}.md").write_text(text)
+
+
 def load_comparable(path: Path, results: dict, must_match: Mapping[str, tuple[str, ...]]) -> dict:
     """The earlier results at ``path``, refused (SystemExit) where a field of ``must_match`` (section ->
     fields) differs from this run's: its entries would not measure the same thing."""

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 import transformers
 
+from benchmarks.harness.store import save_report
+
 from .measuring import fastest
 from .rows import COLUMNS, OURS, cpu_rows, gpu_rows
 
@@ -126,7 +128,4 @@ def merge(paths: list[Path], command: str) -> dict:
 
 
 def save(results: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    serialisable = json.loads(json.dumps(results, default=str))
-    (out / "native.json").write_text(json.dumps(serialisable, indent=1))
-    (out / "native.md").write_text(markdown(results))
+    save_report(out, "native", results, markdown(results))
