@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 
+import torch
 import triton
 
 from .relaunch import Relauncher
@@ -53,6 +54,15 @@ class TunedKernel:
         """Run the kernel over ``grid`` with positional ``args`` and keyword ``meta``, which must hold every
         argument named in the key. ``dtype`` (the inputs' dtype) completes the key, as the autotuner's
         own key has the dtypes of the tensor arguments."""
+        try:
+            self._launch(grid, args, meta, dtype)
+        except RuntimeError as error:
+            if not launch_out_of_memory(error):
+                raise
+            torch.cuda.empty_cache()
+            self._launch(grid, args, meta, dtype)
+
+    def _launch(self, grid: tuple | Callable[[dict], tuple], args: tuple, meta: dict, dtype) -> None:
         key = (dtype, *meta.items())
         chosen = self._chosen.get(key)
         if chosen is None:
@@ -62,3 +72,15 @@ class TunedKernel:
         else:
             kwargs, kwargs_key = chosen
             self._relaunch(grid, args, kwargs, kwargs_key)
+
+
+def launch_out_of_memory(error: RuntimeError) -> bool:
+    """Whether a kernel launch failed because the driver could not reserve the kernel's local memory.
+
+    A kernel that spills registers needs local memory for every thread the GPU can hold, reserved when
+    it is first launched; on a GPU whose memory is nearly all taken the launch fails with CUDA's "out of
+    memory" (Triton: ``Triton Error [CUDA]: out of memory``). Memory that PyTorch's caching allocator
+    holds free counts as taken, so `TunedKernel.launch` releases it (``torch.cuda.empty_cache``, as
+    PyTorch does before it reports an allocation out of memory) and launches once more; a launch that
+    failed ran nothing."""
+    return "[CUDA]: out of memory" in str(error) and torch.cuda.is_available()

@@ -3,6 +3,7 @@ only the first launch of a key goes through the autotuner."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import triton
 import triton.language as tl
@@ -102,3 +103,34 @@ def test_the_autotuner_is_asked_once_per_key_and_its_choice_is_launched_after(mo
     assert len(tuner_calls) == 2
     scale(x.double(), 1.0, size_class=2)  # as does a new dtype
     assert len(tuner_calls) == 3
+
+
+def test_a_launch_out_of_memory_is_retried_once_after_releasing_the_cached_blocks(monkeypatch):
+    """The driver reserves a spilling kernel's local memory at its first launch; PyTorch's free cached
+    blocks count as taken, so the launch that fails for memory runs again after ``empty_cache``."""
+    kernel = TunedKernel(_scale, [triton.Config({"BLOCK": 16}, num_warps=2, num_stages=1)], key=["SIZE_CLASS"])
+    real_run = kernel.tuner.run
+    failures = ["Triton Error [CUDA]: out of memory"]
+    released: list = []
+
+    def run(*args, **kwargs):
+        if failures:
+            raise RuntimeError(failures.pop())
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(kernel.tuner, "run", run)
+    monkeypatch.setattr(tuning.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(tuning.torch.cuda, "empty_cache", lambda: released.append(True))
+    x = torch.randn(37, device=DEVICE)
+    y = torch.full_like(x, float("nan"))
+    kernel.launch(lambda m: (triton.cdiv(x.numel(), m["BLOCK"]),), (x, y, x.numel(), 2.0), {"SIZE_CLASS": 1}, x.dtype)
+    torch.testing.assert_close(y, x * 2.0)
+    assert released == [True]
+
+    failures.extend(["Triton Error [CUDA]: out of memory"] * 2)  # fails again after the release: raised
+    with pytest.raises(RuntimeError, match="out of memory"):
+        kernel.launch(lambda m: (1,), (x, y, x.numel(), 2.0), {"SIZE_CLASS": 2}, x.dtype)
+    failures[:] = ["Triton Error [CUDA]: an illegal memory access was encountered"]  # other errors: no retry
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        kernel.launch(lambda m: (1,), (x, y, x.numel(), 2.0), {"SIZE_CLASS": 3}, x.dtype)
+    assert released == [True, True]
