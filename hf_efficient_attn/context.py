@@ -80,6 +80,13 @@ class AttentionContext:
         """Whether a row may start after position 0 (host fact: False only when known)."""
         return self.sequence_start is not None
 
+    def first_real_positions(self) -> torch.Tensor:
+        """Each row's first real position, long ``[b|1]``: `sequence_start`, or a single 0 when no row is
+        left-padded (the positions rules such as sinks count from)."""
+        if self.sequence_start is None:
+            return torch.zeros(1, dtype=torch.long, device=self.key_positions.device)
+        return self.sequence_start
+
 
 def tracing() -> bool:
     """Whether ``torch.compile`` is tracing this code (no host reads of tensor values then)."""

@@ -251,18 +251,10 @@ def _chunked_rounds(query, key, value, query_buckets, key_buckets, num_buckets, 
     return to_queries(output), to_queries(lse), own_seen
 
 
-def _row_start(context: AttentionContext, device: torch.device) -> torch.Tensor:
-    """Each row's first real position, long ``[b|1]`` (0 where no row is left-padded), as `sliding` counts
-    its sinks from."""
-    if context.sequence_start is None:
-        return torch.zeros(1, dtype=torch.long, device=device)
-    return context.sequence_start
-
-
 def _is_sink(context: AttentionContext, positions: torch.Tensor, sinks: int) -> torch.Tensor:
     """Bool ``[b|1, len]``: whether each of ``positions`` (long ``[len]``) is among the first ``sinks``
     positions of its row from the row's first real token."""
-    offset = positions[None, :] - _row_start(context, positions.device)[:, None]
+    offset = positions[None, :] - context.first_real_positions()[:, None]
     return (offset >= 0) & (offset < sinks)
 
 
@@ -270,7 +262,7 @@ def _sink_keys(context: AttentionContext, sinks: int, length: int) -> tuple[torc
     """The sink keys of a call whose key ``i`` is position ``i``: index (clamped) and whether it is a real
     key, long and bool ``[b|1, sinks]``."""
     device = context.key_positions.device
-    index = _row_start(context, device)[:, None] + torch.arange(sinks, device=device)
+    index = context.first_real_positions()[:, None] + torch.arange(sinks, device=device)
     real = index < length
     index = index.clamp(max=length - 1)
     if context.key_padding is not None:

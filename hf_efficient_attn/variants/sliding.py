@@ -176,7 +176,7 @@ class SlidingWindowAttention(AttentionVariant):
             distance = query_positions[:, None] - key_positions[None, :]
             near = distance < self.options.window if context.causal else distance.abs() < self.options.window
         near = near[None, None]  # [1, 1, q, k]
-        start = _row_starts(context, query_positions.device)  # [b|1, 1, 1, 1]
+        start = context.first_real_positions().view(-1, 1, 1, 1)
         sinks = self.options.sink_tokens
         if sinks:
             offset = key_positions[None, None, None, :] - start
@@ -229,10 +229,3 @@ class SlidingWindowAttention(AttentionVariant):
         key_cells = self.grid_cells.index_select(0, key_positions)
         distance = (query_cells[:, None, :] - key_cells[None, :, :]).abs()  # [q, k, 2]
         return (distance < self.options.window).all(-1)
-
-
-def _row_starts(context: AttentionContext, device: torch.device) -> torch.Tensor:
-    """Each row's first real position, shaped ``[b|1, 1, 1, 1]`` for broadcasting against pairs."""
-    if context.sequence_start is None:
-        return torch.zeros(1, 1, 1, 1, dtype=torch.long, device=device)
-    return context.sequence_start.view(-1, 1, 1, 1)
