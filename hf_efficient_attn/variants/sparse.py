@@ -97,6 +97,10 @@ class SparseOptions(VariantOptions):
         elif isinstance(self.layout, list):
             object.__setattr__(self, "layout", _nested_tuple(self.layout))
 
+    def size_option(self) -> str:
+        """The option that sets the pattern's unit: ``group_size`` for shifted groups, else ``block_size``."""
+        return "group_size" if self.pattern == "shifted" else "block_size"
+
     def validate(self) -> None:
         if self.pattern not in ("block", "shifted"):
             raise VariantError(f"`pattern` must be 'block' or 'shifted', got {self.pattern!r}.")
@@ -159,7 +163,7 @@ class BlockSparseAttention(AttentionVariant):
     @classmethod
     def check_layer(cls, options: SparseOptions, layer: LayerInfo) -> None:
         super().check_layer(options, layer)
-        name = "group_size" if options.pattern == "shifted" else "block_size"
+        name = options.size_option()
         warn_exact_pattern(layer, name, getattr(options, name), "puts in one block",
                            f"Use a {name} well below the length of the inputs (64 or 128 for a few thousand tokens).")
         if options.pattern == "block" and options.layout is not None:
@@ -191,7 +195,7 @@ class BlockSparseAttention(AttentionVariant):
     def _warn_one_block(self, tokens: int) -> None:
         """`ExactPatternWarning`, once per block size, for a call whose tokens all fit in one block (a
         decoder's prompt shorter than a block: `check_layer` warns where a layer's length is fixed)."""
-        name = "group_size" if self.options.pattern == "shifted" else "block_size"
+        name = self.options.size_option()
         value = getattr(self.options, name)
         if (name, value) in _WARNED_ONE_BLOCK:
             return
