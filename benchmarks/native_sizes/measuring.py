@@ -11,33 +11,26 @@ import torch
 from torch import nn
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from benchmarks.harness.memory import GIB, allocator_peak, reset_peak
+from benchmarks.harness.timing import run_ms, synchronize
+
 from .models import Configured, forward, inputs, prompt_length
-from .rows import ENCODER_WINDOW, GIB, WINDOW, Row
+from .rows import ENCODER_WINDOW, WINDOW, Row
 
 
 def timed(work: Callable[[], object], device: torch.device, calls: int) -> tuple[list[float], float | None]:
-    """Milliseconds of each of ``calls`` runs of ``work`` (after a warm-up) and the peak memory in GiB
-    (CUDA: allocator peak; CUDA events time each run)."""
+    """Milliseconds of each of ``calls`` runs of ``work`` (after a warm-up; CUDA events on a GPU) and the
+    allocator's peak memory over them in GiB (None on the CPU)."""
     work()
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(calls):
-        if cuda:
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            work()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(begin.elapsed_time(end))
-        else:
-            tick = time.perf_counter()
-            work()
-            times.append(1e3 * (time.perf_counter() - tick))
-    peak = torch.cuda.max_memory_allocated(device) / GIB if cuda else None
-    return times, peak
+    synchronize(device)
+    reset_peak(device)
+    times = [run_ms(work, device) for _ in range(calls)]
+    return times, _peak_gib(device)
+
+
+def _peak_gib(device: torch.device) -> float | None:
+    peak = allocator_peak(device)
+    return None if peak is None else peak / GIB
 
 
 def median(values: list[float]) -> float:
@@ -75,15 +68,13 @@ def decode_rate(model: nn.Module, batches: Callable[[], dict], row: Row, steps: 
     settings = generation_settings(row, steps)
     warm = model.generate(**batches(), **settings)
     device = warm.device
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
+    synchronize(device)
+    reset_peak(device)
     rates = []
     for _ in range(repeats):
         rate, tokens = step_rate(model, batches(), settings)
         rates.append(rate)
-    peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
-    return rates, [warm.cpu(), tokens.cpu()], peak
+    return rates, [warm.cpu(), tokens.cpu()], _peak_gib(device)
 
 
 def generation_settings(row: Row, steps: int) -> dict[str, Any]:

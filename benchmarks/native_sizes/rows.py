@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-GIB = 2**30
 OURS = ("flash", "sliding", "sparse")
 COLUMNS = ("sdpa", "flex_attention", "hf-sliding", *OURS)
 WINDOW = 4096
