@@ -26,7 +26,8 @@ Configurations (rows):
                    the options of `variant_options` (sliding: --window on Llama, --encoder-window on the
                    encoders, 1-D; lowrank and nystrom run on the encoders only). sliding-2d (ViT, the 2-D
                    neighbourhood on its own kernel) runs only when named in --variants (the saved tables
-                   predate that kernel; benchmarks/neighbourhood.py times it per call).
+                   predate that kernel; benchmarks/neighbourhood.py times it per call), as do lsh (one hash
+                   round, chunks of 64) and axial (ViT only).
 
 Measured per configuration and length:
   prefill   one forward under no_grad. Llama: the base model (model.model), without the LM head, whose

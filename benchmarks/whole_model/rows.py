@@ -37,10 +37,13 @@ CONFIGS: dict[str, ConfigSpec] = {
         ConfigSpec("nystrom", "ours: Nystromformer", variant="nystrom", families=("whisper", "vit")),
         ConfigSpec("performer", "ours: Performer (FAVOR+)", variant="performer"),
         ConfigSpec("linear", "ours: Hedgehog linear attention", variant="linear"),
+        ConfigSpec("lsh", "ours: LSH buckets (Reformer), 1 round, chunks of 64", variant="lsh"),
+        ConfigSpec("axial", "ours: axial attention over the patch grid (rows, then columns)", variant="axial",
+                   families=("vit",)),
     )
 }
 BASELINE = "hf-sdpa"
-OPT_IN = {"sliding-2d"}
+OPT_IN = {"sliding-2d", "lsh", "axial"}
 """Rows that run only when named in --variants."""
 GENERATION_CONFIGS = ("hf-sdpa", "hf-sdpa-sliding", "sliding", "flash")
 DECODE_REFERENCE = {"sliding": "hf-sdpa-sliding", "flash": "hf-sdpa"}
@@ -64,4 +67,6 @@ def variant_options(name: str, family: Family) -> dict[str, Any]:
         "nystrom": {"num_landmarks": 8 if tiny else 64},
         "performer": {"num_features": 16 if tiny else 256},
         "linear": {},
+        "lsh": {"num_hashes": 1, "bucket_size": 4 if tiny else 64},
+        "axial": {},
     }[name]

@@ -295,7 +295,8 @@ def _attn_fwd(Q, K, V, Out, LSE, KPAD, LAYOUT, RP_P, COLS_P, RP_F, COLS_F, RUN_S
               sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son, slb, slh, skpb, sly_h, sly_q,
               H, GROUP, NQ, NK, N_MT, qk_scale, WL, WR, SINK, GQ, LB, PMAX, TUNE_NQ, TUNE_NK,
               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-              HAS_KPAD: tl.constexpr, BLOCK_SPARSE: tl.constexpr, IS_VARLEN: tl.constexpr, IEEE: tl.constexpr,
+              HAS_KPAD: tl.constexpr, BLOCK_SPARSE: tl.constexpr, LAYOUT_LOOKUP: tl.constexpr,
+              IS_VARLEN: tl.constexpr, IEEE: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_bh = tl.program_id(0)
     pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # the last query tiles, the most work when causal, first
@@ -342,21 +343,21 @@ def _attn_fwd(Q, K, V, Out, LSE, KPAD, LAYOUT, RP_P, COLS_P, RP_F, COLS_F, RUN_S
             hi = tl.load(RP_P + row + 1)
             acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, qp, k_base, v_base, skn, svn, kpad_base, lay_base,
                                        sly_q, LB, PMAX, lo, hi, COLS_P, nk, qk_scale, WL, WR, SINK, GQ,
-                                       True, True, CAUSAL, HAS_WINDOW, HAS_KPAD, BLOCK_SPARSE, BLOCK_N,
+                                       True, True, CAUSAL, HAS_WINDOW, HAS_KPAD, LAYOUT_LOOKUP, BLOCK_N,
                                        HEAD_DIM, BLOCK_D, IEEE)
             run_start = tl.load(RUN_START + row) * BLOCK_N
             run_stop = tl.load(RUN_STOP + row) * BLOCK_N
             if run_stop > run_start:  # the fully visible tiles are one run: walk it as a dense key range
                 acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, qp, k_base, v_base, skn, svn, kpad_base, lay_base,
                                            sly_q, LB, PMAX, run_start, run_stop, COLS_F, nk, qk_scale, WL, WR,
-                                           SINK, GQ, False, False, CAUSAL, HAS_WINDOW, HAS_KPAD, BLOCK_SPARSE,
+                                           SINK, GQ, False, False, CAUSAL, HAS_WINDOW, HAS_KPAD, LAYOUT_LOOKUP,
                                            BLOCK_N, HEAD_DIM, BLOCK_D, IEEE)
             else:
                 lo = tl.load(RP_F + row)
                 hi = tl.load(RP_F + row + 1)
                 acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, qp, k_base, v_base, skn, svn, kpad_base, lay_base,
                                            sly_q, LB, PMAX, lo, hi, COLS_F, nk, qk_scale, WL, WR, SINK, GQ,
-                                           False, True, CAUSAL, HAS_WINDOW, HAS_KPAD, BLOCK_SPARSE, BLOCK_N,
+                                           False, True, CAUSAL, HAS_WINDOW, HAS_KPAD, LAYOUT_LOOKUP, BLOCK_N,
                                            HEAD_DIM, BLOCK_D, IEEE)
         else:
             s_end, b_lo, f_lo, f_hi, hi = _key_ranges(p0, p1, nk, WL, WR, SINK, GQ, CAUSAL, HAS_WINDOW,
@@ -427,7 +428,8 @@ def _attn_bwd_dq(Q, K, V, DO, Out, DQ, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, R
                  H, GROUP, NQ, NK, N_MT, sm_scale, qk_scale, WL, WR, SINK, GQ, LB, PMAX, TUNE_NQ, TUNE_NK,
                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                  HAS_WINDOW: tl.constexpr, HAS_KPAD: tl.constexpr, BLOCK_SPARSE: tl.constexpr,
-                 IS_VARLEN: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                 LAYOUT_LOOKUP: tl.constexpr, IS_VARLEN: tl.constexpr, IEEE: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # DQ shares Q's strides (sqb, sqh, sqn); DO and Out have (sob, soh, son); DELTA shares LSE's.
     pid_bh = tl.program_id(0)
     pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # the last query tiles, the most work when causal, first
@@ -480,12 +482,12 @@ def _attn_bwd_dq(Q, K, V, DO, Out, DQ, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, R
             hi = tl.load(RP_P + row + 1)
             dq = _dq_tiles(dq, q, do, lse, delta, qp, k_base, v_base, skn, svn, kpad_base, lay_base, sly_q,
                            LB, PMAX, lo, hi, COLS_P, nk, qk_scale, WL, WR, SINK, GQ, True, True, CAUSAL,
-                           HAS_WINDOW, HAS_KPAD, BLOCK_SPARSE, BLOCK_N, HEAD_DIM, BLOCK_D, IEEE)
+                           HAS_WINDOW, HAS_KPAD, LAYOUT_LOOKUP, BLOCK_N, HEAD_DIM, BLOCK_D, IEEE)
             lo = tl.load(RP_F + row)
             hi = tl.load(RP_F + row + 1)
             dq = _dq_tiles(dq, q, do, lse, delta, qp, k_base, v_base, skn, svn, kpad_base, lay_base, sly_q,
                            LB, PMAX, lo, hi, COLS_F, nk, qk_scale, WL, WR, SINK, GQ, False, True, CAUSAL,
-                           HAS_WINDOW, HAS_KPAD, BLOCK_SPARSE, BLOCK_N, HEAD_DIM, BLOCK_D, IEEE)
+                           HAS_WINDOW, HAS_KPAD, LAYOUT_LOOKUP, BLOCK_N, HEAD_DIM, BLOCK_D, IEEE)
         else:
             s_end, b_lo, f_lo, f_hi, hi = _key_ranges(p0, p1, nk, WL, WR, SINK, GQ, CAUSAL, HAS_WINDOW,
                                                       BLOCK_N)
@@ -589,7 +591,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, 
                    HKV, GROUP, NQ, NK, N_NT, sm_scale, qk_scale, WL, WR, SINK, GQ, LB, PMAX, TUNE_NQ, TUNE_NK,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                    HAS_WINDOW: tl.constexpr, HAS_KPAD: tl.constexpr, BLOCK_SPARSE: tl.constexpr,
-                   IS_VARLEN: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                   LAYOUT_LOOKUP: tl.constexpr, IS_VARLEN: tl.constexpr, IEEE: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # DK shares K's strides and DV shares V's strides; DO shares O's strides (sob, soh, son).
     pid_bh = tl.program_id(0)
     pid_n = tl.program_id(1)  # the first key tiles, the most work when causal, first
@@ -637,13 +640,13 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, 
                 hi = tl.load(RP_P + row + 1)
                 dk, dv = _dkdv_tiles(dk, dv, k, v, kj, q_base, do_base, lse_base, delta_base, sqn, son, lay_base,
                                      sly_q, LB, PMAX, lo, hi, COLS_P, off, nq, nk, qk_scale, WL, WR, SINK, GQ,
-                                     True, True, CAUSAL, HAS_WINDOW, BLOCK_SPARSE, BLOCK_M, HEAD_DIM, BLOCK_D,
+                                     True, True, CAUSAL, HAS_WINDOW, LAYOUT_LOOKUP, BLOCK_M, HEAD_DIM, BLOCK_D,
                                      IEEE)
                 lo = tl.load(RP_F + row)
                 hi = tl.load(RP_F + row + 1)
                 dk, dv = _dkdv_tiles(dk, dv, k, v, kj, q_base, do_base, lse_base, delta_base, sqn, son, lay_base,
                                      sly_q, LB, PMAX, lo, hi, COLS_F, off, nq, nk, qk_scale, WL, WR, SINK, GQ,
-                                     False, True, CAUSAL, HAS_WINDOW, BLOCK_SPARSE, BLOCK_M, HEAD_DIM, BLOCK_D,
+                                     False, True, CAUSAL, HAS_WINDOW, LAYOUT_LOOKUP, BLOCK_M, HEAD_DIM, BLOCK_D,
                                      IEEE)
             else:
                 dk, dv = _dkdv_tiles(dk, dv, k, v, kj, q_base, do_base, lse_base, delta_base, sqn, son, lay_base,
@@ -746,6 +749,20 @@ def _list_head_stride(mask: MaskArgs, tiles, attr: str) -> int:
     return getattr(tiles, attr)
 
 
+def layout_lookup(mask: MaskArgs, block_m: int, block_n: int, nq: int, nk: int, varlen: bool) -> bool:
+    """Whether the block-layout kernels must read the layout per element in their masked tiles.
+
+    Not where every kernel tile lies inside one layout block (tile sides dividing the layout block, query
+    tiles starting on a block edge: a causal call's query offset ``nk - nq`` a multiple of the query tile):
+    a listed tile then has its one layout block active, and only causality, the window and the bounds mask
+    it. Packed documents (offsets per document) always read it."""
+    if mask.layout is None:
+        return False
+    offset = nk - nq if mask.causal else 0
+    inside = mask.lb % block_m == 0 and mask.lb % block_n == 0 and offset >= 0 and offset % block_m == 0
+    return varlen or not inside
+
+
 def _tuning_bucket(length: int) -> int:
     """Lengths share autotuned configs within a power of two, so a new length does not re-tune."""
     return max(64, power_of_2_at_least(max(1, length)))
@@ -811,10 +828,12 @@ def attention_forward(q, k, v, scale: float, mask: MaskArgs, varlen: bool = Fals
             c["sly_q"], hq, hq // hkv, nq, nk, _list_head_stride(mask, t, "n_mt"), qk_scale, mask.wl, mask.wr, mask.sink,
             mask.gq, mask.lb, c["pmax"])
     meta = dict(HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=mask.causal, HAS_WINDOW=mask.has_window,
-                HAS_KPAD=mask.key_padding is not None, BLOCK_SPARSE=sparse, IS_VARLEN=varlen,
+                HAS_KPAD=mask.key_padding is not None, BLOCK_SPARSE=sparse, LAYOUT_LOOKUP=False, IS_VARLEN=varlen,
                 IEEE=q.dtype == torch.float32, TUNE_NQ=_tuning_bucket(nq), TUNE_NK=_tuning_bucket(nk))
     if sparse:
-        _fwd_sparse.launch((n_batch * hq, t.n_mt), args, dict(meta, BLOCK_M=t.block_m, BLOCK_N=t.block_n), q.dtype)
+        tiles = dict(meta, BLOCK_M=t.block_m, BLOCK_N=t.block_n,
+                     LAYOUT_LOOKUP=layout_lookup(mask, t.block_m, t.block_n, nq, nk, varlen))
+        _fwd_sparse.launch((n_batch * hq, t.n_mt), args, tiles, q.dtype)
     else:
         _fwd_dense.launch(lambda m: (n_batch * hq, triton.cdiv(nq, m["BLOCK_M"])), args, meta, q.dtype)
     return o, lse
@@ -844,7 +863,7 @@ def attention_backward(do, q, k, v, o, lse, scale: float, mask: MaskArgs, varlen
     t = mask.backward_tiles() if sparse else None
     qk_scale = float(scale) * 1.4426950408889634
     meta = dict(HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=mask.causal, HAS_WINDOW=mask.has_window,
-                HAS_KPAD=mask.key_padding is not None, BLOCK_SPARSE=sparse, IS_VARLEN=varlen,
+                HAS_KPAD=mask.key_padding is not None, BLOCK_SPARSE=sparse, LAYOUT_LOOKUP=False, IS_VARLEN=varlen,
                 IEEE=q.dtype == torch.float32, TUNE_NQ=_tuning_bucket(nq), TUNE_NK=_tuning_bucket(nk))
     common = (c["cu_q"], c["cu_k"], *c["sq"], *c["sk"], *c["sv"], *so, slb, slh, c["skpb"], c["sly_h"],
               c["sly_q"])
@@ -860,7 +879,8 @@ def attention_backward(do, q, k, v, o, lse, scale: float, mask: MaskArgs, varlen
                mask.wr, mask.sink, mask.gq, mask.lb, c["pmax"])
     # dQ first: its kernel also writes delta, which the dK/dV kernel reads
     if sparse:
-        tiles = dict(meta, BLOCK_M=t.block_m, BLOCK_N=t.block_n)
+        tiles = dict(meta, BLOCK_M=t.block_m, BLOCK_N=t.block_n,
+                     LAYOUT_LOOKUP=layout_lookup(mask, t.block_m, t.block_n, nq, nk, varlen))
         _dq_sparse.launch((n_batch * hq, t.n_mt), dq_args, tiles, q.dtype)
         _dkdv_sparse.launch((n_batch * hkv, t.n_nt), kv_args, tiles, q.dtype)
     else:

@@ -76,6 +76,23 @@ def test_rows_are_skipped_once_the_budget_is_spent(end_to_end, tmp_path):
     assert [r["status"] for r in results["rows"]] == ["skipped (time budget)"] * 2
 
 
+def test_lsh_and_axial_rows_run_only_when_named(end_to_end, tmp_path):
+    end_to_end.main(["--out", str(tmp_path / "named"), "--device", "cpu", "--tiny", "--models", "llama,vit",
+                     "--variants", "hf-sdpa,lsh,axial", "--lengths", "64", "--vit-sizes", "64", "--skip-train",
+                     "--skip-generation"])
+    results = json.loads((tmp_path / "named" / "end_to_end.json").read_text())
+    checked = {(c["family"], c["config"]): c["status"] for c in results["checks"]}
+    assert checked[("llama", "lsh")] == checked[("vit", "lsh")] == checked[("vit", "axial")] == "approximate"
+    assert ("llama", "axial") not in checked  # axial needs a patch grid
+    timed = {(r["family"], r["config"]) for r in results["rows"] if r["status"] == "ok"}
+    assert {("llama", "lsh"), ("vit", "lsh"), ("vit", "axial")} <= timed
+
+    end_to_end.main(["--out", str(tmp_path / "default"), "--device", "cpu", "--tiny", "--models", "vit",
+                     "--vit-sizes", "64", "--skip-train", "--time-budget", "0"])
+    rows = json.loads((tmp_path / "default" / "end_to_end.json").read_text())["checks"]
+    assert not {"lsh", "axial"} & {c["config"] for c in rows}
+
+
 def test_unknown_names_are_refused(end_to_end, tmp_path):
     with pytest.raises(SystemExit, match="unknown"):
         end_to_end.main(["--out", str(tmp_path), "--device", "cpu", "--tiny", "--variants", "sdpa"])

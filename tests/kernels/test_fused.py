@@ -116,6 +116,8 @@ def test_key_padding_with_window_and_gqa():
     (32, True, False, 50, 100),
     (64, False, True, 75, 75),  # forward tiles twice as tall as the backward's
     (24, False, True, 40, 90),  # layout blocks not aligned with kernel tiles; causal offset
+    (32, True, True, 38, 102),  # causal offset 64: every tile inside one layout block (no per-element lookup)
+    (32, False, True, 40, 90),  # causal offset 50: query tiles straddle layout block rows (lookup)
     (8, True, True, 130, 130),
 ])
 def test_block_layouts(lb, per_head, causal, nq, nk):

@@ -22,6 +22,25 @@ def test_placeholder_tensor_is_made_once_per_device_and_stays_zero():
     assert first.dtype == torch.int32 and first.tolist() == [0]
 
 
+def test_layout_lookup_only_where_a_tile_can_straddle_layout_blocks():
+    layout = torch.ones(1, 4, 4, dtype=torch.int8)
+
+    def lookup(lb, tile, nq, nk, causal=True, varlen=False, with_layout=True):
+        mask = flash.MaskArgs(causal=causal, window=(None, None), sink_tokens=0, global_tokens=0,
+                              layout=layout if with_layout else None, layout_block_size=lb)
+        return flash.layout_lookup(mask, *tile, nq, nk, varlen)
+
+    assert not lookup(128, (128, 64), 2048, 2048)  # a prompt: tiles inside 128-token blocks
+    assert not lookup(128, (128, 64), 1500, 1500, causal=False)  # a partial last tile still starts on an edge
+    assert not lookup(128, (128, 64), 100, 612)  # causal offset 512, a multiple of the query tile
+    assert lookup(128, (128, 64), 100, 600)  # offset 500: query tiles straddle block rows
+    assert not lookup(128, (128, 64), 100, 600, causal=False)  # no offset without causality
+    assert lookup(64, (128, 64), 256, 256)  # tiles taller than the layout blocks
+    assert lookup(96, (64, 64), 256, 256)  # tiles not dividing the blocks
+    assert lookup(128, (128, 64), 2048, 2048, varlen=True)  # packed documents: offsets per document
+    assert not lookup(128, (128, 64), 2048, 2048, with_layout=False)  # nothing to look up
+
+
 def test_inference_calls_go_straight_to_the_forward_kernel(monkeypatch):
     def no_autograd(*args):
         raise AssertionError("an inference call built an autograd node")
