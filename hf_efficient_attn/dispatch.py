@@ -24,7 +24,9 @@ them to rounding, and a call goes to the fastest that computes it exactly:
    other calls repeat the keys.
 2. **Our Triton kernels** (CUDA) where they save work: windows narrower than the keys, sinks and
    globals, block layouts with skipped tiles, packed documents, and decoding with padding (split-key
-   flash-decoding with a key mask, which SDPA's fast kernels do not take).
+   flash-decoding with a key mask, which SDPA's fast kernels do not take). A window band alone goes to
+   **cuDNN's fused attention** instead (`picks_cudnn`, where the ``cudnn`` extra is installed) from the
+   second planning of its shape, where cuDNN is faster.
 3. **SDPA under the pattern's dense mask** where the kernels do not run, for short bidirectional
    inference calls under a block layout that keeps most pairs but leaves few rows whole
    (`masked_sdpa_faster`), where one masked call is faster than the chunked engine.
@@ -159,6 +161,46 @@ def leaves_cudnn_out(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     return _PLANNED_SHAPES.count(tensor_signature(query, key, value)) == 1
 
 
+CUDNN_SMALL_HEAD_GRAD_MIN_TOKENS = 32768
+"""With gradients and head size 64, the fewest queries for which `picks_cudnn` takes cuDNN (its backward is
+slower than the Triton kernels' below: 0.90x at 16k on the H200, 1.25x at 64k)."""
+
+_PLANNED_WINDOWS = sdpa_support.ShapeTally()
+"""How often each windowed call's shape was planned in this process, for `picks_cudnn`."""
+
+
+def picks_cudnn(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext, pattern: KernelMask | str
+) -> bool:
+    """Whether ``backend="auto"`` runs this call on cuDNN's fused attention (`backends.cudnn_sdpa`, the
+    ``cudnn`` extra) instead of the Triton kernels: a call of many queries under a window band narrower than
+    its keys (no sinks, globals or layout), in eager mode on CUDA, that cuDNN computes exactly
+    (`cudnn_refusal`), at a shape this process has planned before, and with gradients only where cuDNN's
+    backward is faster too (head size above 64, or at least `CUDNN_SMALL_HEAD_GRAD_MIN_TOKENS` queries).
+
+    On the H200 (torch 2.11, cuDNN 9.19, bf16, 16 heads, window 1024; benchmarks/results/kernels-h200)
+    cuDNN's forward ran 1.22-1.47x the Triton kernel's speed at 16k and 64k tokens and head sizes 64 and
+    128, and forward + backward 1.25-1.46x, except head size 64 at 16k (0.90x). cuDNN builds a graph for
+    every new shape (45 ms on the H100), more than a forward saves, so the first planning of a shape runs
+    the Triton kernels and later ones cuDNN, as `leaves_cudnn_out` does for SDPA. Decoding steps (a new
+    shape each step) and traced calls keep the Triton kernels."""
+    if (
+        tracing()
+        or isinstance(pattern, str)
+        or pattern.window == (None, None)
+        or pattern.counts_from_row_start()
+        or pattern.neighbourhood is not None
+        or not fused_path.kernels_preferred(query.device)
+        or query.shape[-2] <= fused_path.DECODE_MAX_QUERIES
+    ):
+        return False
+    if fused_path.needs_grad(query) and query.shape[-1] <= 64 and query.shape[-2] < CUDNN_SMALL_HEAD_GRAD_MIN_TOKENS:
+        return False
+    if cudnn_refusal(query, key, value, context, pattern) is not None:
+        return False
+    return _PLANNED_WINDOWS.count((pattern.window, context.causal, *tensor_signature(query, key, value))) > 1
+
+
 def _decode_kernel(backend: Backend, device: torch.device) -> bool:
     """Whether one decoding query under a mask may run on the split-key decode kernel."""
     return backend != "reference" and (backend == "triton" or fused_path.kernels_preferred(device))
@@ -207,6 +249,8 @@ def choose(
         return _remember(context, route_key, "masked-sdpa")
     if not wants_kernels:
         return _remember(context, route_key, "chunked")
+    if backend == "auto" and picks_cudnn(query, key, value, context, pattern):
+        return _remember(context, route_key, "cudnn", plan_cudnn(query, key, value, context, pattern, variant_name))
     plan = fused_path.plan(query, key, value, context, pattern)
     if not isinstance(plan, str):
         return _remember(context, route_key, "triton", plan)

@@ -10,15 +10,17 @@ hands cuDNN the right call and arguments, and every refusal is a clear `FusedPat
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
 from band_spec import our_mask
 from tiny_models import tiny_llama, tiny_vit, vit_pixels
 
-from hf_efficient_attn import patch_model
+from hf_efficient_attn import dispatch, fused_path, patch_model, sdpa_support
 from hf_efficient_attn.backends import cudnn_sdpa
-from hf_efficient_attn.fused_path import FusedPathError
+from hf_efficient_attn.context import build_context
+from hf_efficient_attn.fused_path import FusedPathError, FusedPathFallbackWarning, KernelMask
 
 
 def documented_window_attention(q, k, v, *, scale, causal, window_left, window_right, key_lengths=None):
@@ -99,3 +101,71 @@ def test_calls_cudnn_cannot_take_are_refused_with_the_reason(cudnn_calls, case, 
             model(ids, attention_mask=mask)
         else:
             model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0, cache_implementation="static")
+
+
+# ---------------------------------------------------------------------------- backend="auto"
+
+
+@pytest.fixture
+def auto_on_cuda(cudnn_calls, monkeypatch):
+    """The rule as it runs on CUDA (kernels preferred), cuDNN 'available', no shape planned yet."""
+    monkeypatch.setattr(fused_path, "kernels_preferred", lambda device: True)
+    monkeypatch.setattr(dispatch, "_PLANNED_WINDOWS", sdpa_support.ShapeTally())
+    return cudnn_calls
+
+
+def window_call(q_len=256, k_len=256, head_dim=64, *, causal=True, grad=False):
+    gen = torch.Generator().manual_seed(q_len + head_dim)
+    q = torch.randn(1, 4, q_len, head_dim, generator=gen).requires_grad_(grad)
+    k, v = (torch.randn(1, 2, k_len, head_dim, generator=gen) for _ in range(2))
+    context = build_context(query=q, key=k, attention_mask=None, causal=causal, scaling=head_dim ** -0.5,
+                            dropout=0.0, cache_window=None, position_ids=None, native_window=None)
+    return q, k, v, context
+
+
+def on_cudnn(pattern: KernelMask, plannings: int = 3, **call) -> list[bool]:
+    """Whether the same call, planned ``plannings`` times (each in a fresh forward), went to cuDNN; the
+    other plannings take the kernels' route (here on the CPU, the chunked engine the kernels fall back to)."""
+    chosen = []
+    for _ in range(plannings):
+        q, k, v, context = window_call(**call)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FusedPathFallbackWarning)
+            chosen.append(dispatch.choose(q, k, v, context, "auto", pattern, "sliding")[0] == "cudnn")
+    return chosen
+
+
+def test_auto_runs_a_window_on_cudnn_from_the_second_planning_of_its_shape(auto_on_cuda):
+    assert on_cudnn(KernelMask(window=(64, None))) == [False, True, True]
+    assert on_cudnn(KernelMask(window=(32, None))) == [False, True, True]  # another window: a new graph
+    assert on_cudnn(KernelMask(window=(16, 16)), causal=False) == [False, True, True]
+
+    q, k, v, context = window_call()
+    route, launch = dispatch.choose(q, k, v, context, "auto", KernelMask(window=(64, None)), "sliding")
+    expected = documented_window_attention(q, k, v, scale=64 ** -0.5, causal=True, window_left=64, window_right=None)
+    assert route == "cudnn"
+    torch.testing.assert_close(launch(q, k, v), expected)
+    assert auto_on_cuda[-1] == {"q_len": 256, "k_len": 256, "scale": 64 ** -0.5, "causal": True, "window_left": 64,
+                                "window_right": None}
+
+
+@pytest.mark.parametrize(("pattern", "call"), [
+    (KernelMask(window=(64, None), sink_tokens=4), {}),  # sinks: cuDNN has none
+    (KernelMask(window=(None, None)), {}),  # no window: SDPA's call, not a band
+    (KernelMask(window=(64, None)), {"q_len": 1}),  # a decoding step: a new shape every step
+    (KernelMask(window=(64, None)), {"grad": True}),  # head size 64 with gradients below 32k: Triton is faster
+])
+def test_auto_keeps_calls_off_cudnn_where_it_does_not_pay(auto_on_cuda, pattern, call):
+    assert not any(on_cudnn(pattern, **call))
+
+
+def test_auto_takes_cudnn_with_gradients_at_head_size_128(auto_on_cuda):
+    assert on_cudnn(KernelMask(window=(64, None)), head_dim=128, grad=True) == [False, True, True]
+
+
+def test_auto_keeps_the_kernels_where_cudnn_is_missing_or_refuses(auto_on_cuda, monkeypatch):
+    monkeypatch.setattr(cudnn_sdpa, "unavailable_reason", lambda: "nvidia-cudnn-frontend is not installed")
+    assert not any(on_cudnn(KernelMask(window=(64, None))))
+    monkeypatch.setattr(cudnn_sdpa, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(cudnn_sdpa, "supports", lambda *args, **kwargs: "float32")
+    assert not any(on_cudnn(KernelMask(window=(64, None))))

@@ -31,3 +31,21 @@ def test_patched_llama_on_cudnn_matches_the_reference_forward_and_backward(windo
         if theirs.grad is not None and "proj" in name:
             scale = theirs.grad.abs().max().clamp_min(1e-6)
             assert (ours.grad.float() - theirs.grad).abs().max() / scale < 0.1, name
+
+
+def test_auto_moves_a_repeated_window_call_to_cudnn_and_the_logits_stay(monkeypatch):
+    base = tiny_llama(head_dim=64, hidden_size=256, num_attention_heads=4, num_key_value_heads=2).cuda()
+    ids = torch.randint(3, 97, (2, 200), generator=torch.Generator().manual_seed(1)).cuda()
+    reference = patch_model(copy.deepcopy(base), "sliding", window=24, backend="reference")
+    with torch.no_grad():
+        expected = reference(ids).logits
+        model = patch_model(copy.deepcopy(base).to(torch.bfloat16), "sliding", window=24)
+        calls = []
+        attention = cudnn_sdpa.attention
+        monkeypatch.setattr(cudnn_sdpa, "attention", lambda *a, **k: calls.append(k) or attention(*a, **k))
+        first = model(ids).logits
+        assert not calls  # a shape planned for the first time runs the Triton kernels
+        second = model(ids).logits
+    assert len(calls) == base.config.num_hidden_layers and {c["window_left"] for c in calls} == {24}
+    for got in (first, second):
+        torch.testing.assert_close(got.float(), expected, atol=5e-2, rtol=5e-2)
