@@ -54,6 +54,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .strides import kernel_ready
 from .tuning import TunedKernel, untuned_when_small
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
@@ -812,7 +813,7 @@ def attention_forward(q, k, v, scale: float, mask: MaskArgs, varlen: bool = Fals
     else:
         n_batch, hq, nq, d = q.shape
         hkv, nk = k.shape[1], k.shape[2]
-        o = _empty(q.shape, q)
+        o = _empty_like(q)  # the query's layout (`strides`): transformers' transpose after attention is free
         lse = _empty((n_batch, hq, nq), q, torch.float32)
         so = (o.stride(0), o.stride(1), o.stride(2))
         slb, slh = lse.stride(0), lse.stride(1)
@@ -843,8 +844,8 @@ def attention_backward(do, q, k, v, o, lse, scale: float, mask: MaskArgs, varlen
                        max_q: int = 0, max_k: int = 0):
     """Launch the backward kernels; returns (dq, dk, dv) in the dtypes of q, k, v."""
     c = _common(q, k, v, mask, varlen)
-    do = do.contiguous()
-    o = o.contiguous()  # the same shape as do, so the same strides
+    if tuple(do.stride()) != tuple(o.stride()) or not (kernel_ready(do) and kernel_ready(o)):
+        do, o = do.contiguous(), o.contiguous()  # the kernels read both through one set of strides
     delta = _empty(lse.shape, lse)  # written by the dQ kernel, in the layout of lse
     if varlen:
         n_batch = mask.cu_q.numel() - 1

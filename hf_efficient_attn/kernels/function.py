@@ -10,24 +10,10 @@ from ..tensor_memo import TensorMemo
 from . import flash
 from .checks import check_dense, check_varlen
 from .sparsity import TileLists, build_tile_lists
+from .strides import dense_inputs
 
 TILE_LISTS: TensorMemo[tuple[torch.Tensor, TileLists]] = TensorMemo()
 """Per block-layout tensor and mask: the int8 layout the kernels read and its tile lists."""
-
-
-def dense_inputs(x: torch.Tensor) -> torch.Tensor:
-    """x itself when its memory is dense and non-overlapping with a unit last stride, else a copy."""
-    if x.is_contiguous():
-        return x
-    if x.stride(-1) != 1:
-        return x.contiguous()
-    dims = sorted((s, n) for s, n in zip(x.stride(), x.shape, strict=True) if n > 1)
-    expected = 1
-    for stride, size in dims:
-        if stride != expected:
-            return x.contiguous()
-        expected *= size
-    return x
 
 
 class _FusedAttention(torch.autograd.Function):

@@ -6,8 +6,8 @@ import torch
 
 from . import neighbourhood
 from .checks import KernelInputError, _common_reason, scale_reason
-from .function import dense_inputs
 from .neighbourhood import GridMask
+from .strides import dense_inputs
 
 MAX_HEAD_DIM = 256
 """The largest head dim the kernels take; smaller ones are padded with masked lanes to a power of two."""

@@ -27,12 +27,19 @@ from ..variants import block_layout as layouts
 from . import flash, neighbourhood
 from .checks import KernelInputError
 from .decode import decode_attention as _decode_kernel
-from .function import _attend, dense_inputs, dense_launch, fused_attention_varlen, varlen_launch
+from .function import _attend, dense_launch, fused_attention_varlen, varlen_launch
 from .neighbourhood_function import neighbourhood_attention as _neighbourhood_eager
 from .neighbourhood_function import neighbourhood_launch
+from .strides import dense_inputs, empty_in_kernel_layout, in_kernel_layout
 
 NO_BOUND = -1
 """A window side without a bound, in the ops' int arguments."""
+
+EXACT_STRIDES = tuple(getattr(torch.Tag, name) for name in ("needs_exact_strides", "needs_fixed_stride_order")
+                      if hasattr(torch.Tag, name))[:1]
+"""The attention ops' results take their inputs' layouts (`strides`), so a compiled graph must hand them the
+inputs in the layouts their fake implementations saw (exact strides; their order on torch releases
+without that tag)."""
 
 
 def _window(left: int, right: int) -> tuple[int | None, int | None]:
@@ -101,14 +108,13 @@ def _launch(q, k, v, key_padding, documents, scale, causal, window_left, window_
         return True, varlen_launch(_tokens_first(q), _tokens_first(k), _tokens_first(v), cumulative, cumulative,
                                    longest, longest, scale=scale, causal=True, window=window, sink_tokens=0,
                                    global_tokens=0)
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     return False, dense_launch(q, k, v, scale=scale, causal=causal, window=window, sink_tokens=sink_tokens,
                                global_tokens=global_tokens,
                                block_layout=_resolve_layout(layout, layout_blocks, causal, q.device),
                                layout_block_size=layout_block_size, key_padding=key_padding)
 
 
-@torch.library.custom_op("hf_efficient_attn::attention", mutates_args=())
+@torch.library.custom_op("hf_efficient_attn::attention", mutates_args=(), tags=EXACT_STRIDES)
 def _attention_op(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -128,19 +134,22 @@ def _attention_op(
     packed, prepared = _launch(q, k, v, key_padding, documents, scale, causal, window_left, window_right,
                                sink_tokens, global_tokens, layout, layout_blocks, layout_block_size)
     if prepared is None:
-        return torch.zeros_like(q), torch.full(q.shape[:3], float("inf"), dtype=torch.float32, device=q.device)
+        return empty_in_kernel_layout(q).zero_(), torch.full(q.shape[:3], float("inf"), dtype=torch.float32,
+                                                             device=q.device)
     if not packed:
         q, k, v, mask = prepared
         return flash.attention_forward(q, k, v, scale, mask)
     tq, tk, tv, mask, max_q, max_k = prepared
     out, lse = flash.attention_forward(tq, tk, tv, scale, mask, True, max_q, max_k)
     batch, heads, length = q.shape[:3]
-    return _heads_first(out, batch).contiguous(), lse.reshape(heads, batch, length).transpose(0, 1).contiguous()
+    return (in_kernel_layout(_heads_first(out, batch), q),
+            lse.reshape(heads, batch, length).transpose(0, 1).contiguous())
 
 
 def _output_and_lse_like(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fake output of a forward op: the attention output like ``q`` and its float32 log-sum-exp."""
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[:3], dtype=torch.float32)
+    """The fake output of a forward op: the attention output in the layout the kernels give it
+    (`strides.empty_in_kernel_layout`) and its float32 log-sum-exp."""
+    return empty_in_kernel_layout(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 @_attention_op.register_fake
@@ -149,7 +158,7 @@ def _(q, k, v, key_padding, documents, scale, causal, window_left, window_right,
     return _output_and_lse_like(q)
 
 
-@torch.library.custom_op("hf_efficient_attn::attention_backward", mutates_args=())
+@torch.library.custom_op("hf_efficient_attn::attention_backward", mutates_args=(), tags=EXACT_STRIDES)
 def _attention_backward_op(
     grad_out: torch.Tensor,
     q: torch.Tensor,
@@ -172,25 +181,22 @@ def _attention_backward_op(
     packed, prepared = _launch(q, k, v, key_padding, documents, scale, causal, window_left, window_right,
                                sink_tokens, global_tokens, layout, layout_blocks, layout_block_size)
     if prepared is None:
-        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        return tuple(empty_in_kernel_layout(x).zero_() for x in (q, k, v))
     if not packed:
-        q, k, v, mask = prepared
-        return flash.attention_backward(grad_out.contiguous(), q, k, v, out.contiguous(), lse, scale, mask)
+        prepared_q, prepared_k, prepared_v, mask = prepared
+        return flash.attention_backward(grad_out, prepared_q, prepared_k, prepared_v, out, lse, scale, mask)
     tq, tk, tv, mask, max_q, max_k = prepared
     batch = q.shape[0]
     token_lse = lse.transpose(0, 1).reshape(q.shape[1], -1).contiguous()  # [heads, batch * length]
     dq, dk, dv = flash.attention_backward(_tokens_first(grad_out).contiguous(), tq, tk, tv,
                                           _tokens_first(out).contiguous(), token_lse, scale, mask, True, max_q, max_k)
-    return (_heads_first(dq, batch).contiguous(), _heads_first(dk, batch).contiguous(),
-            _heads_first(dv, batch).contiguous())
+    return tuple(in_kernel_layout(_heads_first(grad, batch), like) for grad, like in ((dq, q), (dk, k), (dv, v)))
 
 
 @_attention_backward_op.register_fake
 def _(grad_out, q, k, v, out, lse, key_padding, documents, scale, causal, window_left, window_right, sink_tokens,
       global_tokens, layout, layout_blocks, layout_block_size):
-    return (torch.empty_like(q, memory_format=torch.contiguous_format),
-            torch.empty_like(k, memory_format=torch.contiguous_format),
-            torch.empty_like(v, memory_format=torch.contiguous_format))
+    return empty_in_kernel_layout(q), empty_in_kernel_layout(k), empty_in_kernel_layout(v)
 
 
 def _attention_setup(ctx, inputs, output) -> None:

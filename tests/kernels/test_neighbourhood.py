@@ -11,7 +11,7 @@ from kernel_reference import DEVICE, rand, rel_err, tolerance
 
 from hf_efficient_attn.context import build_context
 from hf_efficient_attn.kernels import KernelInputError, neighbourhood, neighbourhood_attention, ops
-from hf_efficient_attn.kernels.function import dense_inputs
+from hf_efficient_attn.kernels.strides import dense_inputs
 from hf_efficient_attn.kernels.tuning import TunedKernel
 from hf_efficient_attn.variants import LayerInfo, Role, SlidingOptions, SlidingWindowAttention
 
