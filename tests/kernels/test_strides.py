@@ -68,3 +68,16 @@ def test_the_ops_fake_implementations_give_the_real_layouts(layout):
     grads = torch.ops.hf_efficient_attn.attention_backward(torch.randn_like(out), q, k, v, out, lse, *args[3:])
     for grad, x in zip(grads, (q, k, v), strict=True):
         assert grad.stride() == strides.kernel_strides(x)
+
+
+def test_packed_documents_through_the_ops_give_the_same_layouts():
+    q, k, v = (projected(2, h, 24, 32, seed=s) for s, h in ((8, 2), (9, 1), (10, 1)))
+    documents = torch.tensor([[0] * 10 + [1] * 14, [0] * 5 + [1] * 9 + [2] * 10], device=DEVICE)
+    args = (q, k, v, None, documents, 0.25, True, ops.NO_BOUND, ops.NO_BOUND, 0, 0, "", 0, 64)
+    torch.library.opcheck(torch.ops.hf_efficient_attn.attention.default, args,
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    out, lse = torch.ops.hf_efficient_attn.attention(*args)
+    assert out.stride() == q.stride()
+    grads = torch.ops.hf_efficient_attn.attention_backward(torch.randn_like(out), q, k, v, out, lse, *args[3:])
+    for grad, x in zip(grads, (q, k, v), strict=True):
+        assert grad.stride() == x.stride()
