@@ -189,7 +189,6 @@ def picks_cudnn(
         or isinstance(pattern, str)
         or pattern.window == (None, None)
         or pattern.counts_from_row_start()
-        or pattern.neighbourhood is not None
         or not fused_path.kernels_preferred(query.device)
         or query.shape[-2] <= fused_path.DECODE_MAX_QUERIES
     ):

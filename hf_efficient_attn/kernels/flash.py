@@ -593,7 +593,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, 
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                    HAS_WINDOW: tl.constexpr, HAS_KPAD: tl.constexpr, BLOCK_SPARSE: tl.constexpr,
                    LAYOUT_LOOKUP: tl.constexpr, IS_VARLEN: tl.constexpr, IEEE: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # DK shares K's strides and DV shares V's strides; DO shares O's strides (sob, soh, son).
     pid_bh = tl.program_id(0)
     pid_n = tl.program_id(1)  # the first key tiles, the most work when causal, first
