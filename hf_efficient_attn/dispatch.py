@@ -1,7 +1,9 @@
 """Which backend runs one attention call: the one rule, in one place.
 
-`flash`, `sliding` and `sparse` are exact softmax attention under a mask, so three backends compute
-them to rounding, and a call goes to the fastest that computes it exactly:
+`flash`, `sliding` and `sparse` are exact softmax attention under a mask, so several backends compute
+them to rounding, and a call goes to the fastest that computes it exactly. Which backends may run a call
+is data: each states what it runs exactly (`capabilities`, checked against the call's needs); this
+module holds the order of speed among them:
 
 1. **torch SDPA** (cuDNN / FlashAttention / memory-efficient kernels on CUDA, its CPU kernels on the
    CPU) when the variant's pattern imposes nothing on this call beyond what SDPA expresses without a
@@ -61,6 +63,7 @@ import torch
 import torch.nn.functional as F
 
 from . import fused_path, sdpa_support
+from .capabilities import CUDNN, SDPA, TRITON, CallNeeds, call_needs
 from .context import AttentionContext, positions, tensor_signature, tracing
 from .errors import VariantError
 from .fused_path import FusedPathError, FusedPathFallbackWarning, KernelMask
@@ -232,11 +235,8 @@ def choose(
             return kept
     if backend == "cudnn":
         return _remember(context, route_key, "cudnn", plan_cudnn(query, key, value, context, pattern, variant_name))
-    sdpa_exact = (
-        not isinstance(pattern, str)
-        and context.query_documents is None
-        and covers_call(pattern, context, query.shape[-2], key.shape[-2])
-    )
+    needs = None if isinstance(pattern, str) else call_needs(query, key, context, pattern)
+    sdpa_exact = needs is not None and SDPA.refusal(needs) is None
     wants_kernels = backend == "triton" or fused_path.kernels_preferred(query.device)
     if backend == "auto" and sdpa_exact and not (wants_kernels and fused_path.decodes_with_padding(query, context)):
         return _remember(context, route_key, "sdpa")
@@ -250,7 +250,7 @@ def choose(
         return _remember(context, route_key, "chunked")
     if backend == "auto" and picks_cudnn(query, key, value, context, pattern):
         return _remember(context, route_key, "cudnn", plan_cudnn(query, key, value, context, pattern, variant_name))
-    plan = fused_path.plan(query, key, value, context, pattern)
+    plan = plan_triton(query, key, value, context, pattern, needs)
     if not isinstance(plan, str):
         return _remember(context, route_key, "triton", plan)
     if backend == "triton":
@@ -295,37 +295,38 @@ def _remember(
 def cudnn_refusal(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext, pattern: KernelMask | str
 ) -> str | None:
-    """None when cuDNN's fused attention (`backends.cudnn_sdpa`) computes this call exactly, else why not."""
+    """None when cuDNN's fused attention (`backends.cudnn_sdpa`) computes this call exactly, else why not:
+    its row of the capability table (`capabilities.CUDNN`), then its own check of shapes and band."""
     from .backends import cudnn_sdpa
 
     if isinstance(pattern, str):
         return pattern
-    if pattern.neighbourhood is not None:
-        return "a 2-D neighbourhood, which cuDNN's diagonal bands do not express"
     unavailable = cudnn_sdpa.unavailable_reason()
     if unavailable is not None:
         return unavailable
-    k_len = key.shape[-2]
-    refusals = (
-        (context.static, "a static cache's slots (positions known on the device only)"),
-        (context.key_padding is not None, "the call has a padding mask (cuDNN takes right padding as lengths, "
-         "which a mask's shape does not promise)"),
-        (context.dense_mask is not None, "the caller passed a 4-D attention mask"),
-        (context.query_documents is not None, "the batch packs several documents per row"),
-        (context.trimmed_prefix is not None, "a bounded cache dropped keys between its sinks and its window"),
-        (context.native_window is not None and context.native_window < k_len, "the model's own sliding window "
-         "is narrower than the keys"),
-        (context.dropout > 0, "attention dropout"),
-    )
-    for refused, reason in refusals:
-        if refused:
-            return reason
+    refusal = CUDNN.refusal(call_needs(query, key, context, pattern))
+    if refusal is not None:
+        return refusal
     left, right = pattern.window
     return cudnn_sdpa.supports(
         query, key, value, causal=context.causal, window_left=left, window_right=right, key_lengths=None,
-        needs_grad=fused_path.needs_grad(query), sink_tokens=pattern.sink_tokens,
-        global_tokens=pattern.global_tokens, block_layout=None if pattern.layout_is_dense else pattern.block_layout,
+        needs_grad=fused_path.needs_grad(query),
     )
+
+
+def plan_triton(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    context: AttentionContext,
+    pattern: KernelMask | str,
+    needs: CallNeeds | None,
+) -> fused_path.Launch | str:
+    """The Triton kernels' launch for this call, or why they cannot run it: their row of the capability
+    table (`capabilities.TRITON`), then their own check (`fused_path.plan`)."""
+    if needs is None:
+        return pattern
+    return TRITON.refusal(needs) or fused_path.plan(query, key, value, context, pattern)
 
 
 def plan_cudnn(
@@ -509,36 +510,6 @@ def masked_sdpa_faster(query: torch.Tensor, key: torch.Tensor, context: Attentio
     return layouts.density(pattern.block_layout, -(-n // pattern.layout_block_size)) >= MASKED_SDPA_MIN_DENSITY
 
 
-def covers_call(pattern: KernelMask, context: AttentionContext, q_len: int, k_len: int) -> bool:
-    """Whether the pattern lets every query see every key that causality, padding and a caller's mask
-    allow: then the call is plain exact attention.
-
-    Counted in the kernels' index space (`fused_path`): with queries aligned to the last keys, the
-    farthest pair a causal call has is the last query and the first key the sinks (or a bounded cache's
-    kept prefix) do not cover. A left-padded row's sinks start after its padding, closer to the queries,
-    so the sinks' bound holds for it too and needs no host fact about the padding: under
-    ``torch.compile``, where whether a row is left-padded stays on the device, a static cache's decoding
-    step over its sinks and window is still plain attention. A kept prefix is sized by the batch's
-    longest padding, so a row padded less holds tokens past its sinks there: it counts only without
-    left padding.
-    """
-    if (pattern.block_layout is not None and not pattern.layout_is_dense) or pattern.neighbourhood is not None:
-        return False
-    sinks = 0
-    if context.causal and context.trimmed_prefix is None:
-        sinks = pattern.sink_tokens
-    elif context.causal and not context.left_padded:
-        sinks = context.trimmed_prefix
-    reach = (k_len - sinks) if context.causal else max(q_len, k_len)
-    native = context.native_window
-    if native is not None and native < (k_len if context.causal else max(q_len, k_len)):
-        return False
-    left, right = pattern.window
-    if left is not None and left < reach:
-        return False
-    return context.causal or right is None or right >= reach
-
-
 def sdpa_plan(
     query: torch.Tensor, key: torch.Tensor, context: AttentionContext, decode_kernel: bool
 ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -581,7 +552,7 @@ def sdpa_attention(
     context: AttentionContext,
     decode_kernel: bool = False,
 ) -> torch.Tensor:
-    """Exact attention of a call whose pattern covers it (`covers_call`), on torch's SDPA.
+    """Exact attention of a call whose pattern restricts nothing (`capabilities.pattern_needs`), on torch's SDPA.
 
     The mask SDPA gets is only what the call needs: none (``is_causal`` when queries and keys are
     aligned, nothing for one query), causality by position for a few queries against a cache and for a

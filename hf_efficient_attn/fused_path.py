@@ -121,7 +121,9 @@ def plan(
     context: AttentionContext,
     mask: KernelMask | str,
 ) -> Launch | str:
-    """The launch of the kernel that computes this call exactly, or why no kernel does."""
+    """The launch of the kernel that computes this call exactly, or why no kernel does: the shapes and
+    combinations of features the kernels refuse, for a call the capability table lets them run
+    (`capabilities.TRITON`: no dropout, caller's mask or static cache)."""
     from . import kernels
 
     if isinstance(mask, str):
@@ -129,12 +131,6 @@ def plan(
     reason = kernels.supports(query, key, value, scale=context.scaling)
     if reason is not None:
         return reason
-    if context.dropout > 0:
-        return "attention dropout is applied on the chunked path only (set the model's attention dropout to 0)"
-    if context.dense_mask is not None:
-        return "a 4-D attention mask was given by the caller"
-    if context.static:
-        return "a static cache, whose positions exist on the device only"
     if mask.neighbourhood is not None:
         return _plan_neighbourhood(query, key, context, mask)
     aligned = _align_keys(key, context, mask)

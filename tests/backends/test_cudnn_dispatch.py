@@ -10,6 +10,7 @@ hands cuDNN the right call and arguments, and every refusal is a clear `FusedPat
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 
 import pytest
@@ -17,7 +18,7 @@ import torch
 from band_spec import our_mask
 from tiny_models import tiny_llama, tiny_vit, vit_pixels
 
-from hf_efficient_attn import dispatch, fused_path, patch_model, sdpa_support
+from hf_efficient_attn import capabilities, dispatch, fused_path, patch_model, sdpa_support
 from hf_efficient_attn.backends import cudnn_sdpa
 from hf_efficient_attn.context import build_context
 from hf_efficient_attn.fused_path import FusedPathError, FusedPathFallbackWarning, KernelMask
@@ -43,6 +44,9 @@ def cudnn_calls(monkeypatch):
     monkeypatch.setattr(cudnn_sdpa, "unavailable_reason", lambda: None)
     monkeypatch.setattr(cudnn_sdpa, "supports", lambda *args, **kwargs: None)
     monkeypatch.setattr(cudnn_sdpa, "attention", attention)
+    # the same capabilities, on this CPU and its float32 models
+    on_cpu = dataclasses.replace(capabilities.CUDNN, devices=frozenset({"cpu"}), dtypes=frozenset({torch.float32}))
+    monkeypatch.setattr(dispatch, "CUDNN", on_cpu)
     return calls
 
 
