@@ -42,7 +42,9 @@ The rule reads only what is known before the call: shapes, dtypes, the device, o
 facts of `AttentionContext`. It never reads tensor values, so the whole path traces under
 ``torch.compile(fullgraph=True)`` and replays under CUDA graphs.
 
-``backend=`` (per variant) bends it: ``"auto"`` is the rule above; ``"triton"`` forces the kernels
+``backend=`` (per variant) bends it: ``"auto"`` is the rule above; ``"sdpa"`` forces torch's SDPA for the
+calls it computes exactly (the pattern restricts nothing: `capabilities.SDPA`) or raises `FusedPathError`
+saying why not; ``"triton"`` forces the kernels
 (including where SDPA would be exact) or raises `FusedPathError` saying why not (also on the CPU under
 ``TRITON_INTERPRET=1``); ``"cudnn"`` forces cuDNN's fused attention through nvidia-cudnn-frontend
 (`backends.cudnn_sdpa`, the ``cudnn`` extra) for the calls it computes exactly (causal or
@@ -69,8 +71,8 @@ from .errors import VariantError
 from .fused_path import FusedPathError, FusedPathFallbackWarning, KernelMask
 from .variants import block_layout as layouts
 
-Backend = Literal["auto", "triton", "cudnn", "reference"]
-BACKENDS: tuple[str, ...] = ("auto", "triton", "cudnn", "reference")
+Backend = Literal["auto", "sdpa", "triton", "cudnn", "reference"]
+BACKENDS: tuple[str, ...] = ("auto", "sdpa", "triton", "cudnn", "reference")
 Route = Literal["sdpa", "gather", "whole-rows", "triton", "cudnn", "masked-sdpa", "chunked"]
 
 
@@ -98,7 +100,8 @@ def plan_call(
 
     Args:
         query, key, value, context: as a variant's forward receives them.
-        backend: ``"auto"``, ``"triton"``, ``"cudnn"`` or ``"reference"`` (see the module docstring).
+        backend: ``"auto"``, ``"sdpa"``, ``"triton"``, ``"cudnn"`` or ``"reference"`` (see the module
+            docstring).
         pattern: the variant's pattern in the kernels' terms (`KernelMask`), or the reason it has none.
         reference: ``(query, key, value, decode_kernel=...)`` on the chunked engine; ``decode_kernel``
             says whether a chunk of one query under a mask may run on the decode kernel
@@ -204,8 +207,9 @@ def picks_cudnn(
 
 
 def _decode_kernel(backend: Backend, device: torch.device) -> bool:
-    """Whether one decoding query under a mask may run on the split-key decode kernel."""
-    return backend != "reference" and (backend == "triton" or fused_path.kernels_preferred(device))
+    """Whether one decoding query under a mask may run on the split-key decode kernel (not where a
+    backend without it is forced)."""
+    return backend == "triton" or (backend == "auto" and fused_path.kernels_preferred(device))
 
 
 def choose(
@@ -236,7 +240,15 @@ def choose(
     if backend == "cudnn":
         return _remember(context, route_key, "cudnn", plan_cudnn(query, key, value, context, pattern, variant_name))
     needs = None if isinstance(pattern, str) else call_needs(query, key, context, pattern)
-    sdpa_exact = needs is not None and SDPA.refusal(needs) is None
+    sdpa_refusal = pattern if needs is None else SDPA.refusal(needs)
+    sdpa_exact = sdpa_refusal is None
+    if backend == "sdpa":
+        if sdpa_refusal is not None:
+            raise FusedPathError(
+                f"Variant '{variant_name}' with backend='sdpa' cannot run this call on torch SDPA exactly: "
+                f"{sdpa_refusal}. Use backend='auto' (an exact path for every call)."
+            )
+        return _remember(context, route_key, "sdpa")
     wants_kernels = backend == "triton" or fused_path.kernels_preferred(query.device)
     if backend == "auto" and sdpa_exact and not (wants_kernels and fused_path.decodes_with_padding(query, context)):
         return _remember(context, route_key, "sdpa")

@@ -7,14 +7,16 @@ forcing cuDNN or the Triton kernels onto a call with a need they lack raises an 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import tiny_llama
 
-from hf_efficient_attn import capabilities, dispatch
+from hf_efficient_attn import capabilities, dispatch, patch_model
 from hf_efficient_attn.backends import cudnn_sdpa
 from hf_efficient_attn.capabilities import CUDNN, SDPA, TRITON, Need, call_needs
 from hf_efficient_attn.context import build_context
@@ -132,14 +134,14 @@ def test_the_rule_obeys_the_table(case, monkeypatch):
     monkeypatch.setattr(cudnn_sdpa, "unavailable_reason", lambda: None)
     monkeypatch.setattr(cudnn_sdpa, "supports", lambda *args, **kwargs: None)
     monkeypatch.setattr(dispatch, "CUDNN", on_cpu)
-    for backend, row in (("cudnn", on_cpu), ("triton", TRITON)):
+    for backend, row in (("sdpa", SDPA), ("cudnn", on_cpu), ("triton", TRITON)):
         refusal = row.refusal(needs)
         if need not in row.runs:
             assert refusal == f"{row.title} cannot run {need.value}"
             with pytest.raises(FusedPathError, match=re.escape(refusal)):
                 dispatch.choose(q, k, v, context, backend, pattern, "sliding")
-        elif backend == "cudnn":
-            assert dispatch.choose(q, k, v, context, backend, pattern, "sliding")[0] == "cudnn"
+        elif backend != "triton":
+            assert dispatch.choose(q, k, v, context, backend, pattern, "sliding")[0] == backend
 
 
 def test_head_sizes_in_the_table_are_the_backends_own_limits():
@@ -152,3 +154,21 @@ def test_head_sizes_in_the_table_are_the_backends_own_limits():
 def test_the_docs_show_the_current_table():
     assert capabilities.capability_table() in DOCS.read_text(), (
         "docs/kernels-and-backends.md must hold capabilities.capability_table() as printed")
+
+
+def test_backend_sdpa_runs_what_sdpa_computes_exactly_and_refuses_the_rest():
+    base = tiny_llama()
+    ids = torch.randint(3, 97, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = base(ids).logits
+        for name, options in (("flash", {}), ("sliding", {"window": 12})):
+            model = patch_model(copy.deepcopy(base), name, backend="sdpa", **options)
+            torch.testing.assert_close(model(ids).logits, expected, atol=1e-5, rtol=1e-5)
+        settings = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+        static = patch_model(copy.deepcopy(base), "flash", backend="sdpa").generate(
+            ids, cache_implementation="static", **settings)
+        assert torch.equal(static, base.generate(ids, **settings))
+        narrow = patch_model(copy.deepcopy(base), "sliding", window=4, backend="sdpa")
+        with pytest.raises(FusedPathError, match="backend='sdpa' cannot run this call on torch SDPA exactly: "
+                                                 "torch SDPA without a pattern mask cannot run a window band"):
+            narrow(ids)

@@ -46,7 +46,8 @@ class AxialOptions(VariantOptions):
     """Options of `axial`.
 
     Attributes:
-        backend: ``"auto"`` (the fastest exact backend per call, see `dispatch`), ``"triton"`` (the fused
+        backend: ``"auto"`` (the fastest exact backend per call, see `dispatch`), ``"sdpa"`` (torch's SDPA
+            for the calls it computes exactly, or an error), ``"triton"`` (the fused
             block-layout kernels or an error) or ``"reference"`` (the chunked engine). Default ``"auto"``.
     """
 
@@ -54,9 +55,9 @@ class AxialOptions(VariantOptions):
 
     def validate(self) -> None:
         dispatch.check_backend(self.backend)
-        if self.backend == "cudnn":
-            raise VariantError("backend='cudnn' cannot run axial attention (cuDNN's fused attention takes no block "
-                               "layout); use backend='auto' or 'triton'.")
+        if self.backend in ("cudnn", "sdpa"):
+            raise VariantError(f"backend={self.backend!r} cannot run axial attention (it takes no block layout); "
+                               "use backend='auto' or 'triton'.")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ class FlashOptions(VariantOptions):
     """Options of `flash`.
 
     Attributes:
-        backend: ``"auto"`` (the fastest exact backend per call, see `dispatch`), ``"triton"`` (the fused
+        backend: ``"auto"`` (the fastest exact backend per call, see `dispatch`), ``"sdpa"`` (torch's SDPA
+            for the calls it computes exactly, or an error), ``"triton"`` (the fused
             kernels or an error), ``"cudnn"`` (cuDNN's fused attention, the ``cudnn`` extra, or an error) or
             ``"reference"`` (the chunked engine). Default ``"auto"``.
     """

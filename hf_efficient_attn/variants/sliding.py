@@ -53,7 +53,8 @@ class SlidingOptions(VariantOptions):
         global_tokens: leading tokens that see and are seen by every token; bidirectional layers only.
             Default 0.
         neighbourhood: ``"1d"`` (along the sequence) or ``"2d"`` (over a vision model's patch grid).
-        backend: ``"auto"`` (the fastest exact backend per call, see `dispatch`), ``"triton"`` (the fused
+        backend: ``"auto"`` (the fastest exact backend per call, see `dispatch`), ``"sdpa"`` (torch's SDPA
+            for the calls it computes exactly, or an error), ``"triton"`` (the fused
             kernels or an error), ``"cudnn"`` (cuDNN's fused attention, the
             ``cudnn`` extra, for windows without sinks or globals, or an error) or ``"reference"`` (the
             chunked engine). Default ``"auto"``.

@@ -74,7 +74,8 @@ class SparseOptions(VariantOptions):
             ``[heads, query_blocks, key_blocks]`` (tensor or nested lists); replaces the four counts
             above. Default None.
         group_size: tokens per group for ``pattern="shifted"``; even. Default 1024.
-        backend: ``"auto"`` (the fastest exact backend per call, see `dispatch`), ``"triton"`` (the fused
+        backend: ``"auto"`` (the fastest exact backend per call, see `dispatch`), ``"sdpa"`` (torch's SDPA
+            for the calls it computes exactly, or an error), ``"triton"`` (the fused
             kernels or an error), ``"cudnn"`` (cuDNN's fused attention, the ``cudnn`` extra, for calls whose
             layout keeps every block pair; else an error) or ``"reference"`` (the chunked engine). Default ``"auto"``.
     """

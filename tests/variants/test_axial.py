@@ -108,9 +108,12 @@ def test_patched_vit_trains():
         ("whisper", {}, "Variant 'axial' needs a patch grid (rows and columns of image patches), which encoder "
                         "layers of this model do not have. Variants that can run there: flash, full, linear, "
                         "lowrank, lsh, nystrom, performer, sliding, sparse."),
-        ("vit", {"backend": "fast"}, "`backend` must be one of 'auto', 'triton', 'cudnn', 'reference', got 'fast'."),
-        ("vit", {"backend": "cudnn"}, "backend='cudnn' cannot run axial attention (cuDNN's fused attention takes no "
-                                      "block layout); use backend='auto' or 'triton'."),
+        ("vit", {"backend": "fast"}, "`backend` must be one of 'auto', 'sdpa', 'triton', 'cudnn', 'reference', got "
+                                     "'fast'."),
+        ("vit", {"backend": "cudnn"}, "backend='cudnn' cannot run axial attention (it takes no block layout); use "
+                                      "backend='auto' or 'triton'."),
+        ("vit", {"backend": "sdpa"}, "backend='sdpa' cannot run axial attention (it takes no block layout); use "
+                                     "backend='auto' or 'triton'."),
     ],
 )
 def test_refused_where_it_cannot_run_and_the_model_is_unchanged(request, model_name, options, message):
