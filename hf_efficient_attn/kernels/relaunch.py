@@ -7,10 +7,13 @@ checks the globals it read and builds the launch metadata, before the launcher r
 H200's host that is about a third of the host time of one of our attention calls.
 
 `Relauncher` pays it once per distinct call. It keeps the compiled kernel Triton returned under a key
-holding everything that specialisation reads and more: each scalar argument's exact value, each tensor's
-dtype and 16-byte alignment, the keyword arguments (constexprs and compile options), the device and
-Triton's debug flag. A later call with the same key goes straight to the compiled kernel's launcher,
-with the argument list Triton itself passes it (every parameter in signature order, constexprs included).
+holding everything that specialisation reads and more: each scalar argument's specialisation (its type,
+its divisibility by 16, its equality to 1, computed by Triton's own function where the release has it,
+else the exact value), each tensor's dtype and 16-byte alignment, the keyword arguments (constexprs and
+compile options), the device and Triton's debug flag. A later call with the same key goes straight to the
+compiled kernel's launcher, with the argument list Triton itself passes it (every parameter in signature
+order, constexprs included). So a decoding step, whose key count and cache strides change at every step,
+relaunches as long as they stay in the same class.
 
 The call goes through Triton unchanged where that shortcut is not known to hold: the interpreter (which
 compiles nothing), a Triton release whose launch path was not checked against this one (before 3.6),
@@ -65,6 +68,32 @@ def _current_stream(device: int) -> int:
     return driver.active.get_current_stream(device)
 
 
+def _scalar_specialiser() -> Callable[[Any], Any] | None:
+    """Triton's own specialisation of a scalar argument (what its cache key holds for it), or None where
+    this release does not expose it or the CUDA backend specialises integers its own way (then keys hold
+    exact values)."""
+    try:
+        from triton._C.libtriton import native_specialize_impl
+        from triton.backends.compiler import BaseBackend
+        from triton.backends.nvidia.compiler import CUDABackend
+    except ImportError:
+        return None
+    if CUDABackend.get_int_specialization is not BaseBackend.get_int_specialization:
+        return None
+
+    def specialise(value: Any) -> Any:
+        return native_specialize_impl(BaseBackend, value, False, True, True)
+
+    try:  # what the keys rely on: 2 and 17 alike; 1, 2, 16 and 2**32 (equality to 1, divisibility, width) not
+        one, two, sixteen, seventeen, wide = (specialise(value) for value in (1, 2, 16, 17, 2**32))
+    except Exception:  # noqa: BLE001 (a release whose function takes other arguments)
+        return None
+    return specialise if two == seventeen and len({one, two, sixteen, wide}) == 4 else None
+
+
+_SPECIALISE = _scalar_specialiser()
+
+
 class Relauncher:
     """Launches of one ``@triton.jit`` function, relaunching compiled kernels where the key was seen."""
 
@@ -72,6 +101,8 @@ class Relauncher:
         self.fn = fn
         self.max_entries = max_entries
         self._compiled: dict[tuple, tuple[Any, tuple]] = {}
+        self._constexpr_positions = frozenset(  # (the interpreter's functions have no params: never relaunched)
+            position for position, param in enumerate(getattr(fn, "params", ())) if getattr(param, "is_constexpr", False))
 
     def __call__(self, grid: Grid, args: tuple, kwargs: dict, kwargs_key: tuple | None = None) -> None:
         """Run ``fn[grid](*args, **kwargs)``. ``kwargs_key``, when given, must be a hashable form of
@@ -84,7 +115,7 @@ class Relauncher:
             device,
             triton.knobs.runtime.debug,
             tuple(kwargs.items()) if kwargs_key is None else kwargs_key,
-            *[(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else a for a in args],
+            *[self._argument_key(a, position) for position, a in enumerate(args)],
         )
         entry = self._compiled.get(key)
         if entry is None:
@@ -96,6 +127,14 @@ class Relauncher:
         stream = _current_stream(device)
         kernel.run(size[0], size[1] if len(size) > 1 else 1, size[2] if len(size) > 2 else 1, stream,
                    kernel.function, kernel.packed_metadata, None, None, None, *args, *constants)
+
+    def _argument_key(self, value: Any, position: int) -> Any:
+        """What Triton's specialisation reads of one positional argument (a constexpr: its value)."""
+        if isinstance(value, torch.Tensor):
+            return value.dtype, value.data_ptr() % 16 == 0
+        if _SPECIALISE is None or type(value) not in (int, float) or position in self._constexpr_positions:
+            return value
+        return _SPECIALISE(value)
 
     def _remember(self, key: tuple, kernel: Any, args: tuple, kwargs: dict) -> None:
         """Keep the kernel Triton launched with the parameters that follow ``args`` (all given by name)."""

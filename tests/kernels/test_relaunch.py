@@ -28,7 +28,7 @@ class FakeJit:
     """A stand-in for a JIT function of ``(X, n, scale, BLOCK: constexpr)``."""
 
     def __init__(self):
-        self.params = [types.SimpleNamespace(name=n) for n in ("X", "n", "scale", "BLOCK")]
+        self.params = [types.SimpleNamespace(name=n, is_constexpr=n == "BLOCK") for n in ("X", "n", "scale", "BLOCK")]
         self.compiled_runs: list = []
         self.relaunches: list = []
         self.plain: list = []
@@ -68,8 +68,10 @@ def test_a_seen_call_goes_to_the_compiled_kernel_with_every_parameter_in_order(f
 @pytest.mark.parametrize(
     "changed",
     [
-        lambda x: ((x, 65, 0.5), {"BLOCK": 2}),  # a scalar's value (divisibility, equality to 1, type)
-        lambda x: ((x, 64, 0.25), {"BLOCK": 2}),
+        lambda x: ((x, 65, 0.5), {"BLOCK": 2}),  # a scalar's divisibility by 16
+        lambda x: ((x, 1, 0.5), {"BLOCK": 2}),  # a scalar equal to 1
+        lambda x: ((x, 2**32, 0.5), {"BLOCK": 2}),  # a scalar's type (64-bit)
+        lambda x: ((x, 64, 2), {"BLOCK": 2}),  # an int where a float was
         lambda x: ((x.double(), 64, 0.5), {"BLOCK": 2}),  # a tensor's dtype
         lambda x: ((x[1:], 64, 0.5), {"BLOCK": 2}),  # a tensor's alignment
         lambda x: ((x, 64, 0.5), {"BLOCK": 4}),  # a constexpr
@@ -86,6 +88,39 @@ def test_anything_triton_specialises_on_sends_the_call_through_triton_again(fake
     assert len(fn.compiled_runs) == 2 and fn.relaunches == []
     launch((1,), args, kwargs)
     assert len(fn.relaunches) == 1
+
+
+def test_scalars_triton_compiles_alike_relaunch_and_a_positional_constexpr_keeps_its_value(fake_gpu):
+    """A decoding step's key count and cache strides change at every step: values in the same class of
+    Triton's specialisation reuse the compiled kernel (exact values where the release does not expose its
+    specialisation); a constexpr passed by position is keyed by its value."""
+    fn = FakeJit()
+    launch = Relauncher(fn)
+    x = torch.zeros(64)
+    for n, scale in ((64, 0.5), (128, 0.25), (4096, 0.125)):
+        launch((1,), (x, n, scale), {"BLOCK": 2})
+    assert len(fn.compiled_runs) == (1 if relaunch._SPECIALISE is not None else 3)
+    assert [launched[10:12] for launched in fn.relaunches] == ([(128, 0.25), (4096, 0.125)]
+                                                               if relaunch._SPECIALISE is not None else [])
+    positional = Relauncher(FakeJit())
+    for block in (16, 32, 16):
+        positional((1,), (x, 64, 0.5, block), {})
+    assert len(positional.fn.compiled_runs) == 2 and len(positional.fn.relaunches) == 1
+
+
+def test_keys_hold_exact_values_where_tritons_specialisation_is_not_what_they_rely_on(monkeypatch):
+    libtriton = pytest.importorskip("triton._C.libtriton")
+    if not hasattr(libtriton, "native_specialize_impl"):
+        assert relaunch._scalar_specialiser() is None
+        return
+
+    def other_signature(backend, value, is_const, specialize):
+        return ("i32", None)
+
+    monkeypatch.setattr(libtriton, "native_specialize_impl", other_signature)
+    assert relaunch._scalar_specialiser() is None
+    monkeypatch.setattr(libtriton, "native_specialize_impl", lambda backend, value, *flags: ("i32", None))
+    assert relaunch._scalar_specialiser() is None  # no divisibility: keying by it would lose what Triton reads
 
 
 def test_a_change_of_tritons_debug_flag_sends_the_call_through_triton(fake_gpu, monkeypatch):
@@ -150,3 +185,9 @@ def test_relaunched_kernels_match_the_reference_for_new_inputs_and_unaligned_vie
         assert rel_err(out, reference(q, k, v, scale=0.125, **mask)) < tolerance(torch.bfloat16)
         expected = reference(q[:, :, -3:], k, v, scale=0.125, causal=True)
         assert rel_err(decoded, expected) < tolerance(torch.bfloat16)
+    # decoding steps over a growing cache: new key counts and strides, relaunched where their class holds
+    for length in (160, 161, 176, 177, 200):
+        step = decode_attention(inputs[0][:, :, :1], k[:, :, :length].contiguous(), v[:, :, :length].contiguous(),
+                                scale=0.125)
+        expected = reference(inputs[0][:, :, :1], k[:, :, :length], v[:, :, :length], scale=0.125, causal=True)
+        assert rel_err(step, expected) < tolerance(torch.bfloat16)
