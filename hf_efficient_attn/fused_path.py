@@ -148,11 +148,11 @@ def plan(
         return "packed documents with sink tokens, global tokens, block layouts or padding"
     scale = context.scaling
     if documents is None and _decodes(query, key, context, mask):
-        return lambda q, k, v: kernels.ops.decode_attention(q, k, v, scale=scale, key_padding=key_padding)
+        return kernels.ops.DecodeLaunch(scale=scale, key_padding=key_padding)
     if documents is None and decodes_one_layout_row(query, context, mask):
         visible = layout_row_keys(key, context, mask).expand(key.shape[0], -1)
         visible = visible if key_padding is None else visible & key_padding
-        return lambda q, k, v: kernels.ops.decode_attention(q, k, v, scale=scale, key_padding=visible)
+        return kernels.ops.DecodeLaunch(scale=scale, key_padding=visible)
     return kernels.ops.DenseLaunch(
         scale=scale,
         causal=context.causal,

@@ -3,20 +3,25 @@
 A program owns one key/value head and one contiguous chunk of keys. It packs all query rows of the
 head's group (GROUP query heads x Nq tokens) into one tile, so each K/V tile is read once per group,
 and runs the online softmax of `flash.py` over its chunk. It writes the chunk's normalised partial
-output and its log-sum-exp (base 2); a short combine step then weights the partials by
+output and its log-sum-exp (base 2); a combine kernel then weights the partials by
 exp2(lse_s - max_s lse_s). Query token i sees keys j <= Nk - Nq + i that are not padding.
+
+A call is settled once from its shapes (`prepare_decode`: checks, splits, the key mask as int8) and then
+costs two launches and their buffers (`run_decode`), so the layers of one forward and the steps of
+eager decoding spend little host time on it: at batch 1 a decoding step waits on the host.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 
 import torch
 import triton
 import triton.language as tl
 
 from .checks import KernelInputError, _common_reason
-from .flash import power_of_2_at_least
+from .flash import _poison, power_of_2_at_least
 from .relaunch import Relauncher
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
@@ -88,7 +93,37 @@ def _decode_split(Q, K, V, OP, LP, KPAD,
     tl.store(LP + b * slb + h * slh + i * sln + pid_s, lse, mask=rows_ok)
 
 
+@triton.jit
+def _decode_combine(OP, LP, OUT, SPLITS, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One query row's output from its splits' normalised partials [S, D] and base-2 log-sum-exps [S]:
+    weights 2^(lse_s - max) over their sum; a row that saw no key (every lse -inf) gets 0."""
+    row = tl.program_id(0).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    top = tl.full([BLOCK_S], float("-inf"), tl.float32)
+    for first in range(0, SPLITS, BLOCK_S):
+        offs_s = first + tl.arange(0, BLOCK_S)
+        lse = tl.load(LP + row * SPLITS + offs_s, mask=offs_s < SPLITS, other=float("-inf"))
+        top = tl.maximum(top, lse)
+    top_all = tl.max(top, 0)
+    top_all = tl.where(top_all == float("-inf"), 0.0, top_all)
+    total = tl.zeros([BLOCK_S], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for first in range(0, SPLITS, BLOCK_S):
+        offs_s = first + tl.arange(0, BLOCK_S)
+        s_ok = offs_s < SPLITS
+        weight = tl.math.exp2(tl.load(LP + row * SPLITS + offs_s, mask=s_ok, other=float("-inf")) - top_all)
+        part = tl.load(OP + (row * SPLITS + offs_s[:, None]) * HEAD_DIM + offs_d[None, :],
+                       mask=s_ok[:, None] & d_ok[None, :], other=0.0)
+        total += weight
+        acc += tl.sum(part * weight[:, None], 0)
+    out = acc / tl.maximum(tl.sum(total, 0), 1.1754943508222875e-38)
+    tl.store(OUT + row * HEAD_DIM + offs_d, out, mask=d_ok)
+
+
 _DECODE = Relauncher(_decode_split)
+_COMBINE = Relauncher(_decode_combine)
+COMBINE_BLOCK_S = 32
 
 
 def _num_sms(device: torch.device) -> int:
@@ -97,11 +132,26 @@ def _num_sms(device: torch.device) -> int:
     return 4
 
 
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
-                     key_padding: torch.Tensor | None = None, num_splits: int | None = None) -> torch.Tensor:
-    """Attention of a few query tokens (Nq <= 16) against a cache: q [B, Hq, Nq, D], k, v [B, Hkv, Nk, D].
-    Query i sees keys j <= Nk - Nq + i where key_padding[b, j] (if given) is True. Forward only;
-    rows that see no key return 0."""
+@dataclass(frozen=True)
+class DecodeSetup:
+    """A decoding call's launch settled from its shapes (`prepare_decode`): checked, split and with its
+    key mask in kernel form, so the layers of one forward, which make the same call on their own tensors,
+    pay only the two launches and their buffers (`run_decode`)."""
+
+    shape: tuple[int, int, int, int]
+    key_heads: int
+    keys: int
+    splits: int
+    chunk: int
+    key_padding: torch.Tensor | None
+    scale: float
+    meta: dict = field(compare=False)
+    meta_key: tuple = field(compare=False)
+
+
+def prepare_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
+                   key_padding: torch.Tensor | None = None, num_splits: int | None = None) -> DecodeSetup | None:
+    """Check a decoding call and settle its launch; None when it has nothing to compute (empty shapes)."""
     reason = _common_reason(q, k, v, dense=True)
     if reason:
         raise KernelInputError(reason)
@@ -113,13 +163,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale
         raise KernelInputError(f"key_padding must have shape (batch, Nk) = ({b}, {nk}), got "
                                f"{tuple(key_padding.shape)}")
     if b == 0 or nq == 0 or nk == 0:
-        return torch.zeros_like(q)
-    if q.stride(-1) != 1:
-        q = q.contiguous()
-    if k.stride(-1) != 1:
-        k = k.contiguous()
-    if v.stride(-1) != 1:
-        v = v.contiguous()
+        return None
     group = hq // hkv
     block_r = max(16, power_of_2_at_least(group * nq))
     block_n = 16 if INTERPRET else (64 if block_r <= 64 else 32)
@@ -127,34 +171,58 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale
         want = max(1, (2 * _num_sms(q.device)) // max(1, b * hkv))
         num_splits = min(want, triton.cdiv(nk, block_n))
     chunk = triton.cdiv(triton.cdiv(nk, max(1, num_splits)), block_n) * block_n
-    splits = triton.cdiv(nk, chunk)
-    o_part = torch.empty((b, hq, nq, splits, d), dtype=torch.float32, device=q.device)
+    meta = dict(HEAD_DIM=d, BLOCK_D=max(16, power_of_2_at_least(d)), BLOCK_R=block_r, BLOCK_N=block_n,
+                HAS_KPAD=key_padding is not None, IEEE=q.dtype == torch.float32,
+                num_warps=4, num_stages=1 if INTERPRET else 3)
+    kp = None if key_padding is None else key_padding.to(torch.int8).contiguous()
+    return DecodeSetup(shape=(b, hq, nq, d), key_heads=hkv, keys=nk, splits=triton.cdiv(nk, chunk), chunk=chunk,
+                       key_padding=kp, scale=float(scale) * 1.4426950408889634, meta=meta,
+                       meta_key=tuple(meta.items()))
+
+
+def run_decode(setup: DecodeSetup, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The decoding call ``setup`` was prepared for, on these tensors (of the shapes it was prepared with):
+    the split kernel, then the combine kernel where there are several splits (with one, the split's
+    normalised output is the row's, written in the inputs' dtype)."""
+    b, hq, nq, d = setup.shape
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    if k.stride(-1) != 1:
+        k = k.contiguous()
+    if v.stride(-1) != 1:
+        v = v.contiguous()
+    splits = setup.splits
+    o_part = torch.empty((b, hq, nq, splits, d), dtype=torch.float32 if splits > 1 else q.dtype, device=q.device)
     lse_part = torch.empty((b, hq, nq, splits), dtype=torch.float32, device=q.device)
-    if os.environ.get("HF_EA_POISON", "0") == "1":
+    if _poison():
         o_part.fill_(float("nan"))
         lse_part.fill_(float("nan"))
-    kp = key_padding.to(torch.int8).contiguous() if key_padding is not None else o_part
+    kp = setup.key_padding if setup.key_padding is not None else lse_part
     _DECODE(
-        (splits, b * hkv),
+        (splits, b * setup.key_heads),
         (q, k, v, o_part, lse_part, kp,
          q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
          v.stride(0), v.stride(1), v.stride(2), *o_part.stride()[:4], *lse_part.stride()[:3],
-         kp.stride(0) if key_padding is not None else 0,
-         hkv, group, nq, nk, chunk, float(scale) * 1.4426950408889634),
-        dict(HEAD_DIM=d, BLOCK_D=max(16, power_of_2_at_least(d)), BLOCK_R=block_r, BLOCK_N=block_n,
-             HAS_KPAD=key_padding is not None, IEEE=q.dtype == torch.float32,
-             num_warps=4, num_stages=1 if INTERPRET else 3),
+         kp.stride(0) if setup.key_padding is not None else 0,
+         setup.key_heads, hq // setup.key_heads, nq, setup.keys, setup.chunk, setup.scale),
+        setup.meta, setup.meta_key,
     )
     if splits == 1:  # already normalised, and 0 for rows that see no key
-        return o_part[..., 0, :].to(q.dtype)
-    return _combine_splits(o_part, lse_part).to(q.dtype)
+        return o_part[..., 0, :]
+    out = torch.empty((b, hq, nq, d), dtype=q.dtype, device=q.device)
+    block_d = setup.meta["BLOCK_D"]
+    _COMBINE((b * hq * nq,), (o_part, lse_part, out, splits),
+             dict(HEAD_DIM=d, BLOCK_S=COMBINE_BLOCK_S, BLOCK_D=block_d, num_warps=2),
+             (("HEAD_DIM", d), ("BLOCK_S", COMBINE_BLOCK_S), ("BLOCK_D", block_d), ("num_warps", 2)))
+    return out
 
 
-def _combine_splits(o_part: torch.Tensor, lse_part: torch.Tensor) -> torch.Tensor:
-    """The rows' outputs from the splits' normalised partial outputs [..., S, D] and base-2 log-sum-exps
-    [..., S]: weights 2^(lse_s - max) over their sum. A row that saw no key has every lse at -inf and gets 0.
-    Few, fp32 element-wise operations: this runs once per layer and generated token."""
-    top = lse_part.amax(-1, keepdim=True).nan_to_num_(neginf=0.0)
-    weights = torch.exp2(lse_part - top)
-    total = weights.sum(-1, keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny)  # >= 1 unless the row is empty
-    return (o_part * (weights / total)[..., None]).sum(-2)
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
+                     key_padding: torch.Tensor | None = None, num_splits: int | None = None) -> torch.Tensor:
+    """Attention of a few query tokens (Nq <= 16) against a cache: q [B, Hq, Nq, D], k, v [B, Hkv, Nk, D].
+    Query i sees keys j <= Nk - Nq + i where key_padding[b, j] (if given) is True. Forward only;
+    rows that see no key return 0."""
+    setup = prepare_decode(q, k, v, scale=scale, key_padding=key_padding, num_splits=num_splits)
+    if setup is None:
+        return torch.zeros_like(q)
+    return run_decode(setup, q, k, v)

@@ -24,7 +24,7 @@ import torch
 
 from ..context import tracing
 from ..variants import block_layout as layouts
-from . import flash, neighbourhood
+from . import decode, flash, neighbourhood
 from .checks import KernelInputError
 from .decode import decode_attention as _decode_kernel
 from .function import _attend, dense_launch, fused_attention_varlen, varlen_launch
@@ -416,3 +416,27 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale
     if not tracing():
         return _decode_kernel(q, k, v, scale=scale, key_padding=key_padding)
     return _decode_op(q, k, v, key_padding, float(scale))
+
+
+class DecodeLaunch:
+    """`decode_attention` with its scale and key mask fixed, for the layers of one forward.
+
+    The first call settles the launch from its shapes (`decode.prepare_decode`: checks, splits, the key
+    mask as int8); later calls of the same shapes pay the split and combine launches only: eager decoding
+    at small batches waits on the host, so each layer's host time is the step's time. Traced calls go
+    through the custom op."""
+
+    def __init__(self, *, scale: float, key_padding: torch.Tensor | None = None) -> None:
+        self.scale = float(scale)
+        self.key_padding = key_padding
+        self._prepared: tuple[tuple, decode.DecodeSetup | None] | None = None
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if tracing():
+            return _decode_op(q, k, v, self.key_padding, self.scale)
+        shapes = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device)
+        if self._prepared is None or self._prepared[0] != shapes:
+            setup = decode.prepare_decode(q, k, v, scale=self.scale, key_padding=self.key_padding)
+            self._prepared = (shapes, setup)
+        setup = self._prepared[1]
+        return torch.zeros_like(q) if setup is None else decode.run_decode(setup, q, k, v)

@@ -59,12 +59,12 @@ def assert_close_outputs(first, second, tolerance=TOLERANCE):
 @pytest.fixture
 def kernel_calls(monkeypatch):
     """Counts calls of each kernel entry point, so a test can prove which path ran (the dense kernels:
-    the launches a plan makes, `ops.DenseLaunch`)."""
+    the launches a plan makes, `ops.DenseLaunch`; the decode kernel: each launch, `decode.run_decode`)."""
     calls = {"fused_attention": 0, "fused_attention_varlen": 0, "decode_attention": 0}
     entry_points = {
         "fused_attention": (kernel_module.ops.DenseLaunch, "__call__"),
         "fused_attention_varlen": (kernel_module.ops, "fused_attention_varlen"),  # as the ops module calls it
-        "decode_attention": (kernel_module.ops, "decode_attention"),
+        "decode_attention": (kernel_module.decode, "run_decode"),  # every decode launch, planned or not
     }
     for name, (owner, attribute) in entry_points.items():
         original = getattr(owner, attribute)

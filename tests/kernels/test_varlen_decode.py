@@ -6,7 +6,7 @@ import pytest
 import torch
 from kernel_reference import DEVICE, LARGE, rand, reference, rel_err, tolerance
 
-from hf_efficient_attn.kernels import decode_attention, fused_attention_varlen
+from hf_efficient_attn.kernels import decode, decode_attention, fused_attention_varlen
 
 
 def _cu(lengths):
@@ -92,6 +92,23 @@ def test_decode(case, splits):
     assert rel_err(out, ref) < 1e-5
     if kp is not None:
         assert out[1].abs().max() == 0
+
+
+def test_decode_combines_more_splits_than_one_pass_of_the_combine_kernel_holds():
+    gen = torch.Generator().manual_seed(5)
+    q = rand(2, 4, 2, 32, generator=gen, requires_grad=False)
+    k, v = (rand(2, 2, 1100, 32, generator=gen, requires_grad=False) for _ in range(2))
+    kp = torch.ones(2, 1100, dtype=torch.bool)
+    kp[1, 300:900] = False  # whole splits with nothing to see
+    kp = kp.to(DEVICE)
+    setup = decode.prepare_decode(q, k, v, scale=0.2, key_padding=kp, num_splits=64)
+    assert setup.splits > decode.COMBINE_BLOCK_S
+    out = decode.run_decode(setup, q, k, v)
+    assert rel_err(out, reference(q, k, v, scale=0.2, causal=True, key_padding=kp)) < 1e-5
+    # the same setup serves other tensors of the same shapes (the other layers of a forward)
+    q2, k2, v2 = (t.flip(-2) for t in (q, k, v))
+    assert rel_err(decode.run_decode(setup, q2, k2, v2),
+                   reference(q2, k2, v2, scale=0.2, causal=True, key_padding=kp)) < 1e-5
 
 
 @pytest.mark.skipif(not LARGE, reason="set HF_EA_TEST_LARGE=1 (meant for CUDA)")
