@@ -14,7 +14,7 @@ eager decoding spend little host time on it: at batch 1 a decoding step waits on
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -124,6 +124,7 @@ def _decode_combine(OP, LP, OUT, SPLITS, HEAD_DIM: tl.constexpr, BLOCK_S: tl.con
 _DECODE = Relauncher(_decode_split)
 _COMBINE = Relauncher(_decode_combine)
 COMBINE_BLOCK_S = 32
+"""Splits the combine kernel weighs per pass over a row's partials (it loops where there are more)."""
 
 
 def _num_sms(device: torch.device) -> int:
@@ -132,7 +133,7 @@ def _num_sms(device: torch.device) -> int:
     return 4
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DecodeSetup:
     """A decoding call's launch settled from its shapes (`prepare_decode`): checked, split and with its
     key mask in kernel form, so the layers of one forward, which make the same call on their own tensors,
@@ -145,8 +146,8 @@ class DecodeSetup:
     chunk: int
     key_padding: torch.Tensor | None
     scale: float
-    meta: dict = field(compare=False)
-    meta_key: tuple = field(compare=False)
+    meta: dict
+    meta_key: tuple
 
 
 def prepare_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
