@@ -8,7 +8,6 @@ own batch, and rank 0 saves each variant's loss per rank and the full (gathered)
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch.distributed as dist
 
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent.parent)]
 
+from rank_exit import leave_together  # noqa: E402
 from tiny_models import tiny_llama  # noqa: E402
 
 from hf_efficient_attn import patch_model  # noqa: E402
@@ -62,13 +62,7 @@ def main(output: str) -> None:
         results[variant] = {"losses": [value.item() for value in losses], "gradients": gradients}
     if rank == 0:
         torch.save(results, output)
-    dist.barrier()  # leave together: a rank tearing gloo down while its peer still works can abort
-    dist.destroy_process_group()
-    # Skip interpreter finalization: gloo's worker threads can still hold FSDP's tensors there, and
-    # freeing them then aborts the process ("terminate called without an active exception").
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave_together()
 
 
 if __name__ == "__main__":

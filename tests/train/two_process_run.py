@@ -14,6 +14,7 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent.parent)]
 
+from rank_exit import leave_together  # noqa: E402
 from tiny_models import tiny_llama  # noqa: E402
 from training_batches import losses, token_samples  # noqa: E402
 
@@ -33,6 +34,7 @@ def main(output: str) -> None:
     result = train(patch_model(tiny_llama(), "sliding", window=6), token_samples(97, distinct=True), config(PER_PROCESS_BATCH))
     if int(os.environ.get("RANK", "0")) == 0:
         Path(output).write_text(json.dumps(losses(result)))
+    leave_together()
 
 
 if __name__ == "__main__":
