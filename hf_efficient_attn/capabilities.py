@@ -88,8 +88,7 @@ class Capabilities:
         if call.device_type not in self.devices:
             return f"{self.title} runs on {_listed(sorted(self.devices))} only, not on {call.device_type}"
         if call.dtype not in self.dtypes:
-            names = _listed([str(dtype).removeprefix("torch.") for dtype in _ordered(self.dtypes)])
-            return f"{call.dtype}: {self.title} runs {names} only; cast to one of them"
+            return f"{call.dtype}: {self.title} runs {_listed(_dtype_names(self.dtypes))} only; cast to one of them"
         return None
 
 
@@ -209,7 +208,7 @@ def capability_table() -> str:
         marks = " | ".join("yes" if need in backend.runs else "-" for backend in BACKEND_CAPABILITIES)
         lines.append(f"| {need.value} | {marks} |")
     rows = (
-        ("dtypes", lambda b: ", ".join(str(d).removeprefix("torch.") for d in _ordered(b.dtypes))),
+        ("dtypes", lambda b: ", ".join(_dtype_names(b.dtypes))),
         ("devices", lambda b: ", ".join(sorted(b.devices))),
         ("head sizes", lambda b: b.head_dims),
     )
@@ -218,9 +217,10 @@ def capability_table() -> str:
     return "\n".join(lines)
 
 
-def _ordered(dtypes: frozenset[torch.dtype]) -> list[torch.dtype]:
+def _dtype_names(dtypes: frozenset[torch.dtype]) -> list[str]:
+    """The dtypes' short names, narrowest first."""
     order = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-    return [dtype for dtype in order if dtype in dtypes]
+    return [str(dtype).removeprefix("torch.") for dtype in order if dtype in dtypes]
 
 
 def _listed(names: list[str]) -> str:

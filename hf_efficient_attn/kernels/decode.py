@@ -148,6 +148,8 @@ class DecodeSetup:
     scale: float
     meta: dict
     meta_key: tuple
+    combine_meta: dict
+    combine_key: tuple
 
 
 def prepare_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
@@ -175,10 +177,12 @@ def prepare_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: 
     meta = dict(HEAD_DIM=d, BLOCK_D=max(16, power_of_2_at_least(d)), BLOCK_R=block_r, BLOCK_N=block_n,
                 HAS_KPAD=key_padding is not None, IEEE=q.dtype == torch.float32,
                 num_warps=4, num_stages=1 if INTERPRET else 3)
+    combine_meta = dict(HEAD_DIM=d, BLOCK_S=COMBINE_BLOCK_S, BLOCK_D=meta["BLOCK_D"], num_warps=2)
     kp = None if key_padding is None else key_padding.to(torch.int8).contiguous()
     return DecodeSetup(shape=(b, hq, nq, d), key_heads=hkv, keys=nk, splits=triton.cdiv(nk, chunk), chunk=chunk,
                        key_padding=kp, scale=float(scale) * 1.4426950408889634, meta=meta,
-                       meta_key=tuple(meta.items()))
+                       meta_key=tuple(meta.items()), combine_meta=combine_meta,
+                       combine_key=tuple(combine_meta.items()))
 
 
 def run_decode(setup: DecodeSetup, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -211,10 +215,7 @@ def run_decode(setup: DecodeSetup, q: torch.Tensor, k: torch.Tensor, v: torch.Te
     if splits == 1:  # already normalised, and 0 for rows that see no key
         return o_part[..., 0, :]
     out = torch.empty((b, hq, nq, d), dtype=q.dtype, device=q.device)
-    block_d = setup.meta["BLOCK_D"]
-    _COMBINE((b * hq * nq,), (o_part, lse_part, out, splits),
-             dict(HEAD_DIM=d, BLOCK_S=COMBINE_BLOCK_S, BLOCK_D=block_d, num_warps=2),
-             (("HEAD_DIM", d), ("BLOCK_S", COMBINE_BLOCK_S), ("BLOCK_D", block_d), ("num_warps", 2)))
+    _COMBINE((b * hq * nq,), (o_part, lse_part, out, splits), setup.combine_meta, setup.combine_key)
     return out
 
 
