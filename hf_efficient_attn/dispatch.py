@@ -176,13 +176,19 @@ _PLANNED_WINDOWS = sdpa_support.ShapeTally()
 
 
 def picks_cudnn(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext, pattern: KernelMask | str
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    context: AttentionContext,
+    pattern: KernelMask | str,
+    needs: CallNeeds | None,
 ) -> bool:
     """Whether ``backend="auto"`` runs this call on cuDNN's fused attention (`backends.cudnn_sdpa`, the
     ``cudnn`` extra) instead of the Triton kernels: a call of many queries under a window band narrower than
     its keys (no sinks, globals or layout), in eager mode on CUDA, that cuDNN computes exactly
-    (`cudnn_refusal`), at a shape this process has planned before, and with gradients only where cuDNN's
-    backward is faster too (head size above 64, or at least `CUDNN_SMALL_HEAD_GRAD_MIN_TOKENS` queries).
+    (`cudnn_refusal`, given the call's ``needs``), at a shape this process has planned before, and with
+    gradients only where cuDNN's backward is faster too (head size above 64, or at least
+    `CUDNN_SMALL_HEAD_GRAD_MIN_TOKENS` queries).
 
     On the H200 (torch 2.11, cuDNN 9.19, bf16, 16 heads, window 1024; benchmarks/results/kernels-h200)
     cuDNN's forward ran 1.22-1.47x the Triton kernel's speed at 16k and 64k tokens and head sizes 64 and
@@ -201,7 +207,7 @@ def picks_cudnn(
         return False
     if fused_path.needs_grad(query) and query.shape[-1] <= 64 and query.shape[-2] < CUDNN_SMALL_HEAD_GRAD_MIN_TOKENS:
         return False
-    if cudnn_refusal(query, key, value, context, pattern) is not None:
+    if cudnn_refusal(query, key, value, context, pattern, needs) is not None:
         return False
     return _PLANNED_WINDOWS.count((pattern.window, context.causal, *tensor_signature(query, key, value))) > 1
 
@@ -237,9 +243,9 @@ def choose(
         kept = context.routes.get(route_key)
         if kept is not None:
             return kept
-    if backend == "cudnn":
-        return _remember(context, route_key, "cudnn", plan_cudnn(query, key, value, context, pattern, variant_name))
     needs = None if isinstance(pattern, str) else call_needs(query, key, context, pattern)
+    if backend == "cudnn":
+        return _remember(context, route_key, "cudnn", plan_cudnn(query, key, value, context, pattern, needs, variant_name))
     sdpa_refusal = pattern if needs is None else SDPA.refusal(needs)
     sdpa_exact = sdpa_refusal is None
     if backend == "sdpa":
@@ -260,8 +266,8 @@ def choose(
         return _remember(context, route_key, "masked-sdpa")
     if not wants_kernels:
         return _remember(context, route_key, "chunked")
-    if backend == "auto" and picks_cudnn(query, key, value, context, pattern):
-        return _remember(context, route_key, "cudnn", plan_cudnn(query, key, value, context, pattern, variant_name))
+    if backend == "auto" and picks_cudnn(query, key, value, context, pattern, needs):
+        return _remember(context, route_key, "cudnn", plan_cudnn(query, key, value, context, pattern, needs, variant_name))
     plan = plan_triton(query, key, value, context, pattern, needs)
     if not isinstance(plan, str):
         return _remember(context, route_key, "triton", plan)
@@ -305,18 +311,24 @@ def _remember(
 
 
 def cudnn_refusal(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext, pattern: KernelMask | str
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    context: AttentionContext,
+    pattern: KernelMask | str,
+    needs: CallNeeds | None,
 ) -> str | None:
     """None when cuDNN's fused attention (`backends.cudnn_sdpa`) computes this call exactly, else why not:
-    its row of the capability table (`capabilities.CUDNN`), then its own check of shapes and band."""
+    its row of the capability table (`capabilities.CUDNN`) against the call's ``needs`` (None where the
+    pattern is the reason it has none), then its own check of shapes and band."""
     from .backends import cudnn_sdpa
 
-    if isinstance(pattern, str):
+    if needs is None:
         return pattern
     unavailable = cudnn_sdpa.unavailable_reason()
     if unavailable is not None:
         return unavailable
-    refusal = CUDNN.refusal(call_needs(query, key, context, pattern))
+    refusal = CUDNN.refusal(needs)
     if refusal is not None:
         return refusal
     left, right = pattern.window
@@ -347,13 +359,14 @@ def plan_cudnn(
     value: torch.Tensor,
     context: AttentionContext,
     pattern: KernelMask | str,
+    needs: CallNeeds | None,
     variant_name: str,
 ) -> fused_path.Launch:
     """The launch of a call that ``backend="cudnn"`` forces onto cuDNN, or `FusedPathError` saying why it
     cannot run there."""
     from .backends import cudnn_sdpa
 
-    reason = cudnn_refusal(query, key, value, context, pattern)
+    reason = cudnn_refusal(query, key, value, context, pattern, needs)
     if reason is not None:
         raise FusedPathError(
             f"Variant '{variant_name}' with backend='cudnn' cannot run this call on cuDNN: {reason}. Use "

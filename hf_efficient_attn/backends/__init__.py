@@ -3,7 +3,7 @@
 Every backend module has the same three entry points, so that the dispatch rule can treat backends as data:
 
 * ``available() -> bool``: whether the library is installed and usable on this machine (never raises);
-* ``supports(query, key, value, *, causal, window_left, window_right, key_lengths, needs_grad, ...) -> str | None``:
+* ``supports(query, key, value, *, causal, window_left, window_right, key_lengths, needs_grad) -> str | None``:
   None when the backend computes this call exactly, else the reason it does not;
 * ``attention(query, key, value, *, scale, causal, window_left, window_right, key_lengths=None) -> Tensor``:
   the output ``[batch, q_heads, q_len, head_dim]``, differentiable, and a single custom op to ``torch.compile``.

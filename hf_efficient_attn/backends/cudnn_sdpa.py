@@ -267,21 +267,15 @@ def supports(
     window_right: int | None = None,
     key_lengths: torch.Tensor | None = None,
     needs_grad: bool = False,
-    sink_tokens: int = 0,
-    global_tokens: int = 0,
-    block_layout: str | None = None,
 ) -> str | None:
     """None when `attention` computes this call exactly, else the reason why not. Reads shapes, dtypes,
     devices and the flags only (never tensor values), so it is safe under tracing.
 
     ``key_lengths``: int tensor ``[batch]``; key ``j`` of row ``b`` is visible only when
-    ``j < key_lengths[b]`` (right padding of the keys). ``needs_grad``: the backward will run too.
-    ``sink_tokens``, ``global_tokens``, ``block_layout``: a pattern's other parts (`fused_path.KernelMask`),
-    refused unless absent.
+    ``j < key_lengths[b]`` (right padding of the keys). ``needs_grad``: the backward will run too. Sinks,
+    global tokens and block layouts are not among its arguments: the dispatch rule refuses them from the
+    capability table (`capabilities.CUDNN`) before asking.
     """
-    if sink_tokens or global_tokens or block_layout is not None:
-        return (f"sink_tokens={sink_tokens}, global_tokens={global_tokens}, block_layout={block_layout!r}: cuDNN "
-                "attention runs causal masks, diagonal bands and key padding only; the Triton kernels run these")
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
