@@ -194,10 +194,18 @@ class StaticSinkWindowLayer(StaticLayer):
         self.tokens_before_filled = 0
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Allocate the buffers (``prefix + window`` slots) and mark their sizes static for the compiler: a
+        process that compiled a decoding step over buffers of another size (a static cache of another
+        length, another window) would otherwise compile this one with symbolic buffer lengths, which
+        inductor's CUDA-graph partitions failed to bind (torch 2.11: ``NameError: name 's65' is not
+        defined``), and which no step needs: the buffers never change size."""
         held = self.max_cache_len
         self.max_cache_len = self.prefix + self.window
         super().lazy_initialization(key_states, value_states)
         self.max_cache_len = held
+        if not torch.compiler.is_compiling():
+            torch._dynamo.mark_static(self.keys)
+            torch._dynamo.mark_static(self.values)
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any

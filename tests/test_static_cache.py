@@ -105,6 +105,34 @@ def test_compiled_static_generation_equals_eager(name):
     assert torch.equal(compiled, eager)
 
 
+def test_a_compile_after_another_cache_size_keeps_the_ring_buffers_static():
+    """A process that compiled a decoding step over a static cache of one length, then compiles one over a
+    sink+window ring of another, would trace the ring's buffer lengths as symbols (automatic dynamic
+    shapes), which inductor's CUDA-graph partitions failed to bind on torch 2.11. Every graph input of
+    the ring's size is traced with static sizes."""
+    ids, mask = left_padded_prompt()
+    base = tiny_llama()
+    sliding = patch_model(copy.deepcopy(base), "sliding", **APPROXIMATE["sliding-sinks"])
+    eager = generate(sliding, ids, mask, cache_implementation="static")
+    graph_inputs: list[torch.Tensor] = []
+
+    def recording_backend(graph, example_inputs):
+        traced = (node.meta.get("example_value") for node in graph.graph.nodes if node.op == "placeholder")
+        graph_inputs.extend(x for x in traced if isinstance(x, torch.Tensor))
+        return graph.forward
+
+    config = compile_everywhere()
+    config.backend, config.mode = recording_backend, None
+    torch._dynamo.reset()
+    generate(patch_model(copy.deepcopy(base), "flash"), ids, mask, cache_implementation="static", compile_config=config)
+    graph_inputs.clear()
+    compiled = generate(sliding, ids, mask, cache_implementation="static", compile_config=config)
+    assert torch.equal(compiled, eager)
+    four_dim = [x for x in graph_inputs if x.dim() == 4]
+    assert four_dim, "the decoding step was not compiled"
+    assert all(isinstance(size, int) for x in four_dim for size in x.shape), [x.shape for x in four_dim]
+
+
 @pytest.mark.parametrize("name", ["flash", "sliding-sinks", "sparse"])
 def test_compiled_forward_generation_equals_eager(name):
     """``model.forward = torch.compile(model.forward, fullgraph=True)``, then generate with its growing cache."""

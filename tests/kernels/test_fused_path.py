@@ -354,11 +354,12 @@ def test_unknown_backend_is_refused(variant):
 def test_static_cache_steps_run_on_the_decode_kernel_under_their_mask(variant, options, kernel_calls, monkeypatch):
     """A static cache's decoding step needs a mask by position (and the pattern's): where the kernels are
     preferred (CUDA; here forced in the interpreter) it runs on the split-key decode kernel under that
-    mask, with the tokens and scores of the chunked engine."""
+    mask, with the tokens and scores of the chunked engine. Eager steps (transformers compiles static-cache
+    decoding on CUDA by default; compiled steps are tested below), so every step's kernel calls count."""
     model = kernel_llama()
     prompt = token_ids(model, batch=2, length=10)
     settings = dict(max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True,
-                    cache_implementation="static")
+                    cache_implementation="static", disable_compile=True)
     reference = patch_model(copy.deepcopy(model), variant, backend="reference", **options)
     expected = reference.generate(prompt, **settings)
     assert kernel_calls["decode_attention"] == 0
@@ -399,5 +400,5 @@ def test_masked_decoding_over_fewer_keys_than_the_threshold_keeps_sdpa(kernel_ca
     model = kernel_llama()
     prompt = token_ids(model, batch=1, length=10)
     fused = patch_model(copy.deepcopy(model), "flash")
-    fused.generate(prompt, max_new_tokens=3, do_sample=False, cache_implementation="static")
+    fused.generate(prompt, max_new_tokens=3, do_sample=False, cache_implementation="static", disable_compile=True)
     assert kernel_calls["decode_attention"] == 0

@@ -97,11 +97,13 @@ def test_decode(case, splits):
 def test_decode_combines_more_splits_than_one_pass_of_the_combine_kernel_holds():
     gen = torch.Generator().manual_seed(5)
     q = rand(2, 4, 2, 32, generator=gen, requires_grad=False)
-    k, v = (rand(2, 2, 1100, 32, generator=gen, requires_grad=False) for _ in range(2))
-    kp = torch.ones(2, 1100, dtype=torch.bool)
-    kp[1, 300:900] = False  # whole splits with nothing to see
+    # more splits than the combine kernel takes in one pass for split sizes up to 128 keys (the GPU's tiles)
+    keys = (decode.COMBINE_BLOCK_S + 4) * 128
+    k, v = (rand(2, 2, keys, 32, generator=gen, requires_grad=False) for _ in range(2))
+    kp = torch.ones(2, keys, dtype=torch.bool)
+    kp[1, 300:3000] = False  # whole splits with nothing to see
     kp = kp.to(DEVICE)
-    setup = decode.prepare_decode(q, k, v, scale=0.2, key_padding=kp, num_splits=64)
+    setup = decode.prepare_decode(q, k, v, scale=0.2, key_padding=kp, num_splits=2 * decode.COMBINE_BLOCK_S)
     assert setup.splits > decode.COMBINE_BLOCK_S
     out = decode.run_decode(setup, q, k, v)
     assert rel_err(out, reference(q, k, v, scale=0.2, causal=True, key_padding=kp)) < 1e-5
