@@ -5,8 +5,8 @@ shapes, the pattern and the host facts of its context (`call_needs`). Each backe
 runs exactly (`Capabilities`, the table `BACKEND_CAPABILITIES`); `Capabilities.refusal` says which need,
 dtype or device it lacks for a call. The dispatch rule (`dispatch.choose`) asks the table which backends
 may run a call and takes the fastest of those. A backend's own check adds what a feature table cannot
-state: shape limits and combinations of features (`backends.cudnn_sdpa.supports`, `kernels.supports`,
-`fused_path.plan`).
+state: shape limits and combinations of features (`backends.cudnn_sdpa.supports`, `backends.fa4.supports`,
+`kernels.supports`, `fused_path.plan`).
 
 Needs are counted only where they restrict the call: a window that covers every key the call has needs
 nothing, and so neither do its sinks; such a call is plain attention, which SDPA runs.
@@ -118,6 +118,17 @@ CUDNN = Capabilities(
 """cuDNN's fused attention through ``nvidia-cudnn-frontend`` (`backends.cudnn_sdpa`, the ``cudnn`` extra):
 causal masks and diagonal bands, aligned to the last keys."""
 
+FA4 = Capabilities(
+    name="fa4",
+    title="FlashAttention-4",
+    runs=frozenset({Need.CAUSAL, Need.DECODE, Need.WINDOW, Need.GROUPED_HEADS, Need.BACKWARD}),
+    dtypes=frozenset({torch.float16, torch.bfloat16}),
+    devices=frozenset({"cuda"}),
+    head_dims="64, 96, 128 (Hopper)",
+)
+"""FlashAttention-4's Hopper kernels (`backends.fa4`, the ``fa4`` extra): causal masks and windows aligned
+to the last keys, bidirectional windows with as many queries as keys."""
+
 TRITON = Capabilities(
     name="triton",
     title="the Triton kernels",
@@ -141,7 +152,7 @@ REFERENCE = Capabilities(
 """The chunked engine (`masked.masked_attention`): SDPA per chunk of queries over the keys the pattern
 allows, under the pattern's mask; the exact path for every call."""
 
-BACKEND_CAPABILITIES: tuple[Capabilities, ...] = (SDPA, CUDNN, TRITON, REFERENCE)
+BACKEND_CAPABILITIES: tuple[Capabilities, ...] = (SDPA, CUDNN, FA4, TRITON, REFERENCE)
 
 
 def pattern_needs(pattern: KernelMask, context: AttentionContext, q_len: int, k_len: int) -> frozenset[Need]:

@@ -65,15 +65,15 @@ import torch
 import torch.nn.functional as F
 
 from . import fused_path, sdpa_support
-from .capabilities import CUDNN, SDPA, TRITON, CallNeeds, call_needs
+from .capabilities import CUDNN, FA4, SDPA, TRITON, CallNeeds, Need, call_needs
 from .context import AttentionContext, positions, tensor_signature, tracing
 from .errors import VariantError
 from .fused_path import FusedPathError, FusedPathFallbackWarning, KernelMask
 from .variants import block_layout as layouts
 
-Backend = Literal["auto", "sdpa", "triton", "cudnn", "reference"]
-BACKENDS: tuple[str, ...] = ("auto", "sdpa", "triton", "cudnn", "reference")
-Route = Literal["sdpa", "gather", "whole-rows", "triton", "cudnn", "masked-sdpa", "chunked"]
+Backend = Literal["auto", "sdpa", "triton", "cudnn", "fa4", "reference"]
+BACKENDS: tuple[str, ...] = ("auto", "sdpa", "triton", "cudnn", "fa4", "reference")
+Route = Literal["sdpa", "gather", "whole-rows", "triton", "cudnn", "fa4", "masked-sdpa", "chunked"]
 
 
 def check_backend(backend: object) -> None:
@@ -117,7 +117,7 @@ def plan_call(
     if route in ("sdpa", "gather"):
         launch = sdpa_plan(query, key, context, decode_kernel) if route == "sdpa" else run
         return sdpa_support.without_cudnn(launch) if leaves_cudnn_out(query, key, value, context) else launch
-    if route in ("triton", "cudnn"):
+    if route in ("triton", "cudnn", "fa4"):
         return run
     if route == "whole-rows":
         return plan_whole_rows(query, key, context, pattern, one_mask)
@@ -186,7 +186,7 @@ def picks_cudnn(
     """Whether ``backend="auto"`` runs this call on cuDNN's fused attention (`backends.cudnn_sdpa`, the
     ``cudnn`` extra) instead of the Triton kernels: a call of many queries under a window band narrower than
     its keys (no sinks, globals or layout), in eager mode on CUDA, that cuDNN computes exactly
-    (`cudnn_refusal`, given the call's ``needs``), at a shape this process has planned before, and with
+    (`library_refusal`, given the call's ``needs``), at a shape this process has planned before, and with
     gradients only where cuDNN's backward is faster too (head size above 64, or at least
     `CUDNN_SMALL_HEAD_GRAD_MIN_TOKENS` queries).
 
@@ -207,9 +207,49 @@ def picks_cudnn(
         return False
     if fused_path.needs_grad(query) and query.shape[-1] <= 64 and query.shape[-2] < CUDNN_SMALL_HEAD_GRAD_MIN_TOKENS:
         return False
-    if cudnn_refusal(query, key, value, context, pattern, needs) is not None:
+    if library_refusal("cudnn", query, key, value, context, pattern, needs) is not None:
         return False
     return _PLANNED_WINDOWS.count((pattern.window, context.causal, *tensor_signature(query, key, value))) > 1
+
+
+_PLANNED_FA4 = sdpa_support.ShapeTally()
+"""How often each windowed call's configuration was planned in this process, for `picks_fa4`."""
+
+
+def picks_fa4(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    context: AttentionContext,
+    pattern: KernelMask | str,
+    needs: CallNeeds | None,
+) -> bool:
+    """Whether ``backend="auto"`` runs this call on FlashAttention-4 (`backends.fa4`, the ``fa4`` extra),
+    ahead of cuDNN and the Triton kernels: a call of many queries under a window band narrower than its
+    keys (no sinks, globals or layout), in eager mode on CUDA, that FlashAttention-4 computes exactly
+    (`library_refusal`), with or without gradients, from the second planning of its configuration in this
+    process.
+
+    On the H100 (torch 2.11, flash-attn-4 4.0.0b40, bf16, 16 heads, 16k tokens, window 1024;
+    benchmarks/results/kernels-h100-fa4) it ran the window at 339 / 486 TFLOP/s forward (head size 64 /
+    128), against cuDNN's 328 / 375 and the Triton kernels' 272 / 286, and forward + backward at 349 / 429
+    against 296 / 380 and 251 / 266. The first call of each configuration (dtype, head size, heads, mask
+    and window) compiles its kernels, 3-4 s on the H100, which later calls at any length reuse: so the
+    first planning of a configuration runs the other backends (a one-off call never pays the compile),
+    later ones FlashAttention-4. Decoding steps and traced calls keep the other backends."""
+    if (
+        tracing()
+        or needs is None
+        or Need.WINDOW not in needs.needs
+        or not fused_path.kernels_preferred(query.device)
+        or query.shape[-2] <= fused_path.DECODE_MAX_QUERIES
+    ):
+        return False
+    if library_refusal("fa4", query, key, value, context, pattern, needs) is not None:
+        return False
+    configuration = (pattern.window, context.causal, query.dtype, query.device, *query.shape[1:2], *key.shape[1:2],
+                     query.shape[-1], fused_path.needs_grad(query))
+    return _PLANNED_FA4.count(configuration) > 1
 
 
 def _decode_kernel(backend: Backend, device: torch.device) -> bool:
@@ -244,8 +284,9 @@ def choose(
         if kept is not None:
             return kept
     needs = None if isinstance(pattern, str) else call_needs(query, key, context, pattern)
-    if backend == "cudnn":
-        return _remember(context, route_key, "cudnn", plan_cudnn(query, key, value, context, pattern, needs, variant_name))
+    if backend in LIBRARY_BACKENDS:
+        launch = plan_library(backend, query, key, value, context, pattern, needs, variant_name)
+        return _remember(context, route_key, backend, launch)
     sdpa_refusal = pattern if needs is None else SDPA.refusal(needs)
     sdpa_exact = sdpa_refusal is None
     if backend == "sdpa":
@@ -266,8 +307,10 @@ def choose(
         return _remember(context, route_key, "masked-sdpa")
     if not wants_kernels:
         return _remember(context, route_key, "chunked")
-    if backend == "auto" and picks_cudnn(query, key, value, context, pattern, needs):
-        return _remember(context, route_key, "cudnn", plan_cudnn(query, key, value, context, pattern, needs, variant_name))
+    for name, picks in (("fa4", picks_fa4), ("cudnn", picks_cudnn)):
+        if backend == "auto" and picks(query, key, value, context, pattern, needs):
+            launch = plan_library(name, query, key, value, context, pattern, needs, variant_name)
+            return _remember(context, route_key, name, launch)
     plan = plan_triton(query, key, value, context, pattern, needs)
     if not isinstance(plan, str):
         return _remember(context, route_key, "triton", plan)
@@ -310,7 +353,20 @@ def _remember(
     return decision
 
 
-def cudnn_refusal(
+LIBRARY_BACKENDS: dict[str, str] = {"cudnn": "cuDNN", "fa4": "FlashAttention-4"}
+"""The backends built on libraries below Triton (`backends`), by ``backend=`` name, with how errors name them."""
+
+
+def _library(name: str):
+    """The backend module of a `LIBRARY_BACKENDS` name and its row of the capability table (read when
+    asked, so a changed row is the one used)."""
+    from .backends import cudnn_sdpa, fa4
+
+    return (cudnn_sdpa, CUDNN) if name == "cudnn" else (fa4, FA4)
+
+
+def library_refusal(
+    name: str,
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
@@ -318,24 +374,22 @@ def cudnn_refusal(
     pattern: KernelMask | str,
     needs: CallNeeds | None,
 ) -> str | None:
-    """None when cuDNN's fused attention (`backends.cudnn_sdpa`) computes this call exactly, else why not:
-    its row of the capability table (`capabilities.CUDNN`) against the call's ``needs`` (None where the
-    pattern is the reason it has none), then its own check of shapes and band."""
-    from .backends import cudnn_sdpa
-
+    """None when the library backend ``name`` (`LIBRARY_BACKENDS`: cuDNN's fused attention,
+    `backends.cudnn_sdpa`; FlashAttention-4, `backends.fa4`) computes this call exactly, else why not: its
+    availability, its row of the capability table against the call's ``needs`` (None where the pattern is
+    the reason it has none), then its own check of shapes and window."""
     if needs is None:
         return pattern
-    unavailable = cudnn_sdpa.unavailable_reason()
+    module, row = _library(name)
+    unavailable = module.unavailable_reason()
     if unavailable is not None:
         return unavailable
-    refusal = CUDNN.refusal(needs)
+    refusal = row.refusal(needs)
     if refusal is not None:
         return refusal
     left, right = pattern.window
-    return cudnn_sdpa.supports(
-        query, key, value, causal=context.causal, window_left=left, window_right=right, key_lengths=None,
-        needs_grad=fused_path.needs_grad(query),
-    )
+    return module.supports(query, key, value, causal=context.causal, window_left=left, window_right=right,
+                           needs_grad=fused_path.needs_grad(query))
 
 
 def plan_triton(
@@ -353,7 +407,8 @@ def plan_triton(
     return TRITON.refusal(needs) or fused_path.plan(query, key, value, context, pattern)
 
 
-def plan_cudnn(
+def plan_library(
+    name: str,
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
@@ -362,20 +417,18 @@ def plan_cudnn(
     needs: CallNeeds | None,
     variant_name: str,
 ) -> fused_path.Launch:
-    """The launch of a call that ``backend="cudnn"`` forces onto cuDNN, or `FusedPathError` saying why it
-    cannot run there."""
-    from .backends import cudnn_sdpa
-
-    reason = cudnn_refusal(query, key, value, context, pattern, needs)
+    """The launch of a call on the library backend ``name`` (`LIBRARY_BACKENDS`), or `FusedPathError`
+    saying why it cannot run there (``backend="cudnn"`` or ``"fa4"`` forced onto a call it refuses)."""
+    reason = library_refusal(name, query, key, value, context, pattern, needs)
     if reason is not None:
         raise FusedPathError(
-            f"Variant '{variant_name}' with backend='cudnn' cannot run this call on cuDNN: {reason}. Use "
-            "backend='auto' (an exact path for every call) or backend='triton'."
+            f"Variant '{variant_name}' with backend='{name}' cannot run this call on {LIBRARY_BACKENDS[name]}: "
+            f"{reason}. Use backend='auto' (an exact path for every call) or backend='triton'."
         )
+    module, _ = _library(name)
     left, right = pattern.window
     causal, scale = context.causal, context.scaling
-    return lambda q, k, v: cudnn_sdpa.attention(q, k, v, scale=scale, causal=causal, window_left=left,
-                                                window_right=right)
+    return lambda q, k, v: module.attention(q, k, v, scale=scale, causal=causal, window_left=left, window_right=right)
 
 
 def gathers_visible_keys(

@@ -55,7 +55,7 @@ class AxialOptions(VariantOptions):
 
     def validate(self) -> None:
         dispatch.check_backend(self.backend)
-        if self.backend in ("cudnn", "sdpa"):
+        if self.backend in ("cudnn", "fa4", "sdpa"):
             raise VariantError(f"backend={self.backend!r} cannot run axial attention (it takes no block layout); "
                                "use backend='auto' or 'triton'.")
 

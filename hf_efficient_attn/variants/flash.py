@@ -29,8 +29,9 @@ class FlashOptions(VariantOptions):
     Attributes:
         backend: ``"auto"`` (the fastest exact backend per call, see `dispatch`), ``"sdpa"`` (torch's SDPA
             for the calls it computes exactly, or an error), ``"triton"`` (the fused
-            kernels or an error), ``"cudnn"`` (cuDNN's fused attention, the ``cudnn`` extra, or an error) or
-            ``"reference"`` (the chunked engine). Default ``"auto"``.
+            kernels or an error), ``"cudnn"`` (cuDNN's fused attention, the ``cudnn`` extra, or an error),
+            ``"fa4"`` (FlashAttention-4, the ``fa4`` extra, on Hopper, or an error) or ``"reference"`` (the
+            chunked engine). Default ``"auto"``.
     """
 
     backend: dispatch.Backend = "auto"

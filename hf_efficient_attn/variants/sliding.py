@@ -56,8 +56,9 @@ class SlidingOptions(VariantOptions):
         backend: ``"auto"`` (the fastest exact backend per call, see `dispatch`), ``"sdpa"`` (torch's SDPA
             for the calls it computes exactly, or an error), ``"triton"`` (the fused
             kernels or an error), ``"cudnn"`` (cuDNN's fused attention, the
-            ``cudnn`` extra, for windows without sinks or globals, or an error) or ``"reference"`` (the
-            chunked engine). Default ``"auto"``.
+            ``cudnn`` extra, for windows without sinks or globals, or an error), ``"fa4"`` (FlashAttention-4,
+            the ``fa4`` extra, on Hopper, for windows without sinks or globals, or an error) or
+            ``"reference"`` (the chunked engine). Default ``"auto"``.
     """
 
     window: int = 1024

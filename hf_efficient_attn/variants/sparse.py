@@ -76,8 +76,9 @@ class SparseOptions(VariantOptions):
         group_size: tokens per group for ``pattern="shifted"``; even. Default 1024.
         backend: ``"auto"`` (the fastest exact backend per call, see `dispatch`), ``"sdpa"`` (torch's SDPA
             for the calls it computes exactly, or an error), ``"triton"`` (the fused
-            kernels or an error), ``"cudnn"`` (cuDNN's fused attention, the ``cudnn`` extra, for calls whose
-            layout keeps every block pair; else an error) or ``"reference"`` (the chunked engine). Default ``"auto"``.
+            kernels or an error), ``"cudnn"`` or ``"fa4"`` (cuDNN's fused attention or FlashAttention-4, their
+            extras, for calls whose layout keeps every block pair; else an error) or ``"reference"`` (the
+            chunked engine). Default ``"auto"``.
     """
 
     pattern: Literal["block", "shifted"] = "block"

@@ -108,7 +108,7 @@ def test_patched_vit_trains():
         ("whisper", {}, "Variant 'axial' needs a patch grid (rows and columns of image patches), which encoder "
                         "layers of this model do not have. Variants that can run there: flash, full, linear, "
                         "lowrank, lsh, nystrom, performer, sliding, sparse."),
-        ("vit", {"backend": "fast"}, "`backend` must be one of 'auto', 'sdpa', 'triton', 'cudnn', 'reference', got "
+        ("vit", {"backend": "fast"}, "`backend` must be one of 'auto', 'sdpa', 'triton', 'cudnn', 'fa4', 'reference', got "
                                      "'fast'."),
         ("vit", {"backend": "cudnn"}, "backend='cudnn' cannot run axial attention (it takes no block layout); use "
                                       "backend='auto' or 'triton'."),
