@@ -17,8 +17,8 @@ import torch
 from tiny_models import tiny_llama
 
 from hf_efficient_attn import capabilities, dispatch, patch_model
-from hf_efficient_attn.backends import cudnn_sdpa
-from hf_efficient_attn.capabilities import CUDNN, SDPA, TRITON, Need, call_needs
+from hf_efficient_attn.backends import cudnn_sdpa, fa4, operands
+from hf_efficient_attn.capabilities import CUDNN, FA4, SDPA, TRITON, Need, call_needs
 from hf_efficient_attn.context import build_context
 from hf_efficient_attn.fused_path import FusedPathError, KernelMask
 from hf_efficient_attn.kernels import checks, neighbourhood_function
@@ -148,7 +148,8 @@ def test_head_sizes_in_the_table_are_the_backends_own_limits():
     assert ", ".join(map(str, checks.SUPPORTED_HEAD_DIMS)) in TRITON.head_dims
     assert f"1 to {neighbourhood_function.MAX_HEAD_DIM}" in TRITON.head_dims
     assert f"up to {cudnn_sdpa.MAX_HEAD_DIM} ({cudnn_sdpa.MAX_HEAD_DIM_HOPPER} on Hopper)" in CUDNN.head_dims
-    assert CUDNN.dtypes == set(cudnn_sdpa.DTYPES) and TRITON.dtypes == set(checks.SUPPORTED_DTYPES)
+    assert ", ".join(map(str, fa4.HEAD_DIMS)) in FA4.head_dims
+    assert CUDNN.dtypes == FA4.dtypes == set(operands.DTYPES) and TRITON.dtypes == set(checks.SUPPORTED_DTYPES)
 
 
 def test_the_docs_show_the_current_table():

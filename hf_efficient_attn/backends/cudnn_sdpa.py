@@ -83,6 +83,8 @@ from typing import Literal
 
 import torch
 
+from .operands import operand_refusal
+
 MIN_BACKEND_VERSION = 91002
 """Oldest cuDNN backend (9.10.2) taken: before 9.10 Hopper refuses left + right bounds with bottom-right
 alignment, and 9.10.0 / 9.10.1 refuse fp16/bf16 SDPA for known bugs."""
@@ -93,7 +95,6 @@ GRAPH_CACHE_SIZE = 64
 NO_BOUND = -1
 """A window side without a bound, in the op's int arguments."""
 
-DTYPES = (torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 128
 MAX_HEAD_DIM_HOPPER = 256
 """cuDNN's support matrix (9.18): head dims up to 256 on Hopper (forward and backward), 128 elsewhere
@@ -276,25 +277,11 @@ def supports(
     global tokens and block layouts are not among its arguments: the dispatch rule refuses them from the
     capability table (`capabilities.CUDNN`) before asking.
     """
-    for name, t in (("query", query), ("key", key), ("value", value)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            return f"{name} must be a 4-D tensor [batch, heads, len, head_dim], got {shape}"
+    reason = operand_refusal(query, key, value, "cuDNN attention")
+    if reason is not None:
+        return reason
     batch, q_heads, q_len, head_dim = query.shape
-    _, kv_heads, k_len, _ = key.shape
-    if key.shape[0] != batch or value.shape[0] != batch:
-        return f"batch sizes differ: query {batch}, key {key.shape[0]}, value {value.shape[0]}"
-    if value.shape[1] != kv_heads or value.shape[2] != k_len:
-        return f"key {tuple(key.shape)} and value {tuple(value.shape)} differ in heads or length; they must match"
-    if kv_heads == 0 or q_heads % kv_heads:
-        return (f"query heads ({q_heads}) must be a multiple of key/value heads ({kv_heads}) for grouped-query "
-                "attention")
-    if query.dtype not in DTYPES:
-        return f"query.dtype={query.dtype}: cuDNN attention runs float16 and bfloat16; cast to one of them"
-    if key.dtype != query.dtype or value.dtype != query.dtype:
-        return f"query, key, value must share a dtype, got {query.dtype}, {key.dtype}, {value.dtype}"
-    if key.shape[-1] != head_dim or value.shape[-1] != head_dim:
-        return f"head dims differ: query {head_dim}, key {key.shape[-1]}, value {value.shape[-1]}"
+    k_len = key.shape[2]
     limit = _head_dim_limit(query.device)
     if head_dim % 8 or head_dim > limit:
         return f"head_dim={head_dim}: cuDNN attention needs a multiple of 8 up to {limit} on this device"

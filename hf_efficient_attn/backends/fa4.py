@@ -39,7 +39,8 @@ import importlib.util
 
 import torch
 
-DTYPES = (torch.float16, torch.bfloat16)
+from .operands import operand_refusal
+
 HEAD_DIMS = (64, 96, 128)
 """The head sizes taken: those its Hopper forward and backward both run and our tests check."""
 
@@ -115,23 +116,11 @@ def supports(
     devices only (never tensor values), so it is safe under tracing. ``needs_grad``: the backward will
     run too (the same head sizes as the forward)."""
     del needs_grad  # the forward's limits are the backward's (`HEAD_DIMS`)
-    for name, t in (("query", query), ("key", key), ("value", value)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            return f"{name} must be a 4-D tensor [batch, heads, len, head_dim], got {shape}"
+    reason = operand_refusal(query, key, value, "FlashAttention-4")
+    if reason is not None:
+        return reason
     batch, q_heads, q_len, head_dim = query.shape
-    _, kv_heads, k_len, _ = key.shape
-    if key.shape[0] != batch or value.shape[0] != batch:
-        return f"batch sizes differ: query {batch}, key {key.shape[0]}, value {value.shape[0]}"
-    if value.shape[1:3] != key.shape[1:3] or value.shape[-1] != head_dim or key.shape[-1] != head_dim:
-        return f"key {tuple(key.shape)} and value {tuple(value.shape)} must match the query's head size and each other"
-    if kv_heads == 0 or q_heads % kv_heads:
-        return (f"query heads ({q_heads}) must be a multiple of key/value heads ({kv_heads}) for grouped-query "
-                "attention")
-    if query.dtype not in DTYPES:
-        return f"query.dtype={query.dtype}: FlashAttention-4 runs float16 and bfloat16; cast to one of them"
-    if key.dtype != query.dtype or value.dtype != query.dtype:
-        return f"query, key and value must share a dtype, got {query.dtype}, {key.dtype}, {value.dtype}"
+    k_len = key.shape[2]
     if head_dim not in HEAD_DIMS:
         return f"head_dim={head_dim}: this backend runs FlashAttention-4 at head sizes {', '.join(map(str, HEAD_DIMS))}"
     if batch == 0 or q_heads == 0:
