@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from tiny_models import tiny_llama
+from model_checks import assert_backend_matches_reference, gpu_llama
 
 from hf_efficient_attn import patch_model
 from hf_efficient_attn.backends import cudnn_sdpa
@@ -17,24 +17,12 @@ pytestmark = pytest.mark.skipif(not cudnn_sdpa.available(), reason=f"cuDNN backe
 
 @pytest.mark.parametrize("window", [8, 64])
 def test_patched_llama_on_cudnn_matches_the_reference_forward_and_backward(window):
-    base = tiny_llama(head_dim=64, hidden_size=256, num_attention_heads=4, num_key_value_heads=2).cuda()
     ids = torch.randint(3, 97, (2, 40), generator=torch.Generator().manual_seed(0)).cuda()
-    reference = patch_model(copy.deepcopy(base), "sliding", window=window, backend="reference")
-    expected = reference(ids, labels=ids)
-    expected.loss.backward()
-    model = patch_model(copy.deepcopy(base).to(torch.bfloat16), "sliding", window=window, backend="cudnn")
-    got = model(ids, labels=ids)
-    got.loss.backward()
-    assert got.loss.float().item() == pytest.approx(expected.loss.item(), rel=2e-2)
-    torch.testing.assert_close(got.logits.float(), expected.logits, atol=5e-2, rtol=5e-2)
-    for (name, ours), (_, theirs) in zip(model.named_parameters(), reference.named_parameters(), strict=True):
-        if theirs.grad is not None and "proj" in name:
-            scale = theirs.grad.abs().max().clamp_min(1e-6)
-            assert (ours.grad.float() - theirs.grad).abs().max() / scale < 0.1, name
+    assert_backend_matches_reference("sliding", "cudnn", ids, window=window)
 
 
 def test_auto_moves_a_repeated_window_call_to_cudnn_and_the_logits_stay(monkeypatch):
-    base = tiny_llama(head_dim=64, hidden_size=256, num_attention_heads=4, num_key_value_heads=2).cuda()
+    base = gpu_llama()
     ids = torch.randint(3, 97, (2, 200), generator=torch.Generator().manual_seed(1)).cuda()
     reference = patch_model(copy.deepcopy(base), "sliding", window=24, backend="reference")
     with torch.no_grad():
