@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness.store import save_report  # noqa: E402
 from hf_efficient_attn import patch_model, unpatch_model  # noqa: E402
+from hf_efficient_attn.compat import model_cache_keyword  # noqa: E402
 
 ROWS = (
     ("unpatched, new lengths", None, False, False),
@@ -68,14 +69,15 @@ def step_times(model: torch.nn.Module, prompt: int, steps: int, device: torch.de
     with torch.no_grad():
         out = model(ids.to(device), use_cache=True)
         cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        keyword = model_cache_keyword(model)
         for _ in range(steps):
             synchronize(device)
             start = time.perf_counter()
             if cudnn_off:
                 with sdpa_kernel(backends):
-                    out = model(token, past_key_values=cache, use_cache=True)
+                    out = model(token, use_cache=True, **{keyword: cache})
             else:
-                out = model(token, past_key_values=cache, use_cache=True)
+                out = model(token, use_cache=True, **{keyword: cache})
             token = out.logits[:, -1:].argmax(-1)
             synchronize(device)
             times.append((time.perf_counter() - start) * 1e3)

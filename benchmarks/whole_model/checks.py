@@ -13,6 +13,7 @@ from benchmarks.whole_model.family import Family
 from benchmarks.whole_model.llama import Llama
 from benchmarks.whole_model.rows import BASELINE, CONFIGS, DECODE_REFERENCE, ConfigSpec
 from benchmarks.whole_model.switching import cast_inputs, configured, fallbacks_recorded, parameters_as
+from hf_efficient_attn.compat import model_cache_keyword
 
 
 def prefill_checks(family: Family, specs: list[ConfigSpec], fallbacks: dict[str, set[str]]) -> list[dict]:
@@ -91,7 +92,8 @@ def decode_hidden(model: nn.Module, ids: torch.Tensor, prompt: int) -> torch.Ten
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    model.model(input_ids=ids[:, :prompt], past_key_values=cache, use_cache=True)
-    steps = [model.model(input_ids=ids[:, i:i + 1], past_key_values=cache, use_cache=True).last_hidden_state
+    keyword = model_cache_keyword(model.model)
+    model.model(input_ids=ids[:, :prompt], use_cache=True, **{keyword: cache})
+    steps = [model.model(input_ids=ids[:, i:i + 1], use_cache=True, **{keyword: cache}).last_hidden_state
              for i in range(prompt, ids.shape[1])]
     return torch.cat(steps, dim=1)

@@ -16,6 +16,7 @@ from benchmarks.whole_model.budget import Budget
 from benchmarks.whole_model.llama import Llama
 from benchmarks.whole_model.rows import ConfigSpec
 from benchmarks.whole_model.switching import configured, fallbacks_recorded
+from hf_efficient_attn.compat import model_cache_keyword
 
 
 def cache_bytes(cache: object) -> int:
@@ -53,7 +54,8 @@ def generate_row(family: Llama, spec: ConfigSpec, args: argparse.Namespace, budg
             cache = DynamicCache(config=target.config)
             reset_peak(device)
             timer = Timer(device)
-            out = target(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            keyword = model_cache_keyword(target)
+            out = target(input_ids=prompt, use_cache=True, logits_to_keep=1, **{keyword: cache})
             token = out.logits[:, -1:].argmax(-1)
             row["prefill_ms"] = round(timer.ms(), 1)
             row["after_prefill"] = {"cache_mib": round(cache_bytes(cache) / MIB, 3),
@@ -63,7 +65,7 @@ def generate_row(family: Llama, spec: ConfigSpec, args: argparse.Namespace, budg
             reset_peak(device)
             timer.restart()
             for step in range(1, args.gen_new + 1):
-                token = target(input_ids=token, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+                token = target(input_ids=token, use_cache=True, **{keyword: cache}).logits[:, -1:].argmax(-1)
                 if step in marks:
                     row["points"].append({
                         "generated": step, "tokens_per_s": round((step - done) / (timer.ms() / 1e3), 1),
