@@ -44,6 +44,10 @@ class Need(enum.Enum):
     DROPOUT = "attention dropout"
 
 
+NEEDS_IN_ORDER: tuple[Need, ...] = tuple(Need)
+"""Every need in `Need`'s order, as a tuple: a traced call walks it (iterating the enum class itself does
+not trace under torch.compile on torch 2.11)."""
+
 PATTERN_NEEDS = frozenset({Need.WINDOW, Need.SINKS, Need.GLOBALS, Need.BLOCK_LAYOUT, Need.NEIGHBOURHOOD,
                            Need.NATIVE_WINDOW})
 """The needs a pattern imposes (the rest come from the call's context and tensors)."""
@@ -82,7 +86,7 @@ class Capabilities:
     def refusal(self, call: CallNeeds) -> str | None:
         """None when the table lets this backend run the call, else what it lacks (the first missing
         need in `Need`'s order, then the device, then the dtype)."""
-        for need in Need:
+        for need in NEEDS_IN_ORDER:
             if need in call.needs and need not in self.runs:
                 return f"{self.title} cannot run {need.value}"
         if call.device_type not in self.devices:

@@ -10,7 +10,7 @@ import torch
 from model_checks import assert_backend_matches_reference, gpu_llama
 
 from hf_efficient_attn import patch_model
-from hf_efficient_attn.backends import cudnn_sdpa
+from hf_efficient_attn.backends import cudnn_sdpa, fa4
 
 pytestmark = pytest.mark.skipif(not cudnn_sdpa.available(), reason=f"cuDNN backend: {cudnn_sdpa.unavailable_reason()}")
 
@@ -22,6 +22,7 @@ def test_patched_llama_on_cudnn_matches_the_reference_forward_and_backward(windo
 
 
 def test_auto_moves_a_repeated_window_call_to_cudnn_and_the_logits_stay(monkeypatch):
+    monkeypatch.setattr(fa4, "unavailable_reason", lambda: "FlashAttention-4 left out: cuDNN's turn")  # it goes first
     base = gpu_llama()
     ids = torch.randint(3, 97, (2, 200), generator=torch.Generator().manual_seed(1)).cuda()
     reference = patch_model(copy.deepcopy(base), "sliding", window=24, backend="reference")
