@@ -212,8 +212,13 @@ def picks_cudnn(
     return _PLANNED_WINDOWS.count((pattern.window, context.causal, *tensor_signature(query, key, value))) > 1
 
 
+FA4_WINDOW_MIN_QUERIES = 16384
+"""Fewest queries for which `picks_fa4` takes FlashAttention-4 for a window band."""
+FA4_EXACT_MIN_QUERIES = 8192
+"""Fewest queries for which `picks_fa4` takes FlashAttention-4 for a call SDPA computes exactly."""
+
 _PLANNED_FA4 = sdpa_support.ShapeTally()
-"""How often each windowed call's configuration was planned in this process, for `picks_fa4`."""
+"""How often each call's configuration was planned in this process, for `picks_fa4`."""
 
 
 def picks_fa4(
@@ -224,31 +229,32 @@ def picks_fa4(
     pattern: KernelMask | str,
     needs: CallNeeds | None,
 ) -> bool:
-    """Whether ``backend="auto"`` runs this call on FlashAttention-4 (`backends.fa4`, the ``fa4`` extra),
-    ahead of cuDNN and the Triton kernels: a call of many queries under a window band narrower than its
-    keys (no sinks, globals or layout), in eager mode on CUDA, that FlashAttention-4 computes exactly
-    (`library_refusal`), with or without gradients, from the second planning of its configuration in this
-    process.
+    """Whether ``backend="auto"`` runs this call on FlashAttention-4 (`backends.fa4`, the ``fa4`` extra)
+    instead of SDPA, cuDNN or the Triton kernels: a call of at least `FA4_WINDOW_MIN_QUERIES` queries under
+    a window band narrower than its keys (no sinks, globals or layout), or of at least
+    `FA4_EXACT_MIN_QUERIES` under a causal mask or none (a call SDPA computes exactly), in eager mode on
+    CUDA, that FlashAttention-4 computes exactly (`library_refusal`), with or without gradients, from the
+    second planning of its configuration in this process.
 
-    On the H100 (torch 2.11, flash-attn-4 4.0.0b40, bf16, 16 heads, 16k tokens, window 1024;
-    benchmarks/results/kernels-h100-fa4) it ran the window at 339 / 486 TFLOP/s forward (head size 64 /
-    128), against cuDNN's 328 / 375 and the Triton kernels' 272 / 286, and forward + backward at 349 / 429
-    against 296 / 380 and 251 / 266. The first call of each configuration (dtype, head size, heads, mask
-    and window) compiles its kernels, 3-4 s on the H100, which later calls at any length reuse: so the
-    first planning of a configuration runs the other backends (a one-off call never pays the compile),
-    later ones FlashAttention-4. Decoding steps and traced calls keep the other backends."""
-    if (
-        tracing()
-        or needs is None
-        or Need.WINDOW not in needs.needs
-        or not fused_path.kernels_preferred(query.device)
-        or query.shape[-2] <= fused_path.DECODE_MAX_QUERIES
-    ):
+    Per call on an H100 (torch 2.11, flash-attn-4 4.0.0b40, bf16, Llama-1B heads 32 over 8, head size 64,
+    batch 1; forward, forward + backward): causal at 4k, 8k and 16k tokens 1.23 / 1.21 / 1.20x SDPA-cuDNN's
+    speed and 1.06 / 1.18 / 1.12x, but at 1k and 2k 0.30 and 0.27x (its host time, 60-80 us a forward
+    and more for the backward, outweighs the kernel there); a window of 1024 at 16k 1.14x cuDNN's forward
+    and 1.08x its forward + backward, at 4k 0.93x and 0.75x. With 16 heads at 16k (kernel_speed.py,
+    benchmarks/results/kernels-h100-fa4) the window ran at 339 / 486 TFLOP/s forward (head size 64 / 128)
+    against cuDNN's 328 / 375 and the Triton kernels' 272 / 286. The first call of each configuration
+    (dtype, heads, head size, mask and window) compiles its kernels, 3-4 s on the H100, which later calls at
+    any length reuse: so the first planning of a configuration runs the other backends (a one-off call
+    never pays the compile), later ones FlashAttention-4. Traced calls keep the other backends."""
+    if tracing() or needs is None or not fused_path.kernels_preferred(query.device):
+        return False
+    windowed = Need.WINDOW in needs.needs
+    if query.shape[-2] < (FA4_WINDOW_MIN_QUERIES if windowed else FA4_EXACT_MIN_QUERIES):
         return False
     if library_refusal("fa4", query, key, value, context, pattern, needs) is not None:
         return False
-    configuration = (pattern.window, context.causal, query.dtype, query.device, *query.shape[1:2], *key.shape[1:2],
-                     query.shape[-1], fused_path.needs_grad(query))
+    configuration = (pattern.window if windowed else None, context.causal, query.dtype, query.device,
+                     *query.shape[1:2], *key.shape[1:2], query.shape[-1], fused_path.needs_grad(query))
     return _PLANNED_FA4.count(configuration) > 1
 
 
@@ -298,6 +304,9 @@ def choose(
         return _remember(context, route_key, "sdpa")
     wants_kernels = backend == "triton" or fused_path.kernels_preferred(query.device)
     if backend == "auto" and sdpa_exact and not (wants_kernels and fused_path.decodes_with_padding(query, context)):
+        if picks_fa4(query, key, value, context, pattern, needs):
+            return _remember(context, route_key, "fa4", plan_library("fa4", query, key, value, context, pattern, needs,
+                                                                     variant_name))
         return _remember(context, route_key, "sdpa")
     if backend == "auto" and gathers_visible_keys(query, key, context, pattern):
         return _remember(context, route_key, "gather", plan_key_gather(query, key, context, pattern))
@@ -387,9 +396,15 @@ def library_refusal(
     refusal = row.refusal(needs)
     if refusal is not None:
         return refusal
-    left, right = pattern.window
+    left, right = _band(pattern, needs)
     return module.supports(query, key, value, causal=context.causal, window_left=left, window_right=right,
                            needs_grad=fused_path.needs_grad(query))
+
+
+def _band(pattern: KernelMask, needs: CallNeeds) -> tuple[int | None, int | None]:
+    """The window a library backend is given: the pattern's where it restricts the call, none where it
+    covers every key (the call is then plain attention, which the unbanded kernels run)."""
+    return pattern.window if Need.WINDOW in needs.needs else (None, None)
 
 
 def plan_triton(
@@ -426,7 +441,7 @@ def plan_library(
             f"{reason}. Use backend='auto' (an exact path for every call) or backend='triton'."
         )
     module, _ = _library(name)
-    left, right = pattern.window
+    left, right = _band(pattern, needs)
     causal, scale = context.causal, context.scaling
     return lambda q, k, v: module.attention(q, k, v, scale=scale, causal=causal, window_left=left, window_right=right)
 

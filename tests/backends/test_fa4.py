@@ -171,6 +171,9 @@ def auto_on_cuda(fa4_calls, monkeypatch):
     monkeypatch.setattr(fused_path, "kernels_preferred", lambda device: True)
     monkeypatch.setattr(dispatch, "_PLANNED_FA4", sdpa_support.ShapeTally())
     monkeypatch.setattr(dispatch, "_PLANNED_WINDOWS", sdpa_support.ShapeTally())
+    # short calls stand for long ones: its thresholds scaled down by 64
+    monkeypatch.setattr(dispatch, "FA4_WINDOW_MIN_QUERIES", dispatch.FA4_WINDOW_MIN_QUERIES // 64)
+    monkeypatch.setattr(dispatch, "FA4_EXACT_MIN_QUERIES", dispatch.FA4_EXACT_MIN_QUERIES // 64)
     return fa4_calls
 
 
@@ -190,8 +193,9 @@ def routes(pattern: KernelMask, plannings: int = 3, *, q_len=256, k_len=256, hea
             warnings.simplefilter("ignore", FusedPathFallbackWarning)
             route, launch = dispatch.choose(q, k, v, context, "auto", pattern, "sliding")
         if route == "fa4":
+            band = pattern.window if pattern.window[0] is not None and pattern.window[0] < k.shape[-2] else (None, None)
             expected = documented_flash_attention(q, k, v, scale=head_dim ** -0.5, causal=causal,
-                                                  window_left=pattern.window[0], window_right=pattern.window[1])
+                                                  window_left=band[0], window_right=band[1])
             torch.testing.assert_close(launch(q, k, v), expected)
         chosen.append(route)
     return chosen
@@ -204,11 +208,21 @@ def test_auto_runs_a_window_on_fa4_from_the_second_planning_of_its_configuration
     assert [route == "fa4" for route in routes(KernelMask(window=(64, None)), grad=True)] == [False, True, True]
 
 
+def test_auto_runs_long_exact_calls_on_fa4_and_short_ones_on_sdpa(auto_on_cuda):
+    exact_min = dispatch.FA4_EXACT_MIN_QUERIES
+    assert routes(KernelMask(window=(None, None)), q_len=exact_min, k_len=exact_min) == ["sdpa", "fa4", "fa4"]
+    assert routes(KernelMask(window=(None, None)), q_len=exact_min - 8, k_len=exact_min - 8) == ["sdpa"] * 3
+    # a window with sinks that covers the call is plain causal attention: the configuration compiled above
+    assert routes(KernelMask(window=(100000, None), sink_tokens=4), q_len=exact_min, k_len=exact_min) == ["fa4"] * 3
+    assert auto_on_cuda[-1]["window_left"] is None  # no band
+    assert routes(KernelMask(window=(None, None)), causal=False, q_len=exact_min, k_len=exact_min)[1:] == ["fa4"] * 2
+
+
 @pytest.mark.parametrize(("pattern", "call"), [
     (KernelMask(window=(64, None), sink_tokens=4), {}),  # sinks: FlashAttention-4 has none here
-    (KernelMask(window=(None, None)), {}),  # no window: SDPA's call
     (KernelMask(window=(64, None)), {"q_len": 1, "k_len": 300}),  # a decoding step
     (KernelMask(window=(64, None)), {"head_dim": 32}),  # a head size it does not take
+    (KernelMask(window=(64, None)), {"q_len": 200, "k_len": 200}),  # too few queries for its host time
 ])
 def test_auto_keeps_calls_off_fa4_where_it_cannot_or_does_not_pay(auto_on_cuda, pattern, call):
     assert "fa4" not in routes(pattern, **call)
