@@ -23,12 +23,15 @@ module holds the order of speed among them:
    kernel for it (`sdpa_support`: cuDNN on Hopper, 4-18x faster than transformers' repeated keys); where
    it has none, a decoding query under a mask (a static cache's step, by position) runs on our split-key
    decode kernel on CUDA, as it does in the chunked engine (`fused_path.decode_under_key_mask`), and
-   other calls repeat the keys.
+   other calls repeat the keys. Long causal or unmasked calls go to **FlashAttention-4** instead
+   (`picks_fa4`, where the ``fa4`` extra is installed, on Hopper), from the second planning of their
+   configuration, where it is faster.
 2. **Our Triton kernels** (CUDA) where they save work: windows narrower than the keys, sinks and
    globals, block layouts with skipped tiles, packed documents, and decoding with padding (split-key
    flash-decoding with a key mask, which SDPA's fast kernels do not take). A window band alone goes to
-   **cuDNN's fused attention** instead (`picks_cudnn`, where the ``cudnn`` extra is installed) from the
-   second planning of its shape, where cuDNN is faster.
+   **FlashAttention-4** (`picks_fa4`) or **cuDNN's fused attention** (`picks_cudnn`, the ``cudnn`` extra)
+   instead, where installed, from the second planning of its configuration or shape, where they are
+   faster.
 3. **SDPA under the pattern's dense mask** where the kernels do not run, for short bidirectional
    inference calls under a block layout that keeps most pairs but leaves few rows whole
    (`masked_sdpa_faster`), where one masked call is faster than the chunked engine.
@@ -50,7 +53,8 @@ saying why not; ``"triton"`` forces the kernels
 (`backends.cudnn_sdpa`, the ``cudnn`` extra) for the calls it computes exactly (causal or
 bidirectional, windows as diagonal bands, grouped-query heads, forward and backward; no sinks, globals,
 block layouts, padding, packed documents, static caches or trimmed caches) or raises `FusedPathError`
-saying why not; ``"reference"`` always takes the chunked engine.
+saying why not; ``"fa4"`` forces FlashAttention-4 (`backends.fa4`, the ``fa4`` extra, Hopper) likewise;
+``"reference"`` always takes the chunked engine.
 """
 
 from __future__ import annotations
