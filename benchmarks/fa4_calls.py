@@ -1,4 +1,4 @@
-r"""FlashAttention-4 per call at Llama-1B prefill shapes: where `dispatch.picks_fa4` takes it.
+r"""FlashAttention-4 per call at Llama-1B prefill shapes: where `library_routes.picks_fa4` takes it.
 
     python benchmarks/fa4_calls.py --out benchmarks/results/fa4-calls     # Hopper, the fa4 and cudnn extras
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from tiny_models import tiny_llama
 
-from hf_efficient_attn import capabilities, dispatch, patch_model
+from hf_efficient_attn import capabilities, dispatch, library_routes, patch_model
 from hf_efficient_attn.backends import cudnn_sdpa, fa4, operands
 from hf_efficient_attn.capabilities import CUDNN, FA4, SDPA, TRITON, Need, call_needs
 from hf_efficient_attn.context import build_context
@@ -133,7 +133,7 @@ def test_the_rule_obeys_the_table(case, monkeypatch):
     on_cpu = dataclasses.replace(CUDNN, devices=frozenset({"cpu"}), dtypes=frozenset({torch.float32}))
     monkeypatch.setattr(cudnn_sdpa, "unavailable_reason", lambda: None)
     monkeypatch.setattr(cudnn_sdpa, "supports", lambda *args, **kwargs: None)
-    monkeypatch.setattr(dispatch, "CUDNN", on_cpu)
+    monkeypatch.setattr(library_routes, "CUDNN", on_cpu)
     for backend, row in (("sdpa", SDPA), ("cudnn", on_cpu), ("triton", TRITON)):
         refusal = row.refusal(needs)
         if need not in row.runs:

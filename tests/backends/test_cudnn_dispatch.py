@@ -18,7 +18,7 @@ import torch
 from band_spec import our_mask
 from tiny_models import tiny_llama, tiny_vit, vit_pixels
 
-from hf_efficient_attn import capabilities, dispatch, fused_path, patch_model, sdpa_support
+from hf_efficient_attn import capabilities, dispatch, fused_path, library_routes, patch_model, sdpa_support
 from hf_efficient_attn.backends import cudnn_sdpa
 from hf_efficient_attn.context import build_context
 from hf_efficient_attn.fused_path import FusedPathError, FusedPathFallbackWarning, KernelMask
@@ -46,7 +46,7 @@ def cudnn_calls(monkeypatch):
     monkeypatch.setattr(cudnn_sdpa, "attention", attention)
     # the same capabilities, on this CPU and its float32 models
     on_cpu = dataclasses.replace(capabilities.CUDNN, devices=frozenset({"cpu"}), dtypes=frozenset({torch.float32}))
-    monkeypatch.setattr(dispatch, "CUDNN", on_cpu)
+    monkeypatch.setattr(library_routes, "CUDNN", on_cpu)
     return calls
 
 
@@ -114,7 +114,7 @@ def test_calls_cudnn_cannot_take_are_refused_with_the_reason(cudnn_calls, case, 
 def auto_on_cuda(cudnn_calls, monkeypatch):
     """The rule as it runs on CUDA (kernels preferred), cuDNN 'available', no shape planned yet."""
     monkeypatch.setattr(fused_path, "kernels_preferred", lambda device: True)
-    monkeypatch.setattr(dispatch, "_PLANNED_WINDOWS", sdpa_support.ShapeTally())
+    monkeypatch.setattr(library_routes, "_PLANNED_WINDOWS", sdpa_support.ShapeTally())
     return cudnn_calls
 
 

@@ -19,7 +19,7 @@ import torch
 from band_spec import our_mask
 from tiny_models import tiny_llama
 
-from hf_efficient_attn import capabilities, dispatch, fused_path, patch_model, sdpa_support
+from hf_efficient_attn import capabilities, dispatch, fused_path, library_routes, patch_model, sdpa_support
 from hf_efficient_attn.backends import cudnn_sdpa, fa4
 from hf_efficient_attn.context import build_context
 from hf_efficient_attn.fused_path import FusedPathError, FusedPathFallbackWarning, KernelMask
@@ -133,7 +133,7 @@ def fa4_calls(monkeypatch):
     monkeypatch.setattr(fa4, "supports", supports)
     monkeypatch.setattr(fa4, "attention", attention)
     on_cpu = dataclasses.replace(capabilities.FA4, devices=frozenset({"cpu"}), dtypes=frozenset({torch.float32}))
-    monkeypatch.setattr(dispatch, "FA4", on_cpu)
+    monkeypatch.setattr(library_routes, "FA4", on_cpu)
     return calls
 
 
@@ -169,11 +169,11 @@ def test_where_fa4_is_missing_the_error_says_how_to_install_it(monkeypatch):
 def auto_on_cuda(fa4_calls, monkeypatch):
     """The rule as it runs on CUDA (kernels preferred), FlashAttention-4 'available', nothing planned yet."""
     monkeypatch.setattr(fused_path, "kernels_preferred", lambda device: True)
-    monkeypatch.setattr(dispatch, "_PLANNED_FA4", sdpa_support.ShapeTally())
-    monkeypatch.setattr(dispatch, "_PLANNED_WINDOWS", sdpa_support.ShapeTally())
+    monkeypatch.setattr(library_routes, "_PLANNED_FA4", sdpa_support.ShapeTally())
+    monkeypatch.setattr(library_routes, "_PLANNED_WINDOWS", sdpa_support.ShapeTally())
     # short calls stand for long ones: its thresholds scaled down by 64
-    monkeypatch.setattr(dispatch, "FA4_WINDOW_MIN_QUERIES", dispatch.FA4_WINDOW_MIN_QUERIES // 64)
-    monkeypatch.setattr(dispatch, "FA4_EXACT_MIN_QUERIES", dispatch.FA4_EXACT_MIN_QUERIES // 64)
+    monkeypatch.setattr(library_routes, "FA4_WINDOW_MIN_QUERIES", library_routes.FA4_WINDOW_MIN_QUERIES // 64)
+    monkeypatch.setattr(library_routes, "FA4_EXACT_MIN_QUERIES", library_routes.FA4_EXACT_MIN_QUERIES // 64)
     return fa4_calls
 
 
@@ -209,7 +209,7 @@ def test_auto_runs_a_window_on_fa4_from_the_second_planning_of_its_configuration
 
 
 def test_auto_runs_long_exact_calls_on_fa4_and_short_ones_on_sdpa(auto_on_cuda):
-    exact_min = dispatch.FA4_EXACT_MIN_QUERIES
+    exact_min = library_routes.FA4_EXACT_MIN_QUERIES
     assert routes(KernelMask(window=(None, None)), q_len=exact_min, k_len=exact_min) == ["sdpa", "fa4", "fa4"]
     assert routes(KernelMask(window=(None, None)), q_len=exact_min - 8, k_len=exact_min - 8) == ["sdpa"] * 3
     # a window with sinks that covers the call is plain causal attention: the configuration compiled above
@@ -231,7 +231,7 @@ def test_auto_keeps_calls_off_fa4_where_it_cannot_or_does_not_pay(auto_on_cuda, 
 def test_auto_prefers_fa4_to_cudnn_where_both_run_a_window(auto_on_cuda, monkeypatch):
     monkeypatch.setattr(cudnn_sdpa, "unavailable_reason", lambda: None)
     monkeypatch.setattr(cudnn_sdpa, "supports", lambda *args, **kwargs: None)
-    monkeypatch.setattr(dispatch, "CUDNN", dataclasses.replace(capabilities.CUDNN, devices=frozenset({"cpu"}),
+    monkeypatch.setattr(library_routes, "CUDNN", dataclasses.replace(capabilities.CUDNN, devices=frozenset({"cpu"}),
                                                                dtypes=frozenset({torch.float32})))
     first, *later = routes(KernelMask(window=(64, None)), growing=False)
     assert first not in ("fa4", "cudnn") and later == ["fa4", "fa4"]

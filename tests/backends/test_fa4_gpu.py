@@ -10,7 +10,7 @@ import torch
 from band_spec import our_mask
 from model_checks import assert_backend_matches_reference, gpu_llama
 
-from hf_efficient_attn import dispatch, patch_model
+from hf_efficient_attn import library_routes, patch_model
 from hf_efficient_attn.backends import fa4
 
 pytestmark = pytest.mark.skipif(not fa4.available(), reason=f"FlashAttention-4 backend: {fa4.unavailable_reason()}")
@@ -80,7 +80,7 @@ def test_patched_llama_on_fa4_matches_the_reference_forward_and_backward(window)
 
 
 def test_auto_moves_a_repeated_window_configuration_to_fa4_and_the_logits_stay(monkeypatch):
-    monkeypatch.setattr(dispatch, "FA4_WINDOW_MIN_QUERIES", 128)  # short prompts stand for long ones
+    monkeypatch.setattr(library_routes, "FA4_WINDOW_MIN_QUERIES", 128)  # short prompts stand for long ones
     base = gpu_llama()
     reference_model = patch_model(copy.deepcopy(base), "sliding", window=24, backend="reference")
     model = patch_model(copy.deepcopy(base).to(torch.bfloat16), "sliding", window=24)
