@@ -26,8 +26,10 @@ The op
 log-sum-exp), whose autograd runs ``hf_efficient_attn::fa4_attention_backward``; both have fake
 implementations, so ``torch.compile(fullgraph=True)`` and CUDA graphs see single operations. The kernels
 take ``[batch, len, heads, head_dim]``: ours are passed as transposed views (no copy where the head
-dimension is contiguous), and outputs and gradients come back as views of the kernels' layout. Each new combination of dtype, head size, heads, mask and window is compiled
-by the CuTe DSL the first time it runs in a process (3-4 s on an H100), then reused at every length.
+dimension is contiguous), and outputs and gradients come back as views of the kernels' layout. Each new
+combination of dtype, head size, heads, mask and window is compiled by the CuTe DSL the first time it
+runs in a process (3-4 s on an H100), then reused at every length; each call also costs 60-80 us of host
+time, so short calls stay on the other backends (`library_routes.picks_fa4`).
 The package's entry points used here (``_flash_attn_fwd``, ``_flash_attn_bwd``) are its internal ones,
 named in this module only and checked when it loads (`unavailable_reason`).
 """
@@ -45,7 +47,7 @@ HEAD_DIMS = (64, 96, 128)
 """The head sizes taken: those its Hopper forward and backward both run and our tests check."""
 
 NO_BOUND = -2
-"""A window side without a bound, in the op's int arguments (FlashAttention's own -1 means none too)."""
+"""A window side without a bound, in the op's int arguments (None again before FlashAttention sees it)."""
 
 _find_spec = importlib.util.find_spec
 
