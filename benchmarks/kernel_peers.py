@@ -1,5 +1,6 @@
 """The attention implementations `kernel_speed.py` times against each other, each as ``(q, k, v) -> out`` on
-one pattern (causal, or causal under a sliding window of W keys), or None where it cannot run here:
+one pattern (causal, or causal under a sliding window of W keys, with S sink tokens every query also sees),
+or None where it cannot run here:
 ours (Triton), our cuDNN-frontend backend, FlashAttention-4, torch SDPA's backends and FlexAttention.
 
 FlexAttention takes block masks built at block level (no N x N mask) and one compiled function for every
@@ -18,22 +19,22 @@ from benchmarks.harness.compiling import allow_recompiles
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def ours_fn(window: int | None) -> Attention:
+def ours_fn(window: int | None, sinks: int = 0) -> Attention:
     from hf_efficient_attn.kernels import fused_attention
 
     def f(q, k, v):
         return fused_attention(q, k, v, scale=q.shape[-1] ** -0.5, causal=True,
-                               window=(window, None) if window else (None, None))
+                               window=(window, None) if window else (None, None), sink_tokens=sinks)
 
     return f
 
 
-def cudnn_frontend_fn(window: int | None) -> Attention | None:
+def cudnn_frontend_fn(window: int | None, sinks: int = 0) -> Attention | None:
     """Our cuDNN backend (`backends.cudnn_sdpa`, the ``cudnn`` extra) on the same pattern; None where it
-    is not installed or usable here."""
+    is not installed or usable here, or the pattern has sinks (cuDNN's bands have none)."""
     from hf_efficient_attn.backends import cudnn_sdpa
 
-    if not cudnn_sdpa.available():
+    if sinks or not cudnn_sdpa.available():
         return None
 
     def f(q, k, v):
@@ -43,10 +44,12 @@ def cudnn_frontend_fn(window: int | None) -> Attention | None:
     return f
 
 
-def fa4_fn(window: int | None) -> Attention | None:
+def fa4_fn(window: int | None, sinks: int = 0) -> Attention | None:
     """FlashAttention-4 (CuTe DSL, the ``fa4`` package) on the same pattern, its inputs as [B, N, H, D]
-    views of ours (no copy: it needs only the head dimension contiguous); None where it is not installed.
-    Its window counts the keys before the query: ours of W keys is (W - 1, 0)."""
+    views of ours (no copy: it needs only the head dimension contiguous); None where it is not installed
+    or the pattern has sinks. Its window counts the keys before the query: ours of W keys is (W - 1, 0)."""
+    if sinks:
+        return None
     try:
         from flash_attn.cute import flash_attn_func
     except Exception:  # noqa: BLE001 - not installed, or the CuTe DSL cannot load here
@@ -60,9 +63,9 @@ def fa4_fn(window: int | None) -> Attention | None:
     return f
 
 
-def sdpa_fn(backend: str, window: int | None, n: int) -> Attention | None:
-    """torch SDPA limited to one backend (cudnn, flash2, efficient); a window only as an explicit mask, on the
-    memory-efficient backend and up to 16k tokens."""
+def sdpa_fn(backend: str, window: int | None, n: int, sinks: int = 0) -> Attention | None:
+    """torch SDPA limited to one backend (cudnn, flash2, efficient); a window (and its sinks) only as an
+    explicit mask, on the memory-efficient backend and up to 16k tokens."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
@@ -76,7 +79,7 @@ def sdpa_fn(backend: str, window: int | None, n: int) -> Attention | None:
     if backend != "efficient" or n > 16384:
         return None
     i = torch.arange(n, device="cuda")
-    mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window)
+    mask = (i[None, :] <= i[:, None]) & ((i[:, None] - i[None, :] < window) | (i[None, :] < sinks))
 
     def f(q, k, v):
         with sdpa_kernel([b]):
@@ -89,7 +92,7 @@ _WINDOW: dict[str, torch.Tensor] = {}
 
 
 def _window_mask_mod(b, h, q_idx, kv_idx):
-    return (kv_idx <= q_idx) & (q_idx - kv_idx < _WINDOW["size"])
+    return (kv_idx <= q_idx) & ((q_idx - kv_idx < _WINDOW["size"]) | (kv_idx < _WINDOW["sinks"]))
 
 
 def compiled_flex_attention() -> Callable:
@@ -112,14 +115,17 @@ def _block_classes(any_b: torch.Tensor, all_b: torch.Tensor):
     return pack(partial), pack(all_b)
 
 
-def flex_window_mask(n: int, window: int | None, block: int = 128):
-    """BlockMask for causal (window=None) or causal sliding window, built at block level (no N x N)."""
+def flex_window_mask(n: int, window: int | None, block: int = 128, sinks: int = 0):
+    """BlockMask for causal (window=None) or causal sliding window with ``sinks`` leading keys every query
+    sees, built at block level (no N x N)."""
     from torch.nn.attention.flex_attention import BlockMask
 
     w = n if window is None else window
-    if "size" not in _WINDOW:  # one tensor for every mask: the compiled mask_mod reads it, refilled per window
+    if "size" not in _WINDOW:  # one tensor each for every mask: the compiled mask_mod reads them, refilled per mask
         _WINDOW["size"] = torch.zeros((), dtype=torch.int64, device="cuda")
+        _WINDOW["sinks"] = torch.zeros((), dtype=torch.int64, device="cuda")
     _WINDOW["size"].fill_(w)
+    _WINDOW["sinks"].fill_(sinks)
 
     nb = (n + block - 1) // block
     qb = torch.arange(nb, device="cuda")
@@ -127,8 +133,8 @@ def flex_window_mask(n: int, window: int | None, block: int = 128):
     n0, n1 = p0, p1
     d_lo = n0[None, :] - p1[:, None]
     d_hi = n1[None, :] - p0[:, None]
-    any_b = (d_lo <= 0) & (d_hi > -w)
-    all_b = (d_hi <= 0) & (d_lo > -w)
+    any_b = (d_lo <= 0) & ((d_hi > -w) | (n0[None, :] < sinks))
+    all_b = (d_hi <= 0) & ((d_lo > -w) | (n1[None, :] < sinks))
     (pn, pi), (fn, fi) = _block_classes(any_b[None], all_b[None])
     return BlockMask.from_kv_blocks(pn, pi, fn, fi, BLOCK_SIZE=block, mask_mod=_window_mask_mod,
                                     seq_lengths=(n, n))

@@ -5,7 +5,8 @@
 Implementations: ours (Triton), ours-cudnn (our cuDNN-frontend backend, where the ``cudnn`` extra is
 installed), torch SDPA's cuDNN / FlashAttention-2 / memory-efficient backends, FlexAttention,
 FlashAttention-4 (the ``fa4`` package, CuTe DSL, where installed).
-Patterns: causal full, causal sliding window 1024 and 4096 (window=(W, None)); N = 1k, 4k, 16k, 64k;
+Patterns: causal full, causal sliding window 1024 and 4096 (window=(W, None)), and window 1024 with 4
+sink tokens every query also sees (StreamingLLM's prefill); N = 1k, 4k, 16k, 64k;
 head_dim 64 and 128; bf16; 16 heads; batch = 16k tokens / N (at least 1). Plus block-sparse at ~10%
 density (64x64 blocks) against our exact kernel at 16k.
 FLOPs: forward = 4 * B * H * visible_pairs * D; forward+backward = 3.5 x forward (backward = 2.5x).
@@ -49,7 +50,8 @@ from benchmarks.kernel_peers import (  # noqa: E402
     sdpa_fn,
 )
 
-PATTERNS = {"causal": None, "win1024": 1024, "win4096": 4096}
+PATTERNS = {"causal": (None, 0), "win1024": (1024, 0), "win4096": (4096, 0), "win1024+sinks4": (1024, 4)}
+"""Each pattern's window (None: causal over every key) and sink tokens."""
 TOKENS = 16384
 HEADS = 16
 SPARSE_BLOCK = 64
@@ -57,10 +59,14 @@ PASSES = (("fwd", False, 1.0), ("fwd+bwd", True, 3.5))
 """Each entry's two cells: the pass, whether it runs the backward, and its FLOPs over the forward's."""
 
 
-def visible_pairs(n: int, window: int | None) -> int:
+def visible_pairs(n: int, window: int | None, sinks: int = 0) -> int:
+    """Query-key pairs a causal call of ``n`` tokens computes under ``window`` and ``sinks``: the window's,
+    plus each query's sink keys that lie before its window."""
     if window is None or window >= n:
         return n * (n + 1) // 2
-    return window * (window + 1) // 2 + (n - window) * window
+    in_window = window * (window + 1) // 2 + (n - window) * window
+    before_window = range(1, n - window + 1)  # keys 0 .. p - window of the queries p >= window
+    return in_window + sum(min(sinks, keys) for keys in before_window)
 
 
 def batch_for(n: int) -> int:
@@ -98,14 +104,15 @@ def sdpa_math(mask: torch.Tensor) -> Attention:
     return f
 
 
-def check_ours(window: int | None, d: int, n: int) -> float:
+def check_ours(window: int | None, sinks: int, d: int, n: int) -> float:
     """Our output and grads vs SDPA math in fp32 with an explicit mask, on a short input: the largest
     relative error of out, dq, dk, dv."""
     i = torch.arange(n, device="cuda")
     mask = i[None, :] <= i[:, None]
     if window:
-        mask &= (i[:, None] - i[None, :]) < window
-    errors = gradient_errors(ours_fn(window), sdpa_math(mask), make_inputs(1, 4, n, d, seed=1), relative_error)
+        mask &= ((i[:, None] - i[None, :]) < window) | (i[None, :] < sinks)
+    errors = gradient_errors(ours_fn(window, sinks), sdpa_math(mask), make_inputs(1, 4, n, d, seed=1),
+                             relative_error)
     return max(errors.values())
 
 
@@ -152,9 +159,9 @@ def run_rows(results, args, dims, ns, patterns, deadline: Deadline, out_dir: Pat
     """Check our kernel per pattern, then time every implementation per (D, N, pattern)."""
     for d in dims:
         for pat in patterns:
-            w = PATTERNS[pat]
+            w, sinks = PATTERNS[pat]
             n_check = 2048 if w != 4096 else 5120  # multiples of 16: no extra specialisation
-            err = check_ours(w, d, n_check)
+            err = check_ours(w, sinks, d, n_check)
             results["checks"][f"{pat}/d{d}"] = err
             print(f"check {pat} d={d} N={n_check}: max rel err (out, dq, dk, dv) vs fp32 math = {err:.2e}",
                   flush=True)
@@ -165,15 +172,15 @@ def run_rows(results, args, dims, ns, patterns, deadline: Deadline, out_dir: Pat
             b = batch_for(n)
             q, k, v = make_inputs(b, HEADS, n, d)
             for pat in patterns:
-                w = PATTERNS[pat]
-                flops = 4.0 * b * HEADS * visible_pairs(n, w) * d
+                w, sinks = PATTERNS[pat]
+                flops = 4.0 * b * HEADS * visible_pairs(n, w, sinks) * d
                 print(f"[{pat} N={n} B={b} D={d}] {deadline.elapsed():.0f}s", flush=True)
-                peers = {"ours": ours_fn(w), "ours-cudnn": cudnn_frontend_fn(w), "fa4": fa4_fn(w)}
+                peers = {"ours": ours_fn(w, sinks), "ours-cudnn": cudnn_frontend_fn(w, sinks), "fa4": fa4_fn(w, sinks)}
                 for be in ("cudnn", "flash2", "efficient"):
-                    peers[f"sdpa-{be}"] = sdpa_fn(be, w, n)
+                    peers[f"sdpa-{be}"] = sdpa_fn(be, w, n, sinks)
                 if not args.no_flex:
                     try:
-                        peers["flex"] = flex_fn(flex_window_mask(n, w))
+                        peers["flex"] = flex_fn(flex_window_mask(n, w, sinks=sinks))
                     except Exception as exc:
                         print("flex mask failed:", exc)
                         peers["flex"] = None
@@ -263,7 +270,7 @@ def write(results, out_dir: Path) -> None:
         return r["impl"] + (f" (run of {r['run']})" if "run" in r else "")
 
     passes = ["fwd ms", "fwd TFLOP/s", "fwd+bwd ms", "fwd+bwd TFLOP/s"]
-    order = {"causal": 0, "win1024": 1, "win4096": 2}
+    order = {name: rank for rank, name in enumerate(PATTERNS)}
     rows = sorted(results["rows"], key=lambda r: (r["d"], order.get(r["pattern"], 9), r["n"]))
     lines = [f"# Attention kernels: {env['gpu']}", "",
              f"{versions_line(env, ('torch', 'triton', 'cuda'))}, {env['date']}. bf16, "
