@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import warnings
 
 import torch
 
@@ -172,10 +173,19 @@ def _side(bound: int) -> int | None:
     return None if bound == NO_BOUND else bound
 
 
+@functools.cache
+def _quiet_compile_notice() -> None:
+    """Hide the CuTe DSL's notice, printed at every compile of FlashAttention-4's kernels, that it passes
+    the kernels' auxiliary data as a constant (what they expect); once per process, this message only."""
+    warnings.filterwarnings("ignore", message=r"Argument aux_data \(position \d+\) cannot be converted to a JitArgument",
+                            category=UserWarning)
+
+
 def _checked_window(q, k, v, causal, left, right) -> tuple[int | None, int | None]:
     reason = supports(q, k, v, causal=causal, window_left=left, window_right=right)
     if reason is not None:
         raise ValueError(f"FlashAttention-4 cannot run this call: {reason}")
+    _quiet_compile_notice()
     return fa4_window(causal, left, right, q.shape[2], k.shape[2])
 
 

@@ -235,3 +235,15 @@ def test_auto_prefers_fa4_to_cudnn_where_both_run_a_window(auto_on_cuda, monkeyp
                                                                dtypes=frozenset({torch.float32})))
     first, *later = routes(KernelMask(window=(64, None)), growing=False)
     assert first not in ("fa4", "cudnn") and later == ["fa4", "fa4"]
+
+
+def test_the_cute_dsl_compile_notice_is_hidden_and_nothing_else():
+    notice = ("Argument aux_data (position 17) cannot be converted to a JitArgument for function 'f'. Its type "
+              "`<class 'flash_attn.cute.utils.AuxData'>` is not supported.")
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        fa4._quiet_compile_notice.cache_clear()
+        fa4._quiet_compile_notice()
+        warnings.warn(notice, UserWarning, stacklevel=1)
+        warnings.warn("Argument q (position 0) cannot be converted", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in shown] == ["Argument q (position 0) cannot be converted"]
