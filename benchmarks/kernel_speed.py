@@ -143,13 +143,14 @@ def warm_commands(dims: list[int]) -> dict[str, list[str]]:
         " for _ in range(3)]\n"
         "kw = dict(causal=True)\n"
         "if kind == 'win': kw['window'] = (1024, None)\n"
+        "if kind == 'sinks': kw.update(window=(1024, None), sink_tokens=4)\n"
         "if kind == 'sparse':\n"
         "    kw = dict(causal=False, block_layout=torch.rand(16, 32, 32, device='cuda') < 0.1)\n"
         "if kind == 'full': kw = dict(causal=False)\n"
         "o = fused_attention(q, k, v, scale=0.1, **kw); o.sum().backward(); torch.cuda.synchronize()\n"
     )
     return {f"{kind}:{d}": [sys.executable, "-c", code.format(root=str(ROOT), kind=kind, d=d)]
-            for d in dims for kind in ("causal", "win", "sparse", "full")}
+            for d in dims for kind in ("causal", "win", "sinks", "sparse", "full")}
 
 
 # ---------------------------------------------------------------------------------------------- sections
