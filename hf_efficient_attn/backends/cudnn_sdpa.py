@@ -83,7 +83,7 @@ from typing import Literal
 
 import torch
 
-from .operands import operand_refusal
+from .operands import operand_refusal, window_bounds, window_sides
 
 MIN_BACKEND_VERSION = 91002
 """Oldest cuDNN backend (9.10.2) taken: before 9.10 Hopper refuses left + right bounds with bottom-right
@@ -91,9 +91,6 @@ alignment, and 9.10.0 / 9.10.1 refuse fp16/bf16 SDPA for known bugs."""
 
 GRAPH_CACHE_SIZE = 64
 """Built graphs kept (forward and backward count separately); the least recently used goes first."""
-
-NO_BOUND = -1
-"""A window side without a bound, in the op's int arguments."""
 
 MAX_HEAD_DIM = 128
 MAX_HEAD_DIM_HOPPER = 256
@@ -331,22 +328,14 @@ def attention(
     it cannot run.
     """
     need_stats = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
-    out, _ = _sdpa_op(query, key, value, key_lengths, float(scale), bool(causal), _bound(window_left),
-                      _bound(window_right), need_stats)
+    out, _ = _sdpa_op(query, key, value, key_lengths, float(scale), bool(causal),
+                      *window_bounds(window_left, window_right), need_stats)
     return out
 
 
 # --------------------------------------------------------------------------------------------------
 # the custom ops
 # --------------------------------------------------------------------------------------------------
-
-
-def _bound(side: int | None) -> int:
-    return NO_BOUND if side is None else int(side)
-
-
-def _window(left: int, right: int) -> tuple[int | None, int | None]:
-    return (None if left == NO_BOUND else left, None if right == NO_BOUND else right)
 
 
 def _checked_band(q, k, v, key_lengths, causal, left, right, needs_grad) -> Band:
@@ -385,7 +374,7 @@ def _sdpa_op(
     window_right: int,
     need_stats: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    left, right = _window(window_left, window_right)
+    left, right = window_sides(window_left, window_right)
     band = _checked_band(q, k, v, key_lengths, causal, left, right, need_stats)
     q, k, v = _operand(q), _operand(k), _operand(v)
     batch, heads, q_len, dim = q.shape
@@ -434,7 +423,7 @@ def _sdpa_backward_op(
     if stats.dim() != 4:
         raise RuntimeError("cuDNN attention's backward needs the forward's softmax statistics; the forward ran "
                            "without autograd recording it (call `attention` with inputs that require grad)")
-    left, right = _window(window_left, window_right)
+    left, right = window_sides(window_left, window_right)
     band = _checked_band(q, k, v, key_lengths, causal, left, right, True)
     q, k, v, out, grad_out = (_operand(t) for t in (q, k, v, out, grad_out))
     q_len, k_len = q.shape[2], k.shape[2]

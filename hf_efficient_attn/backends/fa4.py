@@ -42,13 +42,10 @@ import warnings
 
 import torch
 
-from .operands import operand_refusal
+from .operands import operand_refusal, window_bounds, window_sides
 
 HEAD_DIMS = (64, 96, 128)
 """The head sizes taken: those its Hopper forward and backward both run and our tests check."""
-
-NO_BOUND = -2
-"""A window side without a bound, in the op's int arguments (None again before FlashAttention sees it)."""
 
 _find_spec = importlib.util.find_spec
 
@@ -155,7 +152,7 @@ def attention(
     for the backward only when autograd records the call. Raises `ValueError` with `supports`' reason for
     a call it cannot run."""
     need_lse = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
-    out, _ = _forward_op(query, key, value, float(scale), bool(causal), _bound(window_left), _bound(window_right),
+    out, _ = _forward_op(query, key, value, float(scale), bool(causal), *window_bounds(window_left, window_right),
                          need_lse)
     return out
 
@@ -163,14 +160,6 @@ def attention(
 # --------------------------------------------------------------------------------------------------
 # the custom ops
 # --------------------------------------------------------------------------------------------------
-
-
-def _bound(side: int | None) -> int:
-    return NO_BOUND if side is None else int(side)
-
-
-def _side(bound: int) -> int | None:
-    return None if bound == NO_BOUND else bound
 
 
 @functools.cache
@@ -215,7 +204,7 @@ def _forward_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     from flash_attn.cute.interface import _flash_attn_fwd
 
-    wl, wr = _checked_window(q, k, v, causal, _side(window_left), _side(window_right))
+    wl, wr = _checked_window(q, k, v, causal, *window_sides(window_left, window_right))
     out = _kernel_layout(q)
     _, lse, *_ = _flash_attn_fwd(_heads_second(q), _heads_second(k), _heads_second(v), softmax_scale=scale,
                                  causal=causal, window_size_left=wl, window_size_right=wr, return_lse=need_lse,
@@ -250,7 +239,7 @@ def _backward_op(
     if lse.dim() != 3:
         raise RuntimeError("FlashAttention-4's backward needs the forward's log-sum-exp; the forward ran without "
                            "autograd recording it (call `attention` with inputs that require grad)")
-    wl, wr = _checked_window(q, k, v, causal, _side(window_left), _side(window_right))
+    wl, wr = _checked_window(q, k, v, causal, *window_sides(window_left, window_right))
     dq, dk, dv = _kernel_layout(q), _kernel_layout(k), _kernel_layout(v)
     _flash_attn_bwd(_heads_second(q), _heads_second(k), _heads_second(v), _heads_second(out), _heads_second(grad_out),
                     lse, softmax_scale=scale, causal=causal, window_size_left=wl, window_size_right=wr,

@@ -247,3 +247,10 @@ def test_the_cute_dsl_compile_notice_is_hidden_and_nothing_else():
         warnings.warn(notice, UserWarning, stacklevel=1)
         warnings.warn("Argument q (position 0) cannot be converted", UserWarning, stacklevel=1)
     assert [str(w.message) for w in shown] == ["Argument q (position 0) cannot be converted"]
+
+
+@pytest.mark.parametrize("backend", [fa4, cudnn_sdpa])
+def test_a_negative_window_side_is_refused_not_read_as_unbounded(backend):
+    q, k, v = tensors()
+    with pytest.raises(ValueError, match="window_left must be None or an int >= 0, got -1"):
+        backend.attention(q, k, v, scale=0.125, causal=True, window_left=-1)
