@@ -104,7 +104,7 @@ def picks_fa4(
     if library_refusal("fa4", query, key, value, context, pattern, needs) is not None:
         return False
     configuration = (pattern.window if windowed else None, context.causal, query.dtype, query.device,
-                     *query.shape[1:2], *key.shape[1:2], query.shape[-1], fused_path.needs_grad(query))
+                     query.shape[1], key.shape[1], query.shape[-1], fused_path.needs_grad(query))
     return _PLANNED_FA4.count(configuration) > 1
 
 
