@@ -63,6 +63,45 @@ def fa4_fn(window: int | None, sinks: int = 0) -> Attention | None:
     return f
 
 
+def fa4_layout_fn(layout: torch.Tensor, block: int) -> Attention | None:
+    """FlashAttention-4's block sparsity on a layout [H, n / block, n / block] (bidirectional), every listed
+    block whole, so no mask_mod: the forward lists each query block's key blocks, the backward each key
+    block's query blocks; its Hopper kernels fit their tiles to the blocks. None where it is not installed."""
+    try:
+        from flash_attn.cute import flash_attn_func
+        from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
+    except Exception:  # noqa: BLE001 - not installed, or the CuTe DSL cannot load here
+        return None
+
+    def lists(rows: torch.Tensor) -> BlockSparseTensorsTorch:
+        count, index = _block_lists(rows)
+        return BlockSparseTensorsTorch(mask_block_cnt=torch.zeros_like(count), mask_block_idx=index[..., :1],
+                                       full_block_cnt=count, full_block_idx=index, block_size=(block, block))
+
+    lay = layout.bool()
+    forward, backward = lists(lay), lists(lay.transpose(1, 2).contiguous())
+
+    def f(q, k, v):
+        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=q.shape[-1] ** -0.5,
+                              block_sparse_tensors=forward, block_sparse_tensors_bwd=backward)
+        return (out[0] if isinstance(out, tuple) else out).transpose(1, 2)
+
+    return f
+
+
+def sdpa_dense_fn(backend: str) -> Attention:
+    """torch SDPA on one backend without a mask (bidirectional): the dense call a block layout saves on."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    b = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash2": SDPBackend.FLASH_ATTENTION}[backend]
+
+    def f(q, k, v):
+        with sdpa_kernel([b]):
+            return sdpa(q, k, v)
+    return f
+
+
 def sdpa_fn(backend: str, window: int | None, n: int, sinks: int = 0) -> Attention | None:
     """torch SDPA limited to one backend (cudnn, flash2, efficient); a window (and its sinks) only as an
     explicit mask, on the memory-efficient backend and up to 16k tokens."""
@@ -105,14 +144,17 @@ def compiled_flex_attention() -> Callable:
     return _FLEX["fn"]
 
 
+def _block_lists(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense [H, rows, cols] block flags -> (count [1, H, rows], column indices [1, H, rows, cols], the
+    flagged ones first in order): the block lists of FlexAttention's BlockMask and FlashAttention-4."""
+    num = m.sum(-1, dtype=torch.int32)
+    idx = torch.argsort((~m).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+    return num[None].contiguous(), idx[None].contiguous()
+
+
 def _block_classes(any_b: torch.Tensor, all_b: torch.Tensor):
     """Dense [H, nQB, nKB] partial/full block flags -> BlockMask tensors (num, indices)."""
-    def pack(m):
-        num = m.sum(-1, dtype=torch.int32)
-        idx = torch.argsort((~m).to(torch.int8), dim=-1, stable=True).to(torch.int32)
-        return num[None].contiguous(), idx[None].contiguous()
-    partial = any_b & ~all_b
-    return pack(partial), pack(all_b)
+    return _block_lists(any_b & ~all_b), _block_lists(all_b)
 
 
 def flex_window_mask(n: int, window: int | None, block: int = 128, sinks: int = 0):

@@ -43,10 +43,12 @@ from benchmarks.harness.store import merge_entries, write_json  # noqa: E402
 from benchmarks.kernel_peers import (  # noqa: E402
     cudnn_frontend_fn,
     fa4_fn,
+    fa4_layout_fn,
     flex_fn,
     flex_layout_mask,
     flex_window_mask,
     ours_fn,
+    sdpa_dense_fn,
     sdpa_fn,
 )
 
@@ -212,9 +214,20 @@ def run_sparse(results, args, dims, deadline: Deadline, out_dir: Path) -> None:
         err = relative_error(out_s, torch.nan_to_num(ref))
         print(f"block-sparse check d={d}: rel err {err:.2e}", flush=True)
         results["checks"][f"sparse/d{d}"] = err
+        fa4 = fa4_layout_fn(lay, SPARSE_BLOCK)
+        if fa4 is not None:
+            try:
+                fa4_small = fa4_layout_fn(lay[:, :64, :64], SPARSE_BLOCK)
+                err = relative_error(fa4_small(*(t[:, :, :4096] for t in (q, k, v))), torch.nan_to_num(ref))
+                print(f"fa4 block-sparse check d={d}: rel err {err:.2e}", flush=True)
+                results["checks"][f"sparse-fa4/d{d}"] = err
+            except Exception as exc:  # noqa: BLE001 - reported in the table as the error it raised
+                print("fa4 block-sparse failed:", repr(exc)[:300], flush=True)
         cases = {"ours exact (full)": (ours_blocks_fn(False), n * n),
                  "ours exact (causal)": (ours_blocks_fn(True), n * (n + 1) // 2),
-                 "ours block-sparse": (ours_blocks_fn(False, lay), pairs_sparse)}
+                 "sdpa-cudnn dense (full)": (sdpa_dense_fn("cudnn"), n * n),
+                 "ours block-sparse": (ours_blocks_fn(False, lay), pairs_sparse),
+                 "fa4 block-sparse": (fa4, pairs_sparse)}
         if not args.no_flex:
             try:
                 cases["flex block-sparse"] = (flex_fn(flex_layout_mask(lay, n, SPARSE_BLOCK)), pairs_sparse)
