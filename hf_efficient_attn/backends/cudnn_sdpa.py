@@ -83,7 +83,8 @@ from typing import Literal
 
 import torch
 
-from .operands import operand_refusal, window_bounds, window_sides
+from ..op_window import window_bounds, window_sides
+from .operands import operand_refusal
 
 MIN_BACKEND_VERSION = 91002
 """Oldest cuDNN backend (9.10.2) taken: before 9.10 Hopper refuses left + right bounds with bottom-right

@@ -42,7 +42,8 @@ import warnings
 
 import torch
 
-from .operands import operand_refusal, window_bounds, window_sides
+from ..op_window import window_bounds, window_sides
+from .operands import operand_refusal
 
 HEAD_DIMS = (64, 96, 128)
 """The head sizes taken: those its Hopper forward and backward both run and our tests check."""

@@ -7,23 +7,6 @@ import torch
 DTYPES = (torch.float16, torch.bfloat16)
 """The dtypes the library backends take."""
 
-NO_BOUND = -1
-"""A window side without a bound, in the custom ops' int arguments (an op takes no ``int | None``)."""
-
-
-def window_bounds(left: int | None, right: int | None) -> tuple[int, int]:
-    """A window's sides as the ops' int arguments (None: `NO_BOUND`). A negative side raises `ValueError`:
-    encoded, it could read as no bound."""
-    for name, side in (("window_left", left), ("window_right", right)):
-        if side is not None and int(side) < 0:
-            raise ValueError(f"{name} must be None or an int >= 0, got {side!r}")
-    return (NO_BOUND if left is None else int(left)), (NO_BOUND if right is None else int(right))
-
-
-def window_sides(left: int, right: int) -> tuple[int | None, int | None]:
-    """The window back from the ops' int arguments (`window_bounds`)."""
-    return (None if left == NO_BOUND else left), (None if right == NO_BOUND else right)
-
 
 def operand_refusal(query: object, key: object, value: object, library: str) -> str | None:
     """None when query ``[batch, q_heads, q_len, d]`` and key and value ``[batch, kv_heads, k_len, d]`` are

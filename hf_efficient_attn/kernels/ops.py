@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from ..context import tracing
+from ..op_window import window_bounds, window_sides
 from ..variants import block_layout as layouts
 from . import decode, flash, neighbourhood
 from .checks import KernelInputError
@@ -32,22 +33,11 @@ from .neighbourhood_function import neighbourhood_attention as _neighbourhood_ea
 from .neighbourhood_function import neighbourhood_launch
 from .strides import dense_inputs, empty_in_kernel_layout, in_kernel_layout
 
-NO_BOUND = -1
-"""A window side without a bound, in the ops' int arguments."""
-
 EXACT_STRIDES = tuple(getattr(torch.Tag, name) for name in ("needs_exact_strides", "needs_fixed_stride_order")
                       if hasattr(torch.Tag, name))[:1]
 """The attention ops' results take their inputs' layouts (`strides`), so a compiled graph must hand them the
 inputs in the layouts their fake implementations saw (exact strides; their order on torch releases
 without that tag)."""
-
-
-def _window(left: int, right: int) -> tuple[int | None, int | None]:
-    return (None if left == NO_BOUND else left, None if right == NO_BOUND else right)
-
-
-def _bound(side: int | None) -> int:
-    return NO_BOUND if side is None else side
 
 
 def _resolve_layout(layout: str, blocks: int, causal: bool, device: torch.device) -> torch.Tensor | None:
@@ -96,7 +86,7 @@ def _launch(q, k, v, key_padding, documents, scale, causal, window_left, window_
             layout, layout_blocks, layout_block_size):
     """``(packed, prepared)``: the launch of the op's call in the dense or the packed form (None when the
     call has no query or key)."""
-    window = _window(window_left, window_right)
+    window = window_sides(window_left, window_right)
     if _packed(documents):
         if sink_tokens or global_tokens or layout or key_padding is not None:
             raise KernelInputError(
@@ -234,8 +224,8 @@ def fused_attention(
     optional ``documents`` [batch, length] ids of packed documents (causal, ids change where a document
     starts; queries and keys the same tokens)."""
     if tracing():
-        out, _ = _attention_op(q, k, v, key_padding, documents, float(scale), bool(causal), _bound(window[0]),
-                               _bound(window[1]), int(sink_tokens), int(global_tokens), layout or "", layout_blocks,
+        out, _ = _attention_op(q, k, v, key_padding, documents, float(scale), bool(causal),
+                               *window_bounds(*window), int(sink_tokens), int(global_tokens), layout or "", layout_blocks,
                                layout_block_size)
         return out
     if documents is not None:

@@ -13,7 +13,8 @@ import torch
 from band_spec import our_mask
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from hf_efficient_attn.backends import cudnn_sdpa, operands
+from hf_efficient_attn import op_window
+from hf_efficient_attn.backends import cudnn_sdpa
 from hf_efficient_attn.backends.cudnn_sdpa import Band, cudnn_band, supports, visible_rows
 
 INF = float("inf")
@@ -268,8 +269,8 @@ def test_the_ops_trace_as_one_forward_and_one_backward():
     assert [n.target for n in ours] == [torch.ops.hf_efficient_attn.cudnn_sdpa.default,
                                         torch.ops.hf_efficient_attn.cudnn_sdpa_backward.default]
     forward, backward = ours
-    assert forward.args[4:] == (0.125, True, 4, operands.NO_BOUND, True)
-    assert backward.args[7:] == (0.125, True, 4, operands.NO_BOUND)
+    assert forward.args[4:] == (0.125, True, 4, op_window.NO_BOUND, True)
+    assert backward.args[7:] == (0.125, True, 4, op_window.NO_BOUND)
     shapes = [tuple(n.meta["val"].shape) for n in graph.output_node().args[0]]
     assert shapes == [(2, 4, 16, 64), (2, 4, 16, 64), (2, 2, 16, 64), (2, 2, 16, 64)]
     assert not any(n.target == torch.ops.aten.zeros.default for n in calls)  # no zero gradient for the stats
