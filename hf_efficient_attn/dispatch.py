@@ -73,7 +73,7 @@ from .capabilities import SDPA, TRITON, CallNeeds, call_needs
 from .context import AttentionContext, positions, tensor_signature, tracing
 from .errors import VariantError
 from .fused_path import FusedPathError, FusedPathFallbackWarning, KernelMask
-from .library_routes import LIBRARY_BACKENDS, picks_cudnn, picks_fa4, plan_library
+from .library_routes import LIBRARY_BACKENDS, library_launch, picks_cudnn, picks_fa4, plan_library
 from .variants import block_layout as layouts
 
 Backend = Literal["auto", "sdpa", "triton", "cudnn", "fa4", "reference"]
@@ -219,8 +219,7 @@ def choose(
     wants_kernels = backend == "triton" or fused_path.kernels_preferred(query.device)
     if backend == "auto" and sdpa_exact and not (wants_kernels and fused_path.decodes_with_padding(query, context)):
         if picks_fa4(query, key, value, context, pattern, needs):
-            return _remember(context, route_key, "fa4", plan_library("fa4", query, key, value, context, pattern, needs,
-                                                                     variant_name))
+            return _remember(context, route_key, "fa4", library_launch("fa4", context, pattern, needs))
         return _remember(context, route_key, "sdpa")
     if backend == "auto" and gathers_visible_keys(query, key, context, pattern):
         return _remember(context, route_key, "gather", plan_key_gather(query, key, context, pattern))
@@ -232,8 +231,7 @@ def choose(
         return _remember(context, route_key, "chunked")
     for name, picks in (("fa4", picks_fa4), ("cudnn", picks_cudnn)):
         if backend == "auto" and picks(query, key, value, context, pattern, needs):
-            launch = plan_library(name, query, key, value, context, pattern, needs, variant_name)
-            return _remember(context, route_key, name, launch)
+            return _remember(context, route_key, name, library_launch(name, context, pattern, needs))
     plan = plan_triton(query, key, value, context, pattern, needs)
     if not isinstance(plan, str):
         return _remember(context, route_key, "triton", plan)

@@ -171,6 +171,12 @@ def plan_library(
             f"Variant '{variant_name}' with backend='{name}' cannot run this call on {LIBRARY_BACKENDS[name]}: "
             f"{reason}. Use backend='auto' (an exact path for every call) or backend='triton'."
         )
+    return library_launch(name, context, pattern, needs)
+
+
+def library_launch(name: str, context: AttentionContext, pattern: KernelMask, needs: CallNeeds) -> fused_path.Launch:
+    """The launch of a call on the library backend ``name`` that `library_refusal` has accepted (`picks_cudnn`
+    and `picks_fa4` ask it, so ``"auto"`` goes straight here)."""
     module, _ = _library(name)
     left, right = _band(pattern, needs)
     causal, scale = context.causal, context.scaling
