@@ -65,7 +65,7 @@ and the generation loop stops at its next point, so the run ends within about 8 
 Partial runs: one GPU call is limited to 10 minutes, so a full table takes several runs, each merged with
 the results of the ones before:
     python benchmarks/end_to_end.py --out /tmp/e2e --models llama --modes train \
-        --merge benchmarks/results/end_to_end-h100.json
+        --merge benchmarks/results/h100-archive-2026-12/end_to_end-h100.json
 --modes (default prefill,train,generate) picks the measurements; they run in the priority order above,
 whatever the order given (--skip-train and --skip-generation take one out). The checks always run: they
 decide what is timed. --merge PATH takes an earlier end_to_end.json; an entry is the same measurement in

@@ -369,7 +369,7 @@ def splits_whole_rows(query: torch.Tensor, key: torch.Tensor, context: Attention
     (benchmarks/results/native-cpu). Not where the kernels run: on the H200 (bf16, Whisper-large-v3's
     encoder at 1500 frames, batch 4) the split forward took 49.0 ms against 30.4 ms on our kernel and
     27.8 ms unpatched, and planned (its masks made once) one call still took 0.763 ms on an H100 against
-    0.217 on our kernel and 0.136 for dense SDPA (benchmarks/results/sdpa-backends-h100)."""
+    0.217 on our kernel and 0.136 for dense SDPA (benchmarks/results/h100-archive-2026-12/sdpa-backends-h100)."""
     n = key.shape[-2]
     if (
         fused_path.kernels_preferred(query.device)

@@ -91,7 +91,7 @@ def picks_fa4(
     speed and 1.06 / 1.18 / 1.12x, but at 1k and 2k 0.30 and 0.27x (its host time, 60-80 us a forward
     and more for the backward, outweighs the kernel there); a window of 1024 at 16k 1.14x cuDNN's forward
     and 1.08x its forward + backward, at 4k 0.93x and 0.75x. With 16 heads at 16k (kernel_speed.py,
-    benchmarks/results/kernels-h100-fa4) the window ran at 339 / 486 TFLOP/s forward (head size 64 / 128)
+    benchmarks/results/h100-archive-2026-12/kernels-h100-fa4) the window ran at 339 / 486 TFLOP/s forward (head size 64 / 128)
     against cuDNN's 328 / 375 and the Triton kernels' 272 / 286. The first call of each configuration
     (dtype, heads, head size, mask and window) compiles its kernels, 3-4 s on the H100, which later calls at
     any length reuse: so the first planning of a configuration runs the other backends (a one-off call

@@ -4,7 +4,7 @@
 Install with ``pip install 'hf-efficient-attn[fa4]'``. On Hopper (sm90) it runs causal attention and
 sliding windows, forward and backward, with grouped-query heads, ahead of cuDNN on the H100: causal at 16k
 tokens 1.22x cuDNN's forward and 1.24x its forward + backward at head size 64, a window of 1024 1.61x
-FlexAttention's forward at head size 128 (benchmarks/results/kernels-h100-fa4). It runs no sinks, global
+FlexAttention's forward at head size 128 (benchmarks/results/h100-archive-2026-12/kernels-h100-fa4). It runs no sinks, global
 tokens, block layouts, padding or packed documents of ours: the capability table refuses them
 (`capabilities.FA4`) and the Triton kernels keep them.
 
