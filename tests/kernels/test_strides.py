@@ -8,6 +8,7 @@ import pytest
 import torch
 from kernel_reference import DEVICE, reference, rel_err, tolerance
 
+from hf_efficient_attn import op_window
 from hf_efficient_attn.kernels import fused_attention, ops, strides
 
 
@@ -60,7 +61,7 @@ def test_the_ops_fake_implementations_give_the_real_layouts(layout):
         q, k, v = (x.detach().contiguous().requires_grad_() for x in (q, k, v))
     elif layout == "head dim not fastest":
         q = q.detach().transpose(-1, -2).contiguous().transpose(-1, -2).requires_grad_()
-    args = (q, k, v, None, None, 0.25, True, 6, ops.NO_BOUND, 0, 0, "", 0, 64)
+    args = (q, k, v, None, None, 0.25, True, 6, op_window.NO_BOUND, 0, 0, "", 0, 64)
     torch.library.opcheck(torch.ops.hf_efficient_attn.attention.default, args,
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
     out, lse = torch.ops.hf_efficient_attn.attention(*args)
@@ -73,7 +74,7 @@ def test_the_ops_fake_implementations_give_the_real_layouts(layout):
 def test_packed_documents_through_the_ops_give_the_same_layouts():
     q, k, v = (projected(2, h, 24, 32, seed=s) for s, h in ((8, 2), (9, 1), (10, 1)))
     documents = torch.tensor([[0] * 10 + [1] * 14, [0] * 5 + [1] * 9 + [2] * 10], device=DEVICE)
-    args = (q, k, v, None, documents, 0.25, True, ops.NO_BOUND, ops.NO_BOUND, 0, 0, "", 0, 64)
+    args = (q, k, v, None, documents, 0.25, True, op_window.NO_BOUND, op_window.NO_BOUND, 0, 0, "", 0, 64)
     torch.library.opcheck(torch.ops.hf_efficient_attn.attention.default, args,
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
     out, lse = torch.ops.hf_efficient_attn.attention(*args)

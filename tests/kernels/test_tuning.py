@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 from kernel_reference import DEVICE
 
-from hf_efficient_attn.kernels import flash, tuning
+from hf_efficient_attn.kernels import flash, relaunch, tuning
 from hf_efficient_attn.kernels.tuning import TunedKernel, untuned_when_small
 
 
@@ -96,7 +96,9 @@ def test_the_autotuner_is_asked_once_per_key_and_its_choice_is_launched_after(mo
     x = torch.randn(37, device=DEVICE)
     for factor in (2.0, -0.5, 3.0):
         torch.testing.assert_close(scale(x, factor, size_class=1), x * factor)
-    assert len(tuner_calls) == 1 and len(jit_calls) == 3
+    # Through Triton's launcher: the tuner's own launch, then one per call; where compiled kernels are
+    # relaunched (CUDA), the third call runs the kernel the second one compiled, without the launcher.
+    assert len(tuner_calls) == 1 and len(jit_calls) == (2 if relaunch.available() else 3)
     assert jit_calls[-1]["BLOCK"] == 16 and jit_calls[-1]["num_warps"] == 2
 
     torch.testing.assert_close(scale(x[:20], 4.0, size_class=2), x[:20] * 4.0)  # a new key asks again
