@@ -260,11 +260,13 @@ def _rank(row) -> int:
 
 def merge_previous(results, previous_path: Path) -> None:
     """Keep the entries of an earlier run that this run did not measure (absent, or skipped for the time
-    budget), marked with that run's date; the earlier run's own skipped entries are dropped."""
+    budget), marked with that run's date; the earlier run's own skipped entries are dropped, and so are its
+    ``n/a`` entries: this run states itself what cannot run here, and an implementation it skipped for time
+    had been missing from the earlier run, not unable."""
     previous = json.loads(previous_path.read_text())
     date = previous["env"]["date"]
     for section, key in (("rows", ("pattern", "n", "d", "impl")), ("sparse", ("n", "d", "impl"))):
-        earlier = [r for r in previous.get(section, []) if not _skipped(r)]
+        earlier = [r for r in previous.get(section, []) if not _skipped(r) and r.get("fwd") != "n/a"]
         results[section] = merge_entries(results[section], earlier, key, date, _rank)
     for name, err in previous.get("checks", {}).items():
         results["checks"].setdefault(name, err)
@@ -318,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "window patterns), sparse (block-sparse at 16k)")
     ap.add_argument("--merge", help="an earlier kernels.json: its entries that this run did not measure are kept, "
                     "each marked with the date of its run")
+    ap.add_argument("--from-run", help="measure nothing: take this kernels.json as the run (with --merge, to complete "
+                    "a run cut short by its time budget with an earlier one's entries)")
     return ap
 
 
@@ -325,6 +329,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.from_run:
+        results = json.loads(Path(args.from_run).read_text())
+        if args.merge:
+            merge_previous(results, Path(args.merge))
+        write(results, out_dir)
+        print((out_dir / "kernels.md").read_text())
+        return results
     deadline = Deadline(args.budget_s)
     env = {"gpu": device_name(torch.device("cuda")), **versions("torch", "triton", "cuda", "python"),
            "date": timestamp()}

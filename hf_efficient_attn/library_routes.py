@@ -17,9 +17,18 @@ from .capabilities import CUDNN, FA4, CallNeeds, Need
 from .context import AttentionContext, tensor_signature, tracing
 from .fused_path import FusedPathError, KernelMask
 
-CUDNN_SMALL_HEAD_GRAD_MIN_TOKENS = 32768
-"""With gradients and head size 64, the fewest queries for which `picks_cudnn` takes cuDNN (its backward is
-slower than the Triton kernels' below: 0.90x at 16k on the H200, 1.25x at 64k)."""
+SMALL_HEAD_WINDOW_GRAD_MIN_QUERIES = 32768
+"""With gradients and head size 64, the fewest queries for which `picks_cudnn` and `picks_fa4` take a window
+band off the Triton kernels: below it their forward + backward is slower. On the H200 (bf16, 16 heads,
+window 1024, kernel_speed.py) at 16k: cuDNN 0.90x the Triton kernels' speed, FlashAttention-4 0.90x
+(benchmarks/results/kernels-h200-fa4); at 64k cuDNN 1.25x."""
+
+
+def _small_head_backward_loses(query: torch.Tensor) -> bool:
+    """Whether a windowed call with gradients is one whose backward the Triton kernels run faster than the
+    library backends (`SMALL_HEAD_WINDOW_GRAD_MIN_QUERIES`)."""
+    return (fused_path.needs_grad(query) and query.shape[-1] <= 64
+            and query.shape[-2] < SMALL_HEAD_WINDOW_GRAD_MIN_QUERIES)
 
 _PLANNED_WINDOWS = sdpa_support.ShapeTally()
 """How often each windowed call's shape was planned in this process, for `picks_cudnn`."""
@@ -38,7 +47,7 @@ def picks_cudnn(
     its keys (no sinks, globals or layout), in eager mode on CUDA, that cuDNN computes exactly
     (`library_refusal`, given the call's ``needs``), at a shape this process has planned before, and with
     gradients only where cuDNN's backward is faster too (head size above 64, or at least
-    `CUDNN_SMALL_HEAD_GRAD_MIN_TOKENS` queries).
+    `SMALL_HEAD_WINDOW_GRAD_MIN_QUERIES` queries).
 
     On the H200 (torch 2.11, cuDNN 9.19, bf16, 16 heads, window 1024; benchmarks/results/kernels-h200)
     cuDNN's forward ran 1.22-1.47x the Triton kernel's speed at 16k and 64k tokens and head sizes 64 and
@@ -55,7 +64,7 @@ def picks_cudnn(
         or query.shape[-2] <= fused_path.DECODE_MAX_QUERIES
     ):
         return False
-    if fused_path.needs_grad(query) and query.shape[-1] <= 64 and query.shape[-2] < CUDNN_SMALL_HEAD_GRAD_MIN_TOKENS:
+    if _small_head_backward_loses(query):
         return False
     if library_refusal("cudnn", query, key, value, context, pattern, needs) is not None:
         return False
@@ -83,8 +92,15 @@ def picks_fa4(
     instead of SDPA, cuDNN or the Triton kernels: a call of at least `FA4_WINDOW_MIN_QUERIES` queries under
     a window band narrower than its keys (no sinks, globals or layout), or of at least
     `FA4_EXACT_MIN_QUERIES` under a causal mask or none (a call SDPA computes exactly), in eager mode on
-    CUDA, that FlashAttention-4 computes exactly (`library_refusal`), with or without gradients, from the
-    second planning of its configuration in this process.
+    CUDA, that FlashAttention-4 computes exactly (`library_refusal`), from the second planning of its
+    configuration in this process; a window with gradients at head size 64 only from
+    `SMALL_HEAD_WINDOW_GRAD_MIN_QUERIES` queries.
+
+    On the H200 (kernel_speed.py, bf16, 16 heads, 16k and 64k tokens; benchmarks/results/kernels-h200-fa4)
+    FlashAttention-4 ran causal attention 1.06-1.25x SDPA-cuDNN's speed forward and 1.09-1.22x forward +
+    backward, and a window of 1024 at head size 128 1.56-1.62x FlexAttention's forward and 1.55-1.59x its
+    forward + backward (1.05x our cuDNN backend's forward, 1.10x its forward + backward); at head size 64
+    the window's forward + backward at 16k ran 0.90x the Triton kernels'.
 
     Per call on an H100 (torch 2.11, flash-attn-4 4.0.0b40, bf16, Llama-1B heads 32 over 8, head size 64,
     batch 1; forward, forward + backward): causal at 4k, 8k and 16k tokens 1.23 / 1.21 / 1.20x SDPA-cuDNN's
@@ -100,6 +116,8 @@ def picks_fa4(
         return False
     windowed = Need.WINDOW in needs.needs
     if query.shape[-2] < (FA4_WINDOW_MIN_QUERIES if windowed else FA4_EXACT_MIN_QUERIES):
+        return False
+    if windowed and _small_head_backward_loses(query):
         return False
     if library_refusal("fa4", query, key, value, context, pattern, needs) is not None:
         return False

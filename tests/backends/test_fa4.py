@@ -174,6 +174,8 @@ def auto_on_cuda(fa4_calls, monkeypatch):
     # short calls stand for long ones: its thresholds scaled down by 64
     monkeypatch.setattr(library_routes, "FA4_WINDOW_MIN_QUERIES", library_routes.FA4_WINDOW_MIN_QUERIES // 64)
     monkeypatch.setattr(library_routes, "FA4_EXACT_MIN_QUERIES", library_routes.FA4_EXACT_MIN_QUERIES // 64)
+    monkeypatch.setattr(library_routes, "SMALL_HEAD_WINDOW_GRAD_MIN_QUERIES",
+                        library_routes.SMALL_HEAD_WINDOW_GRAD_MIN_QUERIES // 64)
     return fa4_calls
 
 
@@ -205,7 +207,18 @@ def test_auto_runs_a_window_on_fa4_from_the_second_planning_of_its_configuration
     # the lengths change between plannings: FlashAttention-4 compiles per configuration, not per length
     assert [route == "fa4" for route in routes(KernelMask(window=(64, None)))] == [False, True, True]
     assert [route == "fa4" for route in routes(KernelMask(window=(16, 16)), causal=False)] == [False, True, True]
-    assert [route == "fa4" for route in routes(KernelMask(window=(64, None)), grad=True)] == [False, True, True]
+    assert [route == "fa4" for route in routes(KernelMask(window=(64, None)), grad=True, head_dim=128)] == [
+        False, True, True]
+
+
+def test_auto_keeps_small_head_windows_with_gradients_on_the_kernels_below_the_threshold(auto_on_cuda):
+    # at head size 64 the Triton kernels' backward is faster there; inference calls still go to FlashAttention-4
+    grad_min = library_routes.SMALL_HEAD_WINDOW_GRAD_MIN_QUERIES
+    assert "fa4" not in routes(KernelMask(window=(64, None)), grad=True, q_len=grad_min - 8, k_len=grad_min - 8)
+    assert [route == "fa4" for route in routes(KernelMask(window=(64, None)), q_len=grad_min - 8,
+                                               k_len=grad_min - 8)] == [False, True, True]
+    assert [route == "fa4" for route in routes(KernelMask(window=(64, None)), grad=True, q_len=grad_min,
+                                               k_len=grad_min)] == [False, True, True]
 
 
 def test_auto_runs_long_exact_calls_on_fa4_and_short_ones_on_sdpa(auto_on_cuda):

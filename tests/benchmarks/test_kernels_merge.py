@@ -17,7 +17,7 @@ def load_kernels_module():
 
 
 def row(impl, n, fwd):
-    return {"pattern": "causal", "n": n, "d": 64, "impl": impl, "fwd": fwd, "fwd+bwd": fwd}
+    return {"pattern": "causal", "n": n, "batch": max(1, 16384 // n), "d": 64, "impl": impl, "fwd": fwd, "fwd+bwd": fwd}
 
 
 def test_skipped_and_absent_entries_come_from_the_earlier_run(tmp_path):
@@ -56,3 +56,28 @@ def test_an_earlier_complete_entry_replaces_one_whose_backward_was_skipped(tmp_p
     kernels.merge_previous(results, path)
     [merged] = results["rows"]
     assert merged["fwd"] == then and merged["fwd+bwd"] == then and merged["run"] == "2026-01-01"
+
+
+def test_a_run_cut_short_is_completed_from_an_earlier_one_without_measuring(tmp_path):
+    kernels = load_kernels_module()
+    env = {"gpu": "NVIDIA H200", "torch": "2.11.0", "triton": "3.6.0", "cuda": "13.0"}
+    now = {"ms": 0.5, "tflops": 20.0}
+    then = {"ms": 1.0, "tflops": 10.0}
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps({"env": {**env, "date": "2026-02-01"}, "checks": {},
+                               "rows": [row("ours", 16384, now), row("ours", 65536, "skipped (time budget)"),
+                                        row("fa4", 65536, "skipped (time budget)")],
+                               "sparse": []}))
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"env": {**env, "date": "2026-01-01"}, "checks": {},
+                                   "rows": [row("ours", 16384, then), row("ours", 65536, then), row("fa4", 65536, "n/a")],
+                                   "sparse": []}))
+    out = tmp_path / "merged"
+    results = kernels.main(["--out", str(out), "--from-run", str(run), "--merge", str(earlier)])
+    by_n = {r["n"]: r for r in results["rows"] if r["impl"] == "ours"}
+    assert by_n[16384]["fwd"] == now and "run" not in by_n[16384]
+    assert by_n[65536]["fwd"] == then and by_n[65536]["run"] == "2026-01-01"
+    [fa4] = [r for r in results["rows"] if r["impl"] == "fa4"]
+    assert fa4["fwd"] == "skipped (time budget)", "an earlier run without the implementation says nothing of it"
+    table = (out / "kernels.md").read_text()
+    assert "| causal | 16384 |" in table and "ours (run of 2026-01-01)" in table
