@@ -31,8 +31,9 @@ dK/dV kernel, so a backward pass is two launches with no separate preprocessing 
 Which tiles are visited
 -----------------------
 qpos(i) = i + (Nk - Nq) for causal attention, else i. For dense masks (causal and/or a window band)
-the key range of a query tile is computed from the band: [lo, hi) plus the leading tiles that hold
-sink/global keys. Inside it, tiles that are entirely visible (inside the band, in bounds) are run
+the key range of a query tile is computed from the band: [lo, hi) plus the leading keys that hold
+sink/global keys, walked in tiles of SINK_BLOCK keys (16, the least a tensor-core product takes), so
+that 4 sinks cost a 16-key tile, not a BLOCK_N-key one, in every query tile. Inside it, tiles that are entirely visible (inside the band, in bounds) are run
 without the per-element mask (MASKED=False); the edges are run with it. The backward dK/dV kernel
 does the same on the transposed band. For block layouts the host builds, per query tile, compact
 lists of key tiles (one list of partially visible tiles, one of fully visible tiles), and their
@@ -58,6 +59,9 @@ from .strides import kernel_ready
 from .tuning import TunedKernel, untuned_when_small
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+SINK_BLOCK = tl.constexpr(16)
+"""Keys per tile over the sink/global keys before a query tile's band (forward and dQ)."""
 BIG = 1 << 30  # stands for "no bound" in window arithmetic; int32-safe after adding a length
 _BIG = tl.constexpr(BIG)
 # The CPU interpreter multiplies bfloat16 tiles wrongly (raw bits); there, dots run on fp32 copies.
@@ -224,7 +228,8 @@ def _tile_visible(qp, offs_n, nk, WL, WR, SINK, GQ, kpad_base, lay_base, lay_sq,
 def _key_ranges(p0, p1, nk, WL, WR, SINK, GQ, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
                 BLOCK_N: tl.constexpr):
     """Key tiles for query positions [p0, p1]: sinks [0, s_end), then the band [b_lo, hi) whose
-    fully visible part is [f_lo, f_hi). All bounds are multiples of BLOCK_N except hi."""
+    fully visible part is [f_lo, f_hi). s_end is a multiple of SINK_BLOCK, the other bounds multiples of
+    BLOCK_N except hi."""
     zero = p0 * 0
     hi = zero + nk
     full_bound = hi
@@ -241,7 +246,7 @@ def _key_ranges(p0, p1, nk, WL, WR, SINK, GQ, CAUSAL: tl.constexpr, HAS_WINDOW: 
         full_bound = tl.where(band, tl.minimum(full_bound, p0 + WR), 0)
     hi = tl.maximum(hi, 0)
     b_lo = (lo // BLOCK_N) * BLOCK_N
-    s_end = tl.minimum(((SINK + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, b_lo)
+    s_end = tl.minimum(((SINK + SINK_BLOCK - 1) // SINK_BLOCK) * SINK_BLOCK, b_lo)
     f_lo = tl.maximum(((f_lo + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, b_lo)
     f_hi = (tl.maximum(full_bound, 0) // BLOCK_N) * BLOCK_N
     f_hi = tl.maximum(tl.minimum(f_hi, hi), f_lo)
@@ -380,7 +385,7 @@ def _attn_fwd(Q, K, V, Out, LSE, KPAD, LAYOUT, RP_P, COLS_P, RP_F, COLS_F, RUN_S
                 acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, qp, k_base, v_base, skn, svn, kpad_base,
                                            lay_base, sly_q, LB, PMAX, 0, s_end, COLS_P, nk, qk_scale, WL, WR,
                                            SINK, GQ, True, False, CAUSAL, HAS_WINDOW, HAS_KPAD, False,
-                                           BLOCK_N, HEAD_DIM, BLOCK_D, IEEE)
+                                           SINK_BLOCK, HEAD_DIM, BLOCK_D, IEEE)
 
         empty = l_i == 0.0
         l_safe = tl.where(empty, 1.0, l_i)
@@ -504,7 +509,7 @@ def _attn_bwd_dq(Q, K, V, DO, Out, DQ, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, R
             if HAS_WINDOW:
                 dq = _dq_tiles(dq, q, do, lse, delta, qp, k_base, v_base, skn, svn, kpad_base, lay_base,
                                sly_q, LB, PMAX, 0, s_end, COLS_P, nk, qk_scale, WL, WR, SINK, GQ, True, False,
-                               CAUSAL, HAS_WINDOW, HAS_KPAD, False, BLOCK_N, HEAD_DIM, BLOCK_D, IEEE)
+                               CAUSAL, HAS_WINDOW, HAS_KPAD, False, SINK_BLOCK, HEAD_DIM, BLOCK_D, IEEE)
         _store_rows(dq_base, (dq * sm_scale).to(DQ.dtype.element_ty), offs_m, sqn, nq, HEAD_DIM, BLOCK_D)
 
 
