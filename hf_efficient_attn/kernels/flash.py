@@ -33,7 +33,9 @@ Which tiles are visited
 qpos(i) = i + (Nk - Nq) for causal attention, else i. For dense masks (causal and/or a window band)
 the key range of a query tile is computed from the band: [lo, hi) plus the leading keys that hold
 sink/global keys, walked in tiles of SINK_BLOCK keys (16, the least a tensor-core product takes), so
-that 4 sinks cost a 16-key tile, not a BLOCK_N-key one, in every query tile. Inside it, tiles that are entirely visible (inside the band, in bounds) are run
+that 4 sinks cost a 16-key tile, not a BLOCK_N-key one, in every query tile. In the backward those keys
+[0, sink_end) have dK/dV programs of their own, SINK_BLOCK keys each, that walk every query tile able to
+see them; the key tiles walk only their band and leave those rows to them. Inside it, tiles that are entirely visible (inside the band, in bounds) are run
 without the per-element mask (MASKED=False); the edges are run with it. The backward dK/dV kernel
 does the same on the transposed band. For block layouts the host builds, per query tile, compact
 lists of key tiles (one list of partially visible tiles, one of fully visible tiles), and their
@@ -43,8 +45,8 @@ Order of programs
 -----------------
 Grid axis 0 is batch x head, axis 1 the tile. Forward and dQ programs take query tiles from the last:
 under causal masking the last tiles see the most keys, and starting the heaviest programs of every
-head first keeps the final wave short (longest job first). dK/dV programs take key tiles from the
-first, their heaviest, for the same reason.
+head first keeps the final wave short (longest job first). dK/dV programs take the sink keys' programs
+first, then key tiles from the first, their heaviest, for the same reason.
 """
 
 from __future__ import annotations
@@ -186,6 +188,14 @@ def _store_rows(base, x, rows, stride_row, n_rows, HEAD_DIM: tl.constexpr, BLOCK
     offs_d = tl.arange(0, BLOCK_D)
     ptrs = base + rows[:, None].to(tl.int64) * stride_row + offs_d[None, :]
     tl.store(ptrs, x, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM))
+
+
+@triton.jit
+def _store_rows_from(base, x, rows, stride_row, first_row, n_rows, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """`_store_rows` of the rows from ``first_row`` on (the rows before are another program's)."""
+    offs_d = tl.arange(0, BLOCK_D)
+    ptrs = base + rows[:, None].to(tl.int64) * stride_row + offs_d[None, :]
+    tl.store(ptrs, x, mask=(rows[:, None] >= first_row) & (rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM))
 
 
 @triton.jit
@@ -601,7 +611,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, 
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # DK shares K's strides and DV shares V's strides; DO shares O's strides (sob, soh, son).
     pid_bh = tl.program_id(0)
-    pid_n = tl.program_id(1)  # the first key tiles, the most work when causal, first
+    pid_n = tl.program_id(1)  # the sink keys' programs, then the first key tiles: the most work first
     b = pid_bh // HKV
     hk = pid_bh % HKV
     if IS_VARLEN:
@@ -614,8 +624,45 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, 
         k_start = 0
         nq = NQ
         nk = NK
-    n0 = pid_n * BLOCK_N
-    if n0 < nk:
+    # Sink programs first (the heaviest: every query that can see a sink key): SINK_BLOCK keys each, over
+    # the sink/global keys [0, sink_end) of a dense pattern with a window, walked against every query tile
+    # under the full mask, where a BLOCK_N-key tile holding 4 sinks would walk them all at full width.
+    sink_end = 0
+    if HAS_WINDOW and not BLOCK_SPARSE:
+        sink_end = ((SINK + SINK_BLOCK - 1) // SINK_BLOCK) * SINK_BLOCK
+    n_sink = sink_end // SINK_BLOCK
+    s0 = pid_n * SINK_BLOCK
+    if (pid_n < n_sink) & (s0 < nk):
+        b64 = b.to(tl.int64)
+        off = 0
+        lo = 0
+        if CAUSAL:
+            off = nk - nq
+            lo = (tl.minimum(tl.maximum(s0 - off, 0), nq) // BLOCK_M) * BLOCK_M
+        kj = s0 + tl.arange(0, SINK_BLOCK)
+        k = _load_rows(K + b64 * skb + hk.to(tl.int64) * skh + k_start * skn, kj, skn, nk, True, HEAD_DIM, BLOCK_D)
+        v = _load_rows(V + b64 * svb + hk.to(tl.int64) * svh + k_start * svn, kj, svn, nk, True, HEAD_DIM, BLOCK_D)
+        dk = tl.zeros([SINK_BLOCK, BLOCK_D], dtype=tl.float32)
+        dv = tl.zeros([SINK_BLOCK, BLOCK_D], dtype=tl.float32)
+        for g in range(0, GROUP):
+            h = hk * GROUP + g
+            dk, dv = _dkdv_tiles(dk, dv, k, v, kj, Q + b64 * sqb + h.to(tl.int64) * sqh + q_start * sqn,
+                                 DO + b64 * sob + h.to(tl.int64) * soh + q_start * son,
+                                 LSE + b64 * slb + h.to(tl.int64) * slh + q_start,
+                                 DELTA + b64 * slb + h.to(tl.int64) * slh + q_start, sqn, son,
+                                 LAYOUT + h.to(tl.int64) * sly_h, sly_q, LB, PMAX, lo, nq, COLS_P, off, nq, nk,
+                                 qk_scale, WL, WR, SINK, GQ, True, False, CAUSAL, HAS_WINDOW, False, BLOCK_M,
+                                 HEAD_DIM, BLOCK_D, IEEE)
+        if HAS_KPAD:
+            kp = tl.load(KPAD + b64 * skpb + kj, mask=kj < nk, other=0) != 0
+            dk = tl.where(kp[:, None], dk, 0.0)
+            dv = tl.where(kp[:, None], dv, 0.0)
+        _store_rows(DK + b64 * skb + hk.to(tl.int64) * skh + k_start * skn, (dk * sm_scale).to(DK.dtype.element_ty),
+                    kj, skn, nk, HEAD_DIM, BLOCK_D)
+        _store_rows(DV + b64 * svb + hk.to(tl.int64) * svh + k_start * svn, dv.to(DV.dtype.element_ty), kj, svn,
+                    nk, HEAD_DIM, BLOCK_D)
+    n0 = (pid_n - n_sink) * BLOCK_N
+    if (pid_n >= n_sink) & (n0 < nk) & (n0 + BLOCK_N > sink_end):
         b64 = b.to(tl.int64)
         k_base = K + b64 * skb + hk.to(tl.int64) * skh + k_start * skn
         v_base = V + b64 * svb + hk.to(tl.int64) * svh + k_start * svn
@@ -631,7 +678,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, 
         dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         if not BLOCK_SPARSE:
-            g_lo, g_end, b_lo, f_lo, f_hi, hi = _query_ranges(n0, n1, off, nq, nk, WL, WR, SINK, GQ, CAUSAL,
+            # the sink keys are the sink programs': this tile walks its band (and global rows) only
+            g_lo, g_end, b_lo, f_lo, f_hi, hi = _query_ranges(n0, n1, off, nq, nk, WL, WR, 0, GQ, CAUSAL,
                                                               HAS_WINDOW, BLOCK_M, BLOCK_N)
         for g in range(0, GROUP):
             h = hk * GROUP + g
@@ -677,8 +725,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, 
             kp = tl.load(KPAD + b64 * skpb + kj, mask=kj < nk, other=0) != 0
             dk = tl.where(kp[:, None], dk, 0.0)
             dv = tl.where(kp[:, None], dv, 0.0)
-        _store_rows(dk_base, (dk * sm_scale).to(DK.dtype.element_ty), kj, skn, nk, HEAD_DIM, BLOCK_D)
-        _store_rows(dv_base, dv.to(DV.dtype.element_ty), kj, svn, nk, HEAD_DIM, BLOCK_D)
+        _store_rows_from(dk_base, (dk * sm_scale).to(DK.dtype.element_ty), kj, skn, sink_end, nk, HEAD_DIM, BLOCK_D)
+        _store_rows_from(dv_base, dv.to(DV.dtype.element_ty), kj, svn, sink_end, nk, HEAD_DIM, BLOCK_D)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -891,7 +939,9 @@ def attention_backward(do, q, k, v, o, lse, scale: float, mask: MaskArgs, varlen
         _dkdv_sparse.launch((n_batch * hkv, t.n_nt), kv_args, tiles, q.dtype)
     else:
         _dq_dense.launch(lambda m: (n_batch * hq, triton.cdiv(nq, m["BLOCK_M"])), dq_args, meta, q.dtype)
-        _dkdv_dense.launch(lambda m: (n_batch * hkv, triton.cdiv(nk, m["BLOCK_N"])), kv_args, meta, q.dtype)
+        sink_programs = triton.cdiv(mask.sink, SINK_BLOCK.value) if mask.has_window else 0
+        _dkdv_dense.launch(lambda m: (n_batch * hkv, sink_programs + triton.cdiv(nk, m["BLOCK_N"])), kv_args, meta,
+                           q.dtype)
     return dq, dk, dv
 
 

@@ -29,6 +29,10 @@ CASES = {
     "fewer-queries": dict(b=1, hq=4, hkv=2, nq=SMALL + 3, nk=3 * BIG + 1, causal=True),
     "window-sinks": dict(b=1, hq=2, hkv=1, nq=4 * BIG, nk=4 * BIG, causal=True, window=(BIG + 3, None),
                          sink_tokens=SMALL + 1),
+    # fewer sinks than a key tile: the dK/dV programs of the sink keys own the first 16 keys, the first key
+    # tile the rest of its rows (and the forward walks the sinks in a 16-key tile)
+    "window-few-sinks": dict(b=1, hq=2, hkv=1, nq=3 * BIG + 5, nk=3 * BIG + 5, causal=True, window=(BIG - 3, None),
+                             sink_tokens=4),
     "band-globals": dict(b=1, hq=2, hkv=2, nq=3 * BIG + 7, nk=3 * BIG + 7, causal=False,
                          window=(SMALL + 2, SMALL - 1), global_tokens=3),
 }
