@@ -9,7 +9,7 @@ import torch
 from kernel_reference import DEVICE, reference, rel_err, tolerance
 
 from hf_efficient_attn import op_window
-from hf_efficient_attn.kernels import fused_attention, strides
+from hf_efficient_attn.kernels import fused_attention, ops, strides  # noqa: F401 (ops registers the custom ops tested here)
 
 
 def projected(batch, heads, length, dim, *, seed, grad=True):
