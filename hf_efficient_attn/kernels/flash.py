@@ -191,11 +191,13 @@ def _store_rows(base, x, rows, stride_row, n_rows, HEAD_DIM: tl.constexpr, BLOCK
 
 
 @triton.jit
-def _store_rows_from(base, x, rows, stride_row, first_row, n_rows, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+def _store_rows_from(base, x, rows, stride_row, first_row, n_rows, HEAD_DIM: tl.constexpr,
+                     BLOCK_D: tl.constexpr):
     """`_store_rows` of the rows from ``first_row`` on (the rows before are another program's)."""
     offs_d = tl.arange(0, BLOCK_D)
     ptrs = base + rows[:, None].to(tl.int64) * stride_row + offs_d[None, :]
-    tl.store(ptrs, x, mask=(rows[:, None] >= first_row) & (rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM))
+    rows_kept = (rows[:, None] >= first_row) & (rows[:, None] < n_rows)
+    tl.store(ptrs, x, mask=rows_kept & (offs_d[None, :] < HEAD_DIM))
 
 
 @triton.jit
@@ -628,39 +630,38 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, 
     # the sink/global keys [0, sink_end) of a dense pattern with a window, walked against every query tile
     # under the full mask, where a BLOCK_N-key tile holding 4 sinks would walk them all at full width.
     sink_end = 0
-    if HAS_WINDOW and not BLOCK_SPARSE:
+    if HAS_WINDOW and not BLOCK_SPARSE:  # compiled only into the kernels that may have sinks
         sink_end = ((SINK + SINK_BLOCK - 1) // SINK_BLOCK) * SINK_BLOCK
+        s0 = pid_n * SINK_BLOCK
+        if (pid_n < sink_end // SINK_BLOCK) & (s0 < nk):
+            b64 = b.to(tl.int64)
+            off = 0
+            lo = 0
+            if CAUSAL:
+                off = nk - nq
+                lo = (tl.minimum(tl.maximum(s0 - off, 0), nq) // BLOCK_M) * BLOCK_M
+            kj = s0 + tl.arange(0, SINK_BLOCK)
+            k_rows = b64 * skb + hk.to(tl.int64) * skh + k_start * skn
+            v_rows = b64 * svb + hk.to(tl.int64) * svh + k_start * svn
+            k = _load_rows(K + k_rows, kj, skn, nk, True, HEAD_DIM, BLOCK_D)
+            v = _load_rows(V + v_rows, kj, svn, nk, True, HEAD_DIM, BLOCK_D)
+            dk = tl.zeros([SINK_BLOCK, BLOCK_D], dtype=tl.float32)
+            dv = tl.zeros([SINK_BLOCK, BLOCK_D], dtype=tl.float32)
+            for g in range(0, GROUP):
+                h = (hk * GROUP + g).to(tl.int64)
+                lse_rows = b64 * slb + h * slh + q_start
+                dk, dv = _dkdv_tiles(dk, dv, k, v, kj, Q + b64 * sqb + h * sqh + q_start * sqn,
+                                     DO + b64 * sob + h * soh + q_start * son, LSE + lse_rows, DELTA + lse_rows,
+                                     sqn, son, LAYOUT + h * sly_h, sly_q, LB, PMAX, lo, nq, COLS_P, off, nq, nk,
+                                     qk_scale, WL, WR, SINK, GQ, True, False, CAUSAL, HAS_WINDOW, False, BLOCK_M,
+                                     HEAD_DIM, BLOCK_D, IEEE)
+            if HAS_KPAD:
+                kp = tl.load(KPAD + b64 * skpb + kj, mask=kj < nk, other=0) != 0
+                dk = tl.where(kp[:, None], dk, 0.0)
+                dv = tl.where(kp[:, None], dv, 0.0)
+            _store_rows(DK + k_rows, (dk * sm_scale).to(DK.dtype.element_ty), kj, skn, nk, HEAD_DIM, BLOCK_D)
+            _store_rows(DV + v_rows, dv.to(DV.dtype.element_ty), kj, svn, nk, HEAD_DIM, BLOCK_D)
     n_sink = sink_end // SINK_BLOCK
-    s0 = pid_n * SINK_BLOCK
-    if (pid_n < n_sink) & (s0 < nk):
-        b64 = b.to(tl.int64)
-        off = 0
-        lo = 0
-        if CAUSAL:
-            off = nk - nq
-            lo = (tl.minimum(tl.maximum(s0 - off, 0), nq) // BLOCK_M) * BLOCK_M
-        kj = s0 + tl.arange(0, SINK_BLOCK)
-        k = _load_rows(K + b64 * skb + hk.to(tl.int64) * skh + k_start * skn, kj, skn, nk, True, HEAD_DIM, BLOCK_D)
-        v = _load_rows(V + b64 * svb + hk.to(tl.int64) * svh + k_start * svn, kj, svn, nk, True, HEAD_DIM, BLOCK_D)
-        dk = tl.zeros([SINK_BLOCK, BLOCK_D], dtype=tl.float32)
-        dv = tl.zeros([SINK_BLOCK, BLOCK_D], dtype=tl.float32)
-        for g in range(0, GROUP):
-            h = hk * GROUP + g
-            dk, dv = _dkdv_tiles(dk, dv, k, v, kj, Q + b64 * sqb + h.to(tl.int64) * sqh + q_start * sqn,
-                                 DO + b64 * sob + h.to(tl.int64) * soh + q_start * son,
-                                 LSE + b64 * slb + h.to(tl.int64) * slh + q_start,
-                                 DELTA + b64 * slb + h.to(tl.int64) * slh + q_start, sqn, son,
-                                 LAYOUT + h.to(tl.int64) * sly_h, sly_q, LB, PMAX, lo, nq, COLS_P, off, nq, nk,
-                                 qk_scale, WL, WR, SINK, GQ, True, False, CAUSAL, HAS_WINDOW, False, BLOCK_M,
-                                 HEAD_DIM, BLOCK_D, IEEE)
-        if HAS_KPAD:
-            kp = tl.load(KPAD + b64 * skpb + kj, mask=kj < nk, other=0) != 0
-            dk = tl.where(kp[:, None], dk, 0.0)
-            dv = tl.where(kp[:, None], dv, 0.0)
-        _store_rows(DK + b64 * skb + hk.to(tl.int64) * skh + k_start * skn, (dk * sm_scale).to(DK.dtype.element_ty),
-                    kj, skn, nk, HEAD_DIM, BLOCK_D)
-        _store_rows(DV + b64 * svb + hk.to(tl.int64) * svh + k_start * svn, dv.to(DV.dtype.element_ty), kj, svn,
-                    nk, HEAD_DIM, BLOCK_D)
     n0 = (pid_n - n_sink) * BLOCK_N
     if (pid_n >= n_sink) & (n0 < nk) & (n0 + BLOCK_N > sink_end):
         b64 = b.to(tl.int64)
@@ -725,7 +726,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, 
             kp = tl.load(KPAD + b64 * skpb + kj, mask=kj < nk, other=0) != 0
             dk = tl.where(kp[:, None], dk, 0.0)
             dv = tl.where(kp[:, None], dv, 0.0)
-        _store_rows_from(dk_base, (dk * sm_scale).to(DK.dtype.element_ty), kj, skn, sink_end, nk, HEAD_DIM, BLOCK_D)
+        _store_rows_from(dk_base, (dk * sm_scale).to(DK.dtype.element_ty), kj, skn, sink_end, nk, HEAD_DIM,
+                         BLOCK_D)
         _store_rows_from(dv_base, dv.to(DV.dtype.element_ty), kj, svn, sink_end, nk, HEAD_DIM, BLOCK_D)
 
 
