@@ -30,6 +30,7 @@ def _small_head_backward_loses(query: torch.Tensor) -> bool:
     return (fused_path.needs_grad(query) and query.shape[-1] <= 64
             and query.shape[-2] < SMALL_HEAD_WINDOW_GRAD_MIN_QUERIES)
 
+
 _PLANNED_WINDOWS = sdpa_support.ShapeTally()
 """How often each windowed call's shape was planned in this process, for `picks_cudnn`."""
 

@@ -35,8 +35,8 @@ the key range of a query tile is computed from the band: [lo, hi) plus the leadi
 sink/global keys, walked in tiles of SINK_BLOCK keys (16, the least a tensor-core product takes), so
 that 4 sinks cost a 16-key tile, not a BLOCK_N-key one, in every query tile. In the backward those keys
 [0, sink_end) have dK/dV programs of their own, SINK_BLOCK keys each, that walk every query tile able to
-see them; the key tiles walk only their band and leave those rows to them. Inside it, tiles that are entirely visible (inside the band, in bounds) are run
-without the per-element mask (MASKED=False); the edges are run with it. The backward dK/dV kernel
+see them; the key tiles walk only their band and leave those rows to them. Inside it, tiles that are
+entirely visible (inside the band, in bounds) are run without the per-element mask (MASKED=False); the edges are run with it. The backward dK/dV kernel
 does the same on the transposed band. For block layouts the host builds, per query tile, compact
 lists of key tiles (one list of partially visible tiles, one of fully visible tiles), and their
 transposes for dK/dV; the kernels walk only those lists (LIST=True).
@@ -63,7 +63,9 @@ from .tuning import TunedKernel, untuned_when_small
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 SINK_BLOCK = tl.constexpr(16)
-"""Keys per tile over the sink/global keys before a query tile's band (forward and dQ)."""
+"""Keys per tile over the sink/global keys: in the forward and dQ before a query tile's band, and per
+dK/dV sink program."""
+
 BIG = 1 << 30  # stands for "no bound" in window arithmetic; int32-safe after adding a length
 _BIG = tl.constexpr(BIG)
 # The CPU interpreter multiplies bfloat16 tiles wrongly (raw bits); there, dots run on fp32 copies.
@@ -198,6 +200,13 @@ def _store_rows_from(base, x, rows, stride_row, first_row, n_rows, HEAD_DIM: tl.
     ptrs = base + rows[:, None].to(tl.int64) * stride_row + offs_d[None, :]
     rows_kept = (rows[:, None] >= first_row) & (rows[:, None] < n_rows)
     tl.store(ptrs, x, mask=rows_kept & (offs_d[None, :] < HEAD_DIM))
+
+
+@triton.jit
+def _zero_padded_keys(dk, dv, kpad_base, kj, nk):
+    """dK and dV with the rows of padded keys set to zero: a padded key is seen by no query."""
+    kept = tl.load(kpad_base + kj, mask=kj < nk, other=0) != 0
+    return tl.where(kept[:, None], dk, 0.0), tl.where(kept[:, None], dv, 0.0)
 
 
 @triton.jit
@@ -656,9 +665,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, 
                                      qk_scale, WL, WR, SINK, GQ, True, False, CAUSAL, HAS_WINDOW, False, BLOCK_M,
                                      HEAD_DIM, BLOCK_D, IEEE)
             if HAS_KPAD:
-                kp = tl.load(KPAD + b64 * skpb + kj, mask=kj < nk, other=0) != 0
-                dk = tl.where(kp[:, None], dk, 0.0)
-                dv = tl.where(kp[:, None], dv, 0.0)
+                dk, dv = _zero_padded_keys(dk, dv, KPAD + b64 * skpb, kj, nk)
             _store_rows(DK + k_rows, (dk * sm_scale).to(DK.dtype.element_ty), kj, skn, nk, HEAD_DIM, BLOCK_D)
             _store_rows(DV + v_rows, dv.to(DV.dtype.element_ty), kj, svn, nk, HEAD_DIM, BLOCK_D)
     n_sink = sink_end // SINK_BLOCK
@@ -722,10 +729,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, 
                                          WR, SINK, GQ, True, False, CAUSAL, HAS_WINDOW, False, BLOCK_M, HEAD_DIM,
                                          BLOCK_D, IEEE)
         if HAS_KPAD:
-            # a padded key is seen by no query: its gradients are exactly zero
-            kp = tl.load(KPAD + b64 * skpb + kj, mask=kj < nk, other=0) != 0
-            dk = tl.where(kp[:, None], dk, 0.0)
-            dv = tl.where(kp[:, None], dv, 0.0)
+            dk, dv = _zero_padded_keys(dk, dv, KPAD + b64 * skpb, kj, nk)
         _store_rows_from(dk_base, (dk * sm_scale).to(DK.dtype.element_ty), kj, skn, sink_end, nk, HEAD_DIM,
                          BLOCK_D)
         _store_rows_from(dv_base, dv.to(DV.dtype.element_ty), kj, svn, sink_end, nk, HEAD_DIM, BLOCK_D)

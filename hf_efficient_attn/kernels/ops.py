@@ -225,8 +225,8 @@ def fused_attention(
     starts; queries and keys the same tokens)."""
     if tracing():
         out, _ = _attention_op(q, k, v, key_padding, documents, float(scale), bool(causal),
-                               *window_bounds(*window), int(sink_tokens), int(global_tokens), layout or "", layout_blocks,
-                               layout_block_size)
+                               *window_bounds(*window), int(sink_tokens), int(global_tokens), layout or "",
+                               layout_blocks, layout_block_size)
         return out
     if documents is not None:
         cumulative, longest = _sequences(documents)
