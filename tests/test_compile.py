@@ -128,10 +128,14 @@ def test_compiled_vit_equals_eager():
 def test_prompts_of_new_lengths_recompile_with_dynamic_sizes_and_equal_eager(name):
     """A compiled forward met with a second prompt length recompiles with the length as a symbol
     (torch.compile's automatic dynamic shapes); every host fact the path reads must still be a constant
-    there (no symbol may reach `torch.compiler.assume_constant_result`), and the logits stay eager's."""
+    there (no symbol may reach `torch.compiler.assume_constant_result`), and the logits stay eager's.
+
+    What is tested is the trace, so the graphs run through AOTAutograd without inductor's code
+    generation: on the CPU inductor's vectorizer simplifies the symbolic indices of the LSH buckets'
+    reshapes for many minutes on a cold cache (the other tests compile with inductor at fixed sizes)."""
     torch._dynamo.reset()
     model = patch_model(tiny_llama(), variant_of(name), **DECODER_VARIANTS[name]).eval()
-    compiled = torch.compile(model, fullgraph=True)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for length in (12, 17, 23):
