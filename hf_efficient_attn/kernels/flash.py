@@ -32,7 +32,7 @@ Which tiles are visited
 -----------------------
 qpos(i) = i + (Nk - Nq) for causal attention, else i. For dense masks (causal and/or a window band)
 the key range of a query tile is computed from the band: [lo, hi) plus the leading keys that hold
-sink/global keys, walked in tiles of SINK_BLOCK keys (16, the least a tensor-core product takes), so
+sink/global keys, walked first, in tiles of SINK_BLOCK keys (16, the least a tensor-core product takes), so
 that 4 sinks cost a 16-key tile, not a BLOCK_N-key one, in every query tile. In the backward those keys
 [0, sink_end) have dK/dV programs of their own, SINK_BLOCK keys each, that walk every query tile able to
 see them; the key tiles walk only their band and leave those rows to them. Inside it, tiles that are
@@ -389,7 +389,12 @@ def _attn_fwd(Q, K, V, Out, LSE, KPAD, LAYOUT, RP_P, COLS_P, RP_F, COLS_F, RUN_S
         else:
             s_end, b_lo, f_lo, f_hi, hi = _key_ranges(p0, p1, nk, WL, WR, SINK, GQ, CAUSAL, HAS_WINDOW,
                                                       BLOCK_N)
-            # fully visible tiles first: they set a good running max for the masked edges
+            if HAS_WINDOW:  # the sink tiles first: their loads go out with the queries' instead of after the band
+                acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, qp, k_base, v_base, skn, svn, kpad_base,
+                                           lay_base, sly_q, LB, PMAX, 0, s_end, COLS_P, nk, qk_scale, WL, WR,
+                                           SINK, GQ, True, False, CAUSAL, HAS_WINDOW, HAS_KPAD, False,
+                                           SINK_BLOCK, HEAD_DIM, BLOCK_D, IEEE)
+            # then the fully visible tiles: they set a good running max for the masked edges
             acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, qp, k_base, v_base, skn, svn, kpad_base, lay_base,
                                        sly_q, LB, PMAX, f_lo, f_hi, COLS_P, nk, qk_scale, WL, WR, SINK, GQ,
                                        False, False, CAUSAL, HAS_WINDOW, HAS_KPAD, False, BLOCK_N,
@@ -402,11 +407,6 @@ def _attn_fwd(Q, K, V, Out, LSE, KPAD, LAYOUT, RP_P, COLS_P, RP_F, COLS_F, RUN_S
                                        sly_q, LB, PMAX, b_lo, f_lo, COLS_P, nk, qk_scale, WL, WR, SINK, GQ,
                                        True, False, CAUSAL, HAS_WINDOW, HAS_KPAD, False, BLOCK_N,
                                        HEAD_DIM, BLOCK_D, IEEE)
-            if HAS_WINDOW:
-                acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, qp, k_base, v_base, skn, svn, kpad_base,
-                                           lay_base, sly_q, LB, PMAX, 0, s_end, COLS_P, nk, qk_scale, WL, WR,
-                                           SINK, GQ, True, False, CAUSAL, HAS_WINDOW, HAS_KPAD, False,
-                                           SINK_BLOCK, HEAD_DIM, BLOCK_D, IEEE)
 
         empty = l_i == 0.0
         l_safe = tl.where(empty, 1.0, l_i)
@@ -518,6 +518,10 @@ def _attn_bwd_dq(Q, K, V, DO, Out, DQ, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, R
         else:
             s_end, b_lo, f_lo, f_hi, hi = _key_ranges(p0, p1, nk, WL, WR, SINK, GQ, CAUSAL, HAS_WINDOW,
                                                       BLOCK_N)
+            if HAS_WINDOW:  # the sink tiles first, as in the forward
+                dq = _dq_tiles(dq, q, do, lse, delta, qp, k_base, v_base, skn, svn, kpad_base, lay_base,
+                               sly_q, LB, PMAX, 0, s_end, COLS_P, nk, qk_scale, WL, WR, SINK, GQ, True, False,
+                               CAUSAL, HAS_WINDOW, HAS_KPAD, False, SINK_BLOCK, HEAD_DIM, BLOCK_D, IEEE)
             dq = _dq_tiles(dq, q, do, lse, delta, qp, k_base, v_base, skn, svn, kpad_base, lay_base, sly_q,
                            LB, PMAX, f_lo, f_hi, COLS_P, nk, qk_scale, WL, WR, SINK, GQ, False, False, CAUSAL,
                            HAS_WINDOW, HAS_KPAD, False, BLOCK_N, HEAD_DIM, BLOCK_D, IEEE)
@@ -527,10 +531,6 @@ def _attn_bwd_dq(Q, K, V, DO, Out, DQ, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, R
             dq = _dq_tiles(dq, q, do, lse, delta, qp, k_base, v_base, skn, svn, kpad_base, lay_base, sly_q,
                            LB, PMAX, b_lo, f_lo, COLS_P, nk, qk_scale, WL, WR, SINK, GQ, True, False, CAUSAL,
                            HAS_WINDOW, HAS_KPAD, False, BLOCK_N, HEAD_DIM, BLOCK_D, IEEE)
-            if HAS_WINDOW:
-                dq = _dq_tiles(dq, q, do, lse, delta, qp, k_base, v_base, skn, svn, kpad_base, lay_base,
-                               sly_q, LB, PMAX, 0, s_end, COLS_P, nk, qk_scale, WL, WR, SINK, GQ, True, False,
-                               CAUSAL, HAS_WINDOW, HAS_KPAD, False, SINK_BLOCK, HEAD_DIM, BLOCK_D, IEEE)
         _store_rows(dq_base, (dq * sm_scale).to(DQ.dtype.element_ty), offs_m, sqn, nq, HEAD_DIM, BLOCK_D)
 
 
