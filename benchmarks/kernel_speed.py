@@ -11,7 +11,8 @@ head_dim 64 and 128; bf16; 16 heads; batch = 16k tokens / N (at least 1). Plus b
 density (64x64 blocks) against our exact kernel at 16k.
 FLOPs: forward = 4 * B * H * visible_pairs * D; forward+backward = 3.5 x forward (backward = 2.5x).
 Times are medians of triton.testing.do_bench (CUDA events) after warm-up. Every configuration of ours
-is checked against a reference on a short input first. n/a: the peer cannot express the pattern.
+is checked against a reference on a short input first. n/a: the peer cannot express the pattern, or it
+cannot run here (an optional backend not installed: the table's header says which, and why).
 
 On a fresh machine most of the time goes to compiling: our kernels are compiled (and autotuned at a
 small size) in parallel child processes first, but each FlexAttention shape is a new torch.compile.
@@ -291,6 +292,8 @@ def write(results, out_dir: Path) -> None:
     lines = [f"# Attention kernels: {env['gpu']}", "",
              f"{versions_line(env, ('torch', 'triton', 'cuda'))}, {env['date']}. bf16, "
              f"{HEADS} heads, batch = {TOKENS} tokens / N. Median ms (TFLOP/s); fwd+bwd FLOPs = 3.5 x fwd.",
+             *(["", *(f"- Not measured here (its cells read n/a): {name}: {why}."
+                      for name, why in env["cannot_run"].items())] if env.get("cannot_run") else []),
              "", "Checks (max relative error of out, dq, dk, dv vs fp32 math on a short input): "
              + ", ".join(f"{k} {v:.1e}" for k, v in results["checks"].items()), "",
              *table(["pattern", "N", "B", "D", "impl", *passes],
@@ -325,6 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def optional_backends_missing() -> dict[str, str]:
+    """Why each optional implementation cannot run here (an extra not installed, a library that does not
+    load, the wrong GPU), by its name in the table; those that can run are left out."""
+    from hf_efficient_attn.backends import cudnn_sdpa, fa4
+
+    reasons = {"ours-cudnn": cudnn_sdpa.unavailable_reason(), "fa4": fa4.unavailable_reason()}
+    return {name: why for name, why in reasons.items() if why is not None}
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     out_dir = Path(args.out)
@@ -338,7 +350,7 @@ def main(argv: list[str] | None = None) -> dict:
         return results
     deadline = Deadline(args.budget_s)
     env = {"gpu": device_name(torch.device("cuda")), **versions("torch", "triton", "cuda", "python"),
-           "date": timestamp()}
+           "date": timestamp(), "cannot_run": optional_backends_missing()}
     print(env, flush=True)
     dims = [int(x) for x in args.dims.split(",")]
     ns = [int(x) for x in args.ns.split(",")]

@@ -81,3 +81,18 @@ def test_a_run_cut_short_is_completed_from_an_earlier_one_without_measuring(tmp_
     assert fa4["fwd"] == "skipped (time budget)", "an earlier run without the implementation says nothing of it"
     table = (out / "kernels.md").read_text()
     assert "| causal | 16384 |" in table and "ours (run of 2026-01-01)" in table
+
+
+def test_the_table_says_which_optional_backends_could_not_run_and_why(tmp_path):
+    """An n/a that means "not installed here" is told apart from one that means "cannot express the pattern"."""
+    kernels = load_kernels_module()
+    missing = kernels.optional_backends_missing()
+    assert set(missing) == {"ours-cudnn", "fa4"}  # this machine has neither the extras nor CUDA
+    env = {"gpu": "test GPU", "torch": "2", "triton": "3", "cuda": "13", "date": "2026-02-01", "cannot_run": missing}
+    results = {"env": env, "checks": {}, "rows": [row("ours", 1024, {"ms": 1.0, "tflops": 10.0}), row("fa4", 1024, "n/a")],
+               "sparse": []}
+    kernels.write(results, tmp_path)
+    text = (tmp_path / "kernels.md").read_text()
+    for name, why in missing.items():
+        assert f"- Not measured here (its cells read n/a): {name}: {why}." in text
+    assert json.loads((tmp_path / "kernels.json").read_text())["env"]["cannot_run"] == missing
