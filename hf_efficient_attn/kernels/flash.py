@@ -36,10 +36,11 @@ sink/global keys, walked first, in tiles of SINK_BLOCK keys (16, the least a ten
 that 4 sinks cost a 16-key tile, not a BLOCK_N-key one, in every query tile. In the backward those keys
 [0, sink_end) have dK/dV programs of their own, SINK_BLOCK keys each, that walk every query tile able to
 see them; the key tiles walk only their band and leave those rows to them. Inside it, tiles that are
-entirely visible (inside the band, in bounds) are run without the per-element mask (MASKED=False); the edges are run with it. The backward dK/dV kernel
-does the same on the transposed band. For block layouts the host builds, per query tile, compact
-lists of key tiles (one list of partially visible tiles, one of fully visible tiles), and their
-transposes for dK/dV; the kernels walk only those lists (LIST=True).
+entirely visible (inside the band, in bounds) are run without the per-element mask (MASKED=False); the
+edges are run with it. The backward dK/dV kernel does the same on the transposed band. For block
+layouts the host builds, per query tile, compact lists of key tiles (one list of partially visible
+tiles, one of fully visible tiles), and their transposes for dK/dV; the kernels walk only those lists
+(LIST=True).
 
 Order of programs
 -----------------
@@ -210,6 +211,12 @@ def _zero_padded_keys(dk, dv, kpad_base, kj, nk):
 
 
 @triton.jit
+def _sink_keys_end(SINK):
+    """The end of the keys walked as sink tiles: the sink/global count rounded up to SINK_BLOCK."""
+    return ((SINK + SINK_BLOCK - 1) // SINK_BLOCK) * SINK_BLOCK
+
+
+@triton.jit
 def _visible(qp, kj, nk, WL, WR, SINK, GQ, lay_base, lay_sq, LB, PMAX,
              CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, BLOCK_SPARSE: tl.constexpr):
     """Element-wise mask. qp and kj are broadcastable 2-D index tensors (query position, key index).
@@ -267,7 +274,7 @@ def _key_ranges(p0, p1, nk, WL, WR, SINK, GQ, CAUSAL: tl.constexpr, HAS_WINDOW: 
         full_bound = tl.where(band, tl.minimum(full_bound, p0 + WR), 0)
     hi = tl.maximum(hi, 0)
     b_lo = (lo // BLOCK_N) * BLOCK_N
-    s_end = tl.minimum(((SINK + SINK_BLOCK - 1) // SINK_BLOCK) * SINK_BLOCK, b_lo)
+    s_end = tl.minimum(_sink_keys_end(SINK), b_lo)
     f_lo = tl.maximum(((f_lo + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, b_lo)
     f_hi = (tl.maximum(full_bound, 0) // BLOCK_N) * BLOCK_N
     f_hi = tl.maximum(tl.minimum(f_hi, hi), f_lo)
@@ -635,23 +642,24 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, 
         k_start = 0
         nq = NQ
         nk = NK
+    b64 = b.to(tl.int64)
+    k_rows = b64 * skb + hk.to(tl.int64) * skh + k_start * skn  # this sequence's keys, in K and DK
+    v_rows = b64 * svb + hk.to(tl.int64) * svh + k_start * svn
+    off = 0
+    if CAUSAL:
+        off = nk - nq
     # Sink programs first (the heaviest: every query that can see a sink key): SINK_BLOCK keys each, over
     # the sink/global keys [0, sink_end) of a dense pattern with a window, walked against every query tile
     # under the full mask, where a BLOCK_N-key tile holding 4 sinks would walk them all at full width.
     sink_end = 0
     if HAS_WINDOW and not BLOCK_SPARSE:  # compiled only into the kernels that may have sinks
-        sink_end = ((SINK + SINK_BLOCK - 1) // SINK_BLOCK) * SINK_BLOCK
+        sink_end = _sink_keys_end(SINK)
         s0 = pid_n * SINK_BLOCK
         if (pid_n < sink_end // SINK_BLOCK) & (s0 < nk):
-            b64 = b.to(tl.int64)
-            off = 0
             lo = 0
             if CAUSAL:
-                off = nk - nq
                 lo = (tl.minimum(tl.maximum(s0 - off, 0), nq) // BLOCK_M) * BLOCK_M
             kj = s0 + tl.arange(0, SINK_BLOCK)
-            k_rows = b64 * skb + hk.to(tl.int64) * skh + k_start * skn
-            v_rows = b64 * svb + hk.to(tl.int64) * svh + k_start * svn
             k = _load_rows(K + k_rows, kj, skn, nk, True, HEAD_DIM, BLOCK_D)
             v = _load_rows(V + v_rows, kj, svn, nk, True, HEAD_DIM, BLOCK_D)
             dk = tl.zeros([SINK_BLOCK, BLOCK_D], dtype=tl.float32)
@@ -671,18 +679,10 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, 
     n_sink = sink_end // SINK_BLOCK
     n0 = (pid_n - n_sink) * BLOCK_N
     if (pid_n >= n_sink) & (n0 < nk) & (n0 + BLOCK_N > sink_end):
-        b64 = b.to(tl.int64)
-        k_base = K + b64 * skb + hk.to(tl.int64) * skh + k_start * skn
-        v_base = V + b64 * svb + hk.to(tl.int64) * svh + k_start * svn
-        dk_base = DK + b64 * skb + hk.to(tl.int64) * skh + k_start * skn
-        dv_base = DV + b64 * svb + hk.to(tl.int64) * svh + k_start * svn
-        off = 0
-        if CAUSAL:
-            off = nk - nq
         kj = n0 + tl.arange(0, BLOCK_N)
         n1 = tl.minimum(n0 + BLOCK_N, nk) - 1
-        k = _load_rows(k_base, kj, skn, nk, True, HEAD_DIM, BLOCK_D)
-        v = _load_rows(v_base, kj, svn, nk, True, HEAD_DIM, BLOCK_D)
+        k = _load_rows(K + k_rows, kj, skn, nk, True, HEAD_DIM, BLOCK_D)
+        v = _load_rows(V + v_rows, kj, svn, nk, True, HEAD_DIM, BLOCK_D)
         dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         if not BLOCK_SPARSE:
@@ -730,9 +730,9 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPAD, LAYOUT, RP_P, COLS_P, 
                                          BLOCK_D, IEEE)
         if HAS_KPAD:
             dk, dv = _zero_padded_keys(dk, dv, KPAD + b64 * skpb, kj, nk)
-        _store_rows_from(dk_base, (dk * sm_scale).to(DK.dtype.element_ty), kj, skn, sink_end, nk, HEAD_DIM,
+        _store_rows_from(DK + k_rows, (dk * sm_scale).to(DK.dtype.element_ty), kj, skn, sink_end, nk, HEAD_DIM,
                          BLOCK_D)
-        _store_rows_from(dv_base, dv.to(DV.dtype.element_ty), kj, svn, sink_end, nk, HEAD_DIM, BLOCK_D)
+        _store_rows_from(DV + v_rows, dv.to(DV.dtype.element_ty), kj, svn, sink_end, nk, HEAD_DIM, BLOCK_D)
 
 
 # --------------------------------------------------------------------------------------------------
