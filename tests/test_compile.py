@@ -12,6 +12,7 @@ import warnings
 
 import pytest
 import torch
+from packaging.version import Version
 from tiny_models import tiny_llama, tiny_vit, tiny_whisper, vit_pixels, whisper_features
 
 from hf_efficient_attn import patch_model
@@ -76,11 +77,16 @@ def test_a_partly_patched_model_compiles_in_a_fresh_process(monkeypatch):
 
 @pytest.mark.parametrize("name", ["flash", "sliding", "sparse", "lsh", "lsh-sinks"])
 def test_whisper_forward_has_no_graph_break(name):
+    """No break of ours: as many as the unpatched model's, none where transformers' Whisper traces whole
+    (with torch 2.11, Dynamo breaks on the `copy.deepcopy` in transformers 5.17's Whisper decoder)."""
     whisper = tiny_whisper()
-    model = patch_model(whisper, variant_of(name), **DECODER_VARIANTS[name])
     features = whisper_features(whisper)
     decoder_ids = torch.randint(3, 97, (2, 6), generator=torch.Generator().manual_seed(1))
-    assert graph_breaks(lambda: model(input_features=features, decoder_input_ids=decoder_ids).logits) == 0
+    unpatched = graph_breaks(lambda: whisper(input_features=features, decoder_input_ids=decoder_ids).logits)
+    model = patch_model(copy.deepcopy(whisper), variant_of(name), **DECODER_VARIANTS[name])
+    assert graph_breaks(lambda: model(input_features=features, decoder_input_ids=decoder_ids).logits) == unpatched
+    if Version(torch.__version__).release >= (2, 13):
+        assert unpatched == 0, "transformers' Whisper traces whole on this torch"
 
 
 @pytest.mark.parametrize("name", sorted(VIT_VARIANTS))
