@@ -14,7 +14,11 @@ CUDA graph, as compiled decoding replays it, in us per layer:
 * ``folded + mask``: each group's query heads as queries of their key/value head, under the mask;
 * ``decode kernel + mask``: our split-key decode kernel with the mask as its key mask;
 * ``decode kernel, valid keys`` and ``sdpa, valid keys``: both without a mask over only the written
-  slots (what a growing cache does), the floor.
+  slots (what a growing cache does), the floor;
+* ``sdpa without cudnn, valid keys``: the same SDPA call with cuDNN switched off
+  (`sdpa_support.without_cudnn`), as our eager decoding over a growing cache runs it so that no cuDNN
+  graph is built per new length (`dispatch.leaves_cudnn_out`): FlashAttention-2 or the memory-efficient
+  kernel.
 
 Writes static_step.json and static_step.md.
 """
@@ -34,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness.store import save_report  # noqa: E402
 from hf_efficient_attn.kernels import ops  # noqa: E402
+from hf_efficient_attn.sdpa_support import without_cudnn  # noqa: E402
 
 LAYERS = 16
 Q_HEADS, KV_HEADS, HEAD_DIM = 32, 8, 64
@@ -114,9 +119,19 @@ def ways(batch: int, slots: int) -> dict[str, Callable[[], object]]:
             F.scaled_dot_product_attention(query, key[:, :, :written], value[:, :, :written], scale=scale,
                                            enable_gqa=True)
 
+    def attend_valid(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, key[:, :, :written], value[:, :, :written], scale=scale,
+                                              enable_gqa=True)
+
+    attend_valid_without_cudnn = without_cudnn(attend_valid)
+
+    def sdpa_valid_without_cudnn():
+        for key, value in layers:
+            attend_valid_without_cudnn(query, key, value)
+
     return {"repeat + mask": repeat_mask, "gqa + mask": gqa_mask, "folded + mask": folded_mask,
             "decode kernel + mask": decode_mask, "decode kernel, valid keys": decode_valid,
-            "sdpa, valid keys": sdpa_valid}
+            "sdpa, valid keys": sdpa_valid, "sdpa without cudnn, valid keys": sdpa_valid_without_cudnn}
 
 
 def run() -> dict:
