@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .config import MIXED_PRECISION, RECIPES, TrainConfig
@@ -28,7 +29,8 @@ CONFIG_FLAG_ALIASES = {"learning_rate": ("--lr",), "gradient_accumulation_steps"
 """Short spellings kept beside a `TrainConfig` field's own flag."""
 RUN_FIELDS = ("output_dir", "seed")
 """`TrainConfig` fields the recovery arguments set otherwise: the run's folder follows ``--output-dir``
-(``<output-dir>/training``), the seed comes with ``--seed`` / ``--seeds``."""
+(``<output-dir>/training``; with ``--seeds``, each seed's ``<output-dir>/seed-<n>/training``), the seed
+comes with ``--seed`` / ``--seeds``."""
 
 
 def recovery_parser(description: str, *, model: str, variant: str, window: int | None, steps: int, learning_rate: float,
@@ -110,13 +112,16 @@ def field_documentation(cls: type) -> dict[str, str]:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The `TrainConfig` the parsed arguments describe (its run folder set by `run_from_args`)."""
+    """The `TrainConfig` the parsed arguments describe. A single run's folder is ``<output-dir>/training``
+    (where `run_recovery` puts it), so ``--save-every`` and ``--resume``, which need one, are valid; with
+    ``--seeds`` each seed's folder is set by `run_recovery` from its own report folder."""
     values = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)
               if field.name not in RUN_FIELDS}
     if values["lora_alpha"] is None:
         values["lora_alpha"] = 2 * values["lora_rank"]
     values["report_to"] = tuple(values["report_to"])
-    return TrainConfig(**values, seed=args.seed)
+    output_dir = None if args.output_dir is None or args.seeds else str(Path(args.output_dir) / "training")
+    return TrainConfig(**values, seed=args.seed, output_dir=output_dir)
 
 
 def run_from_args(args: argparse.Namespace, *, seq_len: int | None = None, augment: bool = False,

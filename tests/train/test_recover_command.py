@@ -44,8 +44,17 @@ def test_flags_reach_the_config():
     ])
     expected = TrainConfig(steps=200, learning_rate=0.002, batch_size=4, lora_rank=4, lora_alpha=8, lora_dropout=0.1,
                            train_norms=False, weight_decay=0.01, transfer_learning_rate=0.01, max_grad_norm=0.5,
-                           log_every=5, keep_checkpoints=3, mixed_precision="bf16", report_to=("wandb",), seed=7)
+                           log_every=5, keep_checkpoints=3, mixed_precision="bf16", report_to=("wandb",), seed=7,
+                           output_dir=str(Path("recovery") / "training"))
     assert config_from_args(args) == expected
+
+
+def test_checkpoint_flags_take_the_run_folder_under_the_output_dir(tmp_path):
+    """``--save-every`` and ``--resume`` need a run folder: ``<output-dir>/training``, where the report's
+    training run writes (they were refused as if none were given)."""
+    args = task_parser("whisper").parse_args(["--save-every", "20", "--resume", "--output-dir", str(tmp_path / "out")])
+    config = config_from_args(args)
+    assert (config.save_every, config.resume, config.output_dir) == (20, True, str(tmp_path / "out" / "training"))
 
 
 def test_defaults_leave_precision_to_the_launcher_and_alpha_at_twice_the_rank():
