@@ -114,16 +114,15 @@ def ways(batch: int, slots: int) -> dict[str, Callable[[], object]]:
         for key, value in layers:
             ops.decode_attention(query, key[:, :, :written], value[:, :, :written], scale=scale)
 
-    def sdpa_valid():
-        for key, value in layers:
-            F.scaled_dot_product_attention(query, key[:, :, :written], value[:, :, :written], scale=scale,
-                                           enable_gqa=True)
-
     def attend_valid(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, key[:, :, :written], value[:, :, :written], scale=scale,
                                               enable_gqa=True)
 
     attend_valid_without_cudnn = without_cudnn(attend_valid)
+
+    def sdpa_valid():
+        for key, value in layers:
+            attend_valid(query, key, value)
 
     def sdpa_valid_without_cudnn():
         for key, value in layers:
