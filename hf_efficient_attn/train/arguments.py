@@ -19,10 +19,9 @@ import argparse
 import dataclasses
 import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from .config import MIXED_PRECISION, RECIPES, TrainConfig
+from .config import MIXED_PRECISION, RECIPES, TrainConfig, training_folder
 
 CONFIG_FLAG_ALIASES = {"learning_rate": ("--lr",), "gradient_accumulation_steps": ("--grad-accum",),
                        "distill_weight": ("--distill",)}
@@ -120,7 +119,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if values["lora_alpha"] is None:
         values["lora_alpha"] = 2 * values["lora_rank"]
     values["report_to"] = tuple(values["report_to"])
-    output_dir = None if args.output_dir is None or args.seeds else str(Path(args.output_dir) / "training")
+    output_dir = None if args.seeds else training_folder(args.output_dir)
     return TrainConfig(**values, seed=args.seed, output_dir=output_dir)
 
 

@@ -7,6 +7,7 @@ with a message that names the field, the value and what to pass instead.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 RECIPES: tuple[str, ...] = ("lora", "transfer", "full")
 MIXED_PRECISION: tuple[str | None, ...] = (None, "no", "bf16", "fp16")
@@ -153,6 +154,12 @@ class TrainConfig:
             raise TrainError(
                 f"`save_every={self.save_every}` needs `output_dir` to write checkpoints to; set output_dir or save_every=0."
             )
+
+
+def training_folder(out_dir: str | Path | None) -> str | None:
+    """The training run's folder (checkpoints, trackers' files) beside a recovery report in ``out_dir``:
+    ``<out_dir>/training``; None without a report folder."""
+    return None if out_dir is None else str(Path(out_dir) / "training")
 
 
 def tracker_names() -> set[str]:

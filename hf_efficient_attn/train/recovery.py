@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig
+from .config import TrainConfig, training_folder
 from .evaluate_as import (
     UNPATCHED,
     AttentionConfig,
@@ -311,7 +311,7 @@ def run_recovery(
     configs = attention_configs(evaluate_as)
     state = process_state()
     say = log if state.is_main_process else (lambda line: None)
-    checkpoints = config.output_dir or (str(Path(out_dir) / "training") if out_dir is not None else None)
+    checkpoints = config.output_dir or training_folder(out_dir)
     # Scores outside training under the autocast that training's evaluations run under, so all compare alike.
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision_of(config))
 
