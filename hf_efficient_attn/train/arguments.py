@@ -28,7 +28,7 @@ CONFIG_FLAG_ALIASES = {"learning_rate": ("--lr",), "gradient_accumulation_steps"
 """Short spellings kept beside a `TrainConfig` field's own flag."""
 RUN_FIELDS = ("output_dir", "seed")
 """`TrainConfig` fields the recovery arguments set otherwise: the run's folder follows ``--output-dir``
-(``<output-dir>/training``; with ``--seeds``, each seed's ``<output-dir>/seed-<n>/training``), the seed
+(``<output-dir>/training``; with ``--seeds``, each seed's ``<output-dir>/training/seed-<n>``), the seed
 comes with ``--seed`` / ``--seeds``."""
 
 
@@ -111,16 +111,15 @@ def field_documentation(cls: type) -> dict[str, str]:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The `TrainConfig` the parsed arguments describe. A single run's folder is ``<output-dir>/training``
-    (where `run_recovery` puts it), so ``--save-every`` and ``--resume``, which need one, are valid; with
-    ``--seeds`` each seed's folder is set by `run_recovery` from its own report folder."""
+    """The `TrainConfig` the parsed arguments describe. Its run folder is ``<output-dir>/training`` (a
+    single run's checkpoints; with ``--seeds``, `seeds.run_seeds` gives each seed ``training/seed-<n>``),
+    so ``--save-every`` and ``--resume``, which need one, are valid with or without ``--seeds``."""
     values = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)
               if field.name not in RUN_FIELDS}
     if values["lora_alpha"] is None:
         values["lora_alpha"] = 2 * values["lora_rank"]
     values["report_to"] = tuple(values["report_to"])
-    output_dir = None if args.seeds else training_folder(args.output_dir)
-    return TrainConfig(**values, seed=args.seed, output_dir=output_dir)
+    return TrainConfig(**values, seed=args.seed, output_dir=training_folder(args.output_dir))
 
 
 def run_from_args(args: argparse.Namespace, *, seq_len: int | None = None, augment: bool = False,

@@ -49,10 +49,12 @@ def test_flags_reach_the_config():
     assert config_from_args(args) == expected
 
 
-def test_checkpoint_flags_take_the_run_folder_under_the_output_dir(tmp_path):
+@pytest.mark.parametrize("seeds", [[], ["--seeds", "0", "1"]], ids=["one-run", "seeds"])
+def test_checkpoint_flags_take_the_run_folder_under_the_output_dir(tmp_path, seeds):
     """``--save-every`` and ``--resume`` need a run folder: ``<output-dir>/training``, where the report's
-    training run writes (they were refused as if none were given)."""
-    args = task_parser("whisper").parse_args(["--save-every", "20", "--resume", "--output-dir", str(tmp_path / "out")])
+    training run writes (`run_seeds` puts each seed in ``seed-<n>`` under it); they were refused as if
+    none were given."""
+    args = task_parser("whisper").parse_args(["--save-every", "20", "--resume", "--output-dir", str(tmp_path / "out"), *seeds])
     config = config_from_args(args)
     assert (config.save_every, config.resume, config.output_dir) == (20, True, str(tmp_path / "out" / "training"))
 

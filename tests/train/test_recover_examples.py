@@ -143,13 +143,16 @@ def test_causal_lm_over_three_seeds(tmp_path, monkeypatch):
     score and gap share, recomputed here from the per-seed reports."""
     import numpy as np
 
-    arguments = causal_lm_arguments(tmp_path, "--control", "--seeds", "0", "1", "2", "--evaluate-as", "sliding,window=4,sink_tokens=2")
+    arguments = causal_lm_arguments(tmp_path, "--control", "--seeds", "0", "1", "2", "--save-every", "1",
+                                    "--evaluate-as", "sliding,window=4,sink_tokens=2")
     monkeypatch.setattr(sys, "argv", ["recover_causal_lm.py", *arguments, *COMMON])
     runpy.run_path(str(EXAMPLES / "recover_causal_lm.py"), run_name="__main__")
     out = tmp_path / "out"
     seeds = [json.loads((out / f"seed-{seed}" / "recovery.json").read_text()) for seed in (0, 1, 2)]
     assert [report["config"]["seed"] for report in seeds] == [0, 1, 2]
-    assert all((out / f"seed-{seed}" / "training" / "checkpoints" / "checkpoint_2").is_dir() for seed in (0, 1, 2))
+    for seed in (0, 1, 2):  # --save-every 1: both steps' checkpoints in each seed's run folder
+        assert sorted(path.name for path in (out / "training" / f"seed-{seed}" / "checkpoints").iterdir()) == [
+            "checkpoint_1", "checkpoint_2"]
     assert len({report["fine_tuned"] for report in seeds}) == 3  # the seed changed the data order and the adapters
 
     def gap(zero_shot, fine_tuned, target):
