@@ -527,7 +527,7 @@ def sdpa_attention(
             return output
     output = _sdpa_grouped(query, key, value, mask, is_causal, context.scaling, context.dropout, fused)
     if may_leave_rows_empty:
-        output = output.masked_fill(~mask.any(-1, keepdim=True), 0.0)
+        output = sdpa_support.zero_rows_without_keys(output, mask)
     return output
 
 

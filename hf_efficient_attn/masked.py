@@ -278,7 +278,7 @@ def _sdpa_chunk(
     if groups > 1 and visible is not None and fused_under_mask:
         output = F.scaled_dot_product_attention(query, key, value, attn_mask=visible, dropout_p=context.dropout,
                                                 scale=context.scaling, enable_gqa=True)
-        return output.masked_fill(~visible.any(-1, keepdim=True), 0.0)
+        return sdpa_support.zero_rows_without_keys(output, visible)
     if groups > 1 and visible is not None and not fold_one_masked_query(query):
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
         kv_heads, groups = q_heads, 1
@@ -288,7 +288,7 @@ def _sdpa_chunk(
         grouped, key, value, attn_mask=mask, dropout_p=context.dropout, scale=context.scaling
     )
     if mask is not None:
-        output = output.masked_fill(~mask.any(-1, keepdim=True), 0.0)
+        output = sdpa_support.zero_rows_without_keys(output, mask)
     return output.reshape(batch, q_heads, q_len, head_dim)
 
 

@@ -118,3 +118,17 @@ class ShapeTally:
         if len(self._counts) > self.capacity:
             self._counts.popitem(last=False)
         return seen
+
+
+def zero_rows_without_keys(output: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """``output`` (``[b, h, q, d]``) with zeros in the rows whose query sees no key under the boolean
+    ``visible`` (``[b|1, h|1, q, k]``), where SDPA returns NaN or an average of every value instead.
+
+    Compiled for the CPU, the visible keys are counted by a matrix product instead of an ``any`` over them:
+    torch 2.11's inductor turns a reduction over the keys of a few rows there (``any`` or ``sum`` alike)
+    into a loop that stores a whole vector past its short output (16 values on an AVX-512 host), which
+    corrupts the heap of a compiled decoding step; a matrix product is a library call."""
+    if visible.device.type == "cpu" and torch.compiler.is_compiling():
+        ones = torch.ones(visible.shape[-1], 1, dtype=output.dtype, device=visible.device)
+        return output.masked_fill(torch.matmul(visible.to(output.dtype), ones) == 0, 0.0)
+    return output.masked_fill(~visible.any(-1, keepdim=True), 0.0)

@@ -222,3 +222,22 @@ def test_a_padded_prompt_keeps_cudnn_even_when_new(monkeypatch):
 def test_the_shape_tally_counts_and_forgets_the_oldest_past_its_capacity():
     tally = sdpa_support.ShapeTally(capacity=2)
     assert [tally.count("a"), tally.count("a"), tally.count("b"), tally.count("c"), tally.count("a")] == [1, 2, 1, 1, 1]
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_rows_that_see_no_key_are_zeroed(compiled):
+    """Rows whose query sees no key come out as zeros and every other row as it was, eager and compiled for
+    the CPU (where the keys are counted by a matrix product instead of an ``any``)."""
+    generator = torch.Generator().manual_seed(0)
+    output = torch.randn(2, 4, 3, 8, generator=generator)
+    visible = torch.rand(2, 1, 3, 20, generator=generator) > 0.5
+    visible[0, 0, 1] = False
+    visible[1, 0, 2] = False
+    zero = sdpa_support.zero_rows_without_keys
+    if compiled:
+        torch._dynamo.reset()
+        zero = torch.compile(zero, fullgraph=True)
+    expected = output.double() * visible.double().sum(-1, keepdim=True).clamp(max=1)
+    got = zero(output, visible)
+    assert torch.equal(got.double(), expected)
+    assert got[0, :, 1].abs().sum() == 0 and got[1, :, 2].abs().sum() == 0 and got[0, :, 0].abs().sum() > 0
