@@ -12,6 +12,7 @@ target) is left out of that share's statistics, and the table says over how many
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -19,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig, TrainError
-from .evaluate_as import attention_label
+from .evaluate_as import attention_configs, attention_label
+from .recovery import NAMES as REPORT_NAMES
 from .recovery import RecoveryReport, process_state, recipe_label, run_recovery, write_report
 
 NAMES = {"json": "recovery-seeds.json", "markdown": "recovery-seeds.md"}
@@ -126,7 +128,9 @@ def run_seeds(model: str, variant: str, variant_options: dict[str, Any], config:
 
     ``out_dir/seed-<n>`` receives each seed's report (and checkpoints, unless ``config.output_dir`` is
     set: then ``<output_dir>/seed-<n>``), ``out_dir`` the `SeedsReport`; ``recovery`` are
-    `run_recovery`'s other keywords (``train_data``, ``evaluate_as``, ``control``, ``log``, ...).
+    `run_recovery`'s other keywords (``train_data``, ``evaluate_as``, ``control``, ``log``, ...). With
+    ``config.resume`` a seed whose report of this same run is already written (`finished_report`) is not
+    run again, and the others resume from their newest checkpoints.
     """
     seeds = list(seeds)
     if not seeds or len(set(seeds)) != len(seeds) or any(isinstance(seed, bool) or not isinstance(seed, int) for seed in seeds):
@@ -140,6 +144,12 @@ def run_seeds(model: str, variant: str, variant_options: dict[str, Any], config:
             log(f"seed {seed} ({len(reports) + 1} of {len(seeds)})")
         folder = None if out_dir is None else Path(out_dir) / f"seed-{seed}"
         seeded = replace(config, seed=seed, output_dir=config.output_dir and str(Path(config.output_dir) / f"seed-{seed}"))
+        finished = finished_report(folder, model, variant, variant_options, seeded, recovery) if config.resume else None
+        if finished is not None:
+            if process_state().is_main_process:
+                log(f"seed {seed}: kept its finished report {folder / REPORT_NAMES['json']} (resume)")
+            reports.append(finished)
+            continue
         baseline = reports[0].baseline if reports else None
         reports.append(run_recovery(model, variant, variant_options, seeded, out_dir=folder, baseline=baseline, **recovery))
     report = SeedsReport(seeds, reports)
@@ -149,6 +159,32 @@ def run_seeds(model: str, variant: str, variant_options: dict[str, Any], config:
             log(f"seeds report: {', '.join(str(path) for path in paths.values())}")
         log(report.markdown())
     return report
+
+
+def finished_report(folder: Path | None, model: str, variant: str, variant_options: dict[str, Any], config: TrainConfig,
+                    recovery: dict[str, Any]) -> RecoveryReport | None:
+    """The report a resumed seed already wrote in ``folder``, when it is of this very run (model, variant and
+    options, training config, control and ``evaluate_as`` configurations); None otherwise, and the seed runs."""
+    path = None if folder is None else folder / REPORT_NAMES["json"]
+    if path is None or not path.is_file():
+        return None
+    report = RecoveryReport.from_dict(json.loads(path.read_text()))
+    ran = {key: value for key, value in report.config.items() if key not in ("resume", "mixed_precision")}
+    wanted = {key: value for key, value in _as_json(asdict(config)).items() if key not in ("resume", "mixed_precision")}
+    same = (
+        report.model == str(model) and report.variant == variant
+        and report.variant_options == _as_json(dict(variant_options)) and ran == wanted
+        and (report.control is not None) == bool(recovery.get("control", False))
+        and [score.label for score in report.evaluated_as] == [
+            attention_label(attention.variant, attention.options)
+            for attention in attention_configs(recovery.get("evaluate_as", ()))]
+    )
+    return report if same else None
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` as it reads back from a JSON report (tuples as lists)."""
+    return json.loads(json.dumps(value))
 
 
 def _score(value: float | None) -> str:

@@ -184,6 +184,34 @@ def test_causal_lm_over_three_seeds(tmp_path, monkeypatch):
     assert f"| sliding (window=8) | fine-tuned | {np.mean(fine):.4g} | {np.std(fine, ddof=1):.4g} |" in table
 
 
+def test_resumed_seeds_keep_the_reports_of_finished_ones(tmp_path, monkeypatch, capsys):
+    """``--seeds 0 1 --resume`` after a run stopped in seed 1: seed 0's report is kept as written (its seed is
+    not run again), seed 1 runs; a changed training config runs every seed afresh."""
+    arguments = causal_lm_arguments(tmp_path, "--control", "--seeds", "0", "1", "--save-every", "1",
+                                    "--evaluate-as", "sliding,window=4")
+
+    def run(*extra):
+        monkeypatch.setattr(sys, "argv", ["recover_causal_lm.py", *arguments, *extra, *COMMON])
+        runpy.run_path(str(EXAMPLES / "recover_causal_lm.py"), run_name="__main__")
+        return capsys.readouterr().out
+
+    out = tmp_path / "out"
+    run()
+    first = {seed: (out / f"seed-{seed}" / "recovery.json").read_text() for seed in (0, 1)}
+    written = (out / "seed-0" / "recovery.json").stat().st_mtime_ns
+    (out / "seed-1" / "recovery.json").unlink()  # seed 1 stopped before its report
+    log = run("--resume")
+    assert "seed 0: kept its finished report" in log and "seed 1: kept" not in log
+    assert (out / "seed-0" / "recovery.json").stat().st_mtime_ns == written
+    resumed = json.loads((out / "seed-1" / "recovery.json").read_text())
+    assert resumed["fine_tuned"] == pytest.approx(json.loads(first[1])["fine_tuned"])  # from its final checkpoint
+    summary = json.loads((out / "recovery-seeds.json").read_text())["summary"]["sliding (window=8)"]
+    assert summary["fine_tuned"]["values"] == pytest.approx([json.loads(first[seed])["fine_tuned"] for seed in (0, 1)])
+    log = run("--resume", "--lr", "0.002")
+    assert "kept its finished report" not in log
+    assert json.loads((out / "seed-0" / "recovery.json").read_text())["config"]["learning_rate"] == 0.002
+
+
 @pytest.mark.parametrize(
     ("evaluate_as", "message"),
     [
