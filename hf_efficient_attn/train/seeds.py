@@ -23,6 +23,7 @@ from .config import TrainConfig, TrainError
 from .evaluate_as import attention_configs, attention_label
 from .recovery import NAMES as REPORT_NAMES
 from .recovery import RecoveryReport, process_state, recipe_label, run_recovery, write_report
+from .runtime import mixed_precision_of
 
 NAMES = {"json": "recovery-seeds.json", "markdown": "recovery-seeds.md"}
 QUANTITIES = {"baseline": "baseline", "zero_shot": "zero-shot", "fine_tuned": "fine-tuned", "control": "control",
@@ -169,11 +170,11 @@ def finished_report(folder: Path | None, model: str, variant: str, variant_optio
     if path is None or not path.is_file():
         return None
     report = RecoveryReport.from_dict(json.loads(path.read_text()))
-    ran = {key: value for key, value in report.config.items() if key not in ("resume", "mixed_precision")}
-    wanted = {key: value for key, value in _as_json(asdict(config)).items() if key not in ("resume", "mixed_precision")}
+    as_run = replace(config, resume=bool(report.config.get("resume", False)), mixed_precision=mixed_precision_of(config))
+    same_config = report.config == _as_json(asdict(as_run))
     same = (
         report.model == str(model) and report.variant == variant
-        and report.variant_options == _as_json(dict(variant_options)) and ran == wanted
+        and report.variant_options == _as_json(dict(variant_options)) and same_config
         and (report.control is not None) == bool(recovery.get("control", False))
         and [score.label for score in report.evaluated_as] == [
             attention_label(attention.variant, attention.options)
