@@ -265,6 +265,13 @@ def task_setup(loaded, train_data: Any = None, eval_data: Any = None, *, seq_len
     return TaskSetup(samples, data.collate_images, metric)
 
 
+def recorded_config(config: TrainConfig) -> dict[str, Any]:
+    """``config`` as a report records it: as the run trains, the launcher's mixed precision filled in."""
+    from .runtime import mixed_precision_of
+
+    return asdict(replace(config, mixed_precision=mixed_precision_of(config)))
+
+
 def run_recovery(
     model: str,
     variant: str,
@@ -353,7 +360,7 @@ def run_recovery(
                       for attention, before, after in zip(configs, zero_shots, fine_tuned_as, strict=True)],
         augmented=augment,
         train_seconds=seconds, device=_device_name(state.device), processes=state.num_processes,
-        config=asdict(replace(config, mixed_precision=mixed_precision_of(config))), versions=_versions(),
+        config=recorded_config(config), versions=_versions(),
     )
     say(f"{setup.metric.name} fine-tuned: {fine_tuned:.4g}")
     for score in report.evaluated_as:

@@ -22,8 +22,7 @@ from typing import Any
 from .config import TrainConfig, TrainError
 from .evaluate_as import attention_configs, attention_label
 from .recovery import NAMES as REPORT_NAMES
-from .recovery import RecoveryReport, process_state, recipe_label, run_recovery, write_report
-from .runtime import mixed_precision_of
+from .recovery import RecoveryReport, process_state, recipe_label, recorded_config, run_recovery, write_report
 
 NAMES = {"json": "recovery-seeds.json", "markdown": "recovery-seeds.md"}
 QUANTITIES = {"baseline": "baseline", "zero_shot": "zero-shot", "fine_tuned": "fine-tuned", "control": "control",
@@ -170,15 +169,13 @@ def finished_report(folder: Path | None, model: str, variant: str, variant_optio
     if path is None or not path.is_file():
         return None
     report = RecoveryReport.from_dict(json.loads(path.read_text()))
-    as_run = replace(config, resume=bool(report.config.get("resume", False)), mixed_precision=mixed_precision_of(config))
-    same_config = report.config == _as_json(asdict(as_run))
+    same_config = report.config == _as_json(recorded_config(replace(config, resume=bool(report.config.get("resume")))))
     same = (
         report.model == str(model) and report.variant == variant
         and report.variant_options == _as_json(dict(variant_options)) and same_config
         and (report.control is not None) == bool(recovery.get("control", False))
         and [score.label for score in report.evaluated_as] == [
-            attention_label(attention.variant, attention.options)
-            for attention in attention_configs(recovery.get("evaluate_as", ()))]
+            attention.label for attention in attention_configs(recovery.get("evaluate_as", ()))]
     )
     return report if same else None
 
