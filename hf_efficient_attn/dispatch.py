@@ -125,7 +125,7 @@ def plan_call(
     if route in ("triton", "cudnn", "fa4"):
         return run
     if route == "whole-rows":
-        return plan_whole_rows(query, key, context, pattern, one_mask, kernels=run is not None)
+        return plan_whole_rows(query, key, context, pattern, one_mask)
     if route == "masked-sdpa":
         return one_mask(query, key, context)
     return functools.partial(reference, decode_kernel=decode_kernel)
@@ -223,8 +223,7 @@ def choose(
         return _remember(context, route_key, "sdpa")
     if backend == "auto" and gathers_visible_keys(query, key, context, pattern):
         return _remember(context, route_key, "gather", plan_key_gather(query, key, context, pattern))
-    splits = backend == "auto" and not isinstance(pattern, str) and splits_whole_rows(query, key, context, pattern)
-    if splits and one_mask and not wants_kernels:
+    if backend == "auto" and one_mask and not isinstance(pattern, str) and splits_whole_rows(query, key, context, pattern):
         return _remember(context, route_key, "whole-rows")
     if backend == "auto" and one_mask and not isinstance(pattern, str) and masked_sdpa_faster(query, key, context, pattern):
         return _remember(context, route_key, "masked-sdpa")
@@ -235,7 +234,7 @@ def choose(
             return _remember(context, route_key, name, library_launch(name, context, pattern, needs))
     plan = plan_triton(query, key, value, context, pattern, needs)
     if not isinstance(plan, str):
-        return _remember(context, route_key, "whole-rows" if splits else "triton", plan)
+        return _remember(context, route_key, "triton", plan)
     if backend == "triton":
         raise FusedPathError(
             f"Variant '{variant_name}' with backend='triton' cannot run this call on the fused kernels: {plan}. "
@@ -360,25 +359,21 @@ WHOLE_ROWS_MIN_SHARE = 0.75
 
 def splits_whole_rows(query: torch.Tensor, key: torch.Tensor, context: AttentionContext, pattern: KernelMask) -> bool:
     """Whether a bidirectional inference call under a nearly dense block layout runs as SDPA without a
-    mask over the query rows the layout leaves whole, and the other rows on their own (`plan_whole_rows`):
-    when whole rows are at least `WHOLE_ROWS_MIN_SHARE` of the block rows. Where the kernels run, the other
-    rows go to them, gathered into one launch (eager calls only: the gather is planned on the host); on
-    the CPU, to one SDPA call under their rows of the dense mask.
+    mask over the query rows the layout leaves whole and the dense mask over the others only
+    (`plan_whole_rows`): when whole rows are at least `WHOLE_ROWS_MIN_SHARE` of the block rows, on
+    devices where the kernels do not run.
 
     On the CPU the split replaces one masked call over every row: Whisper's encoder under the `native.py`
     layout (99% of the pairs, 10 of its 12 block rows whole) takes 22 ms per call masked against 15 for
     dense SDPA at 1 x 6 heads; split, whisper-tiny's encoder runs within 1.08x of unpatched
-    (benchmarks/results/native-cpu). On CUDA the kernel runs such a layout slower than cuDNN runs dense
-    attention (on an H100, bf16, Whisper-large-v3's encoder at 1500 frames, batch 4: 0.217 against 0.136 ms
-    a call), while the rows under a mask made SDPA slower still (0.763 ms split with the masked rows on
-    SDPA; benchmarks/results/h100-archive-2026-12/sdpa-backends-h100): so there SDPA takes the whole rows
-    and the kernel only the others."""
+    (benchmarks/results/native-cpu). Not where the kernels run: on the H200 (bf16, Whisper-large-v3's
+    encoder at 1500 frames, batch 4) the split forward took 49.0 ms against 30.4 ms on our kernel and
+    27.8 ms unpatched, and planned (its masks made once) one call still took 0.763 ms on an H100 against
+    0.217 on our kernel and 0.136 for dense SDPA (benchmarks/results/h100-archive-2026-12/sdpa-backends-h100)."""
     n = key.shape[-2]
     if (
-        pattern.block_layout is None
-        or pattern.window != (None, None)
-        or pattern.sink_tokens
-        or pattern.global_tokens
+        fused_path.kernels_preferred(query.device)
+        or pattern.block_layout is None
         or context.causal
         or query.shape[-2] != n
         or context.key_padding is not None
@@ -386,7 +381,6 @@ def splits_whole_rows(query: torch.Tensor, key: torch.Tensor, context: Attention
         or context.dense_mask is not None
         or context.dropout > 0
         or fused_path.needs_grad(query)
-        or (fused_path.kernels_preferred(query.device) and tracing())
     ):
         return False
     blocks = -(-n // pattern.layout_block_size)
@@ -399,25 +393,19 @@ def plan_whole_rows(
     key: torch.Tensor,
     context: AttentionContext,
     pattern: KernelMask,
-    one_mask: Callable[[torch.Tensor, torch.Tensor, AttentionContext], fused_path.Launch] | None,
-    kernels: bool = False,
+    one_mask: Callable[[torch.Tensor, torch.Tensor, AttentionContext], fused_path.Launch],
 ) -> fused_path.Launch:
     """The launch of a bidirectional call under a block layout (`splits_whole_rows`), by runs of query
-    block rows: SDPA without a mask over every key for a run of rows the layout leaves whole; the other
-    rows gathered into one kernel launch over their layout rows (``kernels``), or else one call under the
-    pattern's dense mask (``one_mask``, its mask made now) per run of them. The runs' outputs are joined
-    along the queries."""
+    block rows: SDPA without a mask over every key for a run of rows the layout leaves whole, one call
+    under the pattern's dense mask (``one_mask``, its mask made now) for a run of the others; the runs'
+    outputs are joined along the queries."""
     size = pattern.layout_block_size
     n = query.shape[-2]
-    spans = [(first * size, min(stop * size, n), whole)
-             for first, stop, whole in layouts.row_runs(pattern.block_layout, -(-n // size))]
-    unmasked = functools.partial(_sdpa_grouped, mask=None, is_causal=False, scale=context.scaling, dropout=0.0)
-    if kernels:
-        return _whole_rows_beside_kernel(query, context, pattern, spans, unmasked)
     runs = []
-    for start, end, whole in spans:
+    for first, stop, whole in layouts.row_runs(pattern.block_layout, -(-n // size)):
+        start, end = first * size, min(stop * size, n)
         if whole:
-            launch = unmasked
+            launch = functools.partial(_sdpa_grouped, mask=None, is_causal=False, scale=context.scaling, dropout=0.0)
         else:
             part = dataclasses.replace(context, query_positions=context.query_positions[start:end], query_offset=start)
             launch = one_mask(query[..., start:end, :], key, part)
@@ -425,42 +413,6 @@ def plan_whole_rows(
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return torch.cat([launch(q[..., start:end, :], k, v) for start, end, launch in runs], dim=-2)
-
-    return attend
-
-
-def _whole_rows_beside_kernel(
-    query: torch.Tensor,
-    context: AttentionContext,
-    pattern: KernelMask,
-    spans: list[tuple[int, int, bool]],
-    unmasked: fused_path.Launch,
-) -> fused_path.Launch:
-    """`plan_whole_rows` where the kernels run: the rows of the spans that are not whole, gathered (one
-    index made now), run in one kernel launch that reads their layout rows (`ops.DenseLaunch`'s
-    ``layout_rows``); each whole span is one SDPA call without a mask."""
-    from .kernels.ops import DenseLaunch
-
-    size = pattern.layout_block_size
-    other_spans = [(start, end) for start, end, whole in spans if not whole]
-    index = torch.cat([positions(start, end, query.device) for start, end in other_spans])
-    others = DenseLaunch(
-        layout_rows=tuple(block for start, end in other_spans for block in range(start // size, -(-end // size))),
-        scale=context.scaling, causal=False, window=(None, None), sink_tokens=0, global_tokens=0,
-        layout=pattern.block_layout, layout_blocks=pattern.layout_blocks, layout_block_size=size, key_padding=None,
-        documents=None,
-    )
-
-    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        gathered = others(q.index_select(-2, index), k, v)
-        pieces, used = [], 0
-        for start, end, whole in spans:
-            if whole:
-                pieces.append(unmasked(q[..., start:end, :], k, v))
-            else:
-                pieces.append(gathered[..., used : used + end - start, :])
-                used += end - start
-        return torch.cat(pieces, dim=-2)
 
     return attend
 

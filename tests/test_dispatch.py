@@ -255,7 +255,7 @@ def test_a_planned_masked_call_makes_its_mask_once(monkeypatch, route):
 
 
 def test_whole_rows_are_not_split_where_the_call_needs_more_than_the_layout():
-    """Traced calls where the kernels run, too few whole rows, causal calls, padding and calls that record
+    """Devices where the kernels run, too few whole rows, causal calls, padding and calls that record
     gradients keep their routes."""
     query, key, value = qkv(64, 64)
 
@@ -266,10 +266,8 @@ def test_whole_rows_are_not_split_where_the_call_needs_more_than_the_layout():
         return dispatch.splits_whole_rows(q, key, context, variant.kernel_mask(context))
 
     assert splits(whole_rows_layout())
-    with pytest.MonkeyPatch.context() as patched:  # where the kernels run, eager calls only
+    with pytest.MonkeyPatch.context() as patched:  # where the kernels run, they take the whole call
         patched.setattr(fused_path, "kernels_preferred", lambda device: True)
-        assert splits(whole_rows_layout())
-        patched.setattr(dispatch, "tracing", lambda: True)
         assert not splits(whole_rows_layout())
     assert not splits(whole_rows_layout(local_blocks=5))  # 2 of 8 rows whole
     assert not splits(BlockSparseAttention(SparseOptions(block_size=8, local_blocks=6, global_blocks=1), layer()),

@@ -8,7 +8,7 @@ import torch
 
 from ..tensor_memo import TensorMemo
 from . import flash
-from .checks import KernelInputError, check_dense, check_varlen
+from .checks import check_dense, check_varlen
 from .sparsity import TileLists, build_tile_lists
 from .strides import dense_inputs
 
@@ -76,19 +76,11 @@ def dense_launch(
     block_layout: torch.Tensor | None,
     layout_block_size: int,
     key_padding: torch.Tensor | None,
-    layout_rows: tuple[int, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, flash.MaskArgs] | None:
     """Checked inputs of a dense launch and its mask in kernel form (with the layout's tile lists), or None
-    when the call has no query or no key (its output is all zeros).
-
-    ``layout_rows``: for a bidirectional call whose queries are a gather of some of its query blocks (in
-    order; every one whole but the sequence's last), the layout rows of those blocks. The queries' blocks
-    are then those rows of ``block_layout``, and each query block sees its row's key blocks."""
-    checked_layout = block_layout
-    if layout_rows is not None:
-        checked_layout = _check_layout_rows(q, block_layout, layout_block_size, causal, layout_rows)
+    when the call has no query or no key (its output is all zeros)."""
     check_dense(q, k, v, scale=scale, window=tuple(window), sink_tokens=sink_tokens,
-                global_tokens=global_tokens, block_layout=checked_layout, layout_block_size=layout_block_size,
+                global_tokens=global_tokens, block_layout=block_layout, layout_block_size=layout_block_size,
                 key_padding=key_padding, causal=causal)
     b, hq, nq, _ = q.shape
     nk = k.shape[2]
@@ -100,46 +92,26 @@ def dense_launch(
                           global_tokens=global_tokens, key_padding=kp, layout_block_size=layout_block_size)
     if block_layout is not None:
         forward_tile, backward_tile = flash.sparse_tiles(layout_block_size)
-        mask.layout, mask.tiles = _tile_lists(block_layout, mask, nq, nk, forward_tile, layout_rows)
+        mask.layout, mask.tiles = _tile_lists(block_layout, mask, nq, nk, forward_tile)
         if backward_tile == forward_tile:
             mask.backward_tiles = lambda: mask.tiles
         else:
             # built on the first backward pass, which inference never runs
-            mask.backward_tiles = functools.cache(
-                lambda: _tile_lists(block_layout, mask, nq, nk, backward_tile, layout_rows)[1])
+            mask.backward_tiles = functools.cache(lambda: _tile_lists(block_layout, mask, nq, nk, backward_tile)[1])
     return q, k, v, mask
 
 
-def _check_layout_rows(q: torch.Tensor, block_layout: torch.Tensor | None, layout_block_size: int, causal: bool,
-                       layout_rows: tuple[int, ...]) -> torch.Tensor:
-    """The rows ``layout_rows`` of ``block_layout`` (what the kernels will read), after checking that the
-    queries fill exactly those blocks."""
-    if block_layout is None or causal:
-        raise KernelInputError("layout_rows selects query blocks of a bidirectional call under a block layout; "
-                               "pass it only with block_layout and causal=False")
-    rows = tuple(int(row) for row in layout_rows)
-    nq = q.shape[2]
-    if not rows or list(rows) != sorted(set(rows)) or rows[0] < 0 or rows[-1] >= block_layout.shape[1]:
-        raise KernelInputError(f"layout_rows must be increasing rows of the layout (0..{block_layout.shape[1] - 1}), "
-                               f"got {rows}")
-    if not (len(rows) - 1) * layout_block_size < nq <= len(rows) * layout_block_size:
-        raise KernelInputError(f"{len(rows)} layout rows of {layout_block_size} queries cannot hold {nq} queries")
-    return block_layout[:, list(rows)]
-
-
 def _tile_lists(block_layout: torch.Tensor, mask: flash.MaskArgs, nq: int, nk: int,
-                tile: tuple[int, int], layout_rows: tuple[int, ...] | None = None) -> tuple[torch.Tensor, TileLists]:
-    """The int8 layout the kernels read (only rows ``layout_rows`` of ``block_layout`` where given) and its
-    lists for kernel tiles ``tile``, kept per layout tensor."""
+                tile: tuple[int, int]) -> tuple[torch.Tensor, TileLists]:
+    """The int8 layout the kernels read and its lists for kernel tiles ``tile`` (kept per layout tensor)."""
 
     def build() -> tuple[torch.Tensor, TileLists]:
-        rows = block_layout if layout_rows is None else block_layout[:, list(layout_rows)]
-        layout = (rows != 0).to(torch.int8).contiguous()
+        layout = (block_layout != 0).to(torch.int8).contiguous()
         return layout, build_tile_lists(layout, mask.lb, nq, nk, causal=mask.causal, has_window=mask.has_window,
                                         wl=mask.wl, wr=mask.wr, sink=mask.sink, gq=mask.gq, block_m=tile[0],
                                         block_n=tile[1])
 
-    key = (mask.lb, nq, nk, mask.causal, mask.has_window, mask.wl, mask.wr, mask.sink, mask.gq, tile, layout_rows)
+    key = (mask.lb, nq, nk, mask.causal, mask.has_window, mask.wl, mask.wr, mask.sink, mask.gq, tile)
     return TILE_LISTS.get(block_layout, key, build)
 
 

@@ -250,21 +250,15 @@ class DenseLaunch:
     call's checks and its mask in kernel form (the int8 key padding, the layout's tile lists) serve the
     later calls of the same shapes, which then cost only the launch. Packed documents (whose offsets
     depend on the ids) and traced calls go through `fused_attention` each time.
-
-    ``layout_rows`` (eager calls only): the queries are a gather of these query blocks of a bidirectional
-    call under the layout (`function.dense_launch`).
     """
 
-    def __init__(self, layout_rows: tuple[int, ...] | None = None, **arguments) -> None:
+    def __init__(self, **arguments) -> None:
         self.arguments = arguments
-        self.layout_rows = layout_rows
         self._prepared: tuple[tuple, flash.MaskArgs | None] | None = None
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         arguments = self.arguments
         if tracing() or arguments["documents"] is not None:
-            if self.layout_rows is not None:
-                raise KernelInputError("a launch over a gather of layout rows runs eagerly, without packed documents")
             return fused_attention(q, k, v, **arguments)
         shapes = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device)
         if self._prepared is None or self._prepared[0] != shapes:
@@ -273,8 +267,7 @@ class DenseLaunch:
                 q, k, v, scale=arguments["scale"], causal=arguments["causal"], window=arguments["window"],
                 sink_tokens=arguments["sink_tokens"], global_tokens=arguments["global_tokens"],
                 block_layout=_resolve_layout(layout, arguments["layout_blocks"], arguments["causal"], q.device),
-                layout_block_size=arguments["layout_block_size"], key_padding=arguments["key_padding"],
-                layout_rows=self.layout_rows)
+                layout_block_size=arguments["layout_block_size"], key_padding=arguments["key_padding"])
             self._prepared = (shapes, None if prepared is None else prepared[3])
         mask = self._prepared[1]
         if mask is None:

@@ -81,32 +81,3 @@ def test_route_and_result(name):
     route, output, reference = route_and_output(make(), q_len, k_len, **extra)
     assert route == expected
     torch.testing.assert_close(output, reference, atol=2e-5, rtol=0)
-
-
-@pytest.mark.parametrize("n", [64, 60])
-def test_a_nearly_dense_layout_runs_whole_rows_on_sdpa_and_the_others_in_one_kernel_launch(monkeypatch, n):
-    """A bidirectional inference call under a layout whose block rows are mostly whole (blocks of 8, one
-    global block, 6 local: rows 1 and 7 each miss their farthest key block): SDPA without a mask over the
-    runs of whole rows, one kernel launch over the other two rows gathered, the chunked engine's result."""
-    from hf_efficient_attn.kernels import ops
-
-    variant = BlockSparseAttention(SparseOptions(block_size=8, local_blocks=6, global_blocks=1),
-                                   LayerInfo(Role.BIDIRECTIONAL, "test", 0, 4, 2, 32))
-    query, key, value = qkv(n, n)
-    context = build_context(query=query, key=key, attention_mask=None, causal=False, scaling=32 ** -0.5,
-                            dropout=0.0, cache_window=None, position_ids=None, native_window=None)
-    unmasked, launched = [], []
-    sdpa, launch = dispatch._sdpa_grouped, ops.DenseLaunch.__call__
-    monkeypatch.setattr(dispatch, "_sdpa_grouped", lambda q, *args, **kwargs: unmasked.append(q.shape[-2]) or sdpa(
-        q, *args, **kwargs))
-    monkeypatch.setattr(ops.DenseLaunch, "__call__", lambda self, q, k, v: launched.append(
-        (self.layout_rows, q.shape[-2])) or launch(self, q, k, v))
-    assert dispatch.choose(query, key, value, context, "auto", variant.kernel_mask(context), one_mask=True)[0] == \
-        "whole-rows"
-    with torch.no_grad():
-        output = variant(query, key, value, context)
-        reference = BlockSparseAttention(SparseOptions(block_size=8, local_blocks=6, global_blocks=1,
-                                                       backend="reference"), variant.layer)(query, key, value, context)
-    assert unmasked == [8, 40]  # block rows 0 and 2-6
-    assert launched == [((1, 7), 8 + n - 56)]
-    torch.testing.assert_close(output, reference, atol=2e-5, rtol=0)
