@@ -37,32 +37,36 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.harness.checks import failure, max_abs_error  # noqa: E402
 from benchmarks.harness.environment import device_name, timestamp, versions  # noqa: E402
 from benchmarks.harness.markdown import table, versions_line  # noqa: E402
 from benchmarks.harness.store import save_report  # noqa: E402
 from benchmarks.harness.timing import call_ms  # noqa: E402
+from benchmarks.native_sizes.rows import SPARSE  # noqa: E402
 
-# name: (query shape, key/value shape, causal, layout block size, local blocks)
+SCALE = 0.125
+TINY_LAYOUT = {**SPARSE, "block_size": 16, "local_blocks": 1}
+"""`native.py`'s layout made sparse enough for the tiny shapes' six blocks to leave pairs out."""
+# name: (query shape, key/value shape, causal, the sparse variant's layout options)
 SHAPES = {
-    "Whisper encoder 1500, batch 4": ((4, 20, 1500, 64), (4, 20, 1500, 64), False, 128, 8),
-    "Llama-1B prefill 2k": ((1, 32, 2048, 64), (1, 8, 2048, 64), True, 128, 8),
+    "Whisper encoder 1500, batch 4": ((4, 20, 1500, 64), (4, 20, 1500, 64), False, SPARSE),
+    "Llama-1B prefill 2k": ((1, 32, 2048, 64), (1, 8, 2048, 64), True, SPARSE),
 }
-TINY_SHAPES = {"tiny bidirectional": ((1, 2, 96, 32), (1, 2, 96, 32), False, 16, 1),
-               "tiny causal": ((1, 2, 96, 32), (1, 1, 96, 32), True, 16, 1)}
+TINY_SHAPES = {"tiny bidirectional": ((1, 2, 96, 32), (1, 2, 96, 32), False, TINY_LAYOUT),
+               "tiny causal": ((1, 2, 96, 32), (1, 1, 96, 32), True, TINY_LAYOUT)}
 CONFIGS = [(warps, stages, tile) for warps, stages in ((4, 3), (8, 3), (8, 2), (4, 2))
            for tile in ((128, 64), (128, 128), (64, 64))]
 TINY_CONFIGS = [(4, 1, (16, 16)), (4, 1, (32, 16))]
 
 
-def layout_names(block: int, local_blocks: int) -> tuple[str, str]:
-    """The benchmark's layout (`native.py`'s with 8 local blocks: blocks of ``block``, ``local_blocks``
-    local, 1 global, 2 random) and one allowing every block pair, registered under their names."""
+def layout_names(options: dict) -> tuple[str, str]:
+    """The layout of the sparse variant with ``options`` and one allowing every block pair, registered
+    under their names."""
     from hf_efficient_attn.variants import block_layout as layouts
     from hf_efficient_attn.variants.sparse import SparseOptions
 
-    pattern = SparseOptions(block_size=block, local_blocks=local_blocks, global_blocks=1, random_blocks=2).block_layout()
-    native = layouts.register_layout(f"bench:native:{block}:{local_blocks}",
-                                     lambda blocks, causal: pattern.build(blocks, blocks, causal)[None])
+    pattern = SparseOptions(**options).block_layout()
+    native = layouts.register_layout(f"bench:{pattern}", lambda blocks, causal: pattern.build(blocks, blocks, causal)[None])
     every = layouts.register_layout("bench:every", lambda blocks, causal: torch.ones(1, blocks, blocks, dtype=torch.bool))
     return native, every
 
@@ -70,7 +74,7 @@ def layout_names(block: int, local_blocks: int) -> tuple[str, str]:
 def launch(layout: str | None, causal: bool, blocks: int, block: int):
     from hf_efficient_attn.kernels.ops import DenseLaunch
 
-    return DenseLaunch(scale=0.125, causal=causal, window=(None, None), sink_tokens=0, global_tokens=0, layout=layout,
+    return DenseLaunch(scale=SCALE, causal=causal, window=(None, None), sink_tokens=0, global_tokens=0, layout=layout,
                        layout_blocks=blocks, layout_block_size=block, key_padding=None, documents=None)
 
 
@@ -102,21 +106,22 @@ def reference(q, k, v, causal: bool, layout: str, blocks: int, block: int) -> to
         visible = visible & torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
     groups = q.shape[1] // k.shape[1]
     k64, v64 = (x.double().repeat_interleave(groups, 1) for x in (k, v))
-    return F.scaled_dot_product_attention(q.double(), k64, v64, attn_mask=visible, scale=0.125)
+    return F.scaled_dot_product_attention(q.double(), k64, v64, attn_mask=visible, scale=SCALE)
 
 
 def measure_shape(shape: tuple, configs: list, device: torch.device, dtype: torch.dtype) -> dict:
     from hf_efficient_attn.variants import block_layout as layouts
 
-    q_shape, kv_shape, causal, block, local_blocks = shape
+    q_shape, kv_shape, causal, options = shape
+    block = options["block_size"]
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(s, generator=generator).to(device, dtype) for s in (q_shape, kv_shape, kv_shape))
     blocks = -(-q_shape[2] // block)
-    native, every = layout_names(block, local_blocks)
+    native, every = layout_names(options)
     expected = reference(q, k, v, causal, native, blocks, block)
     gqa = q_shape[1] != kv_shape[1]
     row: dict[str, object] = {
-        "sdpa": call_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=0.125, enable_gqa=gqa),
+        "sdpa": call_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=SCALE, enable_gqa=gqa),
                         device)}
     for label, layout, layout_blocks in (("dense kernel", None, 0), ("layout, every block", every, blocks),
                                          ("layout", native, blocks)):
@@ -128,10 +133,10 @@ def measure_shape(shape: tuple, configs: list, device: torch.device, dtype: torc
         try:
             with forced(warps, stages, tile):
                 run = launch(native, causal, blocks, block)
-                errors[label] = (run(q, k, v).double() - expected).abs().max().item()
+                errors[label] = max_abs_error(run(q, k, v), expected)
                 row[label] = call_ms(lambda run=run: run(q, k, v), device)
         except Exception as error:  # noqa: BLE001 - a configuration this GPU cannot run (shared memory)
-            row[label] = f"error: {type(error).__name__}"
+            row[label] = failure(error)
     return {"density": layouts.density(native, blocks), "times": row, "errors": errors}
 
 
