@@ -59,7 +59,7 @@ import triton
 import triton.language as tl
 
 from .strides import kernel_ready
-from .tuning import TunedKernel, untuned_when_small
+from .tuning import TunedKernel, launch_out_of_memory, untuned_when_small
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
@@ -859,6 +859,61 @@ def attention_forward(q, k, v, scale: float, mask: MaskArgs, varlen: bool = Fals
                       max_k: int = 0):
     """Launch the forward kernel. Dense: q [B, Hq, Nq, D]; varlen: q [T, Hq, D] with cu_seqlens.
     Returns (o, lse) with lse fp32 in base 2, [B, Hq, Nq] (dense) or [Hq, T] (varlen)."""
+    o, lse, kernel, grid, args, meta = _forward_call(q, k, v, scale, mask, varlen, max_q, max_k)
+    kernel.launch(grid, args, meta, q.dtype)
+    return o, lse
+
+
+FORWARD_VARYING = (0, 1, 2, 3, 4)
+"""Positions of q, k, v, o and lse in the forward kernel's arguments: what changes between the layers of
+a forward that share shapes and mask (`ForwardRelaunch`)."""
+
+
+class ForwardRelaunch:
+    """The dense forward under one mask for the calls of one set of shapes and dtypes (`ops.DenseLaunch`:
+    the eager layers of a forward, which make the same call on new tensors). The first call launches as
+    `attention_forward` does and binds that launch (`relaunch.BoundLaunch`); a later call whose tensors
+    have the first one's strides (so they are `kernel_ready` too: that reads shapes and strides alone)
+    allocates o and lse and launches the compiled kernel (`relaunch`), instead of building the ~45 kernel
+    arguments and their keys again. Outputs o only."""
+
+    def __init__(self, scale: float, mask: MaskArgs):
+        self.scale = scale
+        self.mask = mask
+        self.strides: tuple | None = None
+        self.bound = None
+
+    def relaunch(self, q, k, v) -> torch.Tensor | None:
+        """o for q, k, v as they come (not yet `kernel_ready`), or None where the bound launch does not
+        apply: not bound, other strides, or a tensor of another class (`BoundLaunch`)."""
+        if self.bound is None or (q.stride(), k.stride(), v.stride()) != self.strides:
+            return None
+        o = torch.empty_like(q)  # dense and non-overlapping: the same strides as q
+        lse = q.new_empty(q.shape[:3], dtype=torch.float32)
+        if _poison():
+            o.fill_(float("nan"))
+            lse.fill_(float("nan"))
+        try:
+            launched = self.bound((q, k, v, o, lse))
+        except RuntimeError as error:
+            if not launch_out_of_memory(error):
+                raise
+            torch.cuda.empty_cache()  # then the usual launch, which retries once more
+            return None
+        return o if launched else None
+
+    def __call__(self, q, k, v) -> torch.Tensor:
+        """o for `kernel_ready` q, k, v, launched the usual way (bound if it is the first call)."""
+        o, lse, kernel, grid, args, meta = _forward_call(q, k, v, self.scale, self.mask, False, q.shape[2], k.shape[2])
+        kernel.launch(grid, args, meta, q.dtype)
+        if self.strides is None:  # bound once, on the first call's strides
+            self.strides = (q.stride(), k.stride(), v.stride())
+            self.bound = kernel.bind(grid, args, meta, q.dtype, FORWARD_VARYING)
+        return o
+
+
+def _forward_call(q, k, v, scale: float, mask: MaskArgs, varlen: bool, max_q: int, max_k: int):
+    """The forward's output buffers and launch: (o, lse, tuned kernel, grid, args, meta)."""
     c = _common(q, k, v, mask, varlen)
     if varlen:
         n_batch = mask.cu_q.numel() - 1
@@ -893,10 +948,8 @@ def attention_forward(q, k, v, scale: float, mask: MaskArgs, varlen: bool = Fals
     if sparse:
         tiles = dict(meta, BLOCK_M=t.block_m, BLOCK_N=t.block_n,
                      LAYOUT_LOOKUP=layout_lookup(mask, t.block_m, t.block_n, nq, nk, varlen))
-        _fwd_sparse.launch((n_batch * hq, t.n_mt), args, tiles, q.dtype)
-    else:
-        _fwd_dense.launch(lambda m: (n_batch * hq, triton.cdiv(nq, m["BLOCK_M"])), args, meta, q.dtype)
-    return o, lse
+        return o, lse, _fwd_sparse, (n_batch * hq, t.n_mt), args, tiles
+    return o, lse, _fwd_dense, lambda m: (n_batch * hq, triton.cdiv(nq, m["BLOCK_M"])), args, meta
 
 
 def attention_backward(do, q, k, v, o, lse, scale: float, mask: MaskArgs, varlen: bool = False,

@@ -248,13 +248,14 @@ class DenseLaunch:
 
     The layers of a forward make calls of the same shapes under the same mask, so in eager mode the first
     call's checks and its mask in kernel form (the int8 key padding, the layout's tile lists) serve the
-    later calls of the same shapes, which then cost only the launch. Packed documents (whose offsets
-    depend on the ids) and traced calls go through `fused_attention` each time.
+    later calls of the same shapes, which then cost only the launch: without gradients, the first call's
+    launch itself, bound (`flash.ForwardRelaunch`). Packed documents (whose offsets depend on the ids)
+    and traced calls go through `fused_attention` each time.
     """
 
     def __init__(self, **arguments) -> None:
         self.arguments = arguments
-        self._prepared: tuple[tuple, flash.MaskArgs | None] | None = None
+        self._prepared: tuple[tuple, flash.MaskArgs | None, flash.ForwardRelaunch | None] | None = None
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         arguments = self.arguments
@@ -268,10 +269,15 @@ class DenseLaunch:
                 sink_tokens=arguments["sink_tokens"], global_tokens=arguments["global_tokens"],
                 block_layout=_resolve_layout(layout, arguments["layout_blocks"], arguments["causal"], q.device),
                 layout_block_size=arguments["layout_block_size"], key_padding=arguments["key_padding"])
-            self._prepared = (shapes, None if prepared is None else prepared[3])
-        mask = self._prepared[1]
+            mask = None if prepared is None else prepared[3]
+            forward = None if mask is None else flash.ForwardRelaunch(float(arguments["scale"]), mask)
+            self._prepared = (shapes, mask, forward)
+        _, mask, forward = self._prepared
         if mask is None:
             return torch.zeros_like(q)
+        if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+            output = forward.relaunch(q, k, v)
+            return forward(dense_inputs(q), dense_inputs(k), dense_inputs(v)) if output is None else output
         q, k, v = dense_inputs(q), dense_inputs(k), dense_inputs(v)
         return _attend(q, k, v, float(arguments["scale"]), mask, False, q.shape[2], k.shape[2])
 

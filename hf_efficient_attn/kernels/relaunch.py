@@ -19,6 +19,13 @@ The call goes through Triton unchanged where that shortcut is not known to hold:
 compiles nothing), a Triton release whose launch path was not checked against this one (before 3.6),
 launch hooks installed (profilers such as Proton read the launch metadata), or a parameter left to its
 default.
+
+A caller that makes the same call again and again with new tensors in a few places (the layers of a
+forward: same shapes, same strides, same mask) can go one step further: `Relauncher.bind` returns a
+`BoundLaunch` of a call already made, which launches its compiled kernel with the other arguments as they
+were, checking only what the new tensors can change (dtype and 16-byte alignment) and what the process
+can (device, stream, debug flag, hooks). That skips the key of every argument (about twenty microseconds
+of host time a call on the GPU machines' hosts).
 """
 
 from __future__ import annotations
@@ -128,6 +135,28 @@ class Relauncher:
         kernel.run(size[0], size[1] if len(size) > 1 else 1, size[2] if len(size) > 2 else 1, stream,
                    kernel.function, kernel.packed_metadata, None, None, None, *args, *constants)
 
+    def bind(self, grid: Grid, args: tuple, kwargs: dict, kwargs_key: tuple | None,
+             varying: tuple[int, ...]) -> BoundLaunch | None:
+        """The call ``(grid, args, kwargs)``, made before, as a `BoundLaunch` whose tensors at positions
+        ``varying`` of ``args`` are given anew at each launch; None where relaunching is off or the call
+        was not made (or not kept)."""
+        if not available() or _hooks_active():
+            return None
+        device = _current_device()
+        debug = triton.knobs.runtime.debug
+        key = (
+            device,
+            debug,
+            tuple(kwargs.items()) if kwargs_key is None else kwargs_key,
+            *[self._argument_key(a, position) for position, a in enumerate(args)],
+        )
+        entry = self._compiled.get(key)
+        if entry is None:
+            return None
+        kernel, constants = entry
+        size = tuple(grid(kwargs) if callable(grid) else grid) + (1, 1)
+        return BoundLaunch(kernel, constants, size[:3], device, debug, args, varying)
+
     def _argument_key(self, value: Any, position: int) -> Any:
         """What Triton's specialisation reads of one positional argument (a constexpr: its value)."""
         if isinstance(value, torch.Tensor):
@@ -150,3 +179,36 @@ class Relauncher:
 
     def __len__(self) -> int:
         return len(self._compiled)
+
+
+class BoundLaunch:
+    """One compiled kernel's launch with every argument fixed but the tensors at positions ``varying``
+    (`Relauncher.bind`). Calling it with new tensors for those positions launches the kernel and returns
+    True, or launches nothing and returns False where a new tensor's dtype or 16-byte alignment differs
+    from the bound one's, or the device, Triton's debug flag or launch hooks changed: then the caller
+    takes its usual path, which compiles or relaunches what that call needs."""
+
+    def __init__(self, kernel: Any, constants: tuple, size: tuple[int, int, int], device: int, debug: bool,
+                 args: tuple, varying: tuple[int, ...]) -> None:
+        self.kernel = kernel
+        self.constants = constants
+        self.size = size
+        self.device = device
+        self.debug = debug
+        self.args = list(args)
+        self.varying = varying
+        self.classes = tuple((args[position].dtype, args[position].data_ptr() % 16 == 0) for position in varying)
+
+    def __call__(self, tensors: tuple[torch.Tensor, ...]) -> bool:
+        for tensor, (dtype, aligned) in zip(tensors, self.classes, strict=True):
+            if tensor.dtype != dtype or (tensor.data_ptr() % 16 == 0) != aligned:
+                return False
+        if triton.knobs.runtime.debug != self.debug or _hooks_active() or _current_device() != self.device:
+            return False
+        args = self.args.copy()
+        for position, tensor in zip(self.varying, tensors, strict=True):
+            args[position] = tensor
+        kernel = self.kernel
+        kernel.run(*self.size, _current_stream(self.device), kernel.function, kernel.packed_metadata, None, None,
+                   None, *args, *self.constants)
+        return True

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 import triton
 
-from .relaunch import Relauncher
+from .relaunch import BoundLaunch, Relauncher
 
 UNTUNED_WORK = 1024 * 1024
 """Calls whose bucketed query × key lengths are at most this run one fixed configuration, untuned: their
@@ -61,6 +61,16 @@ class TunedKernel:
                 raise
             torch.cuda.empty_cache()
             self._launch(grid, args, meta, dtype)
+
+    def bind(self, grid: tuple | Callable[[dict], tuple], args: tuple, meta: dict, dtype,
+             varying: tuple[int, ...]) -> BoundLaunch | None:
+        """`launch`'s call ``(grid, args, meta)``, made before, bound with the tensors at positions
+        ``varying`` to be given anew (`relaunch.BoundLaunch`); None where it cannot be bound."""
+        chosen = self._chosen.get((dtype, *meta.items()))
+        if chosen is None:
+            return None
+        kwargs, kwargs_key = chosen
+        return self._relaunch.bind(grid, args, kwargs, kwargs_key, varying)
 
     def _launch(self, grid: tuple | Callable[[dict], tuple], args: tuple, meta: dict, dtype) -> None:
         key = (dtype, *meta.items())

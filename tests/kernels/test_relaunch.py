@@ -165,6 +165,91 @@ def test_hooks_count_as_installed_only_when_they_hold_a_call(monkeypatch):
     assert relaunch._hooks_active()
 
 
+def test_a_bound_launch_swaps_only_the_varying_tensors_and_refuses_what_it_was_not_bound_for(fake_gpu, monkeypatch):
+    fn = FakeJit()
+    launch = Relauncher(fn)
+    x, y = torch.zeros(64), torch.ones(64)
+    assert launch.bind((2,), (x, 64, 0.5), {"BLOCK": 2}, None, (0,)) is None  # not launched yet
+    launch((2,), (x, 64, 0.5), {"BLOCK": 2})
+    bound = launch.bind((2,), (x, 64, 0.5), {"BLOCK": 2}, None, (0,))
+    assert bound((y,))
+    (launched,) = fn.relaunches
+    assert launched[:4] == (2, 1, 1, 7) and launched[9] is y and launched[10:] == (64, 0.5, 2)
+    storage = torch.zeros(65)
+    assert not bound((y.double(),)) and not bound((storage[1:],))  # another dtype, another alignment
+    monkeypatch.setattr(relaunch, "_current_device", lambda: 1)
+    assert not bound((y,))
+    monkeypatch.setattr(relaunch, "_current_device", lambda: 0)
+    monkeypatch.setattr(relaunch, "_hooks_active", lambda: True)
+    assert not bound((y,))
+    monkeypatch.setattr(relaunch, "_hooks_active", lambda: False)
+    monkeypatch.setattr(relaunch.triton.knobs.runtime, "debug", not relaunch.triton.knobs.runtime.debug)
+    assert not bound((y,))
+    assert len(fn.relaunches) == 1 and len(fn.compiled_runs) == 1
+
+
+def test_nothing_is_bound_where_calls_go_through_triton(monkeypatch):
+    fn = FakeJit()
+    launch = Relauncher(fn)
+    monkeypatch.setattr(relaunch, "available", lambda: False)
+    launch((1,), (torch.zeros(64), 64, 0.5), {"BLOCK": 2})
+    assert launch.bind((1,), (torch.zeros(64), 64, 0.5), {"BLOCK": 2}, None, (0,)) is None
+
+
+class DoublingKernel:
+    """A compiled kernel that writes twice its first argument into its fourth (o = 2 q)."""
+
+    function = "function"
+    packed_metadata = "metadata"
+
+    def __init__(self):
+        self.runs = 0
+
+    def run(self, *launch_args):
+        self.runs += 1
+        q, o = launch_args[9], launch_args[12]
+        o.copy_(2 * q)
+
+
+class DoublingTuned:
+    """`flash._forward_call`'s tuned kernel, with the doubling kernel compiled behind it."""
+
+    def __init__(self):
+        self.compiled = DoublingKernel()
+        self.launches = 0
+
+    def launch(self, grid, args, meta, dtype):
+        self.launches += 1
+        args[3].copy_(2 * args[0])
+
+    def bind(self, grid, args, meta, dtype, varying):
+        return relaunch.BoundLaunch(self.compiled, (), (1, 1, 1), 0, False, args, varying)
+
+
+def test_the_first_forward_of_a_shape_binds_its_launch_and_later_ones_relaunch_it_on_their_own_tensors(
+        fake_gpu, monkeypatch):
+    from hf_efficient_attn.kernels import flash
+
+    tuned = DoublingTuned()
+
+    def forward_call(q, k, v, scale, mask, varlen, max_q, max_k):
+        o, lse = torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+        return o, lse, tuned, (1,), (q, k, v, o, lse, 7, 0.5), {}
+
+    monkeypatch.setattr(flash, "_forward_call", forward_call)
+    forward = flash.ForwardRelaunch(0.125, mask=None)
+    k = v = torch.zeros(1, 2, 8, 4)
+    first = torch.randn(1, 8, 2, 4).transpose(1, 2)
+    assert forward.relaunch(first, k, v) is None  # nothing bound yet
+    assert torch.equal(forward(first, k, v), 2 * first) and tuned.launches == 1
+    later = torch.randn(1, 8, 2, 4).transpose(1, 2)
+    out = forward.relaunch(later, k, v)
+    assert torch.equal(out, 2 * later) and out.stride() == later.stride() and tuned.compiled.runs == 1
+    assert forward.relaunch(later.contiguous(), k, v) is None  # other strides: the usual path
+    assert forward.relaunch(later.double(), k, v) is None  # another dtype: the usual path
+    assert tuned.compiled.runs == 1 and tuned.launches == 1
+
+
 def test_only_releases_checked_against_this_launch_path_relaunch():
     assert relaunch._release("3.6.0") == (3, 6) and relaunch._release("3.10.0rc1") == (3, 10)
     assert relaunch._release("3.5.1") < relaunch.CHECKED_SINCE <= relaunch._release("3.9.0")
@@ -191,3 +276,34 @@ def test_relaunched_kernels_match_the_reference_for_new_inputs_and_unaligned_vie
                                 scale=0.125)
         expected = reference(inputs[0][:, :, :1], k[:, :, :length], v[:, :, :length], scale=0.125, causal=True)
         assert rel_err(step, expected) < tolerance(torch.bfloat16)
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="relaunching needs compiled kernels (CUDA)")
+@pytest.mark.parametrize("sparse", [False, True])
+def test_the_layers_of_a_forward_relaunch_their_first_call_bound_and_match_the_reference(sparse):
+    """`ops.DenseLaunch` binds its first launch (`flash.ForwardRelaunch`) and later calls with new tensors of
+    the same shapes launch it; other strides and unaligned views take the usual path; all match float64."""
+    from hf_efficient_attn.kernels import ops
+    from hf_efficient_attn.variants import block_layout as layouts
+
+    torch.manual_seed(0)
+    blocks = 4
+    pattern = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [1, 0, 1, 1]], dtype=torch.bool)[None]
+    layout = layouts.register_layout("test:relaunch", lambda n, causal: pattern, fixed_blocks=blocks) if sparse else None
+    run = ops.DenseLaunch(scale=0.125, causal=True, window=(None, None), sink_tokens=0, global_tokens=0,
+                          layout=layout, layout_blocks=blocks if layout else 0, layout_block_size=64,
+                          key_padding=None, documents=None)
+    allowed = pattern if sparse else None
+    storage = torch.randn(1 * 256 * 4 * 64 + 8, device=DEVICE, dtype=torch.bfloat16)
+    calls = [torch.randn(1, 256, 4, 64, device=DEVICE, dtype=torch.bfloat16).transpose(1, 2) for _ in range(3)]
+    calls += [torch.randn(1, 4, 256, 64, device=DEVICE, dtype=torch.bfloat16),  # other strides
+              storage[1:1 + 256 * 4 * 64].view(1, 256, 4, 64).transpose(1, 2)]  # not 16-byte aligned
+    k, v = (torch.randn(1, 2, 256, 64, device=DEVICE, dtype=torch.bfloat16) for _ in range(2))
+    with torch.no_grad():
+        for q in calls:
+            out = run(q, k, v)
+            assert out.stride() == torch.empty_like(q).stride()
+            expected = reference(q, k, v, scale=0.125, causal=True, block_layout=allowed, layout_block_size=64)
+            assert rel_err(out, expected) < tolerance(torch.bfloat16)
+    forward = run._prepared[2]
+    assert forward.bound is not None and forward.strides == tuple(x.stride() for x in (calls[0], k, v))
