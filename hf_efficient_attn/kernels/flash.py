@@ -871,17 +871,22 @@ a forward that share shapes and mask (`ForwardRelaunch`)."""
 
 class ForwardRelaunch:
     """The dense forward under one mask for the calls of one set of shapes and dtypes (`ops.DenseLaunch`:
-    the eager layers of a forward, which make the same call on new tensors). The first call launches as
-    `attention_forward` does and binds that launch (`relaunch.BoundLaunch`); a later call whose tensors
-    have the first one's strides (so they are `kernel_ready` too: that reads shapes and strides alone)
+    the eager layers of a forward, which make the same call on new tensors). A call launches as
+    `attention_forward` does and binds that launch (`relaunch.BoundLaunch`, from the first call that Triton
+    did not tune); a later call whose tensors have the bound one's strides (so they are `kernel_ready` too: that reads shapes and strides alone)
     allocates o and lse and launches the compiled kernel (`relaunch`), instead of building the ~45 kernel
     arguments and their keys again. Outputs o only."""
+
+    BIND_ATTEMPTS = 3
+    """Calls that try to bind their launch. The first call of a new key goes through Triton's autotuner,
+    which leaves nothing to bind; the next one is relaunched and can be bound."""
 
     def __init__(self, scale: float, mask: MaskArgs):
         self.scale = scale
         self.mask = mask
         self.strides: tuple | None = None
         self.bound = None
+        self.attempts = 0
 
     def relaunch(self, q, k, v) -> torch.Tensor | None:
         """o for q, k, v as they come (not yet `kernel_ready`), or None where the bound launch does not
@@ -906,9 +911,10 @@ class ForwardRelaunch:
         """o for `kernel_ready` q, k, v, launched the usual way (bound if it is the first call)."""
         o, lse, kernel, grid, args, meta = _forward_call(q, k, v, self.scale, self.mask, False, q.shape[2], k.shape[2])
         kernel.launch(grid, args, meta, q.dtype)
-        if self.strides is None:  # bound once, on the first call's strides
-            self.strides = (q.stride(), k.stride(), v.stride())
+        if self.bound is None and self.attempts < self.BIND_ATTEMPTS:
+            self.attempts += 1
             self.bound = kernel.bind(grid, args, meta, q.dtype, FORWARD_VARYING)
+            self.strides = (q.stride(), k.stride(), v.stride())
         return o
 
 
