@@ -872,10 +872,10 @@ a forward that share shapes and mask (`ForwardRelaunch`)."""
 class ForwardRelaunch:
     """The dense forward under one mask for the calls of one set of shapes and dtypes (`ops.DenseLaunch`:
     the eager layers of a forward, which make the same call on new tensors). A call launches as
-    `attention_forward` does and binds that launch (`relaunch.BoundLaunch`, from the first call that Triton
-    did not tune); a later call whose tensors have the bound one's strides (so they are `kernel_ready` too: that reads shapes and strides alone)
-    allocates o and lse and launches the compiled kernel (`relaunch`), instead of building the ~45 kernel
-    arguments and their keys again. Outputs o only."""
+    `attention_forward` does and binds that launch (`relaunch.BoundLaunch`), from the first call that
+    Triton did not tune. A later call whose tensors have the bound strides (so they are `kernel_ready`
+    too: that reads shapes and strides alone) allocates o and lse and relaunches the compiled kernel with
+    them (`relaunch`), instead of building the ~45 kernel arguments and their keys again. Outputs o only."""
 
     BIND_ATTEMPTS = 3
     """Calls that try to bind their launch. The first call of a new key goes through Triton's autotuner,
@@ -908,7 +908,7 @@ class ForwardRelaunch:
         return o if launched else None
 
     def __call__(self, q, k, v) -> torch.Tensor:
-        """o for `kernel_ready` q, k, v, launched the usual way (bound if it is the first call)."""
+        """o for `kernel_ready` q, k, v, launched the usual way (and bound, while not yet bound)."""
         o, lse, kernel, grid, args, meta = _forward_call(q, k, v, self.scale, self.mask, False, q.shape[2], k.shape[2])
         kernel.launch(grid, args, meta, q.dtype)
         if self.bound is None and self.attempts < self.BIND_ATTEMPTS:

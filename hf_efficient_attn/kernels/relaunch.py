@@ -118,12 +118,7 @@ class Relauncher:
             self.fn[grid](*args, **kwargs)
             return
         device = _current_device()
-        key = (
-            device,
-            triton.knobs.runtime.debug,
-            tuple(kwargs.items()) if kwargs_key is None else kwargs_key,
-            *[self._argument_key(a, position) for position, a in enumerate(args)],
-        )
+        key = self._key(device, args, kwargs, kwargs_key)
         entry = self._compiled.get(key)
         if entry is None:
             kernel = self.fn.run(*args, grid=grid, warmup=False, **kwargs)
@@ -143,19 +138,21 @@ class Relauncher:
         if not available() or _hooks_active():
             return None
         device = _current_device()
-        debug = triton.knobs.runtime.debug
-        key = (
-            device,
-            debug,
-            tuple(kwargs.items()) if kwargs_key is None else kwargs_key,
-            *[self._argument_key(a, position) for position, a in enumerate(args)],
-        )
-        entry = self._compiled.get(key)
+        entry = self._compiled.get(self._key(device, args, kwargs, kwargs_key))
         if entry is None:
             return None
         kernel, constants = entry
         size = tuple(grid(kwargs) if callable(grid) else grid) + (1, 1)
-        return BoundLaunch(kernel, constants, size[:3], device, debug, args, varying)
+        return BoundLaunch(kernel, constants, size[:3], device, triton.knobs.runtime.debug, args, varying)
+
+    def _key(self, device: int, args: tuple, kwargs: dict, kwargs_key: tuple | None) -> tuple:
+        """Everything Triton's choice of a compiled kernel reads of a call (see the module docstring)."""
+        return (
+            device,
+            triton.knobs.runtime.debug,
+            tuple(kwargs.items()) if kwargs_key is None else kwargs_key,
+            *[self._argument_key(a, position) for position, a in enumerate(args)],
+        )
 
     def _argument_key(self, value: Any, position: int) -> Any:
         """What Triton's specialisation reads of one positional argument (a constexpr: its value)."""
