@@ -893,11 +893,7 @@ class ForwardRelaunch:
         apply: not bound, other strides, or a tensor of another class (`BoundLaunch`)."""
         if self.bound is None or (q.stride(), k.stride(), v.stride()) != self.strides:
             return None
-        o = torch.empty_like(q)  # dense and non-overlapping: the same strides as q
-        lse = q.new_empty(q.shape[:3], dtype=torch.float32)
-        if _poison():
-            o.fill_(float("nan"))
-            lse.fill_(float("nan"))
+        o, lse = _dense_outputs(q)
         try:
             launched = self.bound((q, k, v, o, lse))
         except RuntimeError as error:
@@ -933,8 +929,7 @@ def _forward_call(q, k, v, scale: float, mask: MaskArgs, varlen: bool, max_q: in
     else:
         n_batch, hq, nq, d = q.shape
         hkv, nk = k.shape[1], k.shape[2]
-        o = _empty_like(q)  # the query's layout (`strides`): transformers' transpose after attention is free
-        lse = _empty((n_batch, hq, nq), q, torch.float32)
+        o, lse = _dense_outputs(q)
         so = (o.stride(0), o.stride(1), o.stride(2))
         slb, slh = lse.stride(0), lse.stride(1)
     block_d = max(16, power_of_2_at_least(d))
@@ -1008,6 +1003,18 @@ def attention_backward(do, q, k, v, o, lse, scale: float, mask: MaskArgs, varlen
         _dkdv_dense.launch(lambda m: (n_batch * hkv, sink_programs + triton.cdiv(nk, m["BLOCK_N"])), kv_args, meta,
                            q.dtype)
     return dq, dk, dv
+
+
+def _dense_outputs(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dense forward's o, in the query's layout (`strides`: transformers' transpose after attention is
+    then free), and its float32 log-sum-exp [B, Hq, Nq]; NaN-filled when poisoning is on (read once)."""
+    o = torch.empty_like(q)
+    assert o.stride() == q.stride()
+    lse = q.new_empty(q.shape[:3], dtype=torch.float32)
+    if _poison():
+        o.fill_(float("nan"))
+        lse.fill_(float("nan"))
+    return o, lse
 
 
 def _empty_like(x: torch.Tensor) -> torch.Tensor:

@@ -155,9 +155,14 @@ def varlen_launch(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_
     return q, k, v, mask, int(max_seqlen_q), max(int(max_seqlen_k), 1)
 
 
+def records_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether autograd records a call on q, k, v: a gradient may be asked for."""
+    return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+
+
 def _attend(q, k, v, scale: float, mask, varlen: bool, max_q: int, max_k: int) -> torch.Tensor:
     """Through autograd when a gradient may be asked for, else straight to the forward kernel: inference
     skips building an autograd node and saving tensors for a backward pass that never comes."""
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+    if records_grad(q, k, v):
         return _FusedAttention.apply(q, k, v, scale, mask, varlen, max_q, max_k)
     return flash.attention_forward(q, k, v, scale, mask, varlen, max_q, max_k)[0]

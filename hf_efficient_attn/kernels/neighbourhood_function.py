@@ -6,6 +6,7 @@ import torch
 
 from . import neighbourhood
 from .checks import KernelInputError, _common_reason, scale_reason
+from .function import records_grad
 from .neighbourhood import GridMask
 from .strides import dense_inputs
 
@@ -83,7 +84,7 @@ def neighbourhood_launch(q, k, v, *, scale, grid, reach, prefix_tokens, leading_
 
 def attend(q, k, v, scale: float, mask: GridMask) -> torch.Tensor:
     """Through autograd when a gradient may be asked for, else straight to the forward kernel."""
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+    if records_grad(q, k, v):
         return _NeighbourhoodAttention.apply(q, k, v, float(scale), mask)
     return neighbourhood.neighbourhood_forward(q, k, v, scale, mask)[0]
 

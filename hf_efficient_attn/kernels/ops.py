@@ -28,7 +28,7 @@ from ..variants import block_layout as layouts
 from . import decode, flash, neighbourhood
 from .checks import KernelInputError
 from .decode import decode_attention as _decode_kernel
-from .function import _attend, dense_launch, fused_attention_varlen, varlen_launch
+from .function import _attend, dense_launch, fused_attention_varlen, records_grad, varlen_launch
 from .neighbourhood_function import neighbourhood_attention as _neighbourhood_eager
 from .neighbourhood_function import neighbourhood_launch
 from .strides import dense_inputs, empty_in_kernel_layout, in_kernel_layout
@@ -275,7 +275,7 @@ class DenseLaunch:
         _, mask, forward = self._prepared
         if mask is None:
             return torch.zeros_like(q)
-        if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        if not records_grad(q, k, v):
             output = forward.relaunch(q, k, v)
             return forward(dense_inputs(q), dense_inputs(k), dense_inputs(v)) if output is None else output
         q, k, v = dense_inputs(q), dense_inputs(k), dense_inputs(v)

@@ -101,6 +101,12 @@ def _scalar_specialiser() -> Callable[[Any], Any] | None:
 _SPECIALISE = _scalar_specialiser()
 
 
+def _launch_size(grid: Grid, kwargs: dict) -> tuple[int, int, int]:
+    """The three grid dimensions a compiled kernel's launcher takes (the missing ones 1)."""
+    size = tuple(grid(kwargs) if callable(grid) else grid)
+    return (*size, 1, 1)[:3]
+
+
 class Relauncher:
     """Launches of one ``@triton.jit`` function, relaunching compiled kernels where the key was seen."""
 
@@ -125,10 +131,8 @@ class Relauncher:
             self._remember(key, kernel, args, kwargs)
             return
         kernel, constants = entry
-        size = grid(kwargs) if callable(grid) else grid
-        stream = _current_stream(device)
-        kernel.run(size[0], size[1] if len(size) > 1 else 1, size[2] if len(size) > 2 else 1, stream,
-                   kernel.function, kernel.packed_metadata, None, None, None, *args, *constants)
+        kernel.run(*_launch_size(grid, kwargs), _current_stream(device), kernel.function, kernel.packed_metadata,
+                   None, None, None, *args, *constants)
 
     def bind(self, grid: Grid, args: tuple, kwargs: dict, kwargs_key: tuple | None,
              varying: tuple[int, ...]) -> BoundLaunch | None:
@@ -142,8 +146,8 @@ class Relauncher:
         if entry is None:
             return None
         kernel, constants = entry
-        size = tuple(grid(kwargs) if callable(grid) else grid) + (1, 1)
-        return BoundLaunch(kernel, constants, size[:3], device, triton.knobs.runtime.debug, args, varying)
+        return BoundLaunch(kernel, constants, _launch_size(grid, kwargs), device, triton.knobs.runtime.debug, args,
+                           varying)
 
     def _key(self, device: int, args: tuple, kwargs: dict, kwargs_key: tuple | None) -> tuple:
         """Everything Triton's choice of a compiled kernel reads of a call (see the module docstring)."""
