@@ -25,7 +25,7 @@ forward: same shapes, same strides, same mask) can go one step further: `Relaunc
 `BoundLaunch` of a call already made, which launches its compiled kernel with the other arguments as they
 were, checking only what the new tensors can change (dtype and 16-byte alignment) and what the process
 can (device, stream, debug flag, hooks). That skips the key of every argument (about twenty microseconds
-of host time a call on the GPU machines' hosts).
+of host time a call on a 2-core development machine).
 """
 
 from __future__ import annotations
