@@ -196,7 +196,8 @@ class BoundLaunch:
         self.size = size
         self.device = device
         self.debug = debug
-        self.args = list(args)
+        # No tensor of the call it was bound from is kept: a layer's q, k, v and o would outlive the layer.
+        self.args = [None if position in varying else arg for position, arg in enumerate(args)]
         self.varying = varying
         self.classes = tuple((args[position].dtype, args[position].data_ptr() % 16 == 0) for position in varying)
 

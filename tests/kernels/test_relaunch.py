@@ -5,6 +5,7 @@ relaunched kernels compute what the first launch did."""
 from __future__ import annotations
 
 import types
+import weakref
 
 import pytest
 import torch
@@ -186,6 +187,20 @@ def test_a_bound_launch_swaps_only_the_varying_tensors_and_refuses_what_it_was_n
     monkeypatch.setattr(relaunch.triton.knobs.runtime, "debug", not relaunch.triton.knobs.runtime.debug)
     assert not bound((y,))
     assert len(fn.relaunches) == 1 and len(fn.compiled_runs) == 1
+
+
+def test_a_bound_launch_keeps_no_tensor_of_the_call_it_was_bound_from_alive(fake_gpu):
+    fn = FakeJit()
+    launch = Relauncher(fn)
+    x = torch.zeros(64)
+    launch((2,), (x, 64, 0.5), {"BLOCK": 2})
+    bound = launch.bind((2,), (x, 64, 0.5), {"BLOCK": 2}, None, (0,))
+    fn.compiled_runs.clear()  # (the stand-in's record of the first launch holds x too)
+    freed = weakref.ref(x)
+    del x
+    assert freed() is None
+    y = torch.ones(64)
+    assert bound((y,)) and fn.relaunches[-1][9] is y
 
 
 def test_nothing_is_bound_where_calls_go_through_triton(monkeypatch):
