@@ -1,4 +1,4 @@
-"""Static caches (``cache_implementation="static"``), compiled generation and assisted decoding.
+"""Every cache ``generate`` builds (static ones especially), compiled generation and assisted decoding.
 
 Exact variants generate the unpatched model's tokens; approximate ones generate what recomputing every
 step without a cache gives; `sliding` keeps a fixed-size sink+window layer whose memory does not grow.
@@ -40,24 +40,28 @@ def generate(model, ids, mask, **kwargs):
         return model.generate(input_ids=ids, attention_mask=mask, **{**settings, **kwargs})
 
 
+CPU_CACHES = ("dynamic", "static", "sliding_window", "hybrid")
+"""The cache implementations ``generate`` builds on the CPU with transformers alone (the offloaded ones need
+CUDA, the quantized one optimum-quanto or HQQ)."""
+
+
+@pytest.mark.parametrize("cache", CPU_CACHES)
 @pytest.mark.parametrize("variant", sorted(EXACT))
 @pytest.mark.parametrize("family", sorted(DECODERS))
-def test_static_generation_of_exact_variants_equals_unpatched(family, variant):
+def test_every_cache_implementation_generates_the_unpatched_tokens_for_exact_variants(family, variant, cache):
     base = DECODERS[family]()
     ids, mask = left_padded_prompt()
-    expected = generate(base, ids, mask, cache_implementation="static")
+    expected = generate(base, ids, mask, cache_implementation=cache)
     patched = patch_model(copy.deepcopy(base), variant, **EXACT[variant])
-    assert torch.equal(generate(patched, ids, mask, cache_implementation="static"), expected)
+    assert torch.equal(generate(patched, ids, mask, cache_implementation=cache), expected)
 
 
+@pytest.mark.parametrize("cache", CPU_CACHES)
 @pytest.mark.parametrize("name", sorted(APPROXIMATE))
-def test_static_generation_equals_recomputation(name):
+def test_every_cache_implementation_generates_what_recomputation_does(name, cache):
     model = patch_model(tiny_llama(), name.split("-")[0], **APPROXIMATE[name])
     ids, mask = left_padded_prompt()
-    recomputed = generate(model, ids, mask, use_cache=False)
-    out = generate(model, ids, mask, cache_implementation="static", return_dict_in_generate=True)
-    assert torch.equal(out.sequences, recomputed)
-    assert torch.equal(generate(model, ids, mask), recomputed)  # the growing cache too
+    assert torch.equal(generate(model, ids, mask, cache_implementation=cache), generate(model, ids, mask, use_cache=False))
 
 
 @pytest.mark.parametrize("sinks", [0, 2])
