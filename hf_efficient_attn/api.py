@@ -48,7 +48,7 @@ def patch_model(
     """Switch ``model``'s attention to an efficient variant, in place, and return it.
 
     Args:
-        model: a supported transformers model (Llama, Mistral, Qwen2, Whisper, ViT families).
+        model: a supported transformers model (`supported_model_types`: Llama-like decoders, Whisper, ViT).
         variant: a name from `list_variants()` (options then come as keyword arguments), or an options
             instance such as ``SlidingOptions(window=1024)``.
         layers: indices of the layers to patch within each target stack (negative indices count from

@@ -334,6 +334,12 @@ def _install(cache: Cache, module: nn.Module, leading_padding: Callable[[int], i
         return
     if current is not None and current.is_initialized:
         return  # it holds tokens already: keep it (exact, only not bounded)
+    if isinstance(current, StaticLayer) and getattr(current, "is_sliding", False):
+        raise ValueError(
+            f"Layer {index} has the model's own sliding window, and a static cache keeps only its "
+            f"{current.max_cache_len} latest keys there, which cannot hold the sink and window keys of "
+            f"`{variant.name}` (window {window}). Generate with the default dynamic cache on this model."
+        )
     prefix = variant.options.sink_tokens + leading_padding(variant.options.sink_tokens)
     if isinstance(current, StaticLayer):
         if prefix + window < current.max_cache_len:

@@ -65,7 +65,7 @@ def test_bad_requests_raise_and_leave_model_unchanged(llama, args, options, erro
 def test_unsupported_model_names_supported_ones():
     model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
     before = snapshot(model)
-    with pytest.raises(UnsupportedModelError, match="model_type='bert'.*Supported model types: llama, mistral, qwen2, vit, whisper"):
+    with pytest.raises(UnsupportedModelError, match="model_type='bert'.*Supported model types: cohere, gemma, gemma3_text, granite, llama, mistral, olmo2, phi3, qwen2, qwen3, smollm3, starcoder2, vit, whisper"):
         patch_model(model, "sliding", window=4)
     assert_unchanged(model, before)
 

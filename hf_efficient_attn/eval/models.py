@@ -1,7 +1,7 @@
 """A checkpoint to evaluate: the model, the task it serves, and what turns raw data into its inputs.
 
 The task follows from ``config.model_type``: a speech sequence-to-sequence model (Whisper) is
-``speech``, an image classifier (ViT) ``vision``, a causal language model (Llama, Mistral, Qwen2)
+``speech``, an image classifier (ViT) ``vision``, a causal language model (a Llama-like decoder)
 ``text``. Each task loads its preprocessing from the same checkpoint: a tokenizer (text), a feature
 extractor and a tokenizer (speech), an image processor (vision).
 """

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import AttentionSite, ModelAdapter
+from .base import AttentionSite, ModelAdapter, UnsupportedModelError
 from .llama import LlamaFamilyAdapter
 from .vit import ViTAdapter
 from .whisper import WhisperAdapter
 
 ADAPTERS: tuple[ModelAdapter, ...] = (LlamaFamilyAdapter(), WhisperAdapter(), ViTAdapter())
-
-
-class UnsupportedModelError(TypeError):
-    """The model's architecture has no adapter."""
 
 
 def supported_model_types() -> list[str]:

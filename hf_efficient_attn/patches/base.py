@@ -14,6 +14,10 @@ from torch import nn
 from ..variants.base import LayerInfo
 
 
+class UnsupportedModelError(TypeError):
+    """The model's architecture has no adapter, or its attention computes something no variant does."""
+
+
 @dataclass(frozen=True)
 class AttentionSite:
     """One attention module of a model and the facts about it.

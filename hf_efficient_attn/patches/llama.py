@@ -1,21 +1,37 @@
-"""Decoder-only LMs whose attention follows Llama's: Llama, Mistral, Qwen2 (GQA, RoPE, causal)."""
+"""Decoder-only LMs whose attention follows Llama's (GQA, RoPE, causal, ``model.layers[i].self_attn``
+calling transformers' attention interface): Llama, Mistral, Qwen2 and Qwen3, Gemma and Gemma 3 (text),
+Phi-3, Granite, OLMo 2, SmolLM3, Cohere and StarCoder2.
+
+What differs between them happens outside the attention call (query/key norms, the scaling transformers
+passes, per-layer sliding windows, which the attention function receives as ``sliding_window``), with
+one exception: a logit soft-cap (Gemma 2, or Gemma 3 configured with one) changes the softmax itself,
+which no variant computes, so such a model is refused.
+"""
 
 from __future__ import annotations
 
 from torch import nn
 
 from ..variants.base import LayerInfo, Role
-from .base import AttentionSite, ModelAdapter, head_count
+from .base import AttentionSite, ModelAdapter, UnsupportedModelError, head_count
 
 
 class LlamaFamilyAdapter(ModelAdapter):
     """Causal self-attention in every decoder layer (``model.layers[i].self_attn``)."""
 
-    model_types = ("llama", "mistral", "qwen2")
+    model_types = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma3_text", "phi3", "granite", "olmo2",
+                   "smollm3", "cohere", "starcoder2")
     targets = ("decoder",)
 
     def sites(self, model: nn.Module) -> list[AttentionSite]:
         config = model.config
+        softcap = getattr(config, "attn_logit_softcapping", None)
+        if softcap is not None:
+            raise UnsupportedModelError(
+                f"This {type(model).__name__} soft-caps its attention logits (attn_logit_softcapping={softcap}), "
+                "which no variant computes. Load it with attn_logit_softcapping=None if its quality allows, "
+                "or leave it unpatched."
+            )
         heads = head_count(config, "num_attention_heads")
         kv_heads = head_count(config, "num_key_value_heads", "num_attention_heads")
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads

@@ -1,0 +1,125 @@
+"""The Llama-like decoder families beyond Llama, Mistral and Qwen2: exact variants give the unpatched
+model's logits and tokens (dynamic and static caches), approximate ones what recomputation gives, the
+forward compiles without a graph break, and a soft-capped attention is refused with the model unchanged.
+
+Each family has something of its own in or around attention: query/key norms (Qwen3, OLMo 2, Cohere),
+a scaling other than head_dim ** -0.5 (Granite, Gemma 3), per-layer sliding windows (Gemma 3, whose
+sliding layers alternate with full ones), layers without RoPE (SmolLM3), biases (StarCoder2), a fused
+QKV projection (Phi-3).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+import transformers
+from test_compile import graph_breaks
+
+from hf_efficient_attn import UnsupportedModelError, patch_model
+
+SHAPE = dict(
+    vocab_size=97,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    max_position_embeddings=256,
+    pad_token_id=0,
+)
+FAMILIES = {
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {}),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", {}),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"sliding_window": 6, "query_pre_attn_scalar": 12}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {}),
+    "granite": ("GraniteConfig", "GraniteForCausalLM", {"attention_multiplier": 0.2}),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", {}),
+    "cohere": ("CohereConfig", "CohereForCausalLM", {"use_qk_norm": True}),
+    "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM", {}),
+}
+EXACT = {"flash": {}, "sliding": {"window": 100}, "sparse": {}}  # window and blocks cover every token
+
+
+def tiny(family: str, **overrides) -> torch.nn.Module:
+    config_name, model_name, extra = FAMILIES[family]
+    torch.manual_seed(0)
+    config = getattr(transformers, config_name)(**{**SHAPE, **extra, **overrides})
+    config._attn_implementation = "sdpa"
+    return getattr(transformers, model_name)(config).eval()
+
+
+def left_padded_prompt() -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.randint(3, 97, (2, 14), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    ids[1, :3] = 0
+    return ids, mask
+
+
+def generate(model, ids, mask, **kwargs) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0,
+                              **kwargs)
+
+
+def caches_for(family: str, variant: str) -> tuple[str, ...]:
+    """The caches to generate with: a static cache keeps only the model's own window on Gemma 3's sliding
+    layers, too few keys for a bounded variant (`test_a_static_cache_over_the_models_own_window...`)."""
+    return ("dynamic",) if family == "gemma3" and variant == "sliding" else ("dynamic", "static")
+
+
+@pytest.mark.parametrize("variant", sorted(EXACT))
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_exact_variants_give_the_unpatched_logits_and_tokens(family, variant):
+    base = tiny(family)
+    ids, mask = left_padded_prompt()
+    with torch.no_grad():
+        expected = base(input_ids=ids, attention_mask=mask).logits
+        patched = patch_model(copy.deepcopy(base), variant, **EXACT[variant])
+        logits = patched(input_ids=ids, attention_mask=mask).logits
+    real = mask.bool()
+    torch.testing.assert_close(logits[real], expected[real], rtol=1e-5, atol=1e-5)
+    for cache in caches_for(family, variant):
+        assert torch.equal(generate(patched, ids, mask, cache_implementation=cache),
+                           generate(base, ids, mask, cache_implementation=cache)), cache
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_narrow_window_with_sinks_generates_what_recomputation_does(family):
+    model = patch_model(tiny(family), "sliding", window=4, sink_tokens=2)
+    ids, mask = left_padded_prompt()
+    with torch.no_grad():  # the window does change what the model computes
+        assert not torch.allclose(model(input_ids=ids).logits, tiny(family)(input_ids=ids).logits, atol=1e-3)
+    recomputed = generate(model, ids, mask, use_cache=False)
+    for cache in caches_for(family, "sliding"):
+        assert torch.equal(generate(model, ids, mask, cache_implementation=cache), recomputed), cache
+
+
+@pytest.mark.parametrize("family", ["qwen3", "gemma3"])
+def test_the_patched_forward_compiles_without_a_graph_break(family):
+    model = patch_model(tiny(family), "sliding", window=4)
+    ids, mask = left_padded_prompt()
+    assert graph_breaks(lambda: model(input_ids=ids, attention_mask=mask, use_cache=False)) == 0
+
+
+@pytest.mark.parametrize("window", [4, 100])
+def test_a_static_cache_over_the_models_own_window_refuses_a_bounded_variant_and_says_what_to_do(window):
+    model = patch_model(tiny("gemma3"), "sliding", window=window)
+    ids, mask = left_padded_prompt()
+    with pytest.raises(ValueError, match="Generate with the default dynamic cache"):
+        generate(model, ids, mask, cache_implementation="static")
+    assert torch.equal(generate(model, ids, mask), generate(model, ids, mask, use_cache=False))
+
+
+def test_a_soft_capped_attention_is_refused_and_the_model_left_unchanged():
+    model = tiny("gemma3", attn_logit_softcapping=50.0)
+    with pytest.raises(UnsupportedModelError, match="attn_logit_softcapping=None"):
+        patch_model(model, "flash")
+    assert model.config._attn_implementation == "sdpa"
+    assert not any(hasattr(module, "efficient_attn") for module in model.modules())
