@@ -17,20 +17,11 @@ import pytest
 import torch
 import transformers
 from test_compile import graph_breaks
+from tiny_models import DECODER_SHAPE
 
 from hf_efficient_attn import UnsupportedModelError, patch_model
 
-SHAPE = dict(
-    vocab_size=97,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=8,
-    max_position_embeddings=256,
-    pad_token_id=0,
-)
+SHAPE = {**DECODER_SHAPE, "head_dim": 8, "pad_token_id": 0}
 FAMILIES = {
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {}),
     "gemma": ("GemmaConfig", "GemmaForCausalLM", {}),
