@@ -11,12 +11,12 @@ QKV projection (Phi-3).
 from __future__ import annotations
 
 import copy
-import warnings
 
 import pytest
 import torch
 import transformers
 from test_compile import graph_breaks
+from test_static_cache import EXACT, generate, left_padded_prompt
 from tiny_models import DECODER_SHAPE
 
 from hf_efficient_attn import UnsupportedModelError, patch_model
@@ -33,7 +33,6 @@ FAMILIES = {
     "cohere": ("CohereConfig", "CohereForCausalLM", {"use_qk_norm": True}),
     "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM", {}),
 }
-EXACT = {"flash": {}, "sliding": {"window": 100}, "sparse": {}}  # window and blocks cover every token
 
 
 def tiny(family: str, **overrides) -> torch.nn.Module:
@@ -42,21 +41,6 @@ def tiny(family: str, **overrides) -> torch.nn.Module:
     config = getattr(transformers, config_name)(**{**SHAPE, **extra, **overrides})
     config._attn_implementation = "sdpa"
     return getattr(transformers, model_name)(config).eval()
-
-
-def left_padded_prompt() -> tuple[torch.Tensor, torch.Tensor]:
-    ids = torch.randint(3, 97, (2, 14), generator=torch.Generator().manual_seed(0))
-    mask = torch.ones_like(ids)
-    mask[1, :3] = 0
-    ids[1, :3] = 0
-    return ids, mask
-
-
-def generate(model, ids, mask, **kwargs) -> torch.Tensor:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0,
-                              **kwargs)
 
 
 def caches_for(family: str, variant: str) -> tuple[str, ...]:
@@ -69,7 +53,7 @@ def caches_for(family: str, variant: str) -> tuple[str, ...]:
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_exact_variants_give_the_unpatched_logits_and_tokens(family, variant):
     base = tiny(family)
-    ids, mask = left_padded_prompt()
+    ids, mask = left_padded_prompt(length=14)
     with torch.no_grad():
         expected = base(input_ids=ids, attention_mask=mask).logits
         patched = patch_model(copy.deepcopy(base), variant, **EXACT[variant])
@@ -84,7 +68,7 @@ def test_exact_variants_give_the_unpatched_logits_and_tokens(family, variant):
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_a_narrow_window_with_sinks_generates_what_recomputation_does(family):
     model = patch_model(tiny(family), "sliding", window=4, sink_tokens=2)
-    ids, mask = left_padded_prompt()
+    ids, mask = left_padded_prompt(length=14)
     with torch.no_grad():  # the window does change what the model computes
         assert not torch.allclose(model(input_ids=ids).logits, tiny(family)(input_ids=ids).logits, atol=1e-3)
     recomputed = generate(model, ids, mask, use_cache=False)
@@ -95,14 +79,14 @@ def test_a_narrow_window_with_sinks_generates_what_recomputation_does(family):
 @pytest.mark.parametrize("family", ["qwen3", "gemma3"])
 def test_the_patched_forward_compiles_without_a_graph_break(family):
     model = patch_model(tiny(family), "sliding", window=4)
-    ids, mask = left_padded_prompt()
+    ids, mask = left_padded_prompt(length=14)
     assert graph_breaks(lambda: model(input_ids=ids, attention_mask=mask, use_cache=False)) == 0
 
 
 @pytest.mark.parametrize("window", [4, 100])
 def test_a_static_cache_over_the_models_own_window_refuses_a_bounded_variant_and_says_what_to_do(window):
     model = patch_model(tiny("gemma3"), "sliding", window=window)
-    ids, mask = left_padded_prompt()
+    ids, mask = left_padded_prompt(length=14)
     with pytest.raises(ValueError, match="Generate with the default dynamic cache"):
         generate(model, ids, mask, cache_implementation="static")
     assert torch.equal(generate(model, ids, mask), generate(model, ids, mask, use_cache=False))
