@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness.store import save_report  # noqa: E402
 from hf_efficient_attn import patch_model, unpatch_model  # noqa: E402
-from hf_efficient_attn.compat import model_cache_keyword  # noqa: E402
+from hf_efficient_attn.compat import model_cache_keyword, output_cache  # noqa: E402
 
 ROWS = (
     ("unpatched, new lengths", None, False, False),
@@ -68,7 +68,7 @@ def step_times(model: torch.nn.Module, prompt: int, steps: int, device: torch.de
     times = []
     with torch.no_grad():
         out = model(ids.to(device), use_cache=True)
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        cache, token = output_cache(out), out.logits[:, -1:].argmax(-1)
         keyword = model_cache_keyword(model)
         for _ in range(steps):
             synchronize(device)

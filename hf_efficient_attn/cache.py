@@ -16,17 +16,26 @@ reads the positions back from those shapes.
 Transformers builds the cache (in `generate()` or the model itself) before any of our code runs,
 knowing nothing of our variants. A forward pre-hook on the first bounded attention module of each stack
 (`BoundedCacheInstaller`) replaces the stack's layers of the cache, through the public `Cache.layers`
-list, the first time it sees them unwritten; later steps find them in place.
+list, the first time it sees them unwritten; later steps find them in place. A growing layer of another
+kind (a quantized one) gives way to the bounded layer too, with a warning, since what it did besides
+holding tokens (quantization) then no longer applies.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
-from transformers.cache_utils import Cache, DynamicLayer, EncoderDecoderCache, StaticLayer
+from transformers.cache_utils import (
+    Cache,
+    DynamicLayer,
+    DynamicSlidingWindowLayer,
+    EncoderDecoderCache,
+    StaticLayer,
+)
 
 from .compat import cache_argument
 from .context import first_true_index, tracing
@@ -347,6 +356,8 @@ def _install(cache: Cache, module: nn.Module, leading_padding: Callable[[int], i
         return
     bounded = SinkWindowCacheLayer(window, prefix)
     if current is not None:
+        if type(current) not in PLAIN_LAYERS:
+            _warn_replaced(variant.name, type(current).__name__, window)
         cache.layers[index] = bounded
         return
     if getattr(cache, "layer_class_to_replicate", None) is None:
@@ -354,6 +365,26 @@ def _install(cache: Cache, module: nn.Module, leading_padding: Callable[[int], i
     while len(cache.layers) < index:
         cache.layers.append(cache.layer_class_to_replicate())
     cache.layers.append(bounded)
+
+
+PLAIN_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
+"""Growing layers that hold keys and values as they come, which a bounded layer replaces without a word."""
+
+_REPLACED: set[tuple[str, str]] = set()
+
+
+def _warn_replaced(variant_name: str, layer_name: str, window: int) -> None:
+    """Say once that a growing layer of another kind (a quantized one, say) gave way to the bounded layer."""
+    if tracing() or (variant_name, layer_name) in _REPLACED:
+        return
+    _REPLACED.add((variant_name, layer_name))
+    warnings.warn(
+        f"`{variant_name}` replaces the cache's {layer_name} layers with its sink+window layers (window {window}): "
+        f"they hold the keys and values attention can still see, in the model's dtype, so the cache stops growing, "
+        f"and what {layer_name} does besides (quantization, for one) no longer applies.",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 def _leading_padding(mask: object, sinks: int) -> int:

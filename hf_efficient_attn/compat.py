@@ -5,7 +5,8 @@ The library talks to transformers through its public seams (the attention and ma
 (`SUPPORTED`), and this module is where they are read, with a test on both ends of the range:
 
 * the keyword under which an attention module, and a model's forward, receive the KV cache:
-  ``past_key_values`` up to 5.23, ``cache`` from 5.24 on (the old name is deprecated there);
+  ``past_key_values`` up to 5.23, ``cache`` from 5.24 on (the old name is deprecated there), and the
+  field of a model's or ``generate``'s output that holds it, named the same way (`output_cache`);
 * the query offset a mask function receives: an int for growing caches, a tensor (shape ``[]`` or
   ``[1]``) for static caches, whose length must not be read on the host while CUDA graphs replay it;
 * ``AutoImageProcessor``, which before 5.24 cannot be used at all without torchvision, while the image
@@ -64,6 +65,14 @@ def model_cache_keyword(model: torch.nn.Module) -> str:
     """The keyword ``model``'s forward takes its KV cache under (`CACHE_KEYWORDS`)."""
     parameters = inspect.signature(model.forward).parameters
     return next((name for name in CACHE_KEYWORDS if name in parameters), CACHE_KEYWORDS[-1])
+
+
+def output_cache(output: Any) -> object | None:
+    """The KV cache a model's forward or ``generate(return_dict_in_generate=True)`` returned, or None."""
+    for name in CACHE_KEYWORDS:
+        if name in output:
+            return output[name]
+    return None
 
 
 def query_offset_tensor(q_offset: int | torch.Tensor) -> torch.Tensor | None:

@@ -56,6 +56,17 @@ def test_the_model_passes_its_cache_where_the_bounded_layer_is_installed():
     assert {layer.keys.shape[-2] for layer in cache.layers} == {4}
 
 
+def test_output_cache_reads_the_cache_a_forward_and_generate_return():
+    model = tiny_llama()
+    ids = torch.randint(3, 97, (1, 6))
+    out = model(input_ids=ids, use_cache=True)
+    assert isinstance(compat.output_cache(out), DynamicCache)
+    assert compat.output_cache(out).get_seq_length() == 6
+    generated = model.generate(input_ids=ids, max_new_tokens=3, do_sample=False, return_dict_in_generate=True, pad_token_id=0)
+    assert compat.output_cache(generated).get_seq_length() == 8
+    assert compat.output_cache(model(input_ids=ids, use_cache=False)) is None
+
+
 @pytest.mark.parametrize("name", [model_hooks.LOAD_WEIGHTS, model_hooks.FINALIZE_LOAD])
 def test_the_loading_steps_the_hooks_wrap_take_the_model_first(name):
     """`model_hooks` wraps two private static methods of PreTrainedModel; both must keep that shape."""

@@ -9,6 +9,7 @@ import torch
 
 from hf_efficient_attn import patch_model, unpatch_model
 from hf_efficient_attn.cache import SinkWindowCacheLayer
+from hf_efficient_attn.compat import model_cache_keyword, output_cache
 
 PATCHES = [
     pytest.param("full", {}, id="full"),
@@ -47,9 +48,9 @@ def test_cached_logits_match_full_forward(llama):
     ids = torch.randint(3, llama.config.vocab_size, (1, 30), generator=torch.Generator().manual_seed(2))
     full = model(input_ids=ids).logits
     out = model(input_ids=ids[:, :12], use_cache=True)
-    cache, steps = out.past_key_values, [out.logits]
+    cache, steps = output_cache(out), [out.logits]
     for position in range(12, 30):
-        out = model(input_ids=ids[:, position : position + 1], past_key_values=cache, use_cache=True)
+        out = model(input_ids=ids[:, position : position + 1], **{model_cache_keyword(model): cache}, use_cache=True)
         steps.append(out.logits)
     assert (torch.cat(steps, dim=1) - full).abs().max().item() < 1e-5
 
@@ -59,7 +60,7 @@ def test_sliding_cache_stops_growing(llama):
     model = patch_model(copy.deepcopy(llama), "sliding", window=window, sink_tokens=sinks)
     ids = torch.randint(3, llama.config.vocab_size, (1, 8))
     out = model.generate(input_ids=ids, max_new_tokens=40, do_sample=False, return_dict_in_generate=True, pad_token_id=0)
-    cache = out.past_key_values
+    cache = output_cache(out)
     assert all(isinstance(layer, SinkWindowCacheLayer) for layer in cache.layers)
     # the kept tokens, and the last step's token (held for a rollback until the next step trims it)
     assert {layer.keys.shape[-2] for layer in cache.layers} == {sinks + window - 1 + 1}
@@ -70,7 +71,7 @@ def test_partially_patched_model_keeps_full_cache_elsewhere(llama):
     model = patch_model(copy.deepcopy(llama), "sliding", window=4, layers=[0])
     ids = torch.randint(3, llama.config.vocab_size, (1, 10))
     out = model.generate(input_ids=ids, max_new_tokens=12, do_sample=False, return_dict_in_generate=True, pad_token_id=0)
-    lengths = [layer.keys.shape[-2] for layer in out.past_key_values.layers]
+    lengths = [layer.keys.shape[-2] for layer in output_cache(out).layers]
     assert lengths[0] == 3 + 1 and lengths[1:] == [out.sequences.shape[-1] - 1] * 2
     assert torch.equal(out.sequences, greedy(model, ids, torch.ones_like(ids), 12, use_cache=False))
 
@@ -83,7 +84,7 @@ def test_one_hook_on_the_first_bounded_layer_bounds_every_patched_layer(llama):
     assert hooked == ["model.layers.1.self_attn"]
     ids = torch.randint(3, llama.config.vocab_size, (1, 10))
     out = model.generate(input_ids=ids, max_new_tokens=12, do_sample=False, return_dict_in_generate=True, pad_token_id=0)
-    lengths = [layer.keys.shape[-2] for layer in out.past_key_values.layers]
+    lengths = [layer.keys.shape[-2] for layer in output_cache(out).layers]
     assert lengths == [out.sequences.shape[-1] - 1, 3 + 1, 3 + 1]
     assert torch.equal(out.sequences, greedy(model, ids, torch.ones_like(ids), 12, use_cache=False))
     unpatch_model(model)

@@ -13,9 +13,12 @@ import pytest
 import torch
 from tiny_models import DECODERS, tiny_llama, tiny_whisper, whisper_features
 from transformers import CompileConfig
+from transformers.cache_utils import QuantizedCache
 
+from hf_efficient_attn import cache as bounded_cache
 from hf_efficient_attn import patch_model
 from hf_efficient_attn.cache import SinkWindowCacheLayer, StaticSinkWindowLayer
+from hf_efficient_attn.compat import output_cache
 
 EXACT = {"flash": {}, "sliding": {"window": 100}, "sparse": {}}  # window and blocks cover every token
 APPROXIMATE = {
@@ -42,7 +45,22 @@ def generate(model, ids, mask, **kwargs):
 
 CPU_CACHES = ("dynamic", "static", "sliding_window", "hybrid")
 """The cache implementations ``generate`` builds on the CPU with transformers alone (the offloaded ones need
-CUDA, the quantized one optimum-quanto or HQQ)."""
+CUDA; the quantized one optimum-quanto or HQQ, or a release with its fp8 backend: `FP8_CACHE`)."""
+
+FP8_CACHE = dict(cache_implementation="quantized", cache_config={"backend": "fp8"})
+
+
+def has_fp8_cache() -> bool:
+    try:
+        QuantizedCache("fp8", tiny_llama().config)
+    except ValueError:
+        return False
+    return True
+
+
+needs_fp8_cache = pytest.mark.skipif(
+    not has_fp8_cache(), reason="this transformers release quantizes caches only through optimum-quanto or HQQ"
+)
 
 
 @pytest.mark.parametrize("cache", CPU_CACHES)
@@ -64,13 +82,40 @@ def test_every_cache_implementation_generates_what_recomputation_does(name, cach
     assert torch.equal(generate(model, ids, mask, cache_implementation=cache), generate(model, ids, mask, use_cache=False))
 
 
+@needs_fp8_cache
+@pytest.mark.parametrize("variant", ["flash", "sparse"])
+def test_a_quantized_cache_stays_quantized_under_variants_without_a_bounded_cache(variant):
+    base = tiny_llama()
+    ids, mask = left_padded_prompt()
+    expected = generate(base, ids, mask, **FP8_CACHE)
+    patched = patch_model(copy.deepcopy(base), variant, **EXACT[variant])
+    out = generate(patched, ids, mask, **FP8_CACHE, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, expected)
+    assert {type(layer).__name__ for layer in output_cache(out).layers} == {"Fp8QuantizedLayer"}
+
+
+@needs_fp8_cache
+@pytest.mark.parametrize("name", ["sliding", "sliding-sinks"])
+def test_a_bounded_variant_replaces_quantized_layers_and_says_so_once(name, monkeypatch):
+    model = patch_model(tiny_llama(), "sliding", **APPROXIMATE[name])
+    ids, mask = left_padded_prompt()
+    settings = dict(max_new_tokens=12, do_sample=False, pad_token_id=0, return_dict_in_generate=True, **FP8_CACHE)
+    monkeypatch.setattr(bounded_cache, "_REPLACED", set())
+    with pytest.warns(UserWarning, match="Fp8QuantizedLayer layers with its sink\\+window layers") as caught:
+        out = model.generate(input_ids=ids, attention_mask=mask, **settings)
+        model.generate(input_ids=ids, attention_mask=mask, **settings)
+    assert sum("Fp8QuantizedLayer" in str(warning.message) for warning in caught) == 1
+    assert all(isinstance(layer, SinkWindowCacheLayer) for layer in output_cache(out).layers)
+    assert torch.equal(out.sequences, generate(model, ids, mask, use_cache=False))
+
+
 @pytest.mark.parametrize("sinks", [0, 2])
 def test_static_sliding_layer_has_a_fixed_size(sinks):
     window, leading_pad = 5, 3
     model = patch_model(tiny_llama(), "sliding", window=window, sink_tokens=sinks)
     ids, mask = left_padded_prompt()
     out = generate(model, ids, mask, cache_implementation="static", return_dict_in_generate=True, max_new_tokens=30)
-    layers = out.past_key_values.layers
+    layers = output_cache(out).layers
     assert all(isinstance(layer, StaticSinkWindowLayer) for layer in layers)
     prefix = sinks + leading_pad if sinks else 0
     assert {layer.keys.shape[-2] for layer in layers} == {prefix + window}
