@@ -39,6 +39,7 @@ from transformers.cache_utils import (
 
 from .compat import cache_argument
 from .context import first_true_index, tracing
+from .grad_mode import records_grad
 from .layout import is_layout, read_layout
 
 
@@ -110,7 +111,7 @@ class SinkWindowCacheLayer(DynamicLayer):
             and self.keys.dim() >= 2
             and self.keys.shape[-2] == self.prefix + self.window
             and self.keys.shape[:-2] == key_states.shape[:-2]
-            and not (torch.is_grad_enabled() and (key_states.requires_grad or value_states.requires_grad))
+            and not records_grad(key_states, value_states)
             and not tracing()
         )
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from .context import AttentionContext
-from .fused_path import KernelMask, needs_grad
+from .fused_path import KernelMask
+from .grad_mode import records_grad
 
 
 class Need(enum.Enum):
@@ -195,7 +196,9 @@ def pattern_needs(pattern: KernelMask, context: AttentionContext, q_len: int, k_
     return frozenset(needs)
 
 
-def call_needs(query: torch.Tensor, key: torch.Tensor, context: AttentionContext, pattern: KernelMask) -> CallNeeds:
+def call_needs(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext, pattern: KernelMask
+) -> CallNeeds:
     """Everything this call asks of a backend (host facts only: safe under tracing)."""
     q_len, k_len = query.shape[-2], key.shape[-2]
     needs = set(pattern_needs(pattern, context, q_len, k_len))
@@ -208,7 +211,7 @@ def call_needs(query: torch.Tensor, key: torch.Tensor, context: AttentionContext
         (Need.STATIC_CACHE, context.static),
         (Need.TRIMMED_CACHE, context.trimmed_prefix is not None),
         (Need.GROUPED_HEADS, query.shape[1] != key.shape[1]),
-        (Need.BACKWARD, needs_grad(query)),
+        (Need.BACKWARD, records_grad(query, key, value)),
         (Need.DROPOUT, context.dropout > 0),
     )
     needs |= {need for need, present in facts if present}

@@ -21,6 +21,7 @@ import dataclasses
 
 import torch
 
+from .grad_mode import records_grad
 from .layout import Layout, is_layout, read_layout
 from .tensor_memo import TensorMemo
 
@@ -103,7 +104,7 @@ def tensor_signature(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
         key.dtype,
         value.dtype,
         query.device,
-        torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad),
+        records_grad(query, key, value),
     )
 
 

@@ -73,6 +73,7 @@ from .capabilities import SDPA, TRITON, CallNeeds, call_needs
 from .context import AttentionContext, positions, tensor_signature, tracing
 from .errors import VariantError
 from .fused_path import FusedPathError, FusedPathFallbackWarning, KernelMask
+from .grad_mode import records_grad
 from .library_routes import LIBRARY_BACKENDS, library_launch, picks_cudnn, picks_fa4, plan_library
 from .variants import block_layout as layouts
 
@@ -161,7 +162,7 @@ def leaves_cudnn_out(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
         not context.causal
         or tracing()
         or not fused_path.kernels_preferred(query.device)
-        or fused_path.needs_grad(query)
+        or records_grad(query, key, value)
         or sdpa_needs_mask(query, key, context)
     ):
         return False
@@ -203,7 +204,7 @@ def choose(
         kept = context.routes.get(route_key)
         if kept is not None:
             return kept
-    needs = None if isinstance(pattern, str) else call_needs(query, key, context, pattern)
+    needs = None if isinstance(pattern, str) else call_needs(query, key, value, context, pattern)
     if backend in LIBRARY_BACKENDS:
         launch = plan_library(backend, query, key, value, context, pattern, needs, variant_name)
         return _remember(context, route_key, backend, launch)
@@ -217,15 +218,15 @@ def choose(
             )
         return _remember(context, route_key, "sdpa")
     wants_kernels = backend == "triton" or fused_path.kernels_preferred(query.device)
-    if backend == "auto" and sdpa_exact and not (wants_kernels and fused_path.decodes_with_padding(query, context)):
+    if backend == "auto" and sdpa_exact and not (wants_kernels and fused_path.decodes_with_padding(query, key, value, context)):
         if picks_fa4(query, key, value, context, pattern, needs):
             return _remember(context, route_key, "fa4", library_launch("fa4", context, pattern, needs))
         return _remember(context, route_key, "sdpa")
-    if backend == "auto" and gathers_visible_keys(query, key, context, pattern):
+    if backend == "auto" and gathers_visible_keys(query, key, value, context, pattern):
         return _remember(context, route_key, "gather", plan_key_gather(query, key, context, pattern))
-    if backend == "auto" and one_mask and not isinstance(pattern, str) and splits_whole_rows(query, key, context, pattern):
+    if backend == "auto" and one_mask and not isinstance(pattern, str) and splits_whole_rows(query, key, value, context, pattern):
         return _remember(context, route_key, "whole-rows")
-    if backend == "auto" and one_mask and not isinstance(pattern, str) and masked_sdpa_faster(query, key, context, pattern):
+    if backend == "auto" and one_mask and not isinstance(pattern, str) and masked_sdpa_faster(query, key, value, context, pattern):
         return _remember(context, route_key, "masked-sdpa")
     if not wants_kernels:
         return _remember(context, route_key, "chunked")
@@ -242,7 +243,7 @@ def choose(
         )
     if sdpa_exact:  # a padded decoding step the decode kernel cannot take
         return _remember(context, route_key, "sdpa")
-    if context.static and query.shape[-2] == 1 and not fused_path.needs_grad(query):
+    if context.static and query.shape[-2] == 1 and not records_grad(query, key, value):
         return _remember(context, route_key, "chunked")  # a static step: the engine runs the decode kernel
     _warn_once(variant_name, plan)
     return _remember(context, route_key, "chunked")
@@ -290,7 +291,7 @@ def plan_triton(
 
 
 def gathers_visible_keys(
-    query: torch.Tensor, key: torch.Tensor, context: AttentionContext, pattern: KernelMask | str
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext, pattern: KernelMask | str
 ) -> bool:
     """A decoding step under a block layout shared by the heads, over keys that are positions ``0..n-1``
     with nothing else masking them (no padding, no bounded cache, no static slots, no caller's mask, no
@@ -309,7 +310,7 @@ def gathers_visible_keys(
         and context.query_documents is None
         and context.query_offset == key.shape[-2] - 1
         and (context.native_window is None or context.native_window >= key.shape[-2])
-        and fused_path.decodes_one_layout_row(query, context, pattern)
+        and fused_path.decodes_one_layout_row(query, key, value, context, pattern)
     )
 
 
@@ -357,7 +358,9 @@ MASKED_SDPA_MIN_DENSITY = 0.6
 WHOLE_ROWS_MIN_SHARE = 0.75
 
 
-def splits_whole_rows(query: torch.Tensor, key: torch.Tensor, context: AttentionContext, pattern: KernelMask) -> bool:
+def splits_whole_rows(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext, pattern: KernelMask
+) -> bool:
     """Whether a bidirectional inference call under a nearly dense block layout runs as SDPA without a
     mask over the query rows the layout leaves whole and the dense mask over the others only
     (`plan_whole_rows`): when whole rows are at least `WHOLE_ROWS_MIN_SHARE` of the block rows, on
@@ -380,7 +383,7 @@ def splits_whole_rows(query: torch.Tensor, key: torch.Tensor, context: Attention
         or context.query_documents is not None
         or context.dense_mask is not None
         or context.dropout > 0
-        or fused_path.needs_grad(query)
+        or records_grad(query, key, value)
     ):
         return False
     blocks = -(-n // pattern.layout_block_size)
@@ -417,7 +420,9 @@ def plan_whole_rows(
     return attend
 
 
-def masked_sdpa_faster(query: torch.Tensor, key: torch.Tensor, context: AttentionContext, pattern: KernelMask) -> bool:
+def masked_sdpa_faster(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext, pattern: KernelMask
+) -> bool:
     """Whether one SDPA call under the pattern's dense mask beats the chunked engine (where the kernels do
     not run).
 
@@ -440,7 +445,7 @@ def masked_sdpa_faster(query: torch.Tensor, key: torch.Tensor, context: Attentio
         or not query.shape[-2] == n <= MASKED_SDPA_MAX_TOKENS
         or context.query_documents is not None
         or context.dense_mask is not None
-        or fused_path.needs_grad(query)
+        or records_grad(query, key, value)
     ):
         return False
     return layouts.density(pattern.block_layout, -(-n // pattern.layout_block_size)) >= MASKED_SDPA_MIN_DENSITY

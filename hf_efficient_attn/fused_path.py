@@ -26,6 +26,7 @@ import torch
 
 from .context import AttentionContext, tracing
 from .errors import VariantError
+from .grad_mode import records_grad
 
 DECODE_MAX_QUERIES = 16
 """Calls with at most this many queries (and no gradient) use the split-key decode kernel when they can."""
@@ -97,7 +98,7 @@ def kernels_preferred(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def decodes_with_padding(query: torch.Tensor, context: AttentionContext) -> bool:
+def decodes_with_padding(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext) -> bool:
     """A decoding step (few queries, no gradient) whose keys carry a padding mask: SDPA's fast kernels
     take no mask, the split-key decode kernel does."""
     return (
@@ -105,7 +106,7 @@ def decodes_with_padding(query: torch.Tensor, context: AttentionContext) -> bool
         and context.key_padding is not None
         and context.dense_mask is None
         and query.shape[-2] <= DECODE_MAX_QUERIES
-        and not needs_grad(query)
+        and not records_grad(query, key, value)
     )
 
 
@@ -147,9 +148,9 @@ def plan(
     if eager_packed and (mask.counts_from_row_start() or key_padding is not None):
         return "packed documents with sink tokens, global tokens, block layouts or padding"
     scale = context.scaling
-    if documents is None and _decodes(query, key, context, mask):
+    if documents is None and _decodes(query, key, value, context, mask):
         return kernels.ops.DecodeLaunch(scale=scale, key_padding=key_padding)
-    if documents is None and decodes_one_layout_row(query, context, mask):
+    if documents is None and decodes_one_layout_row(query, key, value, context, mask):
         visible = layout_row_keys(key, context, mask).expand(key.shape[0], -1)
         visible = visible if key_padding is None else visible & key_padding
         return kernels.ops.DecodeLaunch(scale=scale, key_padding=visible)
@@ -231,12 +232,14 @@ def _with_native_window(mask: KernelMask, context: AttentionContext) -> KernelMa
     return KernelMask((left, right), 0, 0, mask.block_layout, mask.layout_block_size, mask.layout_blocks)
 
 
-def decodes_one_layout_row(query: torch.Tensor, context: AttentionContext, mask: KernelMask) -> bool:
+def decodes_one_layout_row(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext, mask: KernelMask
+) -> bool:
     """One decoding query under a block layout shared by the heads: the keys it sees are one layout row,
     a key mask for the split-key decode kernel (no tile lists to build for a length that grows each step)."""
     from .variants import block_layout as layouts
 
-    if mask.block_layout is None or not context.causal or query.shape[-2] != 1 or needs_grad(query):
+    if mask.block_layout is None or not context.causal or query.shape[-2] != 1 or records_grad(query, key, value):
         return False
     if mask.window != (None, None) or mask.sink_tokens or mask.global_tokens:
         return False
@@ -280,7 +283,7 @@ def decode_under_key_mask(
         return None
     if query.shape[-2] != 1 or visible.shape[1] != 1 or visible.shape[2] != 1 or context.dropout > 0:
         return None
-    if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad):
+    if records_grad(query, key, value):
         return None
     if kernels.supports(query, key, value, scale=context.scaling) is not None:
         return None
@@ -288,16 +291,13 @@ def decode_under_key_mask(
     return kernels.ops.decode_attention(query, key, value, scale=context.scaling, key_padding=key_mask)
 
 
-def needs_grad(query: torch.Tensor) -> bool:
-    """Whether autograd will record this call (training), which the forward-only paths cannot take."""
-    return torch.is_grad_enabled() and query.requires_grad
-
-
-def _decodes(query: torch.Tensor, key: torch.Tensor, context: AttentionContext, mask: KernelMask) -> bool:
+def _decodes(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext, mask: KernelMask
+) -> bool:
     """Whether the split-key decode kernel (forward only, every earlier key visible) fits this call."""
     if not context.causal or query.shape[-2] > DECODE_MAX_QUERIES or mask.block_layout is not None:
         return False
-    if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad):
+    if records_grad(query, key, value):
         return False
     left = mask.window[0]
     return left is None or key.shape[-2] - 1 - mask.sink_tokens < left

@@ -16,6 +16,7 @@ from . import fused_path, sdpa_support
 from .capabilities import CUDNN, FA4, CallNeeds, Need
 from .context import AttentionContext, tensor_signature, tracing
 from .fused_path import FusedPathError, KernelMask
+from .grad_mode import records_grad
 
 SMALL_HEAD_WINDOW_GRAD_MIN_QUERIES = 32768
 """With gradients and head size 64, the fewest queries for which `picks_cudnn` and `picks_fa4` take a window
@@ -24,10 +25,10 @@ window 1024, kernel_speed.py) at 16k: cuDNN 0.90x the Triton kernels' speed, Fla
 (benchmarks/results/kernels-h200-fa4); at 64k cuDNN 1.25x."""
 
 
-def _small_head_backward_loses(query: torch.Tensor) -> bool:
+def _small_head_backward_loses(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
     """Whether a windowed call with gradients is one whose backward the Triton kernels run faster than the
     library backends (`SMALL_HEAD_WINDOW_GRAD_MIN_QUERIES`)."""
-    return (fused_path.needs_grad(query) and query.shape[-1] <= 64
+    return (records_grad(query, key, value) and query.shape[-1] <= 64
             and query.shape[-2] < SMALL_HEAD_WINDOW_GRAD_MIN_QUERIES)
 
 
@@ -65,7 +66,7 @@ def picks_cudnn(
         or query.shape[-2] <= fused_path.DECODE_MAX_QUERIES
     ):
         return False
-    if _small_head_backward_loses(query):
+    if _small_head_backward_loses(query, key, value):
         return False
     if library_refusal("cudnn", query, key, value, context, pattern, needs) is not None:
         return False
@@ -118,12 +119,12 @@ def picks_fa4(
     windowed = Need.WINDOW in needs.needs
     if query.shape[-2] < (FA4_WINDOW_MIN_QUERIES if windowed else FA4_EXACT_MIN_QUERIES):
         return False
-    if windowed and _small_head_backward_loses(query):
+    if windowed and _small_head_backward_loses(query, key, value):
         return False
     if library_refusal("fa4", query, key, value, context, pattern, needs) is not None:
         return False
     configuration = (pattern.window if windowed else None, context.causal, query.dtype, query.device,
-                     query.shape[1], key.shape[1], query.shape[-1], fused_path.needs_grad(query))
+                     query.shape[1], key.shape[1], query.shape[-1], records_grad(query, key, value))
     return _PLANNED_FA4.count(configuration) > 1
 
 
@@ -163,7 +164,7 @@ def library_refusal(
         return refusal
     left, right = _band(pattern, needs)
     return module.supports(query, key, value, causal=context.causal, window_left=left, window_right=right,
-                           needs_grad=fused_path.needs_grad(query))
+                           needs_grad=records_grad(query, key, value))
 
 
 def _band(pattern: KernelMask, needs: CallNeeds) -> tuple[int | None, int | None]:

@@ -49,8 +49,8 @@ def context_for(q, k, *, causal=True, padding=None, static_start=None, dense_mas
 NO_PATTERN = KernelMask()
 
 
-def needs_of(q, k, pattern=NO_PATTERN, **context) -> frozenset[Need]:
-    return call_needs(q, k, context_for(q, k, **context), pattern).needs
+def needs_of(q, k, pattern=NO_PATTERN, v=None, **context) -> frozenset[Need]:
+    return call_needs(q, k, k if v is None else v, context_for(q, k, **context), pattern).needs
 
 
 def test_a_pattern_that_covers_the_call_needs_nothing_of_a_backend():
@@ -85,6 +85,9 @@ def test_context_and_tensors_give_the_other_needs():
         Need.CAUSAL, Need.DECODE, Need.KEY_PADDING, Need.GROUPED_HEADS, Need.BACKWARD, Need.DROPOUT}
     with torch.no_grad():
         assert Need.BACKWARD not in needs_of(q, k)
+    q, k, v = tensors(3, 12)
+    assert Need.BACKWARD not in needs_of(q, k, v=v)
+    assert Need.BACKWARD in needs_of(q, k, v=v.requires_grad_())  # the value alone may need a gradient
     q, k, _ = tensors(1, 16, kv_heads=4)
     assert Need.STATIC_CACHE in needs_of(q, k, static_start=5)
     # a bounded cache returned its 2 kept keys and a window of 8 (7 earlier tokens and the new one)
@@ -124,7 +127,7 @@ def test_the_rule_obeys_the_table(case, monkeypatch):
         dropout=0.1 if case == "dropout" else 0.0,
         native_window=4 if case == "native window" else None,
     )
-    needs = call_needs(q, k, context, pattern)
+    needs = call_needs(q, k, v, context, pattern)
     need = next(need for need in Need if need in needs.needs - {Need.CAUSAL, Need.DECODE})  # the case's own
     route, _ = dispatch.choose(q, k, v, context, "auto", pattern, "sliding")
     assert (route == "sdpa") == (SDPA.refusal(needs) is None)

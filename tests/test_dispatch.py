@@ -171,7 +171,7 @@ def test_where_kernels_run_dense_patterns_stay_on_the_kernels(monkeypatch):
     dense_layout = BlockSparseAttention(SparseOptions(block_size=8, local_blocks=3, global_blocks=1),
                                         layer(Role.BIDIRECTIONAL))
     for variant in (wide, dense_layout):
-        assert not dispatch.masked_sdpa_faster(query, key, context, variant.kernel_mask(context))
+        assert not dispatch.masked_sdpa_faster(query, key, value, context, variant.kernel_mask(context))
 
 
 @pytest.mark.parametrize("n", [40, 64, 1500])
@@ -263,7 +263,7 @@ def test_whole_rows_are_not_split_where_the_call_needs_more_than_the_layout():
         mask = None if padding is None else make_layout(tokens=64, padding=padding)
         context = build_context(query=q, key=key, attention_mask=mask, causal=causal, scaling=SCALE, dropout=0.0,
                                 cache_window=None, position_ids=None, native_window=None)
-        return dispatch.splits_whole_rows(q, key, context, variant.kernel_mask(context))
+        return dispatch.splits_whole_rows(q, key, value, context, variant.kernel_mask(context))
 
     assert splits(whole_rows_layout())
     with pytest.MonkeyPatch.context() as patched:  # where the kernels run, they take the whole call
@@ -313,22 +313,22 @@ def test_decoding_under_a_shared_block_layout_gathers_the_visible_keys_without_a
     padding[1, :5] = False
     padded = build_context(query=query, key=key, attention_mask=make_layout(tokens=37, padding=padding), causal=True,
                            scaling=SCALE, dropout=0.0, cache_window=None, position_ids=None, native_window=None)
-    assert not dispatch.gathers_visible_keys(query, key, padded, variant.kernel_mask(padded))
+    assert not dispatch.gathers_visible_keys(query, key, value, padded, variant.kernel_mask(padded))
     static = build_context(query=query, key=key, attention_mask=make_layout(tokens=37, padding=None,
                                                                             query_start=torch.tensor(30), query_length=1),
                            causal=True, scaling=SCALE, dropout=0.0, cache_window=None, position_ids=None,
                            native_window=None)
-    assert not dispatch.gathers_visible_keys(query, key, static, variant.kernel_mask(static))
+    assert not dispatch.gathers_visible_keys(query, key, value, static, variant.kernel_mask(static))
     caller_mask = torch.ones(2, 1, 1, 37, dtype=torch.bool)
     masked = build_context(query=query, key=key, attention_mask=caller_mask, causal=True, scaling=SCALE, dropout=0.0,
                            cache_window=None, position_ids=None, native_window=None)
-    assert not dispatch.gathers_visible_keys(query, key, masked, variant.kernel_mask(masked))
+    assert not dispatch.gathers_visible_keys(query, key, value, masked, variant.kernel_mask(masked))
     short_window = build_context(query=query, key=key, attention_mask=None, causal=True, scaling=SCALE, dropout=0.0,
                                  cache_window=None, position_ids=None, native_window=16)
-    assert not dispatch.gathers_visible_keys(query, key, short_window, variant.kernel_mask(short_window))
-    assert dispatch.gathers_visible_keys(query, key, context, variant.kernel_mask(context))
+    assert not dispatch.gathers_visible_keys(query, key, value, short_window, variant.kernel_mask(short_window))
+    assert dispatch.gathers_visible_keys(query, key, value, context, variant.kernel_mask(context))
     monkeypatch.setattr(dispatch, "tracing", lambda: True)  # a causal layout's candidates are every key then
-    assert not dispatch.gathers_visible_keys(query, key, context, variant.kernel_mask(context))
+    assert not dispatch.gathers_visible_keys(query, key, value, context, variant.kernel_mask(context))
 
 
 @pytest.mark.parametrize("left_padded", [False, True])

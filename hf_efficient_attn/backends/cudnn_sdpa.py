@@ -83,6 +83,7 @@ from typing import Literal
 
 import torch
 
+from ..grad_mode import records_grad
 from ..op_window import window_bounds, window_sides
 from .operands import operand_refusal
 
@@ -328,7 +329,7 @@ def attention(
     the backward only when autograd records the call. Raises `ValueError` with `supports`' reason for a call
     it cannot run.
     """
-    need_stats = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
+    need_stats = records_grad(query, key, value)
     out, _ = _sdpa_op(query, key, value, key_lengths, float(scale), bool(causal),
                       *window_bounds(window_left, window_right), need_stats)
     return out

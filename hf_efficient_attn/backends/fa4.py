@@ -42,6 +42,7 @@ import warnings
 
 import torch
 
+from ..grad_mode import records_grad
 from ..op_window import window_bounds, window_sides
 from .operands import operand_refusal
 
@@ -152,7 +153,7 @@ def attention(
     ``[batch, kv_heads, k_len, head_dim]``. Differentiable in query, key and value; the log-sum-exp is kept
     for the backward only when autograd records the call. Raises `ValueError` with `supports`' reason for
     a call it cannot run."""
-    need_lse = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
+    need_lse = records_grad(query, key, value)
     out, _ = _forward_op(query, key, value, float(scale), bool(causal), *window_bounds(window_left, window_right),
                          need_lse)
     return out

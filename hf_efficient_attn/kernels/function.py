@@ -6,6 +6,7 @@ import functools
 
 import torch
 
+from ..grad_mode import records_grad
 from ..tensor_memo import TensorMemo
 from . import flash
 from .checks import check_dense, check_varlen
@@ -153,11 +154,6 @@ def varlen_launch(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_
                           global_tokens=global_tokens, cu_q=cu_seqlens_q.to(torch.int32).contiguous(),
                           cu_k=cu_seqlens_k.to(torch.int32).contiguous())
     return q, k, v, mask, int(max_seqlen_q), max(int(max_seqlen_k), 1)
-
-
-def records_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether autograd records a call on q, k, v: a gradient may be asked for."""
-    return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
 
 
 def _attend(q, k, v, scale: float, mask, varlen: bool, max_q: int, max_k: int) -> torch.Tensor:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from ..grad_mode import records_grad
 from . import neighbourhood
 from .checks import KernelInputError, _common_reason, scale_reason
-from .function import records_grad
 from .neighbourhood import GridMask
 from .strides import dense_inputs
 

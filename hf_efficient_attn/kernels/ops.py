@@ -23,12 +23,13 @@ from __future__ import annotations
 import torch
 
 from ..context import tracing
+from ..grad_mode import records_grad
 from ..op_window import window_bounds, window_sides
 from ..variants import block_layout as layouts
 from . import decode, flash, neighbourhood
 from .checks import KernelInputError
 from .decode import decode_attention as _decode_kernel
-from .function import _attend, dense_launch, fused_attention_varlen, records_grad, varlen_launch
+from .function import _attend, dense_launch, fused_attention_varlen, varlen_launch
 from .neighbourhood_function import neighbourhood_attention as _neighbourhood_eager
 from .neighbourhood_function import neighbourhood_launch
 from .strides import dense_inputs, empty_in_kernel_layout, in_kernel_layout

@@ -86,6 +86,22 @@ def test_flash_matches_unpatched_model_on_logits_and_gradients(kernel_calls):
     assert kernel_calls["fused_attention"] == KERNEL_SHAPE["num_hidden_layers"]
 
 
+@pytest.mark.parametrize("variant, options", [("flash", {}), ("sliding", {"window": 4})])
+def test_a_gradient_the_value_alone_needs_reaches_it_on_short_sequences(variant, options, kernel_calls):
+    """LoRA on the value projection only: the first layer's query and key come from frozen weights and
+    need no gradient, its value does. A training call short enough for the decode kernel (forward only)
+    must still take the kernels with a backward, and give the unpatched model's gradient."""
+    model = kernel_llama(num_hidden_layers=1)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    model.model.layers[0].self_attn.v_proj.weight.requires_grad_(True)
+    ids = token_ids(model, batch=2, length=8)
+    reference = patch_model(copy.deepcopy(model), variant, backend="reference", **options)
+    patched = patch_model(copy.deepcopy(model), variant, backend="triton", **options)
+    assert_close_outputs(logits_and_grads(patched, input_ids=ids), logits_and_grads(reference, input_ids=ids))
+    assert kernel_calls["decode_attention"] == 0 and kernel_calls["fused_attention"] == 1
+
+
 def test_a_forward_plans_its_launch_once_and_checks_its_inputs_once(monkeypatch):
     counts = {"plan": 0, "dense_launch": 0}
     for owner, name in ((fused_path, "plan"), (kernel_module.ops, "dense_launch")):
