@@ -60,7 +60,8 @@ class SinkWindowCacheLayer(DynamicLayer):
     on an H100 at batch 16 after a 4k prompt (Llama-1B shapes, window 4096) those copies took 6.6 ms of
     each 13 ms step, against 1.5 ms for the unpatched cache's own concatenations. Any other update,
     and `crop`, first puts the ring back in order (`_unrolled`). Subclasses whose keys depend on their
-    index in the returned tensor set `writes_in_place` to False.
+    index in the returned tensor set `writes_in_place` to False, and so does the installer for a batch
+    with padding: the padding of a key is read from its position, which in a ring is not its index.
     """
 
     is_sliding = True
@@ -329,13 +330,15 @@ class BoundedCacheInstaller:
                 read[sinks] = _leading_padding(mask, sinks)
             return read[sinks]
 
+        padded = _has_padding(mask)
         for bounded in self.modules:
-            _install(cache, bounded, leading_padding)
+            _install(cache, bounded, leading_padding, padded)
 
 
-def _install(cache: Cache, module: nn.Module, leading_padding: Callable[[int], int]) -> None:
+def _install(cache: Cache, module: nn.Module, leading_padding: Callable[[int], int], padded: bool = False) -> None:
     """Give ``module``'s slot of ``cache`` the bounded layer its variant asks for, unless it holds tokens;
-    ``leading_padding(sinks)`` is `_leading_padding` of the call's mask."""
+    ``leading_padding(sinks)`` is `_leading_padding` of the call's mask, ``padded`` whether it pads any row
+    (the growing layer then keeps its tokens in order: `SinkWindowCacheLayer.writes_in_place`)."""
     variant = module._modules["efficient_attn"]
     window = variant.cache_window()
     index = module.layer_idx
@@ -345,10 +348,12 @@ def _install(cache: Cache, module: nn.Module, leading_padding: Callable[[int], i
     if current is not None and current.is_initialized:
         return  # it holds tokens already: keep it (exact, only not bounded)
     if isinstance(current, StaticLayer) and getattr(current, "is_sliding", False):
+        if not variant.options.sink_tokens:
+            return  # transformers' static sliding layer keeps the model's own window: every key the layer sees
         raise ValueError(
-            f"Layer {index} has the model's own sliding window, and a static cache keeps only its "
-            f"{current.max_cache_len} latest keys there, which cannot hold the sink and window keys of "
-            f"`{variant.name}` (window {window}). Generate with the default dynamic cache on this model."
+            f"Layer {index} has the model's own sliding window, and transformers' static cache keeps its latest "
+            f"{current.max_cache_len} keys there in an order the sink tokens of `{variant.name}` cannot be placed "
+            "in. Generate with the default dynamic cache on this model, or patch with sink_tokens=0."
         )
     prefix = variant.options.sink_tokens + leading_padding(variant.options.sink_tokens)
     if isinstance(current, StaticLayer):
@@ -356,6 +361,8 @@ def _install(cache: Cache, module: nn.Module, leading_padding: Callable[[int], i
             cache.layers[index] = StaticSinkWindowLayer(current.max_cache_len, window, prefix)
         return
     bounded = SinkWindowCacheLayer(window, prefix)
+    if padded:
+        bounded.writes_in_place = False
     if current is not None:
         if type(current) not in PLAIN_LAYERS:
             _warn_replaced(variant.name, type(current).__name__, window)
@@ -386,6 +393,11 @@ def _warn_replaced(variant_name: str, layer_name: str, window: int) -> None:
         UserWarning,
         stacklevel=4,
     )
+
+
+def _has_padding(mask: object) -> bool:
+    """Whether the call's mask pads any row (a host fact of the layout: no tensor is read)."""
+    return is_layout(mask) and read_layout(mask).padding is not None
 
 
 def _leading_padding(mask: object, sinks: int) -> int:

@@ -43,10 +43,10 @@ def tiny(family: str, **overrides) -> torch.nn.Module:
     return getattr(transformers, model_name)(config).eval()
 
 
-def caches_for(family: str, variant: str) -> tuple[str, ...]:
-    """The caches to generate with: a static cache keeps only the model's own window on Gemma 3's sliding
-    layers, too few keys for a bounded variant (`test_a_static_cache_over_the_models_own_window...`)."""
-    return ("dynamic",) if family == "gemma3" and variant == "sliding" else ("dynamic", "static")
+def caches_for(family: str, sinks: int = 0) -> tuple[str, ...]:
+    """The caches to generate with: on Gemma 3's sliding layers a static cache keeps the model's own window
+    in an order sink tokens cannot be placed in (`test_a_static_cache_over_the_models_own_window...`)."""
+    return ("dynamic",) if family == "gemma3" and sinks else ("dynamic", "static")
 
 
 @pytest.mark.parametrize("variant", sorted(EXACT))
@@ -60,7 +60,7 @@ def test_exact_variants_give_the_unpatched_logits_and_tokens(family, variant):
         logits = patched(input_ids=ids, attention_mask=mask).logits
     real = mask.bool()
     torch.testing.assert_close(logits[real], expected[real], rtol=1e-5, atol=1e-5)
-    for cache in caches_for(family, variant):
+    for cache in caches_for(family):
         assert torch.equal(generate(patched, ids, mask, cache_implementation=cache),
                            generate(base, ids, mask, cache_implementation=cache)), cache
 
@@ -72,7 +72,7 @@ def test_a_narrow_window_with_sinks_generates_what_recomputation_does(family):
     with torch.no_grad():  # the window does change what the model computes
         assert not torch.allclose(model(input_ids=ids).logits, tiny(family)(input_ids=ids).logits, atol=1e-3)
     recomputed = generate(model, ids, mask, use_cache=False)
-    for cache in caches_for(family, "sliding"):
+    for cache in caches_for(family, sinks=2):
         assert torch.equal(generate(model, ids, mask, cache_implementation=cache), recomputed), cache
 
 
@@ -84,12 +84,19 @@ def test_the_patched_forward_compiles_without_a_graph_break(family):
 
 
 @pytest.mark.parametrize("window", [4, 100])
-def test_a_static_cache_over_the_models_own_window_refuses_a_bounded_variant_and_says_what_to_do(window):
-    model = patch_model(tiny("gemma3"), "sliding", window=window)
+def test_a_static_cache_over_the_models_own_window_keeps_it_and_refuses_sinks_there(window):
+    """Gemma 3's static sliding layers keep the model's window of 6, every key a window of 4 or 100 can
+    see there: generation equals recomputation. Sink tokens, which that layer cannot place, are refused
+    with what to do."""
     ids, mask = left_padded_prompt(length=14)
-    with pytest.raises(ValueError, match="Generate with the default dynamic cache"):
-        generate(model, ids, mask, cache_implementation="static")
-    assert torch.equal(generate(model, ids, mask), generate(model, ids, mask, use_cache=False))
+    model = patch_model(tiny("gemma3"), "sliding", window=window)
+    recomputed = generate(model, ids, mask, use_cache=False)
+    assert torch.equal(generate(model, ids, mask, cache_implementation="static", max_new_tokens=20),
+                       generate(model, ids, mask, use_cache=False, max_new_tokens=20))
+    assert torch.equal(generate(model, ids, mask), recomputed)
+    with_sinks = patch_model(tiny("gemma3"), "sliding", window=window, sink_tokens=2)
+    with pytest.raises(ValueError, match="default dynamic cache on this model, or patch with sink_tokens=0"):
+        generate(with_sinks, ids, mask, cache_implementation="static")
 
 
 def test_a_soft_capped_attention_is_refused_and_the_model_left_unchanged():

@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 import torch
-from tiny_models import DECODERS, tiny_llama, tiny_whisper, whisper_features
+from tiny_models import DECODERS, tiny_llama, tiny_mistral, tiny_whisper, whisper_features
 from transformers import CompileConfig
 from transformers.cache_utils import QuantizedCache
 
@@ -107,6 +107,29 @@ def test_a_bounded_variant_replaces_quantized_layers_and_says_so_once(name, monk
     assert sum("Fp8QuantizedLayer" in str(warning.message) for warning in caught) == 1
     assert all(isinstance(layer, SinkWindowCacheLayer) for layer in output_cache(out).layers)
     assert torch.equal(out.sequences, generate(model, ids, mask, use_cache=False))
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("window", [11, 12, 20])
+def test_left_padding_still_inside_the_window_when_decoding_starts_generates_what_recomputation_does(window, cache):
+    """Three pad tokens that the window still covers once the cache is full: the bounded layer keeps its
+    tokens in order (a ring would mix pad and real slots)."""
+    model = patch_model(tiny_llama(), "sliding", window=window)
+    ids, mask = left_padded_prompt()
+    assert torch.equal(generate(model, ids, mask, cache_implementation=cache, max_new_tokens=20),
+                       generate(model, ids, mask, use_cache=False, max_new_tokens=20))
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("window", [4, 8, 100])
+def test_a_window_wider_or_narrower_than_the_models_own_generates_what_recomputation_does(window, cache):
+    """Mistral with its own window of 6: the bounded cache keeps the narrower of the two windows, and a
+    static cache keeps transformers' own sliding layer."""
+    model = patch_model(tiny_mistral(sliding_window=6), "sliding", window=window)
+    assert model.model.layers[0].self_attn.efficient_attn.cache_window() == min(window, 6)
+    ids, mask = left_padded_prompt()
+    assert torch.equal(generate(model, ids, mask, cache_implementation=cache, max_new_tokens=20),
+                       generate(model, ids, mask, use_cache=False, max_new_tokens=20))
 
 
 @pytest.mark.parametrize("sinks", [0, 2])

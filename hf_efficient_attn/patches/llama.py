@@ -46,7 +46,22 @@ class LlamaFamilyAdapter(ModelAdapter):
                     num_kv_heads=kv_heads,
                     head_dim=head_dim,
                     max_length=getattr(config, "max_position_embeddings", None),
+                    native_window=native_window(layer.self_attn, config),
                 ),
             )
             for index, layer in enumerate(model.base_model.layers)
         ]
+
+
+WINDOW_FROM_CONFIG = ("mistral", "phi3", "starcoder2")
+"""Families whose attention passes the config's ``sliding_window`` to every layer; the others that have a
+window (Qwen2/3, Gemma 3, SmolLM3) keep each layer's on the module, and the rest have none."""
+
+
+def native_window(attention: nn.Module, config) -> int | None:
+    """The sliding window ``attention`` passes transformers' attention function, or None."""
+    if hasattr(attention, "sliding_window"):
+        return attention.sliding_window
+    if config.model_type in WINDOW_FROM_CONFIG:
+        return getattr(config, "sliding_window", None)
+    return None

@@ -46,6 +46,8 @@ class LayerInfo:
             position embeddings), where the adapter knows it; else None.
         grid: ``(rows, cols)`` of the patch grid for vision models, else None.
         prefix_tokens: tokens before the grid (ViT's CLS), always global in a 2-D neighbourhood.
+        native_window: the model's own sliding window on this layer (what transformers passes its attention
+            as ``sliding_window``), where the adapter knows it; else None.
     """
 
     role: Role
@@ -58,6 +60,7 @@ class LayerInfo:
     grid: tuple[int, int] | None = None
     max_length: int | None = None
     prefix_tokens: int = 0
+    native_window: int | None = None
 
 
 class ExactPatternWarning(UserWarning):

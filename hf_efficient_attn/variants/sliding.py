@@ -118,7 +118,13 @@ class SlidingWindowAttention(AttentionVariant):
                                "(for a ViT, sink_tokens=1 keeps its CLS token in every window).")
 
     def cache_window(self) -> int | None:
-        return self.options.window if self.layer.role is Role.CAUSAL else None
+        """The window, or the model's own where that is narrower: the keys beyond it are hidden anyway, and a
+        bounded cache that kept them would hold them in ring order, which the model's window cannot be
+        applied to."""
+        if self.layer.role is not Role.CAUSAL:
+            return None
+        native = self.layer.native_window
+        return self.options.window if native is None else min(self.options.window, native)
 
     def plan(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext
