@@ -60,8 +60,9 @@ class SinkWindowCacheLayer(DynamicLayer):
     on an H100 at batch 16 after a 4k prompt (Llama-1B shapes, window 4096) those copies took 6.6 ms of
     each 13 ms step, against 1.5 ms for the unpatched cache's own concatenations. Any other update,
     and `crop`, first puts the ring back in order (`_unrolled`). Subclasses whose keys depend on their
-    index in the returned tensor set `writes_in_place` to False, and so does the installer for a batch
-    with padding: the padding of a key is read from its position, which in a ring is not its index.
+    index in the returned tensor set `writes_in_place` to False. In a batch with left padding the ring
+    waits until the pad tokens have left the window (`in_order_until`): a key's padding is read from its
+    position, which in a ring is not its index.
     """
 
     is_sliding = True
@@ -76,6 +77,8 @@ class SinkWindowCacheLayer(DynamicLayer):
         self.last_step = 0
         self.ring_start: int | None = None
         """Where the oldest window token sits among the window's slots while the held tokens are a ring."""
+        self.in_order_until = 0
+        """Tokens seen before which steps keep the held tokens in order (the installer's, for padded batches)."""
 
     @property
     def capacity(self) -> int:
@@ -112,6 +115,7 @@ class SinkWindowCacheLayer(DynamicLayer):
             and self.keys.dim() >= 2
             and self.keys.shape[-2] == self.prefix + self.window
             and self.keys.shape[:-2] == key_states.shape[:-2]
+            and self.cumulative_length >= self.in_order_until
             and not records_grad(key_states, value_states)
             and not tracing()
         )
@@ -323,22 +327,20 @@ class BoundedCacheInstaller:
         if cache is None or not hasattr(cache, "layers"):
             return
         mask = kwargs.get("attention_mask")
-        read: dict[int, int] = {}  # one host read at most, whatever the number of layers
+        read: list[int] = []  # one host read at most, whatever the number of layers, and only to install
 
-        def leading_padding(sinks: int) -> int:
-            if sinks not in read:
-                read[sinks] = _leading_padding(mask, sinks)
-            return read[sinks]
+        def padding_end() -> int:
+            if not read:
+                read.append(_padding_end(mask))
+            return read[0]
 
-        padded = _has_padding(mask)
         for bounded in self.modules:
-            _install(cache, bounded, leading_padding, padded)
+            _install(cache, bounded, padding_end)
 
 
-def _install(cache: Cache, module: nn.Module, leading_padding: Callable[[int], int], padded: bool = False) -> None:
+def _install(cache: Cache, module: nn.Module, padding_end: Callable[[], int]) -> None:
     """Give ``module``'s slot of ``cache`` the bounded layer its variant asks for, unless it holds tokens;
-    ``leading_padding(sinks)`` is `_leading_padding` of the call's mask, ``padded`` whether it pads any row
-    (the growing layer then keeps its tokens in order: `SinkWindowCacheLayer.writes_in_place`)."""
+    ``padding_end()`` is `_padding_end` of the call's mask."""
     variant = module._modules["efficient_attn"]
     window = variant.cache_window()
     index = module.layer_idx
@@ -355,14 +357,15 @@ def _install(cache: Cache, module: nn.Module, leading_padding: Callable[[int], i
             f"{current.max_cache_len} keys there in an order the sink tokens of `{variant.name}` cannot be placed "
             "in. Generate with the default dynamic cache on this model, or patch with sink_tokens=0."
         )
-    prefix = variant.options.sink_tokens + leading_padding(variant.options.sink_tokens)
+    sinks = variant.options.sink_tokens
+    prefix = sinks + padding_end() if sinks else 0  # every row keeps its own first real tokens
     if isinstance(current, StaticLayer):
         if prefix + window < current.max_cache_len:
             cache.layers[index] = StaticSinkWindowLayer(current.max_cache_len, window, prefix)
         return
     bounded = SinkWindowCacheLayer(window, prefix)
-    if padded:
-        bounded.writes_in_place = False
+    if padding_end():
+        bounded.in_order_until = padding_end() + window
     if current is not None:
         if type(current) not in PLAIN_LAYERS:
             _warn_replaced(variant.name, type(current).__name__, window)
@@ -395,18 +398,14 @@ def _warn_replaced(variant_name: str, layer_name: str, window: int) -> None:
     )
 
 
-def _has_padding(mask: object) -> bool:
-    """Whether the call's mask pads any row (a host fact of the layout: no tensor is read)."""
-    return is_layout(mask) and read_layout(mask).padding is not None
-
-
-def _leading_padding(mask: object, sinks: int) -> int:
-    """Pad tokens before the first real token in the most left-padded row, so that the prefix keeps every
-    row's sinks. Read on the host once per generation (the cache is installed once). When the first
-    forward of a generation is itself compiled, it cannot be read, and the prefix keeps every token of
-    the prompt that may be padding instead: exact still, bounded by the prompt rather than the sinks
-    (`generate()` runs the prompt eagerly for static caches, which avoids it)."""
-    if not sinks or not is_layout(mask):
+def _padding_end(mask: object) -> int:
+    """Pad tokens before the first real token in the most left-padded row (0 without padding): the prefix
+    keeps them with the sinks so that every row keeps its own sinks, and the growing layer keeps its
+    tokens in order until they have left the window. Read on the host once per generation (the cache is
+    installed once). When the first forward of a generation is itself compiled, it cannot be read, and
+    every token of the prompt that may be padding counts instead: exact still, bounded by the prompt
+    rather than the padding (`generate()` runs the prompt eagerly for static caches, which avoids it)."""
+    if not is_layout(mask):
         return 0
     layout = read_layout(mask)
     if layout.padding is None:

@@ -113,11 +113,14 @@ def test_a_bounded_variant_replaces_quantized_layers_and_says_so_once(name, monk
 @pytest.mark.parametrize("window", [11, 12, 20])
 def test_left_padding_still_inside_the_window_when_decoding_starts_generates_what_recomputation_does(window, cache):
     """Three pad tokens that the window still covers once the cache is full: the bounded layer keeps its
-    tokens in order (a ring would mix pad and real slots)."""
+    tokens in order until they have left the window (a ring would mix pad and real slots), then writes in
+    place again."""
     model = patch_model(tiny_llama(), "sliding", window=window)
     ids, mask = left_padded_prompt()
-    assert torch.equal(generate(model, ids, mask, cache_implementation=cache, max_new_tokens=20),
-                       generate(model, ids, mask, use_cache=False, max_new_tokens=20))
+    out = generate(model, ids, mask, cache_implementation=cache, max_new_tokens=30, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, generate(model, ids, mask, use_cache=False, max_new_tokens=30))
+    if cache == "dynamic":
+        assert output_cache(out).layers[0].ring_start is not None  # 3 pads + the window < 39 tokens
 
 
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
