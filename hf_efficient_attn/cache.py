@@ -349,23 +349,24 @@ def _install(cache: Cache, module: nn.Module, padding_end: Callable[[], int]) ->
         return
     if current is not None and current.is_initialized:
         return  # it holds tokens already: keep it (exact, only not bounded)
+    sinks = variant.options.sink_tokens
     if isinstance(current, StaticLayer) and getattr(current, "is_sliding", False):
-        if not variant.options.sink_tokens:
+        if not sinks:
             return  # transformers' static sliding layer keeps the model's own window: every key the layer sees
         raise ValueError(
             f"Layer {index} has the model's own sliding window, and transformers' static cache keeps its latest "
             f"{current.max_cache_len} keys there in an order the sink tokens of `{variant.name}` cannot be placed "
             "in. Generate with the default dynamic cache on this model, or patch with sink_tokens=0."
         )
-    sinks = variant.options.sink_tokens
     prefix = sinks + padding_end() if sinks else 0  # every row keeps its own first real tokens
     if isinstance(current, StaticLayer):
         if prefix + window < current.max_cache_len:
             cache.layers[index] = StaticSinkWindowLayer(current.max_cache_len, window, prefix)
         return
     bounded = SinkWindowCacheLayer(window, prefix)
-    if padding_end():
-        bounded.in_order_until = padding_end() + window
+    padded = padding_end()
+    if padded:
+        bounded.in_order_until = padded + window
     if current is not None:
         if type(current) not in PLAIN_LAYERS:
             _warn_replaced(variant.name, type(current).__name__, window)
