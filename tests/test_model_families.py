@@ -18,8 +18,11 @@ import transformers
 from test_compile import graph_breaks
 from test_static_cache import EXACT, generate, left_padded_prompt
 from tiny_models import DECODER_SHAPE
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from hf_efficient_attn import UnsupportedModelError, patch_model
+from hf_efficient_attn.patches.llama import native_window
 
 SHAPE = {**DECODER_SHAPE, "head_dim": 8, "pad_token_id": 0}
 FAMILIES = {
@@ -105,3 +108,38 @@ def test_a_soft_capped_attention_is_refused_and_the_model_left_unchanged():
         patch_model(model, "flash")
     assert model.config._attn_implementation == "sdpa"
     assert not any(hasattr(module, "efficient_attn") for module in model.modules())
+
+
+WINDOWED = {
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": 6}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"use_sliding_window": True, "sliding_window": 6, "max_window_layers": 1}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"use_sliding_window": True, "sliding_window": 6, "max_window_layers": 1}),
+    "gemma3": FAMILIES["gemma3"],
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"sliding_window": 6}),
+    "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM", {"sliding_window": 6}),
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+}
+
+
+@pytest.mark.parametrize("family", sorted(WINDOWED))
+def test_the_adapters_window_is_the_one_transformers_passes_each_layer(family):
+    """The bounded cache is sized from the window the adapter records per layer (`LayerInfo.native_window`,
+    read when the model is patched); attention masks by the ``sliding_window`` transformers passes each
+    call. A spy attention function records what each layer is passed: the two agree on every layer, window
+    or none (Qwen2/3 and Gemma 3 mix windowed and full layers)."""
+    config_name, model_name, extra = WINDOWED[family]
+    passed: dict[int, int | None] = {}
+
+    def spy(module, query, key, value, attention_mask, **kwargs):
+        passed[module.layer_idx] = kwargs.get("sliding_window")
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register("window-spy", spy)
+    config = getattr(transformers, config_name)(**{**SHAPE, **extra})
+    config._attn_implementation = "window-spy"
+    model = getattr(transformers, model_name)(config).eval()
+    with torch.no_grad():
+        model(input_ids=torch.arange(1, 11)[None])
+    recorded = {layer.self_attn.layer_idx: native_window(layer.self_attn, config) for layer in model.model.layers}
+    assert passed == recorded
+    assert (set(passed.values()) != {None}) == (family != "llama")
