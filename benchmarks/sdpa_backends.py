@@ -19,7 +19,7 @@ triton.testing.do_bench):
 Section "layout": Whisper-large-v3's encoder call under `native.py`'s block layout (the `sparse` column
 there: 10 of its 12 block rows whole), inference, forward median ms and max abs error against float32
 math under the layout's mask: the route the rule picks now (``auto``), the whole-rows split
-(`dispatch.plan_whole_rows`: SDPA without a mask over the whole rows, one masked call over the others),
+(`layout_routes.plan_whole_rows`: SDPA without a mask over the whole rows, one masked call over the others),
 one SDPA call under the layout's mask over every row, and dense SDPA without a mask (not exact: the
 floor the split aims at); on a GPU also our kernel on a layout of every block and without a layout
 (both not exact: the same work through its block-layout path and through its dense path). It decides
@@ -198,8 +198,8 @@ def layout_routes(device: torch.device, dtype: torch.dtype, tiny: bool):
     """``{name: (q, k, v) -> out}`` for the Whisper call under `native.py`'s block layout, the float32
     reference of that call, and its inputs (see the module docstring)."""
     from benchmarks.native import SPARSE
-    from hf_efficient_attn import dispatch
     from hf_efficient_attn.context import build_context
+    from hf_efficient_attn.layout_routes import plan_whole_rows
     from hf_efficient_attn.masked import plan_one_masked_call
     from hf_efficient_attn.variants import BlockSparseAttention, LayerInfo, Role, SparseOptions
 
@@ -215,7 +215,7 @@ def layout_routes(device: torch.device, dtype: torch.dtype, tiny: bool):
     reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=visible)
     routes = {
         "auto": variant.plan(q, k, v, context),
-        "whole-rows split": dispatch.plan_whole_rows(
+        "whole-rows split": plan_whole_rows(
             q, k, context, pattern, lambda q, k, c: plan_one_masked_call(q, k, c, rule=variant)),
         "one masked call": plan_one_masked_call(q, k, context, rule=variant),
         "dense SDPA (not exact)": F.scaled_dot_product_attention,

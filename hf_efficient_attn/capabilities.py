@@ -110,7 +110,7 @@ SDPA = Capabilities(
 )
 """torch's SDPA (cuDNN, FlashAttention, memory-efficient or CPU kernels): exact for calls whose pattern
 restricts nothing, with padding, a caller's mask, a static cache's positions and causality that
-``is_causal`` cannot state as one boolean mask (`dispatch.sdpa_attention`)."""
+``is_causal`` cannot state as one boolean mask (`sdpa_calls.sdpa_attention`)."""
 
 CUDNN = Capabilities(
     name="cudnn",

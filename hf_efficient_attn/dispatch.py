@@ -59,23 +59,28 @@ saying why not; ``"fa4"`` forces FlashAttention-4 (`backends.fa4`, the ``fa4`` e
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import warnings
 from collections.abc import Callable
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from . import fused_path, sdpa_support
 from .capabilities import SDPA, TRITON, CallNeeds, call_needs
-from .context import AttentionContext, positions, tensor_signature, tracing
+from .context import AttentionContext, tensor_signature, tracing
 from .errors import VariantError
 from .fused_path import FusedPathError, FusedPathFallbackWarning, KernelMask
 from .grad_mode import records_grad
+from .layout_routes import (
+    gathers_visible_keys,
+    masked_sdpa_faster,
+    plan_key_gather,
+    plan_whole_rows,
+    splits_whole_rows,
+)
 from .library_routes import LIBRARY_BACKENDS, library_launch, picks_cudnn, picks_fa4, plan_library
-from .variants import block_layout as layouts
+from .sdpa_calls import sdpa_needs_mask, sdpa_plan
 
 Backend = Literal["auto", "sdpa", "triton", "cudnn", "fa4", "reference"]
 BACKENDS: tuple[str, ...] = ("auto", "sdpa", "triton", "cudnn", "fa4", "reference")
@@ -288,285 +293,6 @@ def plan_triton(
     if needs is None:
         return pattern
     return TRITON.refusal(needs) or fused_path.plan(query, key, value, context, pattern)
-
-
-def gathers_visible_keys(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext, pattern: KernelMask | str
-) -> bool:
-    """A decoding step under a block layout shared by the heads, over keys that are positions ``0..n-1``
-    with nothing else masking them (no padding, no bounded cache, no static slots, no caller's mask, no
-    native window short of the keys): SDPA over exactly the key blocks the query's layout row allows, with
-    no mask (`plan_key_gather`), reads only those keys, where the decode kernel would read the whole cache
-    under a key mask derived in every layer. Eager mode only: under tracing the length may be symbolic
-    and a host plan of key blocks cannot be kept (`block_layout.active_key_blocks`)."""
-    return (
-        not tracing()
-        and not isinstance(pattern, str)
-        and context.key_padding is None
-        and not context.left_padded
-        and not context.static
-        and context.trimmed_prefix is None
-        and context.dense_mask is None
-        and context.query_documents is None
-        and context.query_offset == key.shape[-2] - 1
-        and (context.native_window is None or context.native_window >= key.shape[-2])
-        and fused_path.decodes_one_layout_row(query, key, value, context, pattern)
-    )
-
-
-def plan_key_gather(
-    query: torch.Tensor, key: torch.Tensor, context: AttentionContext, pattern: KernelMask
-) -> fused_path.Launch:
-    """The launch of a decoding step that `gathers_visible_keys`: SDPA without a mask over the key blocks
-    of the query's layout row (host facts of the layout, computed once per name and size), planned once
-    per forward and kept with the route (two copies and one SDPA call per layer). On CUDA the blocks are
-    gathered through one index made now: a concatenation of the runs' slices costs a view per run and
-    tensor of host time, at batch-1 decoding what the GPU waits on. On the CPU, where the copy itself is
-    the cost, the runs' slices are concatenated: half the time of `index_select` (7 against 14 us for
-    three runs of 512 keys).
-
-    Not one SDPA call over every key under the row's mask: on Hopper only cuDNN fuses that grouped
-    masked call, and cuDNN builds a graph for every new shape, which a growing cache has at every step
-    (see `sdpa_support.without_cudnn`)."""
-    size = pattern.layout_block_size
-    row = context.query_offset // size
-    k_len = key.shape[-2]
-    active = layouts.active_key_blocks(pattern.block_layout, pattern.layout_blocks, True, row, row)
-    ranges = [(low * size, min(high * size, k_len)) for low, high in active if low * size < k_len]
-    scale, dropout = context.scaling, context.dropout
-    if len(ranges) == 1:
-        low, high = ranges[0]
-        return lambda q, k, v: _sdpa_grouped(q, k[..., low:high, :], v[..., low:high, :], None, False, scale, dropout)
-    if key.is_cuda:
-        index = torch.cat([positions(low, high, key.device) for low, high in ranges])
-
-        def visible(states: torch.Tensor) -> torch.Tensor:
-            return states.index_select(-2, index)
-    else:
-
-        def visible(states: torch.Tensor) -> torch.Tensor:
-            return torch.cat([states[..., low:high, :] for low, high in ranges], dim=-2)
-
-    return lambda q, k, v: _sdpa_grouped(q, visible(k), visible(v), None, False, scale, dropout)
-
-
-MASKED_SDPA_MAX_TOKENS = 2048
-MASKED_SDPA_MIN_DENSITY = 0.6
-"""Least share of pairs a block layout keeps for one masked SDPA call to beat the chunked engine."""
-
-
-WHOLE_ROWS_MIN_SHARE = 0.75
-
-
-def splits_whole_rows(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext, pattern: KernelMask
-) -> bool:
-    """Whether a bidirectional inference call under a nearly dense block layout runs as SDPA without a
-    mask over the query rows the layout leaves whole and the dense mask over the others only
-    (`plan_whole_rows`): when whole rows are at least `WHOLE_ROWS_MIN_SHARE` of the block rows, on
-    devices where the kernels do not run.
-
-    On the CPU the split replaces one masked call over every row: Whisper's encoder under the `native.py`
-    layout (99% of the pairs, 10 of its 12 block rows whole) takes 22 ms per call masked against 15 for
-    dense SDPA at 1 x 6 heads; split, whisper-tiny's encoder runs within 1.08x of unpatched
-    (benchmarks/results/native-cpu). Not where the kernels run: on the H200 (bf16, Whisper-large-v3's
-    encoder at 1500 frames, batch 4) the split forward took 49.0 ms against 30.4 ms on our kernel and
-    27.8 ms unpatched, and planned (its masks made once) one call still took 0.763 ms on an H100 against
-    0.217 on our kernel and 0.136 for dense SDPA (benchmarks/results/h100-archive-2026-12/sdpa-backends-h100)."""
-    n = key.shape[-2]
-    if (
-        fused_path.kernels_preferred(query.device)
-        or pattern.block_layout is None
-        or context.causal
-        or query.shape[-2] != n
-        or context.key_padding is not None
-        or context.query_documents is not None
-        or context.dense_mask is not None
-        or context.dropout > 0
-        or records_grad(query, key, value)
-    ):
-        return False
-    blocks = -(-n // pattern.layout_block_size)
-    whole = sum(stop - first for first, stop, row_whole in layouts.row_runs(pattern.block_layout, blocks) if row_whole)
-    return whole >= WHOLE_ROWS_MIN_SHARE * blocks
-
-
-def plan_whole_rows(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    context: AttentionContext,
-    pattern: KernelMask,
-    one_mask: Callable[[torch.Tensor, torch.Tensor, AttentionContext], fused_path.Launch],
-) -> fused_path.Launch:
-    """The launch of a bidirectional call under a block layout (`splits_whole_rows`), by runs of query
-    block rows: SDPA without a mask over every key for a run of rows the layout leaves whole, one call
-    under the pattern's dense mask (``one_mask``, its mask made now) for a run of the others; the runs'
-    outputs are joined along the queries."""
-    size = pattern.layout_block_size
-    n = query.shape[-2]
-    runs = []
-    for first, stop, whole in layouts.row_runs(pattern.block_layout, -(-n // size)):
-        start, end = first * size, min(stop * size, n)
-        if whole:
-            launch = functools.partial(_sdpa_grouped, mask=None, is_causal=False, scale=context.scaling, dropout=0.0)
-        else:
-            part = dataclasses.replace(context, query_positions=context.query_positions[start:end], query_offset=start)
-            launch = one_mask(query[..., start:end, :], key, part)
-        runs.append((start, end, launch))
-
-    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return torch.cat([launch(q[..., start:end, :], k, v) for start, end, launch in runs], dim=-2)
-
-    return attend
-
-
-def masked_sdpa_faster(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context: AttentionContext, pattern: KernelMask
-) -> bool:
-    """Whether one SDPA call under the pattern's dense mask beats the chunked engine (where the kernels do
-    not run).
-
-    A block layout that keeps most pairs saves the chunked engine little work, and its chunks' gathers
-    cost more than one masked call. Measured on the CPU (2 cores), float32, at Whisper's 1500 positions,
-    1 x 6 heads of 64: dense SDPA 14-16 ms; block layouts of 24%, 45%, 55%, 65%, 76%, 99% of the pairs
-    10 / 23, 17 / 23, 22 / 22, 24 / 23, 28 / 23, 29 / 22 ms (chunked / masked), while windows of 57-98%
-    stay faster chunked (24-26 ms against 28-32). So block layouts from 60%, for bidirectional inference
-    calls of at most `MASKED_SDPA_MAX_TOKENS` tokens (what was measured).
-
-    Not where the kernels run: on the H200 at the same length (bf16, 4 x 20 heads), our kernel takes 101,
-    138 and 207 us per call for a window of 512, a window of 1024 and a 99% block layout, against 340, 302
-    and 320 us for the masked call (and 132 us for dense SDPA without a mask).
-    """
-    n = key.shape[-2]
-    if (
-        fused_path.kernels_preferred(query.device)
-        or pattern.block_layout is None
-        or context.causal
-        or not query.shape[-2] == n <= MASKED_SDPA_MAX_TOKENS
-        or context.query_documents is not None
-        or context.dense_mask is not None
-        or records_grad(query, key, value)
-    ):
-        return False
-    return layouts.density(pattern.block_layout, -(-n // pattern.layout_block_size)) >= MASKED_SDPA_MIN_DENSITY
-
-
-def sdpa_plan(
-    query: torch.Tensor, key: torch.Tensor, context: AttentionContext, decode_kernel: bool
-) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """`sdpa_attention` for this call's shapes and context. Where the call needs no mask (a prompt under
-    plain causality, a decoding step over the keys it sees) it is one SDPA call with its arguments bound,
-    so that the later layers of a forward (`replay`) skip the mask logic: at batch-1 decoding the host
-    time of each layer's call is what the GPU waits on."""
-    if sdpa_needs_mask(query, key, context):
-        return functools.partial(sdpa_attention, context=context, decode_kernel=decode_kernel)
-    grouped = {"enable_gqa": True} if query.shape[1] != key.shape[1] else {}
-    causal_rows, _ = _causality(query, key, context)
-    return functools.partial(
-        F.scaled_dot_product_attention, dropout_p=context.dropout, scale=context.scaling, is_causal=causal_rows,
-        **grouped
-    )
-
-
-def sdpa_needs_mask(query: torch.Tensor, key: torch.Tensor, context: AttentionContext) -> bool:
-    """Whether a call the pattern covers needs a mask on SDPA (`sdpa_attention`): padding, a caller's
-    mask, or causality that ``is_causal`` cannot state (queries not aligned with the keys, a static
-    cache's slots); without one it is plain causal or bidirectional attention."""
-    causal_rows, aligned = _causality(query, key, context)
-    return (causal_rows and not aligned) or context.key_padding is not None or context.dense_mask is not None
-
-
-def _causality(query: torch.Tensor, key: torch.Tensor, context: AttentionContext) -> tuple[bool, bool]:
-    """Whether causality restricts the call (several queries, or a static cache's slots ahead of the
-    newest token), and whether ``is_causal`` states it (queries and keys aligned, every key a position
-    of this sequence)."""
-    q_len, k_len = query.shape[-2], key.shape[-2]
-    causal_rows = context.causal and (q_len > 1 or context.static)
-    aligned = q_len == k_len and context.trimmed_prefix is None and not context.static
-    return causal_rows, aligned
-
-
-def sdpa_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    context: AttentionContext,
-    decode_kernel: bool = False,
-) -> torch.Tensor:
-    """Exact attention of a call whose pattern restricts nothing (`capabilities.pattern_needs`), on torch's SDPA.
-
-    The mask SDPA gets is only what the call needs: none (``is_causal`` when queries and keys are
-    aligned, nothing for one query), causality by position for a few queries against a cache and for a
-    static cache's calls (whose slots ahead of the newest token are unwritten; positions live on the
-    device, so this is the one mask that works for every step, as transformers' own static path does),
-    the key padding, a caller's 4-D mask. Rows that padding or a caller's mask leave without any key
-    return zeros. GQA: SDPA's own grouping without a mask, and under a mask where SDPA has a fused
-    kernel for that (`sdpa_support.fuses_masked_call`); otherwise one decoding query folded into its
-    key/value head on the CPU, repeated keys on CUDA. With ``decode_kernel``, one decoding query under a
-    mask that no fused SDPA kernel takes (a static cache's step) runs on the split-key decode kernel
-    instead (`fused_path.decode_under_key_mask`), which SDPA's remaining masked kernels are far slower than.
-    """
-    q_len, k_len = query.shape[-2], key.shape[-2]
-    mask = None
-    is_causal = False
-    causal_rows, aligned = _causality(query, key, context)
-    if causal_rows and aligned:
-        is_causal = True
-    elif causal_rows:
-        mask = (context.key_positions[None, :] <= context.query_positions[:, None])[None, None]
-    may_leave_rows_empty = False
-    for extra in (
-        None if context.key_padding is None else context.key_padding[:, None, None, :],
-        context.dense_mask,
-    ):
-        if extra is None:
-            continue
-        if is_causal:
-            mask, is_causal = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril()[None, None], False
-        mask = extra if mask is None else mask & extra
-        may_leave_rows_empty = True  # causality alone never does: each query sees its own key
-    fused = mask is not None and sdpa_support.fuses_masked_call(query, key, mask, context.dropout)
-    if decode_kernel and mask is not None and not fused:
-        output = fused_path.decode_under_key_mask(query, key, value, mask, context)
-        if output is not None:
-            return output
-    output = _sdpa_grouped(query, key, value, mask, is_causal, context.scaling, context.dropout, fused)
-    if may_leave_rows_empty:
-        output = sdpa_support.zero_rows_without_keys(output, mask)
-    return output
-
-
-def _sdpa_grouped(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    mask: torch.Tensor | None,
-    is_causal: bool,
-    scale: float,
-    dropout: float,
-    fused_under_mask: bool = False,
-) -> torch.Tensor:
-    """SDPA with GQA handled without copying keys where SDPA allows it: without a mask, and under one
-    where ``fused_under_mask`` (`sdpa_support.fuses_masked_call`, asked once by the caller)."""
-    batch, q_heads, q_len, head_dim = query.shape
-    groups = q_heads // key.shape[1]
-    if groups == 1:
-        return F.scaled_dot_product_attention(
-            query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale, is_causal=is_causal
-        )
-    if mask is None or fused_under_mask:
-        return F.scaled_dot_product_attention(
-            query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale, is_causal=is_causal, enable_gqa=True
-        )
-    if q_len == 1 and mask.shape[1] == 1 and not query.is_cuda:
-        # one query: its group's heads become the queries of their key/value head (not on CUDA, where
-        # SDPA under a mask then picks a kernel made for many queries: `masked.fold_one_masked_query`)
-        folded = query.reshape(batch, q_heads // groups, groups, head_dim)
-        output = F.scaled_dot_product_attention(folded, key, value, attn_mask=mask, dropout_p=dropout, scale=scale)
-        return output.reshape(batch, q_heads, 1, head_dim)
-    key = key.repeat_interleave(groups, dim=1)
-    value = value.repeat_interleave(groups, dim=1)
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale)
 
 
 _WARNED: set[tuple[str, str]] = set()

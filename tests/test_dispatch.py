@@ -12,7 +12,7 @@ import pytest
 import torch
 from spec import dense_attention, sliding_mask
 
-from hf_efficient_attn import dispatch, fused_path
+from hf_efficient_attn import dispatch, fused_path, layout_routes, sdpa_calls
 from hf_efficient_attn.context import build_context, drop_future_keys
 from hf_efficient_attn.layout import make_layout
 from hf_efficient_attn.variants import (
@@ -171,7 +171,7 @@ def test_where_kernels_run_dense_patterns_stay_on_the_kernels(monkeypatch):
     dense_layout = BlockSparseAttention(SparseOptions(block_size=8, local_blocks=3, global_blocks=1),
                                         layer(Role.BIDIRECTIONAL))
     for variant in (wide, dense_layout):
-        assert not dispatch.masked_sdpa_faster(query, key, value, context, variant.kernel_mask(context))
+        assert not layout_routes.masked_sdpa_faster(query, key, value, context, variant.kernel_mask(context))
 
 
 @pytest.mark.parametrize("n", [40, 64, 1500])
@@ -194,7 +194,7 @@ def test_on_the_cpu_dense_block_layouts_take_one_masked_call_and_windows_stay_ch
     dense_layout = BlockSparseAttention(SparseOptions(block_size=8, local_blocks=3, global_blocks=1),
                                         layer(Role.BIDIRECTIONAL))
     route, output, context = call(dense_layout, query, key, value, causal=False)
-    assert layouts.density(dense_layout.kernel_mask(context).block_layout, 8) >= dispatch.MASKED_SDPA_MIN_DENSITY
+    assert layouts.density(dense_layout.kernel_mask(context).block_layout, 8) >= layout_routes.MASKED_SDPA_MIN_DENSITY
     assert route == "masked-sdpa"
     torch.testing.assert_close(output, definition(dense_layout, query, key, value, context), rtol=0, atol=1e-12)
     sparse_layout = BlockSparseAttention(SparseOptions(block_size=8, local_blocks=1, global_blocks=1),
@@ -220,13 +220,13 @@ def test_a_nearly_dense_layout_runs_its_whole_rows_on_sdpa_without_a_mask(monkey
     variant = whole_rows_layout()
     query, key, value = qkv(n, n, seed=n)
     seen = []
-    original = dispatch._sdpa_grouped
+    original = layout_routes.sdpa_grouped
 
     def noted(rows, key, value, mask, *args, **kwargs):
         seen.append(rows.shape[-2])
         return original(rows, key, value, mask, *args, **kwargs)
 
-    monkeypatch.setattr(dispatch, "_sdpa_grouped", noted)
+    monkeypatch.setattr(layout_routes, "sdpa_grouped", noted)
     route, output, context = call(variant, query, key, value, causal=False)
     assert route == "whole-rows"
     assert seen == [8, 40]  # block rows 0 and 2-6 without a mask; rows 1 and 7 under it
@@ -263,7 +263,7 @@ def test_whole_rows_are_not_split_where_the_call_needs_more_than_the_layout():
         mask = None if padding is None else make_layout(tokens=64, padding=padding)
         context = build_context(query=q, key=key, attention_mask=mask, causal=causal, scaling=SCALE, dropout=0.0,
                                 cache_window=None, position_ids=None, native_window=None)
-        return dispatch.splits_whole_rows(q, key, value, context, variant.kernel_mask(context))
+        return layout_routes.splits_whole_rows(q, key, value, context, variant.kernel_mask(context))
 
     assert splits(whole_rows_layout())
     with pytest.MonkeyPatch.context() as patched:  # where the kernels run, they take the whole call
@@ -313,22 +313,22 @@ def test_decoding_under_a_shared_block_layout_gathers_the_visible_keys_without_a
     padding[1, :5] = False
     padded = build_context(query=query, key=key, attention_mask=make_layout(tokens=37, padding=padding), causal=True,
                            scaling=SCALE, dropout=0.0, cache_window=None, position_ids=None, native_window=None)
-    assert not dispatch.gathers_visible_keys(query, key, value, padded, variant.kernel_mask(padded))
+    assert not layout_routes.gathers_visible_keys(query, key, value, padded, variant.kernel_mask(padded))
     static = build_context(query=query, key=key, attention_mask=make_layout(tokens=37, padding=None,
                                                                             query_start=torch.tensor(30), query_length=1),
                            causal=True, scaling=SCALE, dropout=0.0, cache_window=None, position_ids=None,
                            native_window=None)
-    assert not dispatch.gathers_visible_keys(query, key, value, static, variant.kernel_mask(static))
+    assert not layout_routes.gathers_visible_keys(query, key, value, static, variant.kernel_mask(static))
     caller_mask = torch.ones(2, 1, 1, 37, dtype=torch.bool)
     masked = build_context(query=query, key=key, attention_mask=caller_mask, causal=True, scaling=SCALE, dropout=0.0,
                            cache_window=None, position_ids=None, native_window=None)
-    assert not dispatch.gathers_visible_keys(query, key, value, masked, variant.kernel_mask(masked))
+    assert not layout_routes.gathers_visible_keys(query, key, value, masked, variant.kernel_mask(masked))
     short_window = build_context(query=query, key=key, attention_mask=None, causal=True, scaling=SCALE, dropout=0.0,
                                  cache_window=None, position_ids=None, native_window=16)
-    assert not dispatch.gathers_visible_keys(query, key, value, short_window, variant.kernel_mask(short_window))
-    assert dispatch.gathers_visible_keys(query, key, value, context, variant.kernel_mask(context))
-    monkeypatch.setattr(dispatch, "tracing", lambda: True)  # a causal layout's candidates are every key then
-    assert not dispatch.gathers_visible_keys(query, key, value, context, variant.kernel_mask(context))
+    assert not layout_routes.gathers_visible_keys(query, key, value, short_window, variant.kernel_mask(short_window))
+    assert layout_routes.gathers_visible_keys(query, key, value, context, variant.kernel_mask(context))
+    monkeypatch.setattr(layout_routes, "tracing", lambda: True)  # a causal layout's candidates are every key then
+    assert not layout_routes.gathers_visible_keys(query, key, value, context, variant.kernel_mask(context))
 
 
 @pytest.mark.parametrize("left_padded", [False, True])
@@ -366,10 +366,10 @@ def test_a_call_needing_no_mask_is_planned_as_one_bound_sdpa_call(q_len, k_len, 
                             make_layout(tokens=k_len, padding=padding, query_start=None, query_length=q_len),
                             causal=True, scaling=SCALE, dropout=0.0, cache_window=None, position_ids=None,
                             native_window=None)
-    plan = dispatch.sdpa_plan(query, key, context, decode_kernel=False)
+    plan = sdpa_calls.sdpa_plan(query, key, context, decode_kernel=False)
     needs_mask = with_padding or q_len not in (1, k_len)
-    assert (plan.func is dispatch.sdpa_attention) == needs_mask
-    torch.testing.assert_close(plan(query, key, value), dispatch.sdpa_attention(query, key, value, context),
+    assert (plan.func is sdpa_calls.sdpa_attention) == needs_mask
+    torch.testing.assert_close(plan(query, key, value), sdpa_calls.sdpa_attention(query, key, value, context),
                                rtol=0, atol=0)
     visible = (context.key_positions[None, :] <= context.query_positions[:, None])[None, None]
     if padding is not None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tiny_models import tiny_llama
 
-from hf_efficient_attn import dispatch, fused_path, masked, patch_model, sdpa_support
+from hf_efficient_attn import dispatch, fused_path, patch_model, sdpa_support
 
 
 def test_on_the_cpu_no_masked_call_counts_as_fused():
@@ -56,8 +56,7 @@ def sdpa_calls(monkeypatch):
         calls.append((key.shape[1] < query.shape[1], mask is not None, bool(kwargs.get("enable_gqa", False))))
         return original(query, key, value, *args, **kwargs)
 
-    for module in (dispatch, masked):
-        monkeypatch.setattr(module.F, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)  # the one function every path calls
     return calls
 
 
@@ -155,7 +154,7 @@ def cudnn_by_forward(model, monkeypatch):
         forwards[-1].append(torch.backends.cuda.cudnn_sdp_enabled())
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(dispatch.F, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
     model.register_forward_pre_hook(lambda module, args: forwards.append([]))
     return forwards
 

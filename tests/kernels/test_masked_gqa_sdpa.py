@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_efficient_attn import sdpa_support
-from hf_efficient_attn.dispatch import _sdpa_grouped
+from hf_efficient_attn.sdpa_calls import sdpa_grouped
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the probe asks CUDA's SDPA backends")
 
@@ -21,7 +21,7 @@ def test_static_step_under_a_position_mask_is_fused_and_exact(batch, keys, head_
     value = torch.randn_like(key)
     mask = (torch.arange(keys, device="cuda") < keys - 20)[None, None, None, :]
     assert sdpa_support.fuses_masked_call(query, key, mask)
-    got = _sdpa_grouped(query, key, value, mask, False, head_dim ** -0.5, 0.0)
+    got = sdpa_grouped(query, key, value, mask, False, head_dim ** -0.5, 0.0)
     k64 = key.double().repeat_interleave(4, dim=1)
     v64 = value.double().repeat_interleave(4, dim=1)
     scores = (query.double() @ k64.transpose(-1, -2)) * head_dim ** -0.5
