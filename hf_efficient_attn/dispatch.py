@@ -5,36 +5,35 @@ them to rounding, and a call goes to the fastest that computes it exactly. Which
 is data: each states what it runs exactly (`capabilities`, checked against the call's needs); this
 module holds the order of speed among them:
 
-1. **torch SDPA** (cuDNN / FlashAttention / memory-efficient kernels on CUDA, its CPU kernels on the
-   CPU) when the variant's pattern imposes nothing on this call beyond what SDPA expresses without a
-   dense mask: no mask at all, causal with queries and keys aligned, a window or block layout that
-   covers every key the call has, a decoding step over a bounded cache that holds exactly the visible
-   keys, a static cache's step (with causality by position as its mask). Padding and a caller's 4-D mask
-   go with it as SDPA's boolean mask (what transformers' own SDPA path passes). These are the calls
-   where our kernels would only redo SDPA's work. So is a decoding step under a block layout shared by
-   the heads (`gathers_visible_keys`, route ``"gather"``): SDPA without a mask over the key blocks its
-   layout row allows, gathered by a plan made once per forward (`plan_key_gather`). So is most of a
-   bidirectional inference call under a block layout that leaves most block rows whole
-   (`splits_whole_rows`, route ``"whole-rows"``, on the CPU: Whisper's encoder under a 99% layout): SDPA
-   without a mask over the runs of whole rows, the pattern's dense mask over the other rows only. A
-   decoding step over a growing cache on CUDA, and a prompt of a shape met for the first time, leave
-   SDPA's cuDNN backend out (`leaves_cudnn_out`): cuDNN would build a graph for the new shape. A call
-   under a mask with grouped-query heads passes the key/value heads as they are where SDPA has a fused
-   kernel for it (`sdpa_support`: cuDNN on Hopper, 4-18x faster than transformers' repeated keys); where
-   it has none, a decoding query under a mask (a static cache's step, by position) runs on our split-key
-   decode kernel on CUDA, as it does in the chunked engine (`fused_path.decode_under_key_mask`), and
-   other calls repeat the keys. Long causal or unmasked calls go to **FlashAttention-4** instead
-   (`picks_fa4`, where the ``fa4`` extra is installed, on Hopper), from the second planning of their
-   configuration, where it is faster.
+1. **torch SDPA** (cuDNN / FlashAttention / memory-efficient kernels on CUDA, its CPU kernels on the CPU)
+   when the variant's pattern imposes nothing on this call beyond what SDPA expresses without a dense mask:
+   no mask at all, causal with queries and keys aligned, a window or block layout that covers every key the
+   call has, a decoding step over a bounded cache that holds exactly the visible keys, a static cache's step
+   (with causality by position as its mask). Padding and a caller's 4-D mask go with it as SDPA's boolean
+   mask (what transformers' own SDPA path passes). These are the calls where our kernels would only redo
+   SDPA's work. So is a decoding step under a block layout shared by the heads
+   (`layout_routes.gathers_visible_keys`, route ``"gather"``): SDPA without a mask over the key blocks its
+   layout row allows, gathered by a plan made once per forward (`layout_routes.plan_key_gather`). So is most
+   of a bidirectional inference call under a block layout that leaves most block rows whole
+   (`layout_routes.splits_whole_rows`, route ``"whole-rows"``, on the CPU: Whisper's encoder under a 99%
+   layout): SDPA without a mask over the runs of whole rows, the pattern's dense mask over the other rows
+   only. A decoding step over a growing cache on CUDA, and a prompt of a shape met for the first time, leave
+   SDPA's cuDNN backend out (`leaves_cudnn_out`): cuDNN would build a graph for the new shape. A call under
+   a mask with grouped-query heads passes the key/value heads as they are where SDPA has a fused kernel for
+   it (`sdpa_support`: cuDNN on Hopper, 4-18x faster than transformers' repeated keys); where it has none, a
+   decoding query under a mask (a static cache's step, by position) runs on our split-key decode kernel on
+   CUDA, as it does in the chunked engine (`fused_path.decode_under_key_mask`), and other calls repeat the
+   keys. Long causal or unmasked calls go to **FlashAttention-4** instead (`picks_fa4`, where the ``fa4``
+   extra is installed, on Hopper), from the second planning of their configuration, where it is faster.
 2. **Our Triton kernels** (CUDA) where they save work: windows narrower than the keys, sinks and
    globals, block layouts with skipped tiles, packed documents, and decoding with padding (split-key
    flash-decoding with a key mask, which SDPA's fast kernels do not take). A window band alone goes to
    **FlashAttention-4** (`picks_fa4`) or **cuDNN's fused attention** (`picks_cudnn`, the ``cudnn`` extra)
    instead, where installed, from the second planning of its configuration or shape, where they are
    faster.
-3. **SDPA under the pattern's dense mask** where the kernels do not run, for short bidirectional
-   inference calls under a block layout that keeps most pairs but leaves few rows whole
-   (`masked_sdpa_faster`), where one masked call is faster than the chunked engine.
+3. **SDPA under the pattern's dense mask** where the kernels do not run, for short bidirectional inference
+   calls under a block layout that keeps most pairs but leaves few rows whole
+   (`layout_routes.masked_sdpa_faster`), where one masked call is faster than the chunked engine.
 4. **The chunked engine** (`masked.masked_attention`, SDPA per chunk of queries over the keys the
    pattern allows): everything else. It is the path on the CPU for patterns SDPA cannot express
    without a dense mask, the path of static-cache calls the pattern does not cover (whose positions
@@ -66,21 +65,13 @@ from typing import Literal
 
 import torch
 
-from . import fused_path, sdpa_support
+from . import fused_path, layout_routes, sdpa_calls, sdpa_support
 from .capabilities import SDPA, TRITON, CallNeeds, call_needs
 from .context import AttentionContext, tensor_signature, tracing
 from .errors import VariantError
 from .fused_path import FusedPathError, FusedPathFallbackWarning, KernelMask
 from .grad_mode import records_grad
-from .layout_routes import (
-    gathers_visible_keys,
-    masked_sdpa_faster,
-    plan_key_gather,
-    plan_whole_rows,
-    splits_whole_rows,
-)
 from .library_routes import LIBRARY_BACKENDS, library_launch, picks_cudnn, picks_fa4, plan_library
-from .sdpa_calls import sdpa_needs_mask, sdpa_plan
 
 Backend = Literal["auto", "sdpa", "triton", "cudnn", "fa4", "reference"]
 BACKENDS: tuple[str, ...] = ("auto", "sdpa", "triton", "cudnn", "fa4", "reference")
@@ -126,12 +117,12 @@ def plan_call(
     route, run = choose(query, key, value, context, backend, pattern, variant_name, one_mask is not None)
     decode_kernel = _decode_kernel(backend, query.device)
     if route in ("sdpa", "gather"):
-        launch = sdpa_plan(query, key, context, decode_kernel) if route == "sdpa" else run
+        launch = sdpa_calls.sdpa_plan(query, key, context, decode_kernel) if route == "sdpa" else run
         return sdpa_support.without_cudnn(launch) if leaves_cudnn_out(query, key, value, context) else launch
     if route in ("triton", "cudnn", "fa4"):
         return run
     if route == "whole-rows":
-        return plan_whole_rows(query, key, context, pattern, one_mask)
+        return layout_routes.plan_whole_rows(query, key, context, pattern, one_mask)
     if route == "masked-sdpa":
         return one_mask(query, key, context)
     return functools.partial(reference, decode_kernel=decode_kernel)
@@ -168,7 +159,7 @@ def leaves_cudnn_out(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
         or tracing()
         or not fused_path.kernels_preferred(query.device)
         or records_grad(query, key, value)
-        or sdpa_needs_mask(query, key, context)
+        or sdpa_calls.sdpa_needs_mask(query, key, context)
     ):
         return False
     if query.shape[-2] <= fused_path.DECODE_MAX_QUERIES:
@@ -227,11 +218,11 @@ def choose(
         if picks_fa4(query, key, value, context, pattern, needs):
             return _remember(context, route_key, "fa4", library_launch("fa4", context, pattern, needs))
         return _remember(context, route_key, "sdpa")
-    if backend == "auto" and gathers_visible_keys(query, key, value, context, pattern):
-        return _remember(context, route_key, "gather", plan_key_gather(query, key, context, pattern))
-    if backend == "auto" and one_mask and not isinstance(pattern, str) and splits_whole_rows(query, key, value, context, pattern):
+    if backend == "auto" and layout_routes.gathers_visible_keys(query, key, value, context, pattern):
+        return _remember(context, route_key, "gather", layout_routes.plan_key_gather(query, key, context, pattern))
+    if backend == "auto" and one_mask and not isinstance(pattern, str) and layout_routes.splits_whole_rows(query, key, value, context, pattern):
         return _remember(context, route_key, "whole-rows")
-    if backend == "auto" and one_mask and not isinstance(pattern, str) and masked_sdpa_faster(query, key, value, context, pattern):
+    if backend == "auto" and one_mask and not isinstance(pattern, str) and layout_routes.masked_sdpa_faster(query, key, value, context, pattern):
         return _remember(context, route_key, "masked-sdpa")
     if not wants_kernels:
         return _remember(context, route_key, "chunked")
