@@ -11,7 +11,8 @@ Defaults: the SmolLM2-135M asset, trained on chunks of seven eighths of the text
 scored by strided perplexity on the held-out eighth (hf_efficient_attn.train.data.text_split). The
 report (recovery.json, recovery.md, recovery.png) and checkpoints go to --output-dir (with --seeds,
 one folder per seed and recovery-seeds.json/.md over them). The fourth command trains as LongLoRA does,
-with shifted groups at 8192 tokens, and scores the result with the model's own attention and with a
+with shifted groups at 8192 tokens (1024 tokens a group by default; LongLoRA's quarter of the sequence is
+--variant-option group_size=2048), and scores the result with the model's own attention and with a
 sliding window.
 
 The same as `hf-efficient-attn recover causal-lm ...`; every option: `hf-efficient-attn recover causal-lm --help`.
